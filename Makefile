@@ -1,0 +1,46 @@
+# One-command entry points. Everything installs into ./.venv; nothing global but the optional
+# Debian packages the browser tests need (make test installs them when missing, as root).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.example.yaml
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck install clean sample-feed bench services
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[web,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: full sync of the bundled sample feed into SQLite (./var/registry.db), then a summary
+demo: $(STAMP)
+	$(BIN)/registry-adapter --config $(CONFIG) db upgrade
+	$(BIN)/registry-adapter --config $(CONFIG) sync --full
+
+## test: install what the tests need and run the whole suite (lint and types included)
+test: $(STAMP) services
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+services:
+	@bash scripts/ensure-services.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+sample-feed: $(STAMP)
+	$(BIN)/python examples/generate_sample_feed.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,94 @@
+"""The one interface every feed implements.
+
+A source turns a hospital feed into a stream of FHIR R4 resources (plain JSON dicts). The
+pipeline stages what a source yields and, at each ``Checkpoint``, commits the staged records
+together with the source's state (watermarks, cursors) in one transaction. A source therefore
+never persists anything itself: if the process dies between checkpoints, the next run starts
+from the last committed state and re-yields what was lost, and staging dedups by content hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+JSONDict = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One FHIR R4 resource as received.
+
+    ``origin`` says where it came from without PHI (a file and line, a page URL's path, a
+    message control id) so an error about it can be traced back by hospital IT.
+    ``raw`` is the exact payload when the source has it, so staging keeps what was sent and not
+    our re-serialisation of it; when ``None`` the pipeline serialises ``resource``.
+    """
+
+    resource: JSONDict
+    origin: str
+    raw: bytes | None = None
+    content_type: str = "application/fhir+json"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    """Input that could not become a resource (malformed JSON, broken framing, ...).
+
+    It is staged as a failed record so nothing received is lost. ``field`` names the JSON
+    element or v2 segment/field when known. Messages never quote patient data.
+    """
+
+    origin: str
+    code: str
+    message: str
+    field: str | None = None
+    raw: bytes | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """The source says a resource is gone (FHIR history DELETE, v2 cancel)."""
+
+    resource_type: str
+    resource_id: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Everything yielded so far may be committed together with ``state``.
+
+    ``state`` replaces the source's stored state (e.g. ``{"Procedure": "2024-05-01T..."}``);
+    ``progress`` is free text for the progress display (never PHI).
+    """
+
+    state: Mapping[str, Any]
+    progress: str | None = None
+
+
+Item = Record | RecordError | Deleted | Checkpoint
+
+
+@dataclass(slots=True)
+class SourceContext:
+    """What a run tells a source: its last committed state and the run's options."""
+
+    state: Mapping[str, Any] = field(default_factory=dict)
+    full: bool = False
+    since: str | None = None
+    resource_types: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A feed. ``name`` is the configured source name; it keys staging and sync state."""
+
+    name: str
+
+    def read(self, ctx: SourceContext) -> Iterator[Item]:
+        """Yield records, errors and checkpoints; end with a final checkpoint."""
+        ...

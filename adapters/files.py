@@ -1,0 +1,223 @@
+"""FHIR files: NDJSON (the Bulk Data export layout) and Bundle JSON, streamed.
+
+Files are read a line or a Bundle entry at a time, so memory stays flat however large the
+file. A line that is not valid JSON becomes a ``RecordError`` naming file and line, and the
+rest of the file is still read. Files are recognised by content, not by extension, because
+hospitals send ``.json`` files that are NDJSON and ``.txt`` files that are Bundles.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import ijson
+import orjson
+
+from adapters.base import Checkpoint, Item, Record, RecordError, SourceContext
+
+DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
+def _open(path: Path) -> IO[bytes]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # GzipFile is a binary IO
+    return path.open("rb")
+
+
+def _looks_like_ndjson(first_line: bytes) -> bool:
+    """NDJSON has a whole JSON object on its first line; a pretty-printed document does not."""
+    stripped = first_line.strip()
+    if not stripped.startswith(b"{"):
+        return False
+    try:
+        orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _record_or_error(obj: Any, origin: str, raw: bytes | None) -> Iterator[Record | RecordError]:
+    if not isinstance(obj, dict):
+        yield RecordError(origin, "intake.not_a_resource", "expected a JSON object", raw=raw)
+        return
+    rtype = obj.get("resourceType")
+    if not isinstance(rtype, str) or not rtype:
+        yield RecordError(
+            origin,
+            "intake.missing_resource_type",
+            "resource has no resourceType",
+            field="resourceType",
+            raw=raw,
+        )
+        return
+    if rtype == "Bundle":
+        yield from _bundle_entries(obj.get("entry") or [], origin)
+        return
+    rid = obj.get("id")
+    if not isinstance(rid, str) or not rid:
+        yield RecordError(
+            origin,
+            "intake.missing_id",
+            f"{rtype} has no id",
+            field=f"{rtype}.id",
+            raw=raw,
+            resource_type=rtype,
+        )
+        return
+    yield Record(obj, origin, raw)
+
+
+def _bundle_entries(entries: Iterable[Any], origin: str) -> Iterator[Record | RecordError]:
+    for index, entry in enumerate(entries):
+        where = f"{origin} entry[{index}]"
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if resource is None:
+            # A transaction/batch entry with only a request (e.g. DELETE) carries no resource.
+            continue
+        if isinstance(resource, dict) and not resource.get("id"):
+            # Transaction bundles identify new resources by fullUrl (urn:uuid:...).
+            full_url = entry.get("fullUrl")
+            if isinstance(full_url, str) and full_url:
+                resource = {**resource, "id": full_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1]}
+        yield from _record_or_error(resource, where, None)
+
+
+def read_ndjson(
+    stream: IO[bytes],
+    name: str,
+    *,
+    first_line_no: int = 1,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> Iterator[Record | RecordError]:
+    line_no = first_line_no - 1
+    while True:
+        line = stream.readline(max_record_bytes + 1)
+        if not line:
+            return
+        line_no += 1
+        origin = f"{name}:{line_no}"
+        if len(line) > max_record_bytes and not line.endswith(b"\n"):
+            digest = hashlib.sha256(line[:4096])
+            while chunk := stream.readline(1 << 20):  # skip the rest of the oversized line
+                digest.update(chunk[:4096])
+                if chunk.endswith(b"\n"):
+                    break
+            yield RecordError(
+                origin,
+                "intake.record_too_large",
+                f"line {line_no} is longer than {max_record_bytes} bytes; skipped",
+                raw=digest.hexdigest().encode(),
+            )
+            continue
+        body = line.strip()
+        if not body:
+            continue
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            yield RecordError(
+                origin,
+                "intake.malformed_json",
+                f"line {line_no}: invalid JSON ({exc.msg})",
+                raw=body,
+            )
+            continue
+        yield from _record_or_error(obj, origin, body)
+
+
+def read_document(stream: IO[bytes], name: str) -> Iterator[Record | RecordError]:
+    """A pretty-printed JSON document: a Bundle (entries streamed) or one resource."""
+    found = False
+    try:
+        for index, entry in enumerate(ijson.items(stream, "entry.item", use_float=True)):
+            found = True
+            yield from _bundle_entries([entry], f"{name} entry[{index}]")
+    except ijson.JSONError as exc:
+        yield RecordError(
+            name,
+            "intake.malformed_json",
+            f"invalid JSON after {'entries were read' if found else 'the start'}: {exc}"[:300],
+        )
+        return
+    if found:
+        return
+    stream.seek(0)
+    data = stream.read(DEFAULT_MAX_RECORD_BYTES + 1)
+    if len(data) > DEFAULT_MAX_RECORD_BYTES:
+        yield RecordError(name, "intake.record_too_large", "single resource file too large")
+        return
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        yield RecordError(name, "intake.malformed_json", f"invalid JSON ({exc.msg})", raw=data)
+        return
+    if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
+        return  # an empty Bundle
+    yield from _record_or_error(obj, name, data)
+
+
+def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record | RecordError]:
+    """Stream one FHIR file (NDJSON or JSON document, optionally gzip-compressed)."""
+    name = display_name or path.name
+    try:
+        with _open(path) as stream:
+            first = b""
+            while not first.strip():  # NDJSON may start with blank lines
+                first = stream.readline(DEFAULT_MAX_RECORD_BYTES + 1)
+                if not first:
+                    return  # an empty file holds no records
+            stream.seek(0)
+            if _looks_like_ndjson(first):
+                yield from read_ndjson(stream, name)
+            else:
+                yield from read_document(stream, name)
+    except OSError as exc:
+        yield RecordError(name, "intake.unreadable_file", f"cannot read file: {exc.strerror or exc}")
+
+
+def iter_paths(paths: Iterable[Path], patterns: Iterable[str] = ("**/*",)) -> Iterator[Path]:
+    """Files named directly, and files under folders matching ``patterns``, in stable order."""
+    pats = tuple(patterns)
+    for path in paths:
+        if path.is_dir():
+            seen: set[Path] = set()
+            for pattern in pats:
+                seen.update(p for p in path.glob(pattern) if p.is_file())
+            yield from sorted(seen)
+        else:
+            yield path
+
+
+class FilesSource:
+    """A folder of FHIR files (a Bulk export directory, or files staff drop in).
+
+    State records each file's size and modification time once it has been fully read, so a
+    scheduled sync reads only new or changed files; ``--full`` reads everything again (staging
+    makes that a no-op for unchanged content).
+    """
+
+    def __init__(self, name: str, paths: Iterable[Path], patterns: Iterable[str] = ("**/*",)):
+        self.name = name
+        self.paths = list(paths)
+        self.patterns = tuple(patterns)
+
+    def read(self, ctx: SourceContext) -> Iterator[Item]:
+        done: dict[str, Any] = dict(ctx.state.get("files", {})) if not ctx.full else {}
+        for path in iter_paths(self.paths, self.patterns):
+            try:
+                stat = path.stat()
+            except OSError:
+                stat = None
+            key = str(path)
+            stamp = [stat.st_size, stat.st_mtime_ns] if stat else None
+            if stamp is not None and done.get(key) == stamp:
+                continue
+            yield from read_file(path)
+            if stamp is not None:
+                done[key] = stamp
+            yield Checkpoint({"files": dict(done)}, progress=path.name)
+        yield Checkpoint({"files": done})

@@ -1,0 +1,310 @@
+"""Generate the bundled synthetic sample feed (examples/sample-feed/).
+
+Everyone in it is made up: names come from a short list of obviously fictitious surnames, MRNs
+start with DEMO-. The feed exercises lumbar and cervical cases (one Procedure with several
+codings, and one Procedure per billed code), diagnoses by reasonReference, by encounter and
+inline, PROMs at baseline / 90 days / 1 year, out-of-scope records, and deliberate mapping
+errors so the review tools have something to show. Output is deterministic (fixed seed and
+dates), so tests can rely on it.
+
+    python examples/generate_sample_feed.py [--out examples/sample-feed] [--patients 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from mappings.proms import build_questionnaire_response, load_instruments
+
+TZ = ZoneInfo("America/Chicago")
+CPT = "http://www.ama-assn.org/go/cpt"
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+SCT = "http://snomed.info/sct"
+MRN_SYSTEM = "urn:oid:2.16.840.1.113883.3.9999.1"
+
+SURNAMES = ["Testperson", "Sampleton", "Demoford", "Fictivez", "Mockridge", "Placeholt"]
+GIVEN = ["Alex", "Jordan", "Sam", "Robin", "Kim", "Taylor", "Casey", "Jamie"]
+
+LUMBAR = [
+    (["22633", "63047", "22842"], ["M48.062", "M43.16"], "TLIF L4-L5 with decompression"),
+    (["22612", "22614", "22842"], ["M43.16"], "Posterolateral fusion L4-S1"),
+    (["63047", "63048"], ["M48.062"], "Lumbar laminectomy L3-L5"),
+    (["63030"], ["M51.16"], "Microdiscectomy L5-S1"),
+    (["22558", "22853"], ["M51.36"], "ALIF L5-S1"),
+]
+CERVICAL = [
+    (["22551", "22552", "22853", "22845"], ["M50.12", "M48.02"], "ACDF C5-C7"),
+    (["22600", "22842", "63045"], ["M47.12"], "Posterior cervical fusion C4-C6"),
+    (["63045", "63048"], ["M48.02", "M47.12"], "Cervical laminectomy C3-C5"),
+    (["63050"], ["M47.12"], "Laminoplasty C3-C6"),
+]
+
+
+def ref(rtype: str, rid: str) -> dict[str, str]:
+    return {"reference": f"{rtype}/{rid}"}
+
+
+def coding(system: str, code: str) -> dict[str, str]:
+    return {"system": system, "code": code}
+
+
+def local_dt(day: date, hour: int, minute: int = 0) -> str:
+    return datetime.combine(day, time(hour, minute), TZ).isoformat()
+
+
+class Feed:
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        self.out: dict[str, list[dict[str, Any]]] = {}
+        self.instruments = load_instruments()
+
+    def add(self, resource: dict[str, Any]) -> dict[str, Any]:
+        resource.setdefault("meta", {"versionId": "1", "lastUpdated": "2025-11-01T02:00:00Z"})
+        self.out.setdefault(resource["resourceType"], []).append(resource)
+        return resource
+
+    def patient(self, n: int) -> str:
+        pid = f"pat-{n:04d}"
+        birth = date(1940, 1, 1) + timedelta(days=self.rng.randint(0, 365 * 45))
+        self.add(
+            {
+                "resourceType": "Patient",
+                "id": pid,
+                "identifier": [
+                    {
+                        "type": {"coding": [coding("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")]},
+                        "system": MRN_SYSTEM,
+                        "value": f"DEMO-{100000 + n}",
+                    }
+                ],
+                "name": [{"family": self.rng.choice(SURNAMES), "given": [self.rng.choice(GIVEN)]}],
+                "gender": self.rng.choice(["female", "male"]),
+                "birthDate": birth.isoformat(),
+                "telecom": [{"system": "email", "value": f"patient{n}@example.invalid"}],
+            }
+        )
+        return pid
+
+    def encounter(self, pid: str, eid: str, admit: date, days: int) -> None:
+        self.add(
+            {
+                "resourceType": "Encounter",
+                "id": eid,
+                "status": "finished",
+                "class": coding("http://terminology.hl7.org/CodeSystem/v3-ActCode", "IMP"),
+                "subject": ref("Patient", pid),
+                "period": {
+                    "start": local_dt(admit, 6, 30),
+                    "end": local_dt(admit + timedelta(days=days), 11),
+                },
+            }
+        )
+
+    def condition(self, cid: str, pid: str, eid: str | None, code: str, *, dotted: bool = True) -> None:
+        res: dict[str, Any] = {
+            "resourceType": "Condition",
+            "id": cid,
+            "clinicalStatus": {
+                "coding": [coding("http://terminology.hl7.org/CodeSystem/condition-clinical", "active")]
+            },
+            "verificationStatus": {
+                "coding": [coding("http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed")]
+            },
+            "code": {"coding": [coding(ICD, code if dotted else code.replace(".", ""))]},
+            "subject": ref("Patient", pid),
+            "recordedDate": "2025-01-15",
+        }
+        if eid:
+            res["encounter"] = ref("Encounter", eid)
+        self.add(res)
+
+    def procedure(
+        self,
+        prid: str,
+        pid: str,
+        eid: str | None,
+        codes: list[str],
+        day: date | None,
+        reasons: tuple[str, ...] | list[str] = (),
+        status: str = "completed",
+        text: str = "",
+    ) -> None:
+        res: dict[str, Any] = {
+            "resourceType": "Procedure",
+            "id": prid,
+            "status": status,
+            "code": {"coding": [coding(CPT, c) for c in codes]},
+            "subject": ref("Patient", pid),
+        }
+        if text:
+            res["code"]["text"] = text
+        if eid:
+            res["encounter"] = ref("Encounter", eid)
+        if day:
+            res["performedDateTime"] = local_dt(day, 8, 15)
+        if reasons:
+            res["reasonReference"] = [ref("Condition", r) for r in reasons]
+        self.add(res)
+
+    def prom(self, qid: str, pid: str, instrument: str, answers: dict[str, Any], when: date) -> None:
+        inst = self.instruments[instrument]
+        self.add(
+            build_questionnaire_response(
+                inst, answers, qr_id=qid, patient_ref=f"Patient/{pid}", authored=local_dt(when, 10)
+            )
+        )
+
+    def random_answers(self, instrument: str, better: float) -> dict[str, Any]:
+        inst = self.instruments[instrument]
+        answers: dict[str, Any] = {}
+        for item in inst.definition.items:
+            low, high = item.min, item.max
+            span = high - low
+            value = low + span * max(0.0, min(1.0, self.rng.gauss(0.55 - better, 0.2)))
+            answers[item.id] = round(value) if item.integer else round(value, 1)
+        return answers
+
+
+def build(patients: int, seed: int) -> Feed:
+    feed = Feed(seed)
+    start = date(2024, 3, 4)
+    for n in range(1, patients + 1):
+        pid = feed.patient(n)
+        lumbar = n % 3 != 0
+        codes, dx, text = feed.rng.choice(LUMBAR if lumbar else CERVICAL)
+        surgery = start + timedelta(days=(n * 11) % 540)
+        eid = f"enc-{n:04d}"
+        stay = feed.rng.randint(1, 4)
+        feed.encounter(pid, eid, surgery, stay)
+        cond_ids = []
+        for i, code in enumerate(dx):
+            cid = f"cond-{n:04d}-{i}"
+            feed.condition(cid, pid, eid if i else None, code, dotted=n % 4 != 0)
+            cond_ids.append(cid)
+        if n % 5 == 0:
+            # One Procedure per billed code, as many billing-driven feeds send it.
+            for i, code in enumerate(codes):
+                feed.procedure(
+                    f"proc-{n:04d}-{i}", pid, eid, [code], surgery, cond_ids[:1] if i == 0 else [], text=text
+                )
+        else:
+            feed.procedure(f"proc-{n:04d}", pid, eid, codes, surgery, cond_ids[:1], text=text)
+        region_instrument = "odi" if lumbar else "ndi"
+        discharge = surgery + timedelta(days=stay)
+        if n % 2 == 0:
+            feed.prom(
+                f"qr-{n:04d}-base",
+                pid,
+                region_instrument,
+                feed.random_answers(region_instrument, 0.0),
+                surgery - timedelta(days=14),
+            )
+        if n % 3 != 2:
+            feed.prom(
+                f"qr-{n:04d}-90d",
+                pid,
+                region_instrument,
+                feed.random_answers(region_instrument, 0.25),
+                discharge + timedelta(days=92),
+            )
+        if n % 4 == 1:
+            feed.prom(
+                f"qr-{n:04d}-1y",
+                pid,
+                region_instrument,
+                feed.random_answers(region_instrument, 0.3),
+                surgery + timedelta(days=370),
+            )
+            feed.prom(
+                f"qr-{n:04d}-1y-eq",
+                pid,
+                "eq5d5l",
+                feed.random_answers("eq5d5l", 0.3),
+                surgery + timedelta(days=371),
+            )
+        if n % 6 == 0:
+            feed.prom(
+                f"qr-{n:04d}-promis",
+                pid,
+                "promis10",
+                feed.random_answers("promis10", 0.2),
+                discharge + timedelta(days=95),
+            )
+
+    # Out of scope: not spine surgery, not a spine diagnosis.
+    feed.procedure(
+        "proc-knee-1", "pat-0001", None, ["27447"], date(2024, 9, 2), text="Total knee arthroplasty"
+    )
+    feed.condition("cond-dm-1", "pat-0001", None, "E11.9")
+    # Excluded: recorded in error.
+    feed.procedure(
+        "proc-error-1", "pat-0002", "enc-0002", ["22633"], date(2024, 3, 26), status="entered-in-error"
+    )
+    # Deliberate mapping errors (one cause each, some with several records).
+    for i, n in enumerate((3, 7, 11)):
+        feed.procedure(
+            f"proc-unlisted-{i}",
+            f"pat-{n:04d}",
+            None,
+            ["22899"],
+            date(2025, 2, 10 + i),
+            text="Unlisted spine procedure",
+        )
+    feed.condition("cond-unmapped-1", "pat-0004", None, "M48.9")
+    feed.condition("cond-unmapped-2", "pat-0008", None, "M48.9")
+    feed.procedure("proc-nodate-1", "pat-0009", "enc-0009", ["63047"], None, text="Date missing")
+    feed.procedure("proc-addon-1", "pat-0010", None, ["22614"], date(2025, 3, 3), text="Add-on only")
+    feed.add(
+        {
+            "resourceType": "QuestionnaireResponse",
+            "id": "qr-unknown-1",
+            "status": "completed",
+            "questionnaire": "http://example.org/Questionnaire/hospital-satisfaction-survey",
+            "subject": ref("Patient", "pat-0005"),
+            "authored": local_dt(date(2025, 1, 20), 9),
+            "item": [{"linkId": "q1", "answer": [{"valueInteger": 4}]}],
+        }
+    )
+    return feed
+
+
+def write(feed: Feed, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*"):
+        old.unlink()
+    for rtype, resources in sorted(feed.out.items()):
+        # Patients and Encounters also arrive as a transaction Bundle, as some EHR exports do.
+        if rtype in ("Patient", "Encounter"):
+            head, tail = resources[:5], resources[5:]
+            bundle = {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in head],
+            }
+            (out / f"{rtype}-bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
+            resources = tail
+        lines = [json.dumps(r, separators=(",", ":")) for r in resources]
+        if rtype == "Condition":
+            # A line broken in transfer: must become an error naming file and line, not a crash.
+            lines.insert(3, '{"resourceType":"Condition","id":"cond-broken-1","code":{"coding":[')
+        (out / f"{rtype}.ndjson").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("sample-feed"))
+    parser.add_argument("--patients", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=20251101)
+    args = parser.parse_args()
+    write(build(args.patients, args.seed), args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,489 @@
+"""The registry mapping engine: a SQL-on-FHIR ViewDefinition plus a registry extension.
+
+A mapping file (``mappings/views/*.yaml``) holds
+
+- ``view``: a standard SQL-on-FHIR v2 ViewDefinition that flattens one resource into a row;
+- ``registry``: how that row becomes a registry row: ``fields`` (column, conversion, required,
+  allowed values), ``translate`` (code maps: which codes are ours, what they mean, which one
+  names the category), ``exclude`` (rows that are deliberately not registry data, e.g.
+  entered-in-error), ``rules`` (cross-field checks as FHIRPath over the row) and ``derive``
+  (named code hooks for what cannot be declared, such as PROM scoring).
+
+Everything that cannot be mapped becomes an ``Issue`` with a stable code; nothing raises.
+Each file is compiled once (view, rule expressions, code-map references) and then maps a
+stream of resources with no re-parsing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mappings.codemaps import CodeMap, Entry, display_code
+from mappings.convert import CONVERTERS, ConversionError, SiteContext
+from mappings.fhirpath import compile_path
+from mappings.viewdef import CompiledView, ViewDefinitionError, compile_view
+from registry_store.errors import Issue
+
+BUNDLED = Path(__file__).with_name("views")
+
+Disposition = Literal["mapped", "failed", "out_of_scope", "excluded"]
+
+
+class MappingFileError(Exception):
+    """A mapping file is invalid; the message names file, key and (when known) line."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Spec):
+    column: str
+    convert: str | None = None
+    required: bool = False
+    allowed: list[Any] | None = None
+    default: Any = None
+    # A collection column yields a list; keep all of it, or (default) its first value.
+    collection: bool = False
+
+
+class IssueSpec(_Spec):
+    code: str
+    message: str
+
+
+class TranslateSpec(_Spec):
+    """Look codes up in a code map.
+
+    ``column`` holds Codings (dicts with system and code). Codes of a system the code map does
+    not know are ignored; codes in the map's scope but missing from its table are errors.
+    """
+
+    column: str
+    codemap: str
+    scope: bool = True  # no code of ours at all → the record is out of scope
+    codes_into: str | None = None  # keep the recognised codes ("system|code") in this field
+    code_into: str | None = None  # the picked code itself (ICD-10-CM in dotted form)
+    pick_where: dict[str, Any] = Field(default_factory=dict)
+    pick_max: str | None = None  # among matching rows, the highest value of this column wins
+    into: dict[str, str] = Field(default_factory=dict)  # registry field → code-map column
+    any: dict[str, dict[str, Any]] = Field(default_factory=dict)  # flag ← any row matches
+    collect: dict[str, str] = Field(default_factory=dict)  # field ← all values of a column
+    unmapped: IssueSpec = IssueSpec(
+        code="codemap.unmapped_code",
+        message="{system} code {code} is not in code map {codemap} (version {version})",
+    )
+    none_picked: IssueSpec | None = None
+    # With nothing matching pick_where, fill ``into`` from the best code of any kind (so an
+    # add-on-only Procedure still records role addon for case assembly to judge).
+    fallback: bool = False
+
+
+class RuleSpec(_Spec):
+    code: str
+    message: str
+    when: str  # FHIRPath over the registry row; true means the rule is broken
+    field: str = ""
+    severity: Literal["error", "warning"] = "error"
+
+
+class ExcludeSpec(_Spec):
+    when: str
+    reason: str
+
+
+class RegistrySpec(_Spec):
+    target: str
+    fields: dict[str, FieldSpec | str]
+    translate: list[TranslateSpec] = Field(default_factory=list)
+    exclude: list[ExcludeSpec] = Field(default_factory=list)
+    rules: list[RuleSpec] = Field(default_factory=list)
+    derive: list[str] = Field(default_factory=list)
+
+
+class MappingSpec(_Spec):
+    name: str
+    description: str = ""
+    version: str = "1"
+    view: dict[str, Any]
+    registry: RegistrySpec
+
+
+@dataclass(slots=True)
+class MappingResult:
+    disposition: Disposition
+    target: str
+    row: dict[str, Any]
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.disposition == "mapped"
+
+
+Hook = Callable[[Mapping[str, Any], dict[str, Any], SiteContext], list[Issue]]
+_HOOKS: dict[str, Hook] = {}
+
+
+def register_hook(name: str) -> Callable[[Hook], Hook]:
+    """Make a Python function available to mapping files as ``derive: [name]``."""
+
+    def deco(fn: Hook) -> Hook:
+        _HOOKS[name] = fn
+        return fn
+
+    return deco
+
+
+def _format(template: str, **values: Any) -> str:
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError):
+        return template
+
+
+class RegistryMapping:
+    """One compiled mapping file."""
+
+    def __init__(
+        self,
+        spec: MappingSpec,
+        codemaps: Mapping[str, CodeMap],
+        origin: str,
+        targets: Mapping[str, Iterable[str]] | None = None,
+    ):
+        self.spec = spec
+        self.name = spec.name
+        self.origin = origin
+        self.target = spec.registry.target
+        view = dict(spec.view)
+        view.setdefault("resourceType", "ViewDefinition")
+        view.setdefault("name", spec.name)
+        try:
+            self.view: CompiledView = compile_view(view, origin=origin)
+        except ViewDefinitionError as exc:
+            raise MappingFileError(f"{origin}: view: {exc}") from None
+        self.resource_type = self.view.resource
+        columns = {c.name for c in self.view.columns}
+        self.fields: dict[str, FieldSpec] = {}
+        for name, fspec in spec.registry.fields.items():
+            fs = FieldSpec(column=fspec) if isinstance(fspec, str) else fspec
+            if fs.column not in columns:
+                raise MappingFileError(
+                    f"{origin}: registry.fields.{name}: no view column named {fs.column!r}"
+                )
+            if fs.convert and fs.convert not in CONVERTERS:
+                raise MappingFileError(
+                    f"{origin}: registry.fields.{name}: unknown conversion {fs.convert!r} "
+                    f"(known: {', '.join(sorted(CONVERTERS))})"
+                )
+            self.fields[name] = fs
+        self.translations: list[tuple[TranslateSpec, CodeMap]] = []
+        for i, tspec in enumerate(spec.registry.translate):
+            where = f"{origin}: registry.translate[{i}]"
+            if tspec.column not in columns:
+                raise MappingFileError(f"{where}: no view column named {tspec.column!r}")
+            cmap = codemaps.get(tspec.codemap)
+            if cmap is None:
+                raise MappingFileError(
+                    f"{where}: unknown code map {tspec.codemap!r} (known: {', '.join(sorted(codemaps))})"
+                )
+            used = {*tspec.into.values(), *tspec.collect.values(), *tspec.pick_where}
+            used |= {k for cond in tspec.any.values() for k in cond}
+            if tspec.pick_max:
+                used.add(tspec.pick_max)
+            unknown = used - set(cmap.value_columns)
+            if unknown:
+                raise MappingFileError(
+                    f"{where}: code map {cmap.name} has no column {', '.join(sorted(unknown))}"
+                )
+            self.translations.append((tspec, cmap))
+        self.excludes = [
+            (self._compile_rule(x.when, f"{origin}: registry.exclude[{i}].when"), x)
+            for i, x in enumerate(spec.registry.exclude)
+        ]
+        self.rules = [
+            (self._compile_rule(r.when, f"{origin}: registry.rules[{i}].when"), r)
+            for i, r in enumerate(spec.registry.rules)
+        ]
+        for hook in spec.registry.derive:
+            if hook not in _HOOKS:
+                raise MappingFileError(
+                    f"{origin}: registry.derive: unknown hook {hook!r} (known: {', '.join(sorted(_HOOKS))})"
+                )
+        self.hooks = [_HOOKS[h] for h in spec.registry.derive]
+        if targets is not None:
+            self._check_target(targets)
+
+    def _check_target(self, targets: Mapping[str, Iterable[str]]) -> None:
+        """Every field the mapping produces must be a column of its target table."""
+        if self.target not in targets:
+            raise MappingFileError(
+                f"{self.origin}: registry.target: unknown table {self.target!r} "
+                f"(known: {', '.join(sorted(targets))})"
+            )
+        produced = set(self.fields)
+        for tspec, _ in self.translations:
+            produced |= set(tspec.into) | set(tspec.any) | set(tspec.collect)
+            produced |= {f for f in (tspec.codes_into, tspec.code_into) if f}
+        missing = produced - set(targets[self.target])
+        if missing:
+            raise MappingFileError(
+                f"{self.origin}: table {self.target} has no column {', '.join(sorted(missing))}"
+            )
+
+    @staticmethod
+    def _compile_rule(expr: str, where: str) -> Callable[[Any], list[Any]]:
+        try:
+            return compile_path(expr)
+        except Exception as exc:
+            raise MappingFileError(f"{where}: {exc}") from None
+
+    # -- mapping -----------------------------------------------------------------------
+
+    def map(self, resource: Mapping[str, Any], ctx: SiteContext) -> MappingResult:
+        try:
+            rows = self.view.rows(dict(resource))
+        except Exception as exc:
+            issue = Issue(
+                "mapping.view_failed",
+                f"view {self.name} failed: {type(exc).__name__}",
+                field=self.resource_type,
+            )
+            return MappingResult("failed", self.target, {}, [issue])
+        if not rows:
+            return MappingResult("out_of_scope", self.target, {})
+        src = rows[0]
+        out: dict[str, Any] = {}
+        issues: list[Issue] = []
+
+        fatal = False
+        for tspec, cmap in self.translations:
+            verdict = self._translate(tspec, cmap, src.get(tspec.column), out, issues)
+            if verdict == "out_of_scope":
+                return MappingResult("out_of_scope", self.target, out, [])
+            fatal = fatal or verdict == "unresolved"
+        for name, fs in self.fields.items():
+            value = src.get(fs.column)
+            if isinstance(value, list) and not fs.collection:
+                value = next((v for v in value if v not in (None, "")), None)
+            if value in (None, "", []):
+                if fs.required:
+                    issues.append(
+                        Issue(
+                            "mapping.required_missing",
+                            f"{self.resource_type}: required {name} ({fs.column}) is missing",
+                            field=name,
+                        )
+                    )
+                    fatal = True
+                out[name] = fs.default if fs.default is not None or not fs.collection else []
+                continue
+            if fs.convert:
+                conv = CONVERTERS[fs.convert]
+                try:
+                    value = [conv(v, ctx) for v in value] if isinstance(value, list) else conv(value, ctx)
+                except ConversionError as exc:
+                    issues.append(
+                        Issue(exc.code, f"{self.resource_type}: {name} ({fs.column}) {exc}", field=name)
+                    )
+                    fatal = fatal or fs.required
+                    out[name] = fs.default
+                    continue
+            if fs.allowed is not None and value not in fs.allowed:
+                issues.append(
+                    Issue(
+                        "mapping.value_not_allowed",
+                        f"{self.resource_type}: {name} {value!r} is not one of "
+                        f"{', '.join(map(str, fs.allowed))}",
+                        field=name,
+                        value=str(value)[:64],
+                    )
+                )
+                fatal = True
+            out[name] = value
+
+        for check, _exclude in self.excludes:
+            if _truthy(check, out):
+                return MappingResult("excluded", self.target, out, [])
+
+        for check, rule in self.rules:
+            if _truthy(check, out):
+                issues.append(
+                    Issue(rule.code, _format(rule.message, **out), field=rule.field, rule=rule.severity)
+                )
+                fatal = fatal or rule.severity == "error"
+
+        for hook in self.hooks:
+            found = hook(resource, out, ctx)
+            issues.extend(found)
+            fatal = fatal or any(i.rule != "warning" for i in found)
+
+        return MappingResult("failed" if fatal else "mapped", self.target, out, issues)
+
+    def _translate(
+        self,
+        tspec: TranslateSpec,
+        cmap: CodeMap,
+        codings: Any,
+        out: dict[str, Any],
+        issues: list[Issue],
+    ) -> str:
+        hits: list[Entry] = []
+        codes: list[str] = []
+        recognised: list[str] = []
+        in_scope = False
+        for coding in _as_codings(codings):
+            system = cmap.system_name(coding[0])
+            if system is None:
+                continue
+            entry = cmap.lookup(system, coding[1])
+            if entry is not None:
+                hits.append(entry)
+                code = display_code(system, coding[1])
+                codes.append(code)
+                recognised.append(f"{system}|{code}")
+                in_scope = True
+            elif cmap.in_scope(system, coding[1]):
+                in_scope = True
+                issues.append(
+                    Issue(
+                        tspec.unmapped.code,
+                        _format(
+                            tspec.unmapped.message,
+                            system=system.upper(),
+                            code=coding[1].strip(),
+                            codemap=cmap.name,
+                            version=cmap.version,
+                        ),
+                        field=tspec.column,
+                        value=f"{system}|{coding[1].strip()}"[:200],
+                    )
+                )
+        if tspec.scope and not in_scope:
+            return "out_of_scope"
+        if tspec.codes_into:
+            out[tspec.codes_into] = recognised
+        for flag, cond in tspec.any.items():
+            out[flag] = any(all(e.values.get(k) == v for k, v in cond.items()) for e in hits)
+        for fname, col in tspec.collect.items():
+            values = [e.values.get(col) for e in hits]
+            out[fname] = list(dict.fromkeys(v for v in values if v not in (None, "")))
+        candidates = [
+            (e, c)
+            for e, c in zip(hits, codes, strict=True)
+            if all(e.values.get(k) == v for k, v in tspec.pick_where.items())
+        ]
+        if tspec.pick_max:
+            key = tspec.pick_max
+            # Stable sort: among equal ranks the first coding the hospital listed wins.
+            candidates.sort(key=lambda ec: ec[0].values.get(key) or 0, reverse=True)
+        if not candidates and tspec.fallback:
+            candidates = list(zip(hits, codes, strict=True))
+            if tspec.pick_max:
+                candidates.sort(key=lambda ec: ec[0].values.get(tspec.pick_max or "") or 0, reverse=True)
+        if candidates:
+            best, best_code = candidates[0]
+            for fname, col in tspec.into.items():
+                out[fname] = best.values.get(col)
+            if tspec.code_into:
+                out[tspec.code_into] = best_code
+            return "ok"
+        if tspec.into or tspec.pick_where:
+            for fname in tspec.into:
+                out.setdefault(fname, None)
+            if tspec.none_picked and hits:
+                listed = ", ".join(sorted({e.code for e in hits}))
+                issues.append(
+                    Issue(
+                        tspec.none_picked.code,
+                        _format(tspec.none_picked.message, codes=listed, codemap=cmap.name),
+                        field=tspec.column,
+                        value=listed[:200],
+                    )
+                )
+            return "unresolved"
+        return "ok"
+
+
+def _as_codings(value: Any) -> Iterable[tuple[str, str]]:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, dict):
+            system, code = item.get("system"), item.get("code")
+            if isinstance(system, str) and isinstance(code, str) and code.strip():
+                yield system, code
+
+
+def _truthy(check: Callable[[Any], list[Any]], row: Mapping[str, Any]) -> bool:
+    result = check(_row_for_fhirpath(row))
+    return bool(result) and result[0] is True
+
+
+def _row_for_fhirpath(row: Mapping[str, Any]) -> dict[str, Any]:
+    # Dates become ISO strings so FHIRPath comparisons on them behave as on FHIR data.
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+
+
+def load_spec(path: Path) -> MappingSpec:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise MappingFileError(f"{path}{line}: not valid YAML") from None
+    except OSError as exc:
+        raise MappingFileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return MappingSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"{path}{_line_of(path, err['loc'])}: {loc}: {err['msg']}")
+        raise MappingFileError("\n".join(lines)) from None
+
+
+def _line_of(path: Path, loc: tuple[Any, ...]) -> str:
+    """Best-effort line number of a key path, so staff can jump to the mistake."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return ""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            nxt = node.value[part]
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node = nxt
+    return f":{node.start_mark.line + 1}" if node is not None else ""
+
+
+def load_mappings(
+    codemaps: Mapping[str, CodeMap],
+    directory: Path | None = None,
+    targets: Mapping[str, Iterable[str]] | None = None,
+) -> dict[str, RegistryMapping]:
+    """All mapping files, keyed by resource type (one mapping per resource type)."""
+    import mappings.hooks  # noqa: F401  registers the derive hooks
+
+    out: dict[str, RegistryMapping] = {}
+    for path in sorted((directory or BUNDLED).glob("*.yaml")):
+        mapping = RegistryMapping(load_spec(path), codemaps, str(path), targets)
+        if mapping.resource_type in out:
+            raise MappingFileError(
+                f"{path}: a second mapping for {mapping.resource_type} "
+                f"(first: {out[mapping.resource_type].origin})"
+            )
+        out[mapping.resource_type] = mapping
+    return out

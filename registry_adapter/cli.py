@@ -1,0 +1,400 @@
+"""``registry-adapter``: the one command line for hospital IT and registry staff."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from adapters.base import SourceContext
+from mappings.codemaps import CodeMapError
+from mappings.engine import MappingFileError
+from registry_adapter import logs
+from registry_adapter.app import App, build_app
+from registry_adapter.config import ConfigError, load_settings
+from registry_adapter.pipeline import Pipeline, RunResult, stats
+from registry_adapter.queries import list_cases, list_causes, list_errors, list_runs
+
+console = Console(stderr=True)
+out = Console()
+
+
+class Ctx:
+    def __init__(self, config: Path | None, db: str | None):
+        self.config_path = config
+        self.db = db
+        self._app: App | None = None
+
+    @property
+    def app(self) -> App:
+        if self._app is None:
+            settings = load_settings(self.config_path)
+            logs.configure(settings.logging.format, settings.logging.level)
+            self._app = build_app(settings, self.db)
+            self._app.ensure_db()
+        return self._app
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, dict[str, int]], None]]:
+    """A live status line on a terminal; nothing when output goes to a file or a pipe."""
+    if not enabled or not console.is_terminal:
+        yield lambda _n, _c: None
+        return
+    with console.status("starting…") as status:
+
+        def update(note: str, counts: dict[str, int]) -> None:
+            status.update(
+                f"{note or 'working'} · received {counts['received']:,} · new {counts['staged_new']:,}"
+                f" · updated {counts['staged_updated']:,} · mapped {counts['mapped']:,}"
+                f" · failed {counts['failed']:,}"
+            )
+
+        yield update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path),
+    help="Configuration file [default: $REGISTRY_ADAPTER_CONFIG or ./config.yaml].",
+)
+@click.option("--db", "db", metavar="URL", help="Database URL; overrides database.url in the config.")
+@click.version_option(package_name="spine-registry-adapter")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, db: str | None) -> None:
+    """Feed the spine registry from hospital FHIR and HL7 v2 sources."""
+    ctx.obj = Ctx(config, db)
+
+
+def _summary(result: RunResult, app: App) -> None:
+    c = result.counts
+    out.print(
+        f"[bold]{result.source}[/]: {result.outcome} in {result.seconds:.1f}s — received {c.received:,}, "
+        f"new {c.staged_new:,}, updated {c.staged_updated:,}, unchanged {c.unchanged:,}, "
+        f"deleted {c.deleted:,}; mapped {c.mapped:,}, failed {c.failed:,}, "
+        f"out of scope {c.out_of_scope:,}, excluded {c.excluded:,}"
+    )
+
+
+def _report(app: App) -> None:
+    s = stats(app)
+    with app.engine.connect() as conn:
+        causes = list_causes(conn, limit=15)
+        diag = sum(len(c["diagnoses"]) for c in list_cases(conn))
+    out.print(
+        f"Registry: {s['staged']:,} resources staged · {s['patients']:,} patients · "
+        f"{s['cases']:,} cases · {diag:,} case diagnoses · {s['prom_responses']:,} PROM responses · "
+        f"{s['out_of_scope']:,} out of scope · {s['errors_open']:,} open mapping errors"
+    )
+    if causes:
+        table = Table(title="Open mapping errors by cause", title_justify="left")
+        for col in ("cause", "records", "code", "value", "example"):
+            table.add_column(col, overflow="fold")
+        for cause in causes:
+            table.add_row(
+                cause["cause_id"],
+                str(cause["count"]),
+                cause["code"],
+                cause["value"] or "",
+                cause["example_message"][:90],
+            )
+        out.print(table)
+
+
+@cli.command()
+@click.option("--source", "source_name", help="Only this configured source.")
+@click.option("--full", is_flag=True, help="Ignore watermarks and read everything again.")
+@click.option("--since", help="Only changes since this date/time (ISO 8601).")
+@click.option("--type", "types", multiple=True, help="Only these resource types (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run results as JSON.")
+@pass_ctx
+def sync(
+    obj: Ctx, source_name: str | None, full: bool, since: str | None, types: tuple[str, ...], as_json: bool
+) -> None:
+    """Pull the configured sources into the registry store."""
+    from registry_adapter.sources import build_source
+
+    app = obj.app
+    configs = [app.settings.source(source_name)] if source_name else list(app.settings.sources)
+    if not configs:
+        raise click.UsageError("no sources are configured (see sources: in the config file)")
+    results = []
+    with _progress(not as_json) as progress:
+        pipeline = Pipeline(app, progress)
+        for cfg in configs:
+            source = build_source(cfg, app)
+            results.append(
+                pipeline.ingest(source, SourceContext(full=full, since=since, resource_types=types))
+            )
+    if as_json:
+        _emit_json(
+            [
+                {
+                    "run_id": r.run_id,
+                    "source": r.source,
+                    "outcome": r.outcome,
+                    "seconds": round(r.seconds, 3),
+                    **r.counts.as_dict(),
+                }
+                for r in results
+            ]
+        )
+        return
+    for r in results:
+        _summary(r, app)
+    _report(app)
+
+
+@cli.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--source",
+    "source_name",
+    default="import",
+    show_default=True,
+    help="Source name the records are filed under.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) -> None:
+    """Load FHIR NDJSON / Bundle files or folders (e.g. a file a hospital sent)."""
+    from registry_adapter.sources import import_source
+
+    app = obj.app
+    with _progress(not as_json) as progress:
+        result = Pipeline(app, progress).ingest(
+            import_source(source_name, list(paths)), SourceContext(full=True), kind="import"
+        )
+    if as_json:
+        _emit_json(
+            {
+                "run_id": result.run_id,
+                "source": result.source,
+                "outcome": result.outcome,
+                **result.counts.as_dict(),
+            }
+        )
+        return
+    _summary(result, app)
+    _report(app)
+
+
+@cli.command()
+@click.option("--type", "resource_type", help="Only staged records of this resource type.")
+@click.option("--cause", "cause_id", help="Only records with an open error of this cause.")
+@click.option("--source", "source_name", help="Only records of this source.")
+@click.option("--all", "everything", is_flag=True, help="Every staged record, not only failed ones.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def reprocess(
+    obj: Ctx,
+    resource_type: str | None,
+    cause_id: str | None,
+    source_name: str | None,
+    everything: bool,
+    as_json: bool,
+) -> None:
+    """Map staged records again after fixing a mapping or code map (default: failed ones)."""
+    app = obj.app
+    with _progress(not as_json) as progress:
+        selected, counts = Pipeline(app, progress).reprocess(
+            resource_type=resource_type, cause_id=cause_id, source=source_name, everything=everything
+        )
+    if as_json:
+        _emit_json({"selected": selected, **counts.as_dict()})
+        return
+    out.print(
+        f"Re-processed {selected:,} records: mapped {counts.mapped:,}, failed {counts.failed:,}, "
+        f"out of scope {counts.out_of_scope:,}, excluded {counts.excluded:,}"
+    )
+    _report(app)
+
+
+@cli.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def stats_cmd(obj: Ctx, as_json: bool) -> None:
+    """Counts of what the registry store holds."""
+    data = stats(obj.app)
+    if as_json:
+        _emit_json(data)
+        return
+    table = Table(show_header=False)
+    for key, value in data.items():
+        table.add_row(key.replace("_", " "), f"{value:,}")
+    out.print(table)
+
+
+@cli.group()
+def cases() -> None:
+    """Registry cases (one per index spine surgery)."""
+
+
+@cases.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=int, default=None)
+@click.option("--include-removed", is_flag=True, help="Also cases whose procedure was withdrawn.")
+@pass_ctx
+def cases_list(obj: Ctx, as_json: bool, limit: int | None, include_removed: bool) -> None:
+    with obj.app.engine.connect() as conn:
+        rows = list_cases(conn, limit=limit, include_removed=include_removed)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table()
+    for col in ("procedure", "patient", "module", "category", "surgery", "discharge", "diagnoses"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["procedure_id"],
+            r["patient_id"],
+            r["module"] or "",
+            r["category"] or "",
+            r["surgery_date"],
+            r["discharge_date"] or "",
+            ", ".join(r["diagnoses"]),
+        )
+    out.print(table)
+
+
+@cli.group()
+def errors() -> None:
+    """Mapping errors, one per record and problem, grouped into causes."""
+
+
+@errors.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--cause", "cause_id", help="Only errors of this cause.")
+@click.option("--limit", type=int, default=None)
+@pass_ctx
+def errors_list(obj: Ctx, as_json: bool, cause_id: str | None, limit: int | None) -> None:
+    with obj.app.engine.connect() as conn:
+        rows = list_errors(conn, cause_id=cause_id, limit=limit)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table()
+    for col in ("cause", "type", "id", "code", "field", "value", "message"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["cause_id"],
+            r["resource_type"],
+            r["resource_id"],
+            r["code"],
+            r["field"],
+            r["value"] or "",
+            r["message"],
+        )
+    out.print(table)
+
+
+@errors.command("causes")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def errors_causes(obj: Ctx, as_json: bool) -> None:
+    """Open errors grouped by cause: fix one cause, clear many records."""
+    with obj.app.engine.connect() as conn:
+        rows = list_causes(conn)
+    if as_json:
+        _emit_json(rows)
+        return
+    _report(obj.app)
+
+
+@cli.group()
+def runs() -> None:
+    """Sync and import runs."""
+
+
+@runs.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=int, default=20, show_default=True)
+@pass_ctx
+def runs_list(obj: Ctx, as_json: bool, limit: int) -> None:
+    with obj.app.engine.connect() as conn:
+        rows = list_runs(conn, limit=limit)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table()
+    for col in ("run", "source", "kind", "started", "outcome", "received", "mapped", "failed"):
+        table.add_column(col)
+    for r in rows:
+        c = r["counts"] or {}
+        table.add_row(
+            str(r["id"]),
+            r["source"],
+            r["kind"],
+            r["started_at"][:19],
+            r["outcome"],
+            str(c.get("received", "")),
+            str(c.get("mapped", "")),
+            str(c.get("failed", "")),
+        )
+    out.print(table)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_obj
+def db_upgrade(obj: Ctx, revision: str) -> None:
+    """Apply schema migrations (safe to run again)."""
+    from registry_store import migrate
+
+    settings = load_settings(obj.config_path)
+    app = build_app(settings, obj.db)
+    before = migrate.current_revision(app.engine)
+    migrate.upgrade(app.engine, revision)
+    after = migrate.current_revision(app.engine)
+    out.print(f"database at revision {after}" + ("" if before != after else " (already current)"))
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(obj: Ctx) -> None:
+    from registry_store import migrate
+
+    app = build_app(load_settings(obj.config_path), obj.db)
+    out.print(f"current {migrate.current_revision(app.engine)} · head {migrate.head_revision(app.engine)}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except (MappingFileError, CodeMapError) as exc:
+        console.print(f"[red]mapping error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; committed work is kept and the next run resumes")
+        sys.exit(130)

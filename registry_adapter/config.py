@@ -1,0 +1,251 @@
+"""Configuration: ``config.yaml`` validated into typed settings.
+
+Secrets never sit in the file: a value may be ``${ENV_VAR}`` (required) or
+``${ENV_VAR:-default}``, and secret keys also accept ``<key>_file`` pointing at a file.
+Validation errors name the key path (``sources[1].base_url``) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG = "config.yaml"
+ENV_CONFIG = "REGISTRY_ADAPTER_CONFIG"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteConfig(_Strict):
+    id: str = Field(min_length=1, description="Site identifier; part of every pseudonym.")
+    timezone: str = Field(description="IANA zone, e.g. America/Chicago.")
+    pseudonym_key: str | None = None
+    pseudonym_key_file: Path | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_key(self) -> SiteConfig:
+        if not self.pseudonym_key and not self.pseudonym_key_file:
+            raise ValueError("set pseudonym_key (from ${ENV_VAR}) or pseudonym_key_file")
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def key_bytes(self) -> bytes:
+        """The pseudonym key; a missing key file is created once, readable by the owner only."""
+        if self.pseudonym_key:
+            return self.pseudonym_key.encode()
+        assert self.pseudonym_key_file is not None
+        path = self.pseudonym_key_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite:///var/registry.db"
+
+
+class LoggingConfig(_Strict):
+    format: Literal["auto", "console", "json"] = "auto"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class TimepointWindow(_Strict):
+    """A PROM time point: due ``due_days`` after the anchor, accepted from start to end."""
+
+    anchor: Literal["surgery", "discharge"]
+    due_days: int
+    window_start_days: int
+    window_end_days: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimepointWindow:
+        if not self.window_start_days <= self.due_days <= self.window_end_days:
+            raise ValueError("need window_start_days <= due_days <= window_end_days")
+        return self
+
+
+def _default_timepoints() -> dict[str, TimepointWindow]:
+    # Defaults from shared/reference/spine-registry.md ("PROM time points and windows").
+    return {
+        "baseline": TimepointWindow(anchor="surgery", due_days=0, window_start_days=-90, window_end_days=0),
+        "90d": TimepointWindow(anchor="discharge", due_days=90, window_start_days=60, window_end_days=180),
+        "1y": TimepointWindow(anchor="surgery", due_days=365, window_start_days=300, window_end_days=456),
+    }
+
+
+class PromConfig(_Strict):
+    timepoints: dict[str, TimepointWindow] = Field(default_factory=_default_timepoints)
+    # Extra recognition per instrument id: canonical URLs and linkId aliases used by this site.
+    instruments: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class MappingConfig(_Strict):
+    # Folders that replace the bundled mappings / code maps (copy the bundled ones to start).
+    directory: Path | None = None
+    codemaps: Path | None = None
+    validation: Literal["strict", "warn", "off"] = "warn"
+
+
+class FilesSource(_Strict):
+    type: Literal["files"]
+    name: str
+    path: Path
+    # Glob patterns inside path; NDJSON and Bundle JSON are recognised by content.
+    patterns: tuple[str, ...] = ("**/*.ndjson", "**/*.json", "**/*.ndjson.gz")
+
+
+SourceConfig = Annotated[FilesSource, Field(discriminator="type")]
+
+
+class Settings(_Strict):
+    site: SiteConfig
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    mappings: MappingConfig = Field(default_factory=MappingConfig)
+    proms: PromConfig = Field(default_factory=PromConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    batch_size: int = Field(default=500, ge=1, le=50_000)
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> Settings:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique: {', '.join(dupes)}")
+        return self
+
+    def source(self, name: str) -> SourceConfig:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        known = ", ".join(s.name for s in self.sources) or "none configured"
+        raise ConfigError(f"no source named {name!r} (known: {known})")
+
+
+def _interpolate(value: Any, path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set")
+
+    return _ENV_REF.sub(repl, value)
+
+
+def _resolve_secret_files(data: Any, path: str) -> Any:
+    """``foo_file: path`` next to a secret is read into ``foo`` (except keys the models keep)."""
+    if isinstance(data, list):
+        return [_resolve_secret_files(v, f"{path}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, dict):
+        return data
+    out = {k: _resolve_secret_files(v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    for key in [k for k in out if isinstance(k, str) and k.endswith("_secret_file")]:
+        target = key.removesuffix("_file")
+        file = Path(str(out.pop(key))).expanduser()
+        try:
+            out[target] = file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{path}.{key}: cannot read {file}: {exc.strerror}") from exc
+    return out
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("files",):  # discriminator tags are not keys the user wrote
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_settings(data: Any, *, base_dir: Path | None = None) -> Settings:
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a YAML mapping of keys to values")
+    data = _resolve_secret_files(_interpolate(data, ""), "")
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    return _relative_to(settings, base_dir) if base_dir else settings
+
+
+def _relative_to(settings: Settings, base: Path) -> Settings:
+    """Relative paths in a config file mean relative to that file, as users expect."""
+
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    site = settings.site.model_copy(update={"pseudonym_key_file": fix(settings.site.pseudonym_key_file)})
+    sources = [s.model_copy(update={"path": fix(s.path)}) for s in settings.sources]
+    mappings = settings.mappings.model_copy(
+        update={"directory": fix(settings.mappings.directory), "codemaps": fix(settings.mappings.codemaps)}
+    )
+    db = settings.database
+    if db.url.startswith("sqlite:///") and not db.url.startswith("sqlite:////"):
+        rel = db.url.removeprefix("sqlite:///")
+        if rel and rel != ":memory:":
+            db = db.model_copy(update={"url": f"sqlite:///{base / rel}"})
+    return settings.model_copy(
+        update={"site": site, "sources": sources, "mappings": mappings, "database": db}
+    )
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Load from ``path``, else ``$REGISTRY_ADAPTER_CONFIG``, else ``./config.yaml``."""
+    path = path or Path(os.environ.get(ENV_CONFIG, DEFAULT_CONFIG))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"configuration file {path} not found (copy config.example.yaml to config.yaml, "
+            f"or pass --config / set {ENV_CONFIG})"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return parse_settings(data, base_dir=path.resolve().parent)

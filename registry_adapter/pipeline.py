@@ -1,0 +1,401 @@
+"""The one path for data: source → staging → mapping → registry tables → cases.
+
+``ingest`` stages what a source yields and commits it together with the source's state at
+each checkpoint, so a killed run resumes where it stopped and nothing committed is lost.
+``map_pending`` maps staged records in batches (each batch, its registry rows, its mapping
+errors and the cases it touches commit together). ``reprocess`` puts records back to pending
+after a mapping or code map was fixed, without asking the hospital again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.engine import Connection
+
+from adapters.base import Checkpoint, Deleted, Record, RecordError, Source, SourceContext
+from adapters.validation import validate
+from mappings.cases import assemble_cases
+from registry_adapter.app import TARGET_TABLES, App
+from registry_store.db import upsert
+from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
+from registry_store.models import SourceState, SyncRun
+from registry_store.staging import STAGING, mark_deleted, stage_errors, stage_records
+from registry_store.timeutil import utcnow
+
+log = structlog.get_logger(__name__)
+RUNS = SyncRun.__table__  # type: ignore[attr-defined]
+STATES = SourceState.__table__  # type: ignore[attr-defined]
+
+ProgressFn = Callable[[str, dict[str, int]], None]
+
+
+@dataclass
+class RunCounts:
+    received: int = 0
+    staged_new: int = 0
+    staged_updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    invalid: int = 0
+    deleted: int = 0
+    mapped: int = 0
+    failed: int = 0
+    out_of_scope: int = 0
+    excluded: int = 0
+    cases: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    source: str
+    outcome: str
+    counts: RunCounts
+    seconds: float
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def load_state(conn: Connection, source: str) -> dict[str, Any]:
+    row = conn.execute(select(STATES.c.state).where(STATES.c.source == source)).first()
+    return dict(row.state) if row else {}
+
+
+def _save_state(conn: Connection, source: str, state: dict[str, Any]) -> None:
+    upsert(conn, STATES, [{"source": source, "state": state, "updated_at": utcnow()}], keys=["source"])
+
+
+class Pipeline:
+    def __init__(self, app: App, progress: ProgressFn | None = None):
+        self.app = app
+        self.progress = progress or (lambda _note, _counts: None)
+        self.batch_size = app.settings.batch_size
+        self.strictness = app.settings.mappings.validation
+
+    # -- intake -------------------------------------------------------------------------
+
+    def ingest(
+        self, source: Source, ctx: SourceContext | None = None, *, kind: str = "sync", map_now: bool = True
+    ) -> RunResult:
+        """Pull from ``source`` into staging, then map what changed."""
+        engine = self.app.engine
+        with engine.begin() as conn:
+            state = load_state(conn, source.name)
+            run_id = int(
+                conn.execute(
+                    RUNS.insert()
+                    .values(
+                        source=source.name,
+                        kind=kind,
+                        started_at=utcnow(),
+                        outcome="running",
+                        counts={},
+                        watermark=state,
+                    )
+                    .returning(RUNS.c.id)
+                ).scalar_one()
+            )
+        ctx = ctx or SourceContext()
+        ctx.state = state if not ctx.state else ctx.state
+        counts = RunCounts()
+        started = time.monotonic()
+        records: list[Record] = []
+        errors: list[RecordError] = []
+        deletions: list[Deleted] = []
+        log.info("sync.start", source=source.name, run_id=run_id, kind=kind)
+
+        def flush(checkpoint: Checkpoint | None) -> None:
+            with engine.begin() as conn:
+                staged = stage_records(conn, source.name, records)
+                staged.add(stage_errors(conn, source.name, errors))
+                for gone in deletions:
+                    self._delete(conn, source.name, gone.resource_type, gone.resource_id)
+                if checkpoint is not None:
+                    _save_state(conn, source.name, dict(checkpoint.state))
+            counts.staged_new += staged.inserted
+            counts.staged_updated += staged.updated
+            counts.unchanged += staged.unchanged
+            counts.stale += staged.stale
+            counts.invalid += staged.invalid
+            counts.deleted += len(deletions)
+            records.clear()
+            errors.clear()
+            deletions.clear()
+
+        outcome, failure = "succeeded", None
+        final_state: dict[str, Any] = dict(state)
+        try:
+            for item in source.read(ctx):
+                if isinstance(item, Record):
+                    counts.received += 1
+                    records.append(item)
+                elif isinstance(item, RecordError):
+                    counts.received += 1
+                    errors.append(item)
+                elif isinstance(item, Deleted):
+                    deletions.append(item)
+                elif isinstance(item, Checkpoint):
+                    flush(item)
+                    final_state = dict(item.state)
+                    self.progress(item.progress or "", counts.as_dict())
+                    continue
+                if len(records) + len(errors) >= self.batch_size:
+                    # Staging without a checkpoint is safe: re-receiving is a no-op.
+                    flush(None)
+                    self.progress("", counts.as_dict())
+            flush(None)
+        except KeyboardInterrupt:
+            outcome, failure = "interrupted", "interrupted by the operator"
+            raise
+        except Exception as exc:
+            outcome, failure = "failed", f"{type(exc).__name__}: {exc}"[:2000]
+            log.error("sync.failed", source=source.name, run_id=run_id, error=type(exc).__name__)
+            raise
+        finally:
+            if outcome == "succeeded" and map_now:
+                mapped = self.map_pending(sources=[source.name])
+                for name in ("mapped", "failed", "out_of_scope", "excluded", "cases"):
+                    setattr(counts, name, getattr(mapped, name))
+            seconds = time.monotonic() - started
+            with engine.begin() as conn:
+                conn.execute(
+                    update(RUNS)
+                    .where(RUNS.c.id == run_id)
+                    .values(
+                        finished_at=utcnow(),
+                        outcome=outcome,
+                        counts=counts.as_dict(),
+                        watermark=final_state,
+                        error=failure,
+                    )
+                )
+            log.info(
+                "sync.finish",
+                source=source.name,
+                run_id=run_id,
+                outcome=outcome,
+                seconds=round(seconds, 2),
+                **counts.as_dict(),
+            )
+        return RunResult(run_id, source.name, outcome, counts, seconds, final_state)
+
+    def _delete(self, conn: Connection, source: str, rtype: str, rid: str) -> set[str]:
+        staging_id = mark_deleted(conn, source, rtype, rid)
+        if staging_id is not None:
+            resolve_all(conn, [staging_id])
+        patients = self._remove_rows(conn, source, rtype, [rid])
+        self._assemble(conn, {source: patients})
+        return patients
+
+    # -- mapping ------------------------------------------------------------------------
+
+    def map_pending(self, sources: Iterable[str] | None = None) -> RunCounts:
+        """Map every pending staged record, a batch per transaction."""
+        counts = RunCounts()
+        names = list(sources) if sources is not None else None
+        last_id = 0
+        while True:
+            with self.app.engine.begin() as conn:
+                query = (
+                    select(
+                        STAGING.c.id,
+                        STAGING.c.source,
+                        STAGING.c.resource_type,
+                        STAGING.c.resource_id,
+                        STAGING.c.raw,
+                    )
+                    .where(STAGING.c.status == "pending", STAGING.c.id > last_id)
+                    .order_by(STAGING.c.id)
+                    .limit(self.batch_size)
+                )
+                if names is not None:
+                    query = query.where(STAGING.c.source.in_(names))
+                batch = conn.execute(query).all()
+                if not batch:
+                    break
+                last_id = batch[-1].id
+                self._map_batch(conn, batch, counts)
+            self.progress("mapping", counts.as_dict())
+        return counts
+
+    def _map_batch(self, conn: Connection, batch: Sequence[Any], counts: RunCounts) -> None:
+        ids = [r.id for r in batch]
+        with_errors = {
+            r.staging_id
+            for r in conn.execute(
+                select(ERRORS.c.staging_id).where(ERRORS.c.staging_id.in_(ids), ERRORS.c.status == "open")
+            )
+        }
+        writes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        removals: dict[tuple[str, str], list[str]] = defaultdict(list)
+        statuses: dict[str, list[int]] = defaultdict(list)
+        touched: dict[str, set[str]] = defaultdict(set)
+        for row in batch:
+            status, issues, mapping_name = self._map_one(row, writes, removals, touched)
+            statuses[status].append(row.id)
+            if status == "mapped":
+                counts.mapped += 1
+            elif status in ("failed", "invalid"):
+                counts.failed += 1
+            elif status == "excluded":
+                counts.excluded += 1
+            else:
+                counts.out_of_scope += 1
+            if issues or row.id in with_errors:
+                replace_errors(
+                    conn,
+                    staging_id=row.id,
+                    source=row.source,
+                    resource_type=row.resource_type,
+                    resource_id=row.resource_id,
+                    mapping=mapping_name,
+                    issues=issues,
+                    keep_case_errors=status == "mapped",
+                )
+        for (source, rtype), rids in removals.items():
+            touched[source] |= self._remove_rows(conn, source, rtype, rids)
+        for target, rows in writes.items():
+            model = TARGET_TABLES[target]
+            for source in {r["source"] for r in rows}:
+                ids_here = [r["id"] for r in rows if r["source"] == source]
+                touched[source] |= self._patients_of(conn, model, source, ids_here)
+            upsert(conn, model, rows, keys=["source", "id"])
+        now = utcnow()
+        for status, sids in statuses.items():
+            conn.execute(update(STAGING).where(STAGING.c.id.in_(sids)).values(status=status, mapped_at=now))
+        counts.cases += self._assemble(conn, touched)
+
+    def _map_one(
+        self,
+        row: Any,
+        writes: dict[str, list[dict[str, Any]]],
+        removals: dict[tuple[str, str], list[str]],
+        touched: dict[str, set[str]],
+    ) -> tuple[str, list[Issue], str]:
+        try:
+            resource = orjson.loads(row.raw)
+        except orjson.JSONDecodeError:
+            return "invalid", [Issue("intake.malformed_json", "staged content is not valid JSON")], "intake"
+        issues: list[Issue] = []
+        if self.strictness != "off":
+            issues = validate(resource)
+            if issues and self.strictness == "strict":
+                removals[(row.source, row.resource_type)].append(row.resource_id)
+                return "invalid", issues, "validation"
+        mapping = self.app.mappings.get(row.resource_type)
+        if mapping is None:
+            # Types we receive but do not map (Practitioner, Location, ...) are kept staged.
+            return "out_of_scope", issues, ""
+        result = mapping.map(resource, self.app.site)
+        issues.extend(result.issues)
+        if result.disposition == "mapped":
+            out = {**result.row, "source": row.source, "id": row.resource_id, "staging_id": row.id}
+            writes[mapping.target].append(out)
+            if out.get("patient_id"):
+                touched[row.source].add(str(out["patient_id"]))
+        else:
+            removals[(row.source, row.resource_type)].append(row.resource_id)
+        return result.disposition, issues, mapping.name
+
+    def _table_for(self, rtype: str) -> Any:
+        mapping = self.app.mappings.get(rtype)
+        return TARGET_TABLES[mapping.target].__table__ if mapping else None  # type: ignore[attr-defined]
+
+    def _patients_of(self, conn: Connection, model: Any, source: str, ids: list[str]) -> set[str]:
+        table = model.__table__
+        if "patient_id" not in table.c:
+            return set()
+        found: set[str] = set()
+        for start in range(0, len(ids), 400):
+            chunk = ids[start : start + 400]
+            found |= {
+                r.patient_id
+                for r in conn.execute(
+                    select(table.c.patient_id).where(table.c.source == source, table.c.id.in_(chunk))
+                )
+                if r.patient_id
+            }
+        return found
+
+    def _remove_rows(self, conn: Connection, source: str, rtype: str, ids: list[str]) -> set[str]:
+        """Delete registry rows a record no longer produces; returns the patients affected."""
+        table = self._table_for(rtype)
+        if table is None or not ids:
+            return set()
+        mapping = self.app.mappings[rtype]
+        patients = self._patients_of(conn, TARGET_TABLES[mapping.target], source, ids)
+        for start in range(0, len(ids), 400):
+            conn.execute(
+                delete(table).where(and_(table.c.source == source, table.c.id.in_(ids[start : start + 400])))
+            )
+        return patients
+
+    def _assemble(self, conn: Connection, touched: dict[str, set[str]]) -> int:
+        total = 0
+        dmap = self.app.codemaps["spine-diagnoses"]
+        for source, patients in touched.items():
+            total += assemble_cases(conn, source, patients, dmap, self.app.settings.proms.timepoints)
+        return total
+
+    # -- re-processing ------------------------------------------------------------------
+
+    def reprocess(
+        self,
+        *,
+        resource_type: str | None = None,
+        cause_id: str | None = None,
+        source: str | None = None,
+        everything: bool = False,
+    ) -> tuple[int, RunCounts]:
+        """Send staged records back through mapping (after a mapping or code-map fix)."""
+        with self.app.engine.begin() as conn:
+            cond = [STAGING.c.status.notin_(["deleted"])]
+            if not everything and not resource_type and not cause_id:
+                cond.append(STAGING.c.status.in_(["failed", "invalid"]))
+            if resource_type:
+                cond.append(STAGING.c.resource_type == resource_type)
+            if source:
+                cond.append(STAGING.c.source == source)
+            if cause_id:
+                ids = select(ERRORS.c.staging_id).where(
+                    ERRORS.c.cause_id == cause_id, ERRORS.c.status == "open"
+                )
+                cond.append(STAGING.c.id.in_(ids))
+            # Input that never parsed stays invalid: re-mapping cannot fix it.
+            cond.append(STAGING.c.content_type != "application/octet-stream")
+            selected = conn.execute(update(STAGING).where(and_(*cond)).values(status="pending")).rowcount
+        return int(selected or 0), self.map_pending()
+
+
+def stats(app: App) -> dict[str, int]:
+    from registry_store.models import Case, Condition, Patient, Procedure, PromResponse
+
+    with app.engine.connect() as conn:
+
+        def count(table: Any, *where: Any) -> int:
+            return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+
+        return {
+            "staged": count(STAGING),
+            "pending": count(STAGING, STAGING.c.status == "pending"),
+            "patients": count(Patient.__table__),  # type: ignore[attr-defined]
+            "encounters": count(TARGET_TABLES["encounters"].__table__),  # type: ignore[attr-defined]
+            "procedures": count(Procedure.__table__),  # type: ignore[attr-defined]
+            "conditions": count(Condition.__table__),  # type: ignore[attr-defined]
+            "cases": count(Case.__table__, Case.__table__.c.status == "active"),  # type: ignore[attr-defined]
+            "prom_responses": count(PromResponse.__table__),  # type: ignore[attr-defined]
+            "errors_open": count(ERRORS, ERRORS.c.status == "open"),
+            "out_of_scope": count(STAGING, STAGING.c.status == "out_of_scope"),
+            "excluded": count(STAGING, STAGING.c.status == "excluded"),
+            "failed": count(STAGING, STAGING.c.status.in_(["failed", "invalid"])),
+        }

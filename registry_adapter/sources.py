@@ -1,0 +1,24 @@
+"""Configured sources → adapter objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adapters.base import Source
+from adapters.files import FilesSource
+from registry_adapter.app import App
+from registry_adapter.config import ConfigError, SourceConfig
+from registry_adapter.config import FilesSource as FilesSourceConfig
+
+
+def build_source(cfg: SourceConfig, app: App) -> Source:
+    if isinstance(cfg, FilesSourceConfig):
+        if not cfg.path.exists():
+            raise ConfigError(f"sources.{cfg.name}.path: folder {cfg.path} does not exist")
+        return FilesSource(cfg.name, [cfg.path], cfg.patterns)
+    raise ConfigError(f"source {cfg.name}: type {cfg.type!r} is not supported")
+
+
+def import_source(name: str, paths: list[Path]) -> Source:
+    """Files given on the command line (staff loading what a hospital sent)."""
+    return FilesSource(name, paths)

@@ -1,0 +1,82 @@
+"""Engine creation and the few bulk-write primitives the pipeline needs.
+
+SQLModel declares the schema; hot paths write through SQLAlchemy Core with dialect-native
+``INSERT ... ON CONFLICT`` because ORM ``merge()`` per row is ~50x slower (see
+shared/reference/libraries.md, section 3.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine.url import make_url
+from sqlmodel import Session, SQLModel
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so readers never block sync."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode is durable against process crashes; FULL adds power-loss
+            # safety for the MLLP listener, which sets it on its own connection.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        # Plain postgresql:// means psycopg 3 here, the driver we ship.
+        url = str(parsed.set(drivername="postgresql+psycopg"))
+    return create_engine(url, pool_pre_ping=True)
+
+
+def is_postgres(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    with Session(engine) as session:
+        yield session
+
+
+def upsert(
+    conn: Connection,
+    table: Table | type[SQLModel],
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    update: Sequence[str] | None = None,
+) -> None:
+    """Insert ``rows`` or update the existing rows with the same ``keys``."""
+    if not rows:
+        return
+    tbl: Table = table if isinstance(table, Table) else table.__table__  # type: ignore[attr-defined]
+    dialect = postgresql if is_postgres(conn) else sqlite
+    stmt = dialect.insert(tbl)
+    cols = update if update is not None else [c for c in rows[0] if c not in keys]
+    if cols:
+        stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in cols})
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+    conn.execute(stmt, list(rows))
+
+
+def create_all_for_tests(engine: Engine) -> None:
+    """Schema without migrations; only for throwaway databases (tests of migrations use Alembic)."""
+    import registry_store.models  # noqa: F401  (registers the tables)
+
+    SQLModel.metadata.create_all(engine)

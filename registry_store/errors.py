@@ -1,0 +1,135 @@
+"""Mapping errors as data: one row per (record, code, field), grouped into causes.
+
+A *cause* is what one fix clears: the same error code, mapping and offending value (e.g.
+"CPT 22899 not in spine-procedures code map"). Its id is a short stable hash so the review UI
+and CLI can refer to it across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.engine import Connection
+
+from registry_store.db import upsert
+from registry_store.models import MappingError
+from registry_store.timeutil import utcnow
+
+ERRORS = MappingError.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """A problem found while receiving or mapping one record.
+
+    ``value`` is the offending code or token (a CPT code, a status) — never free text from the
+    patient record — because it is shown in the review UI and used to group causes.
+    """
+
+    code: str
+    message: str
+    field: str = ""
+    value: str | None = None
+    rule: str = ""
+
+
+# Errors about a record that only case assembly can see (e.g. an add-on code whose surgery has
+# no index procedure) are owned by case assembly: re-mapping the record leaves them alone.
+CASE_SCOPE = "case-assembly"
+
+
+def cause_id(code: str, mapping: str, value: str | None) -> str:
+    return hashlib.sha256(f"{code}\x1f{mapping}\x1f{value or ''}".encode()).hexdigest()[:16]
+
+
+def replace_errors(
+    conn: Connection,
+    *,
+    staging_id: int,
+    source: str,
+    resource_type: str,
+    resource_id: str,
+    mapping: str,
+    issues: Sequence[Issue],
+    keep_case_errors: bool = True,
+) -> None:
+    """Make ``issues`` the open errors of a staged record.
+
+    Errors seen again keep their ``first_seen``; errors no longer produced become ``resolved``
+    (kept for history); ``ignored`` ones stay ignored. Case assembly (``mapping=CASE_SCOPE``)
+    and mapping each manage only their own errors, except that a record that no longer maps
+    (``keep_case_errors=False``) drops out of case assembly and so loses those errors too.
+    """
+    now = utcnow()
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    for issue in issues:
+        key = (issue.code, issue.field)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(
+            {
+                "staging_id": staging_id,
+                "source": source,
+                "resource_type": resource_type,
+                "resource_id": resource_id,
+                "mapping": mapping,
+                "field": issue.field,
+                "rule": issue.rule,
+                "code": issue.code,
+                "value": (issue.value or None) and issue.value[:200],
+                "message": issue.message,
+                "cause_id": cause_id(issue.code, mapping, issue.value),
+                "status": "open",
+                "first_seen": now,
+                "last_seen": now,
+            }
+        )
+    existing = [
+        r
+        for r in conn.execute(
+            select(ERRORS.c.id, ERRORS.c.code, ERRORS.c.field, ERRORS.c.status, ERRORS.c.mapping).where(
+                ERRORS.c.staging_id == staging_id
+            )
+        )
+        if (r.mapping == CASE_SCOPE) == (mapping == CASE_SCOPE)
+        or (mapping != CASE_SCOPE and not keep_case_errors)
+    ]
+    ignored = {(r.code, r.field) for r in existing if r.status == "ignored"}
+    stale = [r.id for r in existing if (r.code, r.field) not in seen and r.status == "open"]
+    if stale:
+        conn.execute(update(ERRORS).where(ERRORS.c.id.in_(stale)).values(status="resolved", last_seen=now))
+    rows = [r for r in rows if (r["code"], r["field"]) not in ignored]
+    upsert(
+        conn,
+        ERRORS,
+        rows,
+        keys=["staging_id", "code", "field"],
+        update=[
+            "mapping",
+            "rule",
+            "value",
+            "message",
+            "cause_id",
+            "status",
+            "last_seen",
+            "resource_type",
+            "resource_id",
+            "source",
+        ],
+    )
+
+
+def resolve_all(conn: Connection, staging_ids: Sequence[int]) -> None:
+    """A record mapped cleanly (or was deleted): its open errors are resolved."""
+    if not staging_ids:
+        return
+    conn.execute(
+        update(ERRORS)
+        .where(and_(ERRORS.c.staging_id.in_(list(staging_ids)), ERRORS.c.status == "open"))
+        .values(status="resolved", last_seen=utcnow())
+    )

@@ -1,0 +1,327 @@
+"""Registry store tables.
+
+Registry rows are keyed by ``(source, id)``: the id is the FHIR logical id as the hospital
+sent it, and the source is the configured feed name, so two feeds can never overwrite each
+other's resources. Rows derived from a staged record carry its ``staging_id`` so a mapping fix
+can find and replace exactly what that record produced.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from registry_store.timeutil import utcnow
+
+
+def _json_field(default: Any = None) -> Any:
+    # A fresh Column per field: SQLAlchemy binds a Column object to exactly one table.
+    factory = (lambda: list(default)) if isinstance(default, list) else (lambda: dict(default or {}))
+    return Field(default_factory=factory, sa_column=Column(JSON, nullable=False))
+
+
+class StagedRecord(SQLModel, table=True):
+    """A record exactly as received, before mapping."""
+
+    __tablename__ = "staging"
+    __table_args__ = (
+        UniqueConstraint("source", "resource_type", "resource_id", name="uq_staging_identity"),
+        Index("ix_staging_status_type", "status", "resource_type"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=100)
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=256)
+    version_id: str | None = Field(default=None, max_length=64)
+    last_updated: str | None = Field(default=None, max_length=40)
+    content_type: str = Field(default="application/fhir+json", max_length=64)
+    content_hash: str = Field(max_length=64)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    origin: str = Field(default="", max_length=512)
+    # pending -> mapped | failed | out_of_scope | invalid | deleted
+    status: str = Field(default="pending", max_length=16)
+    received_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    mapped_at: datetime | None = None
+
+
+class SourceState(SQLModel, table=True):
+    """A source's committed cursor (watermarks, export status URL, ...)."""
+
+    __tablename__ = "source_state"
+
+    source: str = Field(primary_key=True, max_length=100)
+    state: dict[str, Any] = _json_field({})
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Patient(SQLModel, table=True):
+    __tablename__ = "patients"
+
+    source: str = Field(primary_key=True, max_length=100)
+    id: str = Field(primary_key=True, max_length=256)
+    staging_id: int | None = Field(default=None, index=True)
+    mrn: str | None = Field(default=None, max_length=128)
+    # Keyed HMAC of site id + MRN: what the registry sees instead of the MRN.
+    pseudonym: str | None = Field(default=None, max_length=64, index=True)
+    birth_date: date | None = None
+    sex: str | None = Field(default=None, max_length=16)
+    deceased: bool = False
+    deceased_date: date | None = None
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=64)
+    # Set by site staff (CLI / review UI); cancels and prevents PROM reminders.
+    opted_out: bool = False
+
+
+class Encounter(SQLModel, table=True):
+    __tablename__ = "encounters"
+
+    source: str = Field(primary_key=True, max_length=100)
+    id: str = Field(primary_key=True, max_length=256)
+    staging_id: int | None = Field(default=None, index=True)
+    patient_id: str | None = Field(default=None, max_length=256, index=True)
+    status: str | None = Field(default=None, max_length=32)
+    admit_date: date | None = None
+    discharge_date: date | None = None
+
+
+class Procedure(SQLModel, table=True):
+    __tablename__ = "procedures"
+
+    source: str = Field(primary_key=True, max_length=100)
+    id: str = Field(primary_key=True, max_length=256)
+    staging_id: int | None = Field(default=None, index=True)
+    patient_id: str = Field(max_length=256, index=True)
+    encounter_id: str | None = Field(default=None, max_length=256)
+    status: str | None = Field(default=None, max_length=32)
+    surgery_date: date
+    codes: list[str] = _json_field([])
+    category: str | None = Field(default=None, max_length=64)
+    module: str | None = Field(default=None, max_length=16)
+    # index: can anchor a case; addon / instrumentation / revision only qualify one.
+    role: str = Field(default="index", max_length=16)
+    rank: int = 0
+    revision: bool = False
+    instrumented: bool = False
+    reason_condition_ids: list[str] = _json_field([])
+    reason_codes: list[str] = _json_field([])
+    surgeon: str | None = Field(default=None, max_length=256)
+
+
+class Condition(SQLModel, table=True):
+    __tablename__ = "conditions"
+
+    source: str = Field(primary_key=True, max_length=100)
+    id: str = Field(primary_key=True, max_length=256)
+    staging_id: int | None = Field(default=None, index=True)
+    patient_id: str = Field(max_length=256, index=True)
+    encounter_id: str | None = Field(default=None, max_length=256)
+    code: str = Field(max_length=32)
+    category: str = Field(max_length=64)
+    region: str | None = Field(default=None, max_length=16)
+    verification_status: str | None = Field(default=None, max_length=32)
+    recorded_date: date | None = None
+
+
+class PromResponse(SQLModel, table=True):
+    __tablename__ = "prom_responses"
+
+    source: str = Field(primary_key=True, max_length=100)
+    id: str = Field(primary_key=True, max_length=256)
+    staging_id: int | None = Field(default=None, index=True)
+    patient_id: str = Field(max_length=256, index=True)
+    instrument: str = Field(max_length=32)
+    status: str | None = Field(default=None, max_length=32)
+    authored: datetime | None = None
+    completion_date: date
+    answered: int = 0
+    scores: dict[str, Any] = _json_field({})
+    answers: dict[str, Any] = _json_field({})
+    # Filled by case assembly: which case and time point this response belongs to.
+    case_id: str | None = Field(default=None, max_length=300, index=True)
+    timepoint: str | None = Field(default=None, max_length=16)
+
+
+class Case(SQLModel, table=True):
+    """One index spine procedure with its patient, encounter dates and diagnoses."""
+
+    __tablename__ = "cases"
+
+    id: str = Field(primary_key=True, max_length=300)
+    source: str = Field(max_length=100, index=True)
+    procedure_id: str = Field(max_length=256)
+    patient_id: str = Field(max_length=256, index=True)
+    encounter_id: str | None = Field(default=None, max_length=256)
+    module: str | None = Field(default=None, max_length=16)
+    category: str | None = Field(default=None, max_length=64)
+    procedure_ids: list[str] = _json_field([])
+    codes: list[str] = _json_field([])
+    surgery_date: date
+    admission_date: date | None = None
+    discharge_date: date | None = None
+    diagnoses: list[str] = _json_field([])
+    diagnosis_codes: list[str] = _json_field([])
+    revision: bool = False
+    instrumented: bool = False
+    status: str = Field(default="active", max_length=16)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class MappingError(SQLModel, table=True):
+    """Why a staged record could not be (fully) mapped. Grouped into causes by ``cause_id``."""
+
+    __tablename__ = "mapping_errors"
+    __table_args__ = (
+        UniqueConstraint("staging_id", "code", "field", name="uq_mapping_error_identity"),
+        Index("ix_mapping_errors_status_cause", "status", "cause_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    staging_id: int = Field(index=True)
+    source: str = Field(max_length=100)
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=256)
+    mapping: str = Field(default="", max_length=100)
+    field: str = Field(default="", max_length=200)
+    rule: str = Field(default="", max_length=100)
+    code: str = Field(max_length=80)
+    value: str | None = Field(default=None, max_length=200)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    cause_id: str = Field(max_length=16)
+    # open | resolved | ignored
+    status: str = Field(default="open", max_length=16)
+    first_seen: datetime = Field(default_factory=utcnow)
+    last_seen: datetime = Field(default_factory=utcnow)
+
+
+class SyncRun(SQLModel, table=True):
+    __tablename__ = "sync_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=100, index=True)
+    kind: str = Field(default="sync", max_length=16)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    # running | succeeded | failed | interrupted
+    outcome: str = Field(default="running", max_length=16)
+    counts: dict[str, Any] = _json_field({})
+    watermark: dict[str, Any] = _json_field({})
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Reminder(SQLModel, table=True):
+    """A PROM time point of a case: when it is due, its window, and where it stands."""
+
+    __tablename__ = "reminders"
+    __table_args__ = (UniqueConstraint("case_id", "timepoint", name="uq_reminder_case_timepoint"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(max_length=300, index=True)
+    timepoint: str = Field(max_length=16)
+    due_date: date
+    window_start: date
+    window_end: date
+    # scheduled | sent | completed | expired | cancelled
+    status: str = Field(default="scheduled", max_length=16, index=True)
+    attempts: int = 0
+    next_attempt_on: date | None = None
+    last_sent_at: datetime | None = None
+    channel: str | None = Field(default=None, max_length=32)
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    completed_response_id: str | None = Field(default=None, max_length=256)
+    cancel_reason: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ReminderSend(SQLModel, table=True):
+    """One attempt to send one reminder on one channel; the idempotency key makes it once."""
+
+    __tablename__ = "reminder_sends"
+
+    id: int | None = Field(default=None, primary_key=True)
+    reminder_id: int = Field(index=True)
+    attempt: int
+    channel: str = Field(max_length=32)
+    # case id + time point + attempt (+ channel): the same key is never sent twice.
+    idempotency_key: str = Field(max_length=400, unique=True)
+    # pending | sent | failed
+    status: str = Field(default="pending", max_length=16)
+    tries: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+    provider_id: str | None = Field(default=None, max_length=256)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class JobLock(SQLModel, table=True):
+    """A lease so two adapter processes sharing one store never run the same job at once."""
+
+    __tablename__ = "job_locks"
+
+    name: str = Field(primary_key=True, max_length=100)
+    owner: str = Field(max_length=200)
+    acquired_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class User(SQLModel, table=True):
+    """A review UI user; ``role`` is viewer, reviewer or admin."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(max_length=100, unique=True)
+    password_hash: str = Field(max_length=300)
+    role: str = Field(default="viewer", max_length=16)
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    last_login_at: datetime | None = None
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who did what to registry data through the review tools, with before and after."""
+
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    username: str = Field(max_length=100)
+    action: str = Field(max_length=64)
+    target: str = Field(max_length=300)
+    before: dict[str, Any] = _json_field({})
+    after: dict[str, Any] = _json_field({})
+
+
+class ErrorCause(SQLModel, table=True):
+    """Decisions about a cause of mapping errors (e.g. ignored, with the reason)."""
+
+    __tablename__ = "error_causes"
+
+    cause_id: str = Field(primary_key=True, max_length=16)
+    # open | ignored
+    status: str = Field(default="open", max_length=16)
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    updated_by: str | None = Field(default=None, max_length=100)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Hl7Ack(SQLModel, table=True):
+    """What the MLLP listener answered to each message (the feed-health page shows them)."""
+
+    __tablename__ = "hl7_acks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+    source: str = Field(max_length=100)
+    sending_facility: str | None = Field(default=None, max_length=200)
+    control_id: str | None = Field(default=None, max_length=200)
+    message_type: str | None = Field(default=None, max_length=40)
+    ack_code: str = Field(max_length=2)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    staging_id: int | None = None
