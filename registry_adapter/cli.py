@@ -380,6 +380,27 @@ def db_current(obj: Ctx) -> None:
     out.print(f"current {migrate.current_revision(app.engine)} · head {migrate.head_revision(app.engine)}")
 
 
+def _register_plugin_commands() -> None:
+    """Command groups that live beside their feature (scheduler/cli.py, review/cli.py, ...).
+
+    Each such module exposes ``COMMANDS``: click commands taking the shared ``Ctx`` object.
+    """
+    import importlib
+
+    for module_name in ("scheduler.cli", "review.cli", "adapters.hl7v2.cli"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # that feature is not built yet
+            raise
+        for command in getattr(module, "COMMANDS", []):
+            cli.add_command(command)
+
+
+_register_plugin_commands()
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -17,6 +17,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from review.settings import ReviewSettings
+from scheduler.settings import RemindersSettings, SchedulerSettings
+
 DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "REGISTRY_ADAPTER_CONFIG"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -133,6 +136,9 @@ class Settings(_Strict):
     mappings: MappingConfig = Field(default_factory=MappingConfig)
     proms: PromConfig = Field(default_factory=PromConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
+    reminders: RemindersSettings = Field(default_factory=RemindersSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     batch_size: int = Field(default=500, ge=1, le=50_000)
 
     @model_validator(mode="after")
