@@ -71,8 +71,8 @@ def _record_or_error(obj: Any, origin: str, raw: bytes | None) -> Iterator[Recor
     yield Record(obj, origin, raw)
 
 
-def _bundle_entries(entries: Iterable[Any], origin: str) -> Iterator[Record | RecordError]:
-    for index, entry in enumerate(entries):
+def _bundle_entries(entries: Iterable[Any], origin: str, start: int = 0) -> Iterator[Record | RecordError]:
+    for index, entry in enumerate(entries, start):
         where = f"{origin} entry[{index}]"
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if resource is None:
@@ -109,7 +109,7 @@ def read_ndjson(
             yield RecordError(
                 origin,
                 "intake.record_too_large",
-                f"line {line_no} is longer than {max_record_bytes} bytes; skipped",
+                f"{name} line {line_no} is longer than {max_record_bytes} bytes; skipped",
                 raw=digest.hexdigest().encode(),
             )
             continue
@@ -122,7 +122,7 @@ def read_ndjson(
             yield RecordError(
                 origin,
                 "intake.malformed_json",
-                f"line {line_no}: invalid JSON ({exc.msg})",
+                f"{name} line {line_no}: invalid JSON ({exc.msg})",
                 raw=body,
             )
             continue
@@ -135,7 +135,7 @@ def read_document(stream: IO[bytes], name: str) -> Iterator[Record | RecordError
     try:
         for index, entry in enumerate(ijson.items(stream, "entry.item", use_float=True)):
             found = True
-            yield from _bundle_entries([entry], f"{name} entry[{index}]")
+            yield from _bundle_entries([entry], name, index)
     except ijson.JSONError as exc:
         yield RecordError(
             name,

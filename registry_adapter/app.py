@@ -32,6 +32,14 @@ TARGET_TABLES: dict[str, type[SQLModel]] = {
 }
 
 
+def target_columns() -> dict[str, list[str]]:
+    """Columns of each table a mapping may write, for checking mapping files."""
+    return {
+        name: [c.name for c in model.__table__.columns]  # type: ignore[attr-defined]
+        for name, model in TARGET_TABLES.items()
+    }
+
+
 @dataclass
 class App:
     settings: Settings
@@ -47,11 +55,7 @@ class App:
 
     @cached_property
     def mappings(self) -> dict[str, RegistryMapping]:
-        targets = {
-            name: [c.name for c in model.__table__.columns]  # type: ignore[attr-defined]
-            for name, model in TARGET_TABLES.items()
-        }
-        return load_mappings(self.codemaps, self.settings.mappings.directory, targets)
+        return load_mappings(self.codemaps, self.settings.mappings.directory, target_columns())
 
     @cached_property
     def instruments(self) -> Any:

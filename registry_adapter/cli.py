@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from adapters.base import SourceContext
@@ -23,7 +24,8 @@ from registry_adapter.pipeline import Pipeline, RunResult, stats
 from registry_adapter.queries import list_cases, list_causes, list_errors, list_runs
 
 console = Console(stderr=True)
-out = Console()
+# soft_wrap: long lines stay whole when output goes to a file or a pipe.
+out = Console(soft_wrap=True)
 
 
 class Ctx:
@@ -103,18 +105,14 @@ def _report(app: App) -> None:
         f"{s['out_of_scope']:,} out of scope · {s['errors_open']:,} open mapping errors"
     )
     if causes:
-        table = Table(title="Open mapping errors by cause", title_justify="left")
-        for col in ("cause", "records", "code", "value", "example"):
-            table.add_column(col, overflow="fold")
+        out.print("\n[bold]Open mapping errors by cause[/] (fix one cause, clear its records):")
         for cause in causes:
-            table.add_row(
-                cause["cause_id"],
-                str(cause["count"]),
-                cause["code"],
-                cause["value"] or "",
-                cause["example_message"][:90],
+            value = f" \\[{escape(cause['value'])}]" if cause["value"] else ""
+            out.print(
+                f"  {cause['count']:>5} × {cause['code']}{value}  cause {cause['cause_id']}\n"
+                f"          {escape(cause['example_message'])}",
+                highlight=False,
             )
-        out.print(table)
 
 
 @cli.command()
@@ -349,6 +347,66 @@ def runs_list(obj: Ctx, as_json: bool, limit: int) -> None:
             str(c.get("failed", "")),
         )
     out.print(table)
+
+
+@cli.group()
+def mappings() -> None:
+    """Check and try mapping files and code maps; run the SQL-on-FHIR conformance suite."""
+
+
+@mappings.command("check")
+@pass_ctx
+def mappings_check(obj: Ctx) -> None:
+    """Validate all mapping files, code maps and PROM instruments (file:line messages)."""
+    from registry_adapter.mapping_tools import check_all
+
+    problems, counts = check_all(obj.app)
+    for problem in problems:
+        console.print(f"[red]✗[/] {escape(problem)}", highlight=False)
+    summary = ", ".join(f"{v:,} {k}" for k, v in counts.items())
+    if problems:
+        console.print(f"{len(problems)} problem(s); checked {summary}")
+        sys.exit(1)
+    out.print(f"all good: {summary}")
+
+
+@mappings.command("test")
+@click.argument("mapping_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("resource_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_ctx
+def mappings_test(obj: Ctx, mapping_file: Path, resource_file: Path) -> None:
+    """Show the rows and errors MAPPING_FILE produces for one RESOURCE_FILE (JSON)."""
+    from registry_adapter.mapping_tools import try_mapping
+
+    _emit_json(try_mapping(obj.app, mapping_file, resource_file))
+
+
+@mappings.command("conformance")
+@click.option(
+    "--tests",
+    "tests_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of SQL-on-FHIR v2 test files.",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the specification's test report JSON here.",
+)
+def mappings_conformance(tests_dir: Path, report_file: Path | None) -> None:
+    """Run the SQL-on-FHIR v2 conformance tests against the view engine."""
+    from mappings.conformance import run_suite
+
+    report, passed, total = run_suite(tests_dir)
+    if report_file:
+        report_file.write_text(json.dumps(report, indent=2) + "\n")
+    out.print(
+        f"{passed}/{total} tests passed" + (f"; report written to {report_file}" if report_file else "")
+    )
+    if passed < total:
+        sys.exit(1)
 
 
 @cli.group()

@@ -1,0 +1,142 @@
+"""The registry-adapter command as hospital IT and registry staff run it (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import ROOT, SAMPLE_FEED, base_config
+
+EXE = str(Path(sys.executable).with_name("registry-adapter"))
+
+
+def run(
+    *args: str,
+    config: Path | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    cmd = [EXE, *(["--config", str(config)] if config else []), *args]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, cwd=cwd, env={**os.environ, **(env or {})}
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc
+
+
+def write_config(tmp: Path, **overrides: Any) -> Path:
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp, **overrides)))
+    return path
+
+
+def test_help_lists_the_commands() -> None:
+    out = run("--help").stdout
+    for command in ("sync", "import", "reprocess", "stats", "cases", "errors", "db"):
+        assert f"  {command} " in out
+
+
+def test_sync_then_json_listings(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    result = run("sync", "--json", config=cfg)
+    (summary,) = json.loads(result.stdout)
+    assert summary["source"] == "sample" and summary["outcome"] == "succeeded" and summary["received"] == 265
+    stats = json.loads(run("stats", "--json", config=cfg).stdout)
+    for key in (
+        "staged",
+        "patients",
+        "procedures",
+        "conditions",
+        "cases",
+        "prom_responses",
+        "errors_open",
+        "out_of_scope",
+    ):
+        assert isinstance(stats[key], int)
+    assert stats["cases"] == 40
+    cases = json.loads(run("cases", "list", "--json", config=cfg).stdout)
+    assert len(cases) == 40
+    case = next(c for c in cases if c["procedure_id"] == "proc-0001")
+    assert {k: case[k] for k in ("module", "category", "surgery_date", "discharge_date", "patient_id")} == {
+        "module": "lumbar",
+        "category": "lumbar_discectomy",
+        "surgery_date": "2024-03-15",
+        "discharge_date": "2024-03-19",
+        "patient_id": "pat-0001",
+    }
+    assert case["diagnoses"] == ["radiculopathy"]
+    errors = json.loads(run("errors", "list", "--json", config=cfg).stdout)
+    assert len(errors) == stats["errors_open"]
+    for err in errors:
+        assert {"resource_type", "resource_id", "code", "field", "value", "message", "cause_id"} <= set(err)
+    unlisted = [e for e in errors if e["value"] == "cpt|22899"]
+    assert len(unlisted) == 3 and len({e["cause_id"] for e in unlisted}) == 1
+
+
+def test_import_files_and_the_human_summary(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, sources=[])
+    out = run(
+        "import", str(SAMPLE_FEED / "Procedure.ndjson"), str(SAMPLE_FEED / "Patient-bundle.json"), config=cfg
+    ).stdout
+    assert "import: succeeded" in out and "Open mapping errors by cause" in out
+    assert "CPT code 22899 is not in code map spine-procedures" in out
+    stats = json.loads(run("stats", "--json", config=cfg).stdout)
+    assert stats["procedures"] > 0 and stats["patients"] == 5
+
+
+def test_db_override_and_upgrade(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    other = tmp_path / "elsewhere.db"
+    assert "database at revision" in run("--db", f"sqlite:///{other}", "db", "upgrade", config=cfg).stdout
+    assert "already current" in run("--db", f"sqlite:///{other}", "db", "upgrade", config=cfg).stdout
+    assert other.exists() and not (tmp_path / "registry.db").exists()
+
+
+def test_config_from_environment_and_clear_config_errors(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    assert json.loads(run("stats", "--json", env={"REGISTRY_ADAPTER_CONFIG": str(cfg)}).stdout)["staged"] == 0
+    bad = tmp_path / "bad.yaml"
+    data = base_config(tmp_path)
+    del data["site"]["timezone"]
+    bad.write_text(yaml.safe_dump(data))
+    proc = run("stats", config=bad, check=False)
+    assert proc.returncode == 2 and "site.timezone: Field required" in proc.stderr
+    missing = run("stats", config=tmp_path / "none.yaml", check=False)
+    assert missing.returncode == 2 and "config.example.yaml" in missing.stderr
+
+
+def test_no_patient_data_in_logs(tmp_path: Path) -> None:
+    """Names, MRNs, birth dates and emails of the feed never reach the log stream."""
+    cfg = write_config(tmp_path, logging={"format": "json", "level": "DEBUG"})
+    proc = run("sync", config=cfg)
+    logs = proc.stderr
+    assert '"event": "sync.finish"' in logs
+    feed = [json.loads(line) for line in (SAMPLE_FEED / "Patient.ndjson").read_text().splitlines()]
+    for patient in feed:
+        for secret in (
+            patient["identifier"][0]["value"],
+            patient["birthDate"],
+            patient["telecom"][0]["value"],
+            patient["name"][0]["family"],
+        ):
+            assert secret not in logs
+
+
+def test_the_demo_runs_from_the_example_config(tmp_path: Path) -> None:
+    """What `make demo` runs, in a copy of the project layout (the example config as it is)."""
+    work = tmp_path / "site"
+    (work / "examples").mkdir(parents=True)
+    shutil.copy(ROOT / "config.example.yaml", work / "config.example.yaml")
+    shutil.copytree(SAMPLE_FEED, work / "examples" / "sample-feed")
+    out = run("sync", "--full", config=work / "config.example.yaml", cwd=work).stdout
+    assert "40 cases" in out and "Open mapping errors by cause" in out
+    assert (work / "var" / "registry.db").exists() and (work / "var" / "pseudonym.key").exists()

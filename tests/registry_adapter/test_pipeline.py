@@ -1,0 +1,257 @@
+"""The one path for data, end to end on SQLite and PostgreSQL: the bundled feed into cases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from adapters.base import Checkpoint, Deleted, Item, Record, SourceContext
+from adapters.files import FilesSource
+from mappings.codemaps import BUNDLED as BUNDLED_CODEMAPS
+from mappings.codemaps import load_codemap
+from registry_adapter.app import App
+from registry_adapter.pipeline import Pipeline, stats
+from registry_adapter.queries import list_cases, list_causes
+from registry_store.models import Case, PromResponse
+from tests.conftest import SAMPLE_FEED, table_count
+
+CASES = Case.__table__  # type: ignore[attr-defined]
+PROMS = PromResponse.__table__  # type: ignore[attr-defined]
+
+EXPECTED_CAUSES = {
+    ("codemap.unmapped_code", "cpt|22899"): 3,
+    ("codemap.unmapped_code", "icd10cm|M48.9"): 2,
+    ("case.no_index_procedure", "22614"): 1,
+    ("intake.malformed_json", None): 1,
+    ("mapping.required_missing", None): 1,
+    ("prom.unknown_instrument", "http://example.org/Questionnaire/hospital-satisfaction-survey"): 1,
+}
+
+
+def _sync(app: App, path: Path = SAMPLE_FEED, name: str = "sample", **ctx: Any) -> Any:
+    return Pipeline(app).ingest(FilesSource(name, [path]), SourceContext(**ctx))
+
+
+def _cases(app: App) -> dict[str, dict[str, Any]]:
+    with app.engine.connect() as conn:
+        return {c["procedure_id"]: c for c in list_cases(conn)}
+
+
+def _causes(app: App) -> dict[tuple[str, str | None], int]:
+    with app.engine.connect() as conn:
+        return {(c["code"], c["value"]): c["count"] for c in list_causes(conn)}
+
+
+def test_sample_feed_becomes_cases_diagnoses_and_scored_proms(app: App) -> None:
+    result = _sync(app)
+    assert result.outcome == "succeeded"
+    assert result.counts.received == 265 and result.counts.invalid == 1
+    s = stats(app)
+    assert (s["patients"], s["encounters"], s["cases"], s["prom_responses"]) == (40, 40, 40, 73)
+    assert s["out_of_scope"] == 2 and s["excluded"] == 1
+    assert _causes(app) == EXPECTED_CAUSES
+
+    cases = _cases(app)
+    first = cases["proc-0001"]
+    assert (first["module"], first["category"], first["surgery_date"]) == (
+        "lumbar",
+        "lumbar_discectomy",
+        "2024-03-15",
+    )
+    assert (first["admission_date"], first["discharge_date"]) == ("2024-03-15", "2024-03-19")
+    assert first["diagnoses"] == ["radiculopathy"] and first["diagnosis_codes"] == ["M51.16"]
+    # One Procedure per billed code: grouped into one case anchored on the index code.
+    per_code = cases["proc-0005-0"]
+    assert per_code["procedure_ids"] == ["proc-0005-0", "proc-0005-1"]
+    assert per_code["category"] == "alif_lateral" and per_code["instrumented"] is True
+    modules = {c["module"] for c in cases.values()}
+    assert modules == {"lumbar", "cervical"}
+    assert "proc-error-1" not in cases and "proc-knee-1" not in cases
+
+    with app.engine.connect() as conn:
+        proms = {r.id: r for r in conn.execute(select(PROMS))}
+    assert (proms["qr-0002-base"].timepoint, proms["qr-0002-base"].case_id) == (
+        "baseline",
+        "sample:proc-0002",
+    )
+    assert proms["qr-0001-90d"].timepoint == "90d" and proms["qr-0001-1y"].timepoint == "1y"
+    assert (
+        proms["qr-0001-1y-eq"].instrument == "eq5d5l" and proms["qr-0001-1y-eq"].scores["index"] is not None
+    )
+    assert 0 <= proms["qr-0001-90d"].scores["odi"] <= 100
+
+
+def _snapshot(app: App) -> dict[str, list[tuple[Any, ...]]]:
+    out = {}
+    with app.engine.connect() as conn:
+        for table in (
+            "patients",
+            "encounters",
+            "procedures",
+            "conditions",
+            "prom_responses",
+            "cases",
+            "mapping_errors",
+            "staging",
+        ):
+            rows = conn.execute(text(f"SELECT * FROM {table}")).mappings().all()
+            drop = {"updated_at", "mapped_at", "last_seen", "received_at"}
+            out[table] = sorted(tuple((k, str(v)) for k, v in r.items() if k not in drop) for r in rows)
+    return out
+
+
+def test_running_the_same_sync_again_changes_nothing(app: App) -> None:
+    _sync(app)
+    before = _snapshot(app)
+    again = _sync(app, full=True)
+    assert again.counts.received == 265
+    assert (again.counts.staged_new, again.counts.staged_updated, again.counts.mapped) == (0, 0, 0)
+    assert _snapshot(app) == before
+    incremental = _sync(app)  # files unchanged since the last committed checkpoint
+    assert incremental.counts.received == 0
+
+
+class _Crashing:
+    """Yields a real source's items, then dies after ``after`` checkpoints (a killed process)."""
+
+    def __init__(self, inner: FilesSource, after: int):
+        self.name = inner.name
+        self.inner = inner
+        self.after = after
+
+    def read(self, ctx: SourceContext) -> Iterator[Item]:
+        seen = 0
+        for item in self.inner.read(ctx):
+            yield item
+            if isinstance(item, Checkpoint):
+                seen += 1
+                if seen == self.after:
+                    raise ConnectionError("feed went away")
+
+
+def test_a_killed_sync_resumes_where_it_stopped(
+    app: App, make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    with pytest.raises(ConnectionError):
+        Pipeline(app).ingest(_Crashing(FilesSource("sample", [SAMPLE_FEED]), after=3), SourceContext())
+    with app.engine.connect() as conn:
+        run = conn.execute(text("SELECT outcome, error FROM sync_runs")).one()
+    assert run.outcome == "failed" and "feed went away" in run.error
+    staged_after_crash = table_count(app, "staging")
+    assert 0 < staged_after_crash < 265
+    resumed = _sync(app)
+    # Files committed before the crash are not read again.
+    assert resumed.counts.received == 265 - staged_after_crash
+    reference = make_app(f"sqlite:///{tmp_path / 'reference.db'}")
+    _sync(reference)
+    assert stats(app) == stats(reference)
+    assert _causes(app) == _causes(reference)
+
+
+class _Events:
+    name = "sample"
+
+    def __init__(self, items: list[Item]):
+        self.items = items
+
+    def read(self, ctx: SourceContext) -> Iterator[Item]:
+        yield from self.items
+        yield Checkpoint({"events": True})
+
+
+def test_cancelled_and_deleted_procedures_remove_their_cases(app: App) -> None:
+    _sync(app)
+    proc = json.loads((SAMPLE_FEED / "Procedure.ndjson").read_text().splitlines()[0])
+    assert proc["id"] == "proc-0001"
+    cancelled = {**proc, "status": "entered-in-error"}
+    Pipeline(app).ingest(_Events([Record(cancelled, "test"), Deleted("Procedure", "proc-0002", "test")]))
+    cases = _cases(app)
+    assert "proc-0001" not in cases and "proc-0002" not in cases
+    with app.engine.connect() as conn:
+        removed = {
+            r.procedure_id: r.status for r in conn.execute(select(CASES).where(CASES.c.status != "active"))
+        }
+        staged = dict(
+            conn.execute(
+                text(
+                    "SELECT resource_id, status FROM staging WHERE resource_id IN ('proc-0001', 'proc-0002')"
+                )
+            ).all()
+        )
+    assert removed == {"proc-0001": "removed", "proc-0002": "removed"}
+    assert staged == {"proc-0001": "excluded", "proc-0002": "deleted"}
+    # The PROMs of a removed case no longer point at it.
+    with app.engine.connect() as conn:
+        assert conn.execute(select(PROMS).where(PROMS.c.case_id == "sample:proc-0002")).first() is None
+    # Restoring the procedure brings the case back.
+    Pipeline(app).ingest(_Events([Record(proc, "test")]))
+    assert _cases(app)["proc-0001"]["status"] == "active"
+
+
+def test_fixing_a_code_map_and_reprocessing_clears_the_cause(
+    make_app: Callable[..., App], db_url: str, tmp_path: Path
+) -> None:
+    maps = tmp_path / "site-codemaps"
+    shutil.copytree(BUNDLED_CODEMAPS, maps)
+    app = make_app(db_url, mappings={"codemaps": str(maps)})
+    _sync(app)
+    cause = next(c for c in _causes_full(app) if c["value"] == "cpt|22899")
+    assert cause["count"] == 3 and stats(app)["cases"] == 40
+    cmap = load_codemap(maps / "spine-procedures.yaml")
+    from mappings.codemaps import append_code
+
+    append_code(
+        cmap,
+        "cpt",
+        "22899",
+        {
+            "category": "lumbar_laminectomy",
+            "module": "lumbar",
+            "role": "index",
+            "rank": 10,
+            "revision": "false",
+            "label": "reviewed",
+        },
+    )
+    fixed = make_app(db_url, mappings={"codemaps": str(maps)})
+    selected, counts = Pipeline(fixed).reprocess(cause_id=cause["cause_id"])
+    assert selected == 3 and counts.mapped == 3
+    assert ("codemap.unmapped_code", "cpt|22899") not in _causes(fixed)
+    assert stats(fixed)["cases"] == 43
+    assert _cases(fixed)["proc-unlisted-0"]["category"] == "lumbar_laminectomy"
+
+
+def _causes_full(app: App) -> list[dict[str, Any]]:
+    with app.engine.connect() as conn:
+        return list_causes(conn)
+
+
+def test_strict_validation_keeps_but_does_not_map(make_app: Callable[..., App], tmp_path: Path) -> None:
+    bad = {
+        "resourceType": "Procedure",
+        "id": "p-bad",
+        "status": "completed",
+        "subject": {"reference": "Patient/x"},
+        "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "22633"}]},
+        "performedDateTime": "2025-03-14T08:30:00-05:00",
+        "vendorExtra": True,
+    }
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "p.ndjson").write_text(json.dumps(bad) + "\n")
+    strict = make_app(f"sqlite:///{tmp_path / 'strict.db'}", mappings={"validation": "strict"})
+    _sync(strict, folder)
+    assert stats(strict)["procedures"] == 0 and stats(strict)["failed"] == 1
+    assert {code for code, _ in _causes(strict)} == {"validation.invalid_element"}
+    warn = make_app(f"sqlite:///{tmp_path / 'warn.db'}", mappings={"validation": "warn"})
+    _sync(warn, folder)
+    assert stats(warn)["procedures"] == 1 and stats(warn)["errors_open"] == 1
+    off = make_app(f"sqlite:///{tmp_path / 'off.db'}", mappings={"validation": "off"})
+    _sync(off, folder)
+    assert stats(off)["procedures"] == 1 and stats(off)["errors_open"] == 0
