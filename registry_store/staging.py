@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from adapters.base import Record, RecordError
@@ -77,25 +77,23 @@ def stage_records(conn: Connection, source: str, records: Sequence[Record]) -> S
     for rec in records:
         latest[(rec.resource["resourceType"], str(rec.resource["id"]))] = rec
     existing: dict[tuple[str, str], tuple[int, str, str | None]] = {}
-    keys = list(latest)
-    for start in range(0, len(keys), 400):
-        chunk = keys[start : start + 400]
-        cond = or_(*(and_(STAGING.c.resource_type == t, STAGING.c.resource_id == i) for t, i in chunk))
-        rows = conn.execute(
-            select(
-                STAGING.c.id,
-                STAGING.c.resource_type,
-                STAGING.c.resource_id,
-                STAGING.c.content_hash,
-                STAGING.c.last_updated,
-            ).where(STAGING.c.source == source, cond)
-        )
-        for row in rows:
-            existing[(row.resource_type, row.resource_id)] = (
-                row.id,
-                row.content_hash,
-                row.last_updated,
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in latest:
+        by_type.setdefault(rtype, []).append(rid)
+    for rtype, ids in by_type.items():
+        # One IN list per type uses the (source, type, id) unique index directly.
+        for start in range(0, len(ids), 900):
+            rows = conn.execute(
+                select(
+                    STAGING.c.id, STAGING.c.resource_id, STAGING.c.content_hash, STAGING.c.last_updated
+                ).where(
+                    STAGING.c.source == source,
+                    STAGING.c.resource_type == rtype,
+                    STAGING.c.resource_id.in_(ids[start : start + 900]),
+                )
             )
+            for row in rows:
+                existing[(rtype, row.resource_id)] = (row.id, row.content_hash, row.last_updated)
     now = utcnow()
     inserts: list[dict[str, Any]] = []
     for key, rec in latest.items():

@@ -1,0 +1,174 @@
+"""Mapping and pipeline throughput against the raw-JSON floor.
+
+Generates N synthetic R4 Procedures (~2 KB, CPT + SNOMED codings, reasonReference, notes) as
+NDJSON in a temp folder, then measures on one core, streaming (nothing held in memory):
+
+1. floor: read lines + orjson.loads
+2. floor + the registry mapping (SQL-on-FHIR view, code-map translation, conversions, rules)
+3. the whole pipeline into SQLite (stage raw + hash, map, write registry rows, assemble
+   cases), validation off, and the same with fhir.resources R4B validation on (``warn``)
+
+and prints resources/second and the ratio of each to the floor (target for 2: <= 5x).
+
+    .venv/bin/python benchmarks/bench_mapping.py [--n 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from adapters.base import SourceContext  # noqa: E402
+from adapters.files import FilesSource  # noqa: E402
+from registry_adapter.app import build_app  # noqa: E402
+from registry_adapter.config import parse_settings  # noqa: E402
+from registry_adapter.pipeline import Pipeline  # noqa: E402
+
+CODES = [
+    ["22633", "63047", "22842"],
+    ["22551", "22552", "22845"],
+    ["63047"],
+    ["63030"],
+    ["22612", "22614"],
+    ["27447"],
+]
+
+
+def procedure(i: int, rng: random.Random) -> dict:
+    codes = rng.choice(CODES)
+    return {
+        "resourceType": "Procedure",
+        "id": f"proc-{i}",
+        "meta": {
+            "versionId": "1",
+            "lastUpdated": "2025-11-01T02:00:00Z",
+            "profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-procedure"],
+        },
+        "text": {
+            "status": "generated",
+            "div": '<div xmlns="http://www.w3.org/1999/xhtml">Spine surgery</div>',
+        },
+        "identifier": [{"system": "urn:oid:1.2.3.4.5", "value": f"SURG-{i}"}],
+        "status": "completed",
+        "category": {
+            "coding": [
+                {"system": "http://snomed.info/sct", "code": "387713003", "display": "Surgical procedure"}
+            ]
+        },
+        "code": {
+            "coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": c} for c in codes]
+            + [{"system": "http://snomed.info/sct", "code": "609588000", "display": "Fusion"}],
+            "text": "Spine surgery",
+        },
+        "subject": {"reference": f"Patient/pat-{i // 3}"},
+        "encounter": {"reference": f"Encounter/enc-{i // 3}"},
+        "performedDateTime": f"2025-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T08:30:00-05:00",
+        "recorder": {"reference": "Practitioner/rec-1"},
+        "performer": [
+            {
+                "function": {"coding": [{"system": "http://snomed.info/sct", "code": "304292004"}]},
+                "actor": {"reference": f"Practitioner/surg-{i % 17}"},
+                "onBehalfOf": {"reference": "Organization/org-1"},
+            }
+        ],
+        "location": {"reference": "Location/or-3"},
+        "reasonReference": [{"reference": f"Condition/cond-{i}"}],
+        "bodySite": [{"coding": [{"system": "http://snomed.info/sct", "code": "122496007"}]}],
+        "outcome": {"text": "Uneventful"},
+        "note": [{"text": "Synthetic benchmark record " + "x" * rng.randint(200, 600)}],
+    }
+
+
+def write_feed(folder: Path, n: int) -> Path:
+    rng = random.Random(7)
+    path = folder / "Procedure.ndjson"
+    with path.open("wb") as fh:
+        for i in range(n):
+            fh.write(orjson.dumps(procedure(i, rng)) + b"\n")
+    return path
+
+
+def timed(label: str, n: int, fn: Callable[[], None], floor: float | None) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    rate = n / seconds
+    ratio = f"{floor / rate:5.1f}x the floor" if floor else "floor"
+    print(f"{label:<58} {rate:>10,.0f} /s  {seconds * 1e6 / n:8.1f} µs each  ({ratio})")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=50_000)
+    args = parser.parse_args()
+    n = args.n
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        path = write_feed(tmp, n)
+        size = path.stat().st_size
+        print(f"{n:,} Procedures, {size / n:,.0f} bytes each, {size / 1e6:.0f} MB NDJSON; one core\n")
+
+        def settings(validation: str, db: str) -> object:
+            return parse_settings(
+                {
+                    "site": {"id": "bench", "timezone": "America/Chicago", "pseudonym_key": "bench"},
+                    "database": {"url": f"sqlite:///{tmp / db}"},
+                    "logging": {"level": "ERROR", "format": "json"},
+                    "mappings": {"validation": validation},
+                    "batch_size": 1000,
+                }
+            )
+
+        app = build_app(settings("off", "map.db"))  # type: ignore[arg-type]
+        mapping = app.mappings["Procedure"]
+        site = app.site
+
+        def floor_loop() -> None:
+            with path.open("rb") as fh:
+                for line in fh:
+                    orjson.loads(line)
+
+        def mapping_loop() -> None:
+            with path.open("rb") as fh:
+                for line in fh:
+                    mapping.map(orjson.loads(line), site)
+
+        floor = timed("1. read + orjson.loads (floor)", n, floor_loop, None)
+        timed("2. + registry mapping (view, code maps, conversions, rules)", n, mapping_loop, floor)
+        for validation, label in (
+            ("off", "3. pipeline into SQLite, validation off"),
+            ("warn", "4. pipeline into SQLite, R4B validation (warn)"),
+        ):
+            papp = build_app(settings(validation, f"pipe-{validation}.db"))  # type: ignore[arg-type]
+            papp.upgrade_db()
+            m = n if validation == "off" else min(n, 10_000)
+
+            def pipe(papp=papp, m=m) -> None:  # type: ignore[no-untyped-def]
+                src_dir = tmp / f"src-{m}"
+                if not src_dir.exists():
+                    src_dir.mkdir()
+                    with path.open("rb") as fh, (src_dir / "p.ndjson").open("wb") as out:
+                        for i, line in enumerate(fh):
+                            if i >= m:
+                                break
+                            out.write(line)
+                Pipeline(papp).ingest(FilesSource("bench", [src_dir]), SourceContext())
+
+            timed(label + ("" if m == n else f" ({m:,} records)"), m, pipe, floor)
+
+
+if __name__ == "__main__":
+    main()
