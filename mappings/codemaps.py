@@ -81,12 +81,29 @@ class CodeMap:
     exact: dict[tuple[str, str], Entry] = field(default_factory=dict)
     prefixes: list[Entry] = field(default_factory=list)
     patterns: list[Entry] = field(default_factory=list)
+    # Hospitals send the same few hundred codes millions of times: remember each answer.
+    _cache: dict[tuple[str, str], tuple[Entry | None, bool]] = field(default_factory=dict, repr=False)
 
     def system_name(self, system: str) -> str | None:
         """The short name for a FHIR system URI, OID or v2 coding-system name."""
         return self.aliases.get(system) or self.aliases.get(system.upper())
 
     def lookup(self, system: str, code: str) -> Entry | None:
+        return self.classify(system, code)[0]
+
+    def classify(self, system: str, code: str) -> tuple[Entry | None, bool]:
+        """(entry or None, whether the code is in this map's scope), cached."""
+        key = (system, code)
+        hit = self._cache.get(key)
+        if hit is None:
+            entry = self._lookup(system, code)
+            norm = normalise(system, code)
+            hit = (entry, entry is not None or any(r.system == system and r.covers(norm) for r in self.scope))
+            if len(self._cache) < 100_000:
+                self._cache[key] = hit
+        return hit
+
+    def _lookup(self, system: str, code: str) -> Entry | None:
         norm = normalise(system, code)
         hit = self.exact.get((system, norm))
         if hit is not None:
@@ -100,10 +117,7 @@ class CodeMap:
         return None
 
     def in_scope(self, system: str, code: str) -> bool:
-        norm = normalise(system, code)
-        return self.lookup(system, code) is not None or any(
-            r.system == system and r.covers(norm) for r in self.scope
-        )
+        return self.classify(system, code)[1]
 
     def entries(self) -> Iterator[Entry]:
         yield from self.exact.values()
@@ -239,6 +253,7 @@ def _reset(cmap: CodeMap) -> None:
     cmap.exact.clear()
     cmap.prefixes.clear()
     cmap.patterns.clear()
+    cmap._cache.clear()
     _load_table(cmap)
 
 

@@ -309,12 +309,13 @@ class RegistryMapping:
                 fatal = True
             out[name] = value
 
+        as_fhir = _row_for_fhirpath(out) if self.excludes or self.rules else {}
         for check, _exclude in self.excludes:
-            if _truthy(check, out):
+            if _truthy(check, as_fhir):
                 return MappingResult("excluded", self.target, out, [])
 
         for check, rule in self.rules:
-            if _truthy(check, out):
+            if _truthy(check, as_fhir):
                 issues.append(
                     Issue(rule.code, _format(rule.message, **out), field=rule.field, rule=rule.severity)
                 )
@@ -343,14 +344,14 @@ class RegistryMapping:
             system = cmap.system_name(coding[0])
             if system is None:
                 continue
-            entry = cmap.lookup(system, coding[1])
+            entry, scoped = cmap.classify(system, coding[1])
             if entry is not None:
                 hits.append(entry)
                 code = display_code(system, coding[1])
                 codes.append(code)
                 recognised.append(f"{system}|{code}")
                 in_scope = True
-            elif cmap.in_scope(system, coding[1]):
+            elif scoped:
                 in_scope = True
                 issues.append(
                     Issue(
@@ -422,7 +423,7 @@ def _as_codings(value: Any) -> Iterable[tuple[str, str]]:
 
 
 def _truthy(check: Callable[[Any], list[Any]], row: Mapping[str, Any]) -> bool:
-    result = check(_row_for_fhirpath(row))
+    result = check(row)
     return bool(result) and result[0] is True
 
 
