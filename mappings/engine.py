@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mappings.codemaps import CodeMap, Entry, display_code
 from mappings.convert import CONVERTERS, ConversionError, SiteContext
 from mappings.fhirpath import compile_path
-from mappings.viewdef import CompiledView, ViewDefinitionError, compile_view
+from mappings.viewdef import CompiledView, ViewDefinitionError, ViewEvaluationError, compile_view
 from registry_store.errors import Issue
 
 BUNDLED = Path(__file__).with_name("views")
@@ -250,7 +250,11 @@ class RegistryMapping:
     def map(self, resource: Mapping[str, Any], ctx: SiteContext) -> MappingResult:
         try:
             rows = self.view.rows(dict(resource))
-        except Exception as exc:
+        except ViewEvaluationError as exc:
+            # Its message names the column or where clause, never a value from the resource.
+            issue = Issue("mapping.view_failed", f"view {self.name}: {exc}", field=self.resource_type)
+            return MappingResult("failed", self.target, {}, [issue])
+        except Exception as exc:  # a resource the view cannot walk: report it, never crash the batch
             issue = Issue(
                 "mapping.view_failed",
                 f"view {self.name} failed: {type(exc).__name__}",
