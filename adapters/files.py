@@ -18,6 +18,7 @@ import ijson
 import orjson
 
 from adapters.base import Checkpoint, Item, Record, RecordError, SourceContext
+from adapters.hl7v2.records import looks_like_hl7v2
 
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
 
@@ -171,6 +172,12 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
                 if not first:
                     return  # an empty file holds no records
             stream.seek(0)
+            if looks_like_hl7v2(first):
+                # Staff import what hospitals send; v2 files are recognised by content.
+                from adapters.hl7v2.records import records_from_file
+
+                yield from records_from_file(path, name)
+                return
             if _looks_like_ndjson(first):
                 yield from read_ndjson(stream, name)
             else:

@@ -17,6 +17,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from adapters.auth import AuthConfig
+from adapters.fhir_bulk import FhirBulkConfig
+from adapters.fhir_rest import FhirRestConfig, PatientScope
+from adapters.http import HttpConfig
 from review.settings import ReviewSettings
 from scheduler.settings import RemindersSettings, SchedulerSettings
 
@@ -126,7 +130,41 @@ class FilesSource(_Strict):
     patterns: tuple[str, ...] = ("**/*.ndjson", "**/*.json", "**/*.ndjson.gz")
 
 
-SourceConfig = Annotated[FilesSource, Field(discriminator="type")]
+def _forbid_extra(*classes: type) -> None:
+    # The adapters declare their settings as plain dataclasses; validating them here with
+    # unknown keys refused gives config errors that name the key.
+    for cls in classes:
+        cls.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+
+
+_forbid_extra(FhirRestConfig, PatientScope, FhirBulkConfig, AuthConfig, HttpConfig)
+
+
+class _AdapterSource(_Strict):
+    """``name`` and ``type`` plus the adapter's own settings, written flat in the YAML."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "settings" not in data:
+            own = {k: v for k, v in data.items() if k not in ("name", "type")}
+            return {"name": data.get("name"), "type": data.get("type"), "settings": own}
+        return data
+
+
+class FhirRestSource(_AdapterSource):
+    type: Literal["fhir_rest"]
+    name: str
+    settings: FhirRestConfig
+
+
+class FhirBulkSource(_AdapterSource):
+    type: Literal["fhir_bulk"]
+    name: str
+    settings: FhirBulkConfig
+
+
+SourceConfig = Annotated[FilesSource | FhirRestSource | FhirBulkSource, Field(discriminator="type")]
 
 
 class Settings(_Strict):
@@ -198,8 +236,8 @@ def _where(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("files",):  # discriminator tags are not keys the user wrote
-            continue
+        elif part in ("files", "fhir_rest", "fhir_bulk", "settings") or str(part).startswith("function-"):
+            continue  # discriminator tags and our nesting are not keys the user wrote
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
@@ -224,7 +262,10 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
         return p if p is None or p.is_absolute() else (base / p)
 
     site = settings.site.model_copy(update={"pseudonym_key_file": fix(settings.site.pseudonym_key_file)})
-    sources = [s.model_copy(update={"path": fix(s.path)}) for s in settings.sources]
+    sources = [
+        s.model_copy(update={"path": fix(s.path)}) if isinstance(s, FilesSource) else s
+        for s in settings.sources
+    ]
     mappings = settings.mappings.model_copy(
         update={"directory": fix(settings.mappings.directory), "codemaps": fix(settings.mappings.codemaps)}
     )

@@ -21,6 +21,7 @@ from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from adapters.base import Checkpoint, Deleted, Record, RecordError, Source, SourceContext
+from adapters.hl7v2.records import HL7_CONTENT_TYPE, convert_staged
 from adapters.validation import validate
 from mappings.cases import assemble_cases
 from registry_adapter.app import TARGET_TABLES, App
@@ -212,6 +213,7 @@ class Pipeline:
                         STAGING.c.source,
                         STAGING.c.resource_type,
                         STAGING.c.resource_id,
+                        STAGING.c.content_type,
                         STAGING.c.raw,
                     )
                     .where(STAGING.c.status == "pending", STAGING.c.id > last_id)
@@ -241,7 +243,10 @@ class Pipeline:
         statuses: dict[str, list[int]] = defaultdict(list)
         touched: dict[str, set[str]] = defaultdict(set)
         for row in batch:
-            status, issues, mapping_name = self._map_one(row, writes, removals, touched)
+            if row.content_type == HL7_CONTENT_TYPE:
+                status, issues, mapping_name = self._convert_hl7(conn, row)
+            else:
+                status, issues, mapping_name = self._map_one(row, writes, removals, touched)
             statuses[status].append(row.id)
             if status == "mapped":
                 counts.mapped += 1
@@ -274,6 +279,20 @@ class Pipeline:
         for status, sids in statuses.items():
             conn.execute(update(STAGING).where(STAGING.c.id.in_(sids)).values(status=status, mapped_at=now))
         counts.cases += self._assemble(conn, touched)
+
+    def _convert_hl7(self, conn: Connection, row: Any) -> tuple[str, list[Issue], str]:
+        """A staged v2 message becomes FHIR records, staged in this transaction.
+
+        They get higher staging ids than this batch, so ``map_pending`` maps them next, and
+        identical content from a resent or re-converted message is a no-op.
+        """
+        converted = convert_staged(row.raw, row.resource_id, self.app.site.tz)
+        stage_records(conn, row.source, converted.records)
+        for rtype, rid in converted.deleted:
+            self._delete(conn, row.source, rtype, rid)
+        if converted.out_of_scope:
+            return "out_of_scope", [], "hl7v2"
+        return ("failed" if converted.failed else "mapped"), converted.issues, "hl7v2"
 
     def _map_one(
         self,

@@ -5,17 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from adapters.base import Source
+from adapters.fhir_bulk import FhirBulkSource
+from adapters.fhir_rest import FhirRestSource
 from adapters.files import FilesSource
+from registry_adapter import config as cfgmod
 from registry_adapter.app import App
 from registry_adapter.config import ConfigError, SourceConfig
-from registry_adapter.config import FilesSource as FilesSourceConfig
 
 
 def build_source(cfg: SourceConfig, app: App) -> Source:
-    if isinstance(cfg, FilesSourceConfig):
+    if isinstance(cfg, cfgmod.FilesSource):
         if not cfg.path.exists():
             raise ConfigError(f"sources.{cfg.name}.path: folder {cfg.path} does not exist")
         return FilesSource(cfg.name, [cfg.path], cfg.patterns)
+    if isinstance(cfg, cfgmod.FhirRestSource):
+        return FhirRestSource(cfg.name, cfg.settings)
+    if isinstance(cfg, cfgmod.FhirBulkSource):
+        return FhirBulkSource(cfg.name, cfg.settings)
     raise ConfigError(f"source {cfg.name}: type {cfg.type!r} is not supported")
 
 

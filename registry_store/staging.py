@@ -24,6 +24,8 @@ from registry_store.timeutil import utcnow
 STAGING = StagedRecord.__table__  # type: ignore[attr-defined]
 ERRORS = MappingError.__table__  # type: ignore[attr-defined]
 
+FHIR_CONTENT_TYPES = frozenset({"application/fhir+json", "application/json"})
+
 # Staging rows for input that never became a resource carry this type.
 UNPARSED = "Unparsed"
 
@@ -99,7 +101,12 @@ def stage_records(conn: Connection, source: str, records: Sequence[Record]) -> S
     for key, rec in latest.items():
         res = rec.resource
         meta = res.get("meta") if isinstance(res.get("meta"), dict) else {}
-        digest = content_hash(res)
+        # Raw messages (HL7 v2) are identified by their bytes; FHIR by its content.
+        digest = (
+            content_hash(res)
+            if rec.raw is None or "json" in rec.content_type
+            else hashlib.sha256(rec.raw).hexdigest()
+        )
         last_updated = meta.get("lastUpdated") if meta else None
         values = {
             "version_id": (meta or {}).get("versionId"),
@@ -127,6 +134,20 @@ def stage_records(conn: Connection, source: str, records: Sequence[Record]) -> S
         row_id, old_hash, old_updated = found
         if old_hash == digest:
             counts.unchanged += 1
+            continue
+        if rec.content_type not in FHIR_CONTENT_TYPES:
+            # A raw message reusing a control id with other content is a different message
+            # (a sender bug), not a new version: keep both rather than lose the first.
+            inserts.append(
+                {
+                    "source": source,
+                    "resource_type": key[0],
+                    "resource_id": f"{key[1]}#{digest[:12]}"[:256],
+                    "received_at": now,
+                    **values,
+                }
+            )
+            counts.inserted += 1
             continue
         new_ts, old_ts = _parse_instant(last_updated), _parse_instant(old_updated)
         if new_ts and old_ts and new_ts < old_ts:

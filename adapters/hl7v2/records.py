@@ -1,0 +1,101 @@
+"""HL7 v2 messages as staged records, and their conversion into FHIR records.
+
+Raw v2 messages are staged as they came (type ``HL7v2Message``, identity ``<sending
+facility>|<MSH-10>``) so a fixed v2 mapping can convert them again without asking the
+hospital to resend. Conversion yields ordinary FHIR records, which then go the one way every
+record goes: staging, the mapping engine, cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from adapters.base import Record, RecordError
+from adapters.hl7v2.convert import convert_message
+from adapters.hl7v2.files import FileMessageError, iter_messages
+from adapters.hl7v2.header import HeaderCheckError, read_header
+from registry_store.errors import Issue
+
+HL7_TYPE = "HL7v2Message"
+HL7_CONTENT_TYPE = "application/hl7-v2"
+
+
+def message_identity(facility: str, control_id: str) -> str:
+    return f"{facility}|{control_id}"[:256]
+
+
+def looks_like_hl7v2(head: bytes) -> bool:
+    """A v2 file starts with an MSH segment, or an MLLP start block before one."""
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith((b"MSH", b"\x0b"))
+
+
+def records_from_file(path: Path, display_name: str | None = None) -> Iterator[Record | RecordError]:
+    """Every message of a v2 file as a raw staged record; unusable ones as errors."""
+    name = display_name or path.name
+    for item in iter_messages(path):
+        origin = f"{name}#{item.index}"
+        if isinstance(item, FileMessageError):
+            yield RecordError(
+                origin,
+                item.code,
+                f"{name} message {item.index}: {item.message}",
+                raw=item.raw or None,
+                resource_type=HL7_TYPE,
+            )
+            continue
+        try:
+            # Any message type is staged; conversion decides what is ours (an ADT^A02 transfer
+            # is out of scope, not an error). The MLLP listener checks types before its ACK.
+            header = read_header(item.raw, message_types=())
+        except HeaderCheckError as exc:
+            err = exc.error
+            yield RecordError(
+                origin,
+                err.code,
+                f"{name} message {item.index}: {err.message}",
+                field=err.field or "MSH",
+                raw=item.raw,
+                resource_type=HL7_TYPE,
+            )
+            continue
+        ident = message_identity(header.sending_facility, header.control_id)
+        yield Record(
+            {"resourceType": HL7_TYPE, "id": ident}, origin, raw=item.raw, content_type=HL7_CONTENT_TYPE
+        )
+
+
+@dataclass
+class Converted:
+    records: list[Record] = field(default_factory=list)
+    deleted: list[tuple[str, str]] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(i.rule != "warning" for i in self.issues) and not (self.records or self.deleted)
+
+    @property
+    def out_of_scope(self) -> bool:
+        """A message type we do not convert (transfers, orders, ...): nothing to map."""
+        return bool(self.issues) and all(i.code == "hl7.unsupported_message" for i in self.issues)
+
+
+def convert_staged(raw: bytes, identity: str, tz: ZoneInfo) -> Converted:
+    """A staged v2 message → FHIR records (origin: the message identity, no PHI)."""
+    result = convert_message(raw, source=identity, tz=tz)
+    out = Converted()
+    for resource in result.resources:
+        out.records.append(Record(resource, origin=f"hl7v2 {identity}"))
+    out.deleted.extend(result.deleted)
+    for issue in result.errors:
+        where = issue.field or issue.segment or ""
+        out.issues.append(
+            Issue(
+                issue.code, issue.message, field=where, rule="warning" if issue.severity == "warning" else ""
+            )
+        )
+    return out
