@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -79,7 +78,3 @@ class App:
 
 def build_app(settings: Settings, db_url: str | None = None) -> App:
     return App(settings=settings, db_url=db_url or settings.database.url)
-
-
-def bundled_path(*parts: str) -> Path:
-    return Path(__file__).resolve().parent.parent.joinpath(*parts)

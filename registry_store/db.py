@@ -7,8 +7,7 @@ shared/reference/libraries.md, section 3.4).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.url import make_url
-from sqlmodel import Session, SQLModel
+from sqlmodel import SQLModel
 
 
 def make_engine(url: str) -> Engine:
@@ -48,12 +47,6 @@ def is_postgres(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-@contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    with Session(engine) as session:
-        yield session
-
-
 def upsert(
     conn: Connection,
     table: Table | type[SQLModel],
@@ -73,10 +66,3 @@ def upsert(
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
     conn.execute(stmt, list(rows))
-
-
-def create_all_for_tests(engine: Engine) -> None:
-    """Schema without migrations; only for throwaway databases (tests of migrations use Alembic)."""
-    import registry_store.models  # noqa: F401  (registers the tables)
-
-    SQLModel.metadata.create_all(engine)
