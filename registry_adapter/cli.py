@@ -126,12 +126,18 @@ def sync(
     obj: Ctx, source_name: str | None, full: bool, since: str | None, types: tuple[str, ...], as_json: bool
 ) -> None:
     """Pull the configured sources into the registry store."""
+    from registry_adapter.config import MllpSource
     from registry_adapter.sources import build_source
 
     app = obj.app
-    configs = [app.settings.source(source_name)] if source_name else list(app.settings.sources)
+    configs = (
+        [app.settings.source(source_name)]
+        if source_name
+        # Listeners are pushed to (see `listen`); everything else is pulled here.
+        else [s for s in app.settings.sources if not isinstance(s, MllpSource)]
+    )
     if not configs:
-        raise click.UsageError("no sources are configured (see sources: in the config file)")
+        raise click.UsageError("no sources to sync are configured (see sources: in the config file)")
     results = []
     with _progress(not as_json) as progress:
         pipeline = Pipeline(app, progress)
@@ -347,6 +353,26 @@ def runs_list(obj: Ctx, as_json: bool, limit: int) -> None:
             str(c.get("failed", "")),
         )
     out.print(table)
+
+
+@cli.command()
+@click.option("--source", "source_name", help="The configured mllp source (default: the only one).")
+@click.option("--port", type=int, help="Override the configured port (0: any free port).")
+@pass_ctx
+def listen(obj: Ctx, source_name: str | None, port: int | None) -> None:
+    """Run the HL7 v2 MLLP listener (ACK after staging; conversion follows in batches)."""
+    import asyncio
+
+    from registry_adapter.config import MllpSource
+    from registry_adapter.listener import serve
+
+    app = obj.app
+    listeners = [s for s in app.settings.sources if isinstance(s, MllpSource)]
+    if source_name:
+        listeners = [s for s in listeners if s.name == source_name]
+    if len(listeners) != 1:
+        raise click.UsageError("configure one source of type mllp, or name it with --source")
+    asyncio.run(serve(app, listeners[0], port=port))
 
 
 @cli.group()

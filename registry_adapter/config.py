@@ -164,7 +164,41 @@ class FhirBulkSource(_AdapterSource):
     settings: FhirBulkConfig
 
 
-SourceConfig = Annotated[FilesSource | FhirRestSource | FhirBulkSource, Field(discriminator="type")]
+class MllpSource(_Strict):
+    """An MLLP listener: hospitals push HL7 v2 messages; each is staged before its ACK."""
+
+    type: Literal["mllp"]
+    name: str
+    host: str = "127.0.0.1"
+    port: int = Field(default=2575, ge=0, le=65535)
+    # TLS: both set, or neither. The private key file must be readable by the adapter only.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # How often received messages are converted to FHIR and mapped (seconds).
+    convert_every_seconds: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> MllpSource:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        return self
+
+
+class Hl7FilesSource(_Strict):
+    """A folder where HL7 v2 message files are dropped; processed files are moved away."""
+
+    type: Literal["hl7v2_files"]
+    name: str
+    path: Path
+    archive: Path | None = None  # default: <path>/archive
+    quarantine: Path | None = None  # default: <path>/quarantine
+    patterns: tuple[str, ...] = ("*.hl7", "*.txt", "*.er7", "*.msg")
+
+
+SourceConfig = Annotated[
+    FilesSource | FhirRestSource | FhirBulkSource | MllpSource | Hl7FilesSource, Field(discriminator="type")
+]
 
 
 class Settings(_Strict):
@@ -231,12 +265,15 @@ def _resolve_secret_files(data: Any, path: str) -> Any:
     return out
 
 
+_NOT_KEYS = frozenset({"files", "fhir_rest", "fhir_bulk", "mllp", "hl7v2_files", "settings"})
+
+
 def _where(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("files", "fhir_rest", "fhir_bulk", "settings") or str(part).startswith("function-"):
+        elif part in _NOT_KEYS or str(part).startswith("function-"):
             continue  # discriminator tags and our nesting are not keys the user wrote
         else:
             out += f".{part}" if out else str(part)
