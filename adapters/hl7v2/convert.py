@@ -37,6 +37,8 @@ class ConversionIssue:
     segment: str | None = None
     field: str | None = None
     severity: str = "error"  # "error" | "warning"
+    resource_type: str | None = None  # the resource being converted, when there was one
+    resource_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -103,6 +105,7 @@ class _Run:
         self.extra: dict[tuple[str, str], JSON] = {}
         self._segment: str | None = None
         self._field: str | None = None
+        self._resource: tuple[str, str] | None = None
 
     # datatypes.Context
     def table(self, name: str) -> dict[str, Any]:
@@ -122,7 +125,10 @@ class _Run:
         seg = segment or self._segment
         fname = fld or self._field
         prefix = f"{fname}: " if fname and not message.startswith(fname) else ""
-        self.result.errors.append(ConversionIssue(code, prefix + message, seg, fname, severity))
+        rtype, rid = self._resource or (None, None)
+        self.result.errors.append(
+            ConversionIssue(code, prefix + message, seg, fname, severity, rtype, rid)
+        )
 
     def ref_id(self, mapping: str, current: Segment) -> str | None:
         """Id of the resource ``mapping`` made from the nearest preceding segment of its type
@@ -244,7 +250,7 @@ def _apply_rule(run: _Run, resource: JSON, rule: JSON, seg: Segment) -> None:
             rtype = run.cfg.resources[target].get("resourceType", target)
             _set(resource, path, {"reference": f"{rtype}/{rid}"}, as_list)
         return
-    if kind_is(rule, "qr_items"):
+    if rule.get("as") == "qr_items":
         items = _qr_items(run, seg)
         if items:
             resource[path] = items
@@ -289,7 +295,7 @@ def _apply_rule(run: _Run, resource: JSON, rule: JSON, seg: Segment) -> None:
                 out = rule.get("default")
             if out is not None:
                 values.append(out)
-        if values and path == "code" and rule.get("text_from"):
+        if values and rule.get("text_from") and isinstance(values[0], dict):
             text = run.first_value(rule["text_from"] + ".1", seg)
             if text and "text" not in values[0]:
                 values[0]["text"] = text
@@ -299,10 +305,6 @@ def _apply_rule(run: _Run, resource: JSON, rule: JSON, seg: Segment) -> None:
         run.issue(bad.code, str(bad), bad.severity)
     finally:
         run._field = None
-
-
-def kind_is(rule: JSON, kind: str) -> bool:
-    return bool(rule.get("as") == kind)
 
 
 def _condition(run: _Run, cond: JSON, seg: Segment) -> bool:
@@ -323,15 +325,9 @@ _QR_ANSWER = {"String": "valueString", "DateTime": "valueDateTime"}
 def _qr_items(run: _Run, obr: Segment) -> list[JSON]:
     """The OBX after an OBR (until the next OBR) → QuestionnaireResponse.item."""
     items: list[JSON] = []
-    started = False
-    for seg in run.msg.segments:
-        if seg is obr:
-            started = True
-            continue
-        if not started or seg.name not in ("OBX", "NTE"):
-            if started and seg.name == "OBR":
-                break
-            continue
+    for seg in run.msg.segments[obr.position :]:  # positions are 1-based: the ones after
+        if seg.name == "OBR":
+            break
         if seg.name != "OBX" or seg.fields is None:
             continue
         code = run.value("OBX-3.1", seg)
@@ -416,8 +412,10 @@ def _convert_resources(run: _Run, rule: MessageRule, msg_type: str) -> None:
                 run.result.deleted.append((rtype, rid))
                 continue
             resource: JSON = {"resourceType": rtype, "id": rid}
+            run._resource = (rtype, rid)
             for element in spec["elements"]:
                 _apply_rule(run, resource, element, seg)
+            run._resource = None
             for path, value in rule.overrides.get(name, {}).items():
                 if value is None:
                     _remove(resource, path)
@@ -446,7 +444,7 @@ def convert_parsed(
     rule = cfg.messages.get(header.message_type)
     if rule is None:
         run.issue("hl7.unsupported_message",
-                  f"message type {dt._printable(header.message_type)} is not converted "
+                  f"message type {dt.printable(header.message_type)} is not converted "
                   "(not in mappings/hl7v2/messages.yaml)", segment="MSH", fld="MSH-9")
         return result
     extra_msh = [s.position for s in msg.segments if s.name == "MSH"][1:]

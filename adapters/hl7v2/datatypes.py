@@ -142,11 +142,11 @@ def code_system(name: str, ctx: Context, default: str | None = None) -> str | No
         return V2_TABLE_URI.format(int(m.group(1)))
     if key.startswith(("HTTP://", "HTTPS://", "URN:")):
         return name.strip()
-    ctx.warn("hl7.unknown_code_system", f"coding system {_printable(key)} is not in code_systems.yaml")
+    ctx.warn("hl7.unknown_code_system", f"coding system {printable(key)} is not in code_systems.yaml")
     return "urn:hl7v2:codesystem:" + quote(name.strip(), safe="")
 
 
-def _printable(value: str) -> str:
+def printable(value: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "?" for c in value[:30])
 
 
@@ -401,7 +401,7 @@ def obx_value(
         return Choice("DateTime", value) if value else None
     text = "^".join("&".join(subs) for subs in rep).rstrip("^&")
     if vt not in ("ST", "TX", "FT", "ID", "IS", ""):
-        ctx.warn("hl7.obx_value_type", f"OBX-2 value type {_printable(vt)} mapped as a string")
+        ctx.warn("hl7.obx_value_type", f"OBX-2 value type {printable(vt)} mapped as a string")
     return Choice("String", text) if text else None
 
 

@@ -85,7 +85,8 @@ class MLLPFramer:
                 self._scan = 0
                 continue
             end = buf.find(FS, self._scan)
-            restart = buf.find(START, 0, end if end != -1 else len(buf))
+            # Bytes before _scan were already searched for both FS and VT.
+            restart = buf.find(START, self._scan, end if end != -1 else len(buf))
             if restart != -1:
                 # A new frame began before this one ended: the sender gave up on it.
                 events.append(Truncated(restart, bytes(buf[:restart])))

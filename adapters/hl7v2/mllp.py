@@ -192,7 +192,11 @@ class MLLPListener:
         message_types: Collection[str] | None = None,
         max_batch: int = 1000,
         read_size: int = 256 * 1024,
+        idle_timeout: float | None = None,
     ) -> None:
+        """``idle_timeout``: close a connection silent for that many seconds (None: never;
+        many senders keep one connection open for days). ``versions``/``message_types``
+        default to mappings/hl7v2/messages.yaml."""
         self.host = host
         self.port = port
         self.tls = tls
@@ -201,6 +205,7 @@ class MLLPListener:
         self._types = message_types
         self._writer = GroupCommitWriter(sink, max_batch)
         self._read_size = read_size
+        self._idle_timeout = idle_timeout
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._conn_seq = 0
@@ -267,7 +272,15 @@ class MLLPListener:
         received = 0
         try:
             while True:
-                data = await reader.read(self._read_size)
+                if self._idle_timeout is None:
+                    data = await reader.read(self._read_size)
+                else:
+                    try:
+                        data = await asyncio.wait_for(reader.read(self._read_size),
+                                                      self._idle_timeout)
+                    except TimeoutError:
+                        log.info("hl7.mllp_idle_timeout", conn=conn)
+                        break
                 if not data:
                     break
                 for event in framer.feed(data):

@@ -1,0 +1,220 @@
+"""HL7 v2 intake and conversion benchmark.
+
+1. MLLP listener with durable ACKs: the listener runs in its own process with the SQLite
+   test sink (WAL, synchronous=FULL, group commit); this process opens 20 connections and
+   sends stop-and-wait (each connection waits for its ACK before the next message), as
+   real senders do. Prints msg/s, ACK latency p50/p99 and the mean commit batch.
+2. Conversion: convert_message (hl7apy per-segment parse + YAML mapping) against the
+   parse-only floors of hl7apy (parse_message, find_groups=False) and python-hl7 (hl7.parse)
+   on the same messages.
+
+Run: .venv/bin/python benchmarks/bench_hl7v2.py [--messages 20000] [--connections 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "hl7v2" / "fhir-converter" / "messages"
+LISTENER_SAMPLE = "ADT-A08-02.hl7"
+CONVERT_SAMPLES = ["ADT-A08-02.hl7", "ADT-A01-01.hl7", "BAR-P01-01.hl7", "DFT-P03-02.hl7",
+                   "ORU-R01-01.hl7"]
+
+
+def _spine_adt() -> bytes:
+    """A lean, realistic spine-surgery ADT^A08 (~0.9 KB): what a registry feed carries."""
+    segs = [
+        "MSH|^~\\&|EPIC|GOODHEALTH|REG|SPINE|20250301101500||ADT^A08^ADT_A01|{cid}|P|2.5.1",
+        "EVN|A08|20250301101500",
+        "PID|1||MRN123^^^GOODHEALTH^MR~999001234^^^SSA^SS||DOE^JANE^Q||19700101|F|||"
+        "1 MAIN ST^^SPRINGFIELD^IL^62701^USA||^PRN^PH^^^217^5551234",
+        "PV1|1|I|4W^401^1^GOODHEALTH||||1234^BONE^ROBERT^^^DR|||ORT||||1|||1234^BONE^ROBERT"
+        "^^^DR|IN||||||||||||||||||||||||||||20250301080000|20250303120000",
+        "DG1|1||M48.062^Spinal stenosis, lumbar region with neurogenic claudication^I10||"
+        "20250301|A",
+        "DG1|2||M43.16^Spondylolisthesis, lumbar region^I10||20250301|F",
+        "PR1|1||22633^Arthrodesis, combined posterior or posterolateral technique^C4||"
+        "20250301093000|||||||5678^CUTTER^SAM^^^DR^^^GOODHEALTH",
+        "PR1|2||63047^Laminectomy, facetectomy and foraminotomy^C4||20250301093000|||||||"
+        "5678^CUTTER^SAM^^^DR^^^GOODHEALTH",
+    ]
+    return "\r".join(segs).encode() + b"\r"
+
+
+def _with_control_id(raw: bytes, cid: str) -> bytes:
+    first, sep, rest = raw.partition(b"\r")
+    fields = first.split(b"|")
+    fields[9] = cid.encode()
+    return b"|".join(fields) + sep + rest
+
+
+# --- 1. listener -------------------------------------------------------------------------
+
+
+def _serve(db_path: str, port_q: mp.Queue, stop_q: mp.Queue) -> None:
+    import logging
+
+    import structlog
+
+    from adapters.hl7v2.mllp import MLLPListener
+    from tests.hl7v2.sqlite_sink import SQLiteSink
+
+    # Per-connection debug events would cost more than the work measured.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+    async def main() -> None:
+        sink = SQLiteSink(Path(db_path), synchronous="FULL")
+        listener = MLLPListener("127.0.0.1", 0, sink)
+        await listener.start()
+        port_q.put(listener.bound_port)
+        await asyncio.to_thread(stop_q.get)
+        await listener.close()
+        sizes = sink.batch_sizes
+        port_q.put((len(sizes), sum(sizes), len(sink.rows())))
+        sink.close()
+
+    asyncio.run(main())
+
+
+async def _client(port: int, msgs: list[bytes], latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    buf = b""
+    for m in msgs:
+        t0 = time.perf_counter()
+        writer.write(b"\x0b" + m + b"\x1c\r")
+        while b"\x1c\r" not in buf:
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise ConnectionError("listener closed the connection")
+            buf += chunk
+        latencies.append(time.perf_counter() - t0)
+        end = buf.index(b"\x1c\r")
+        ack, buf = buf[:end], buf[end + 2 :]
+        if b"MSA|AA|" not in ack:
+            raise RuntimeError("not acknowledged AA")
+    writer.close()
+    await writer.wait_closed()
+
+
+def bench_listener(n_messages: int, n_conn: int) -> None:
+    sample = (FIXTURES / LISTENER_SAMPLE).read_bytes().replace(b"\r\n", b"\r").replace(
+        b"\n", b"\r")
+    ctx = mp.get_context("spawn")
+    port_q, stop_q = ctx.Queue(), ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "inbound.db"
+        proc = ctx.Process(target=_serve, args=(str(db), port_q, stop_q))
+        proc.start()
+        port = port_q.get(timeout=60)
+        per_conn = n_messages // n_conn
+        warm = [[_with_control_id(sample, f"W{c}-{i}") for i in range(20)] for c in range(n_conn)]
+        work = [[_with_control_id(sample, f"M{c}-{i}") for i in range(per_conn)]
+                for c in range(n_conn)]
+
+        async def run(batches: list[list[bytes]]) -> tuple[float, list[float]]:
+            lat: list[float] = []
+            t0 = time.perf_counter()
+            await asyncio.gather(*(_client(port, b, lat) for b in batches))
+            return time.perf_counter() - t0, lat
+
+        asyncio.run(run(warm))
+        elapsed, lat = asyncio.run(run(work))
+        stop_q.put(True)
+        n_batches, n_batched, n_rows = port_q.get(timeout=60)
+        proc.join(30)
+    total = per_conn * n_conn
+    lat.sort()
+    print(f"MLLP listener, SQLite WAL synchronous=FULL, {n_conn} connections stop-and-wait, "
+          f"{total} messages of {len(sample)} bytes ({LISTENER_SAMPLE}):")
+    print(f"  throughput      {total / elapsed:8.0f} msg/s  ({elapsed:.2f} s)")
+    print(f"  ACK latency     p50 {lat[len(lat) // 2] * 1000:.2f} ms   "
+          f"p99 {lat[int(len(lat) * 0.99)] * 1000:.2f} ms   max {lat[-1] * 1000:.2f} ms")
+    print(f"  group commit    {n_batches} store() calls, mean batch "
+          f"{n_batched / max(n_batches, 1):.1f} messages")
+    print(f"  rows stored     {n_rows} (expected {total + 20 * n_conn})")
+
+
+# --- 2. conversion -----------------------------------------------------------------------
+
+
+def _rate(fn: Callable[[Any], object], items: Sequence[Any], repeat: int = 3) -> float:
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for item in items:
+            fn(item)
+        runs.append(time.perf_counter() - t0)
+    return len(items) / statistics.median(runs)
+
+
+def bench_conversion(loops: int) -> None:
+    import hl7
+    from hl7apy.parser import parse_message
+
+    from adapters.hl7v2.config import load_config
+    from adapters.hl7v2.convert import convert_message
+    from adapters.hl7v2.parse import normalise_line_endings
+
+    no_apy = dataclasses.replace(load_config(), hl7apy_parse=False)
+
+    tz = ZoneInfo("America/Chicago")
+    samples = {"spine ADT^A08 (synthetic)": _spine_adt().replace(b"{cid}", b"S1")}
+    for name in CONVERT_SAMPLES:
+        samples[name] = (FIXTURES / name).read_bytes()
+    print(f"\nConversion, one core, median of 3 runs x {loops} messages each:")
+    print(f"  {'message':28s} {'bytes':>6s} {'segs':>5s} {'hl7apy parse':>13s} "
+          f"{'python-hl7':>11s} {'convert':>9s} {'convert/hl7apy':>15s} "
+          f"{'convert without hl7apy':>23s} {'resources':>9s}")
+    for name, raw in samples.items():
+        text = normalise_line_endings(raw.decode("utf-8-sig")).strip("\r")
+        items = [raw] * loops
+        texts = [text] * loops
+        gc.collect()
+        gc.freeze()
+        try:
+            parse_message(text, find_groups=False)
+            r_apy = _rate(lambda t: parse_message(t, find_groups=False), texts)
+            apy = f"{r_apy:9.0f}/s"
+        except Exception as exc:  # hl7apy rejects some real segments (e.g. PRT in 2.5.1)
+            r_apy, apy = float("nan"), f"{type(exc).__name__[:11]:>11s}"
+        r_hl7 = _rate(hl7.parse, texts)
+        r_conv = _rate(lambda b: convert_message(b, source="bench", tz=tz), items)
+        r_fast = _rate(lambda b: convert_message(b, source="bench", tz=tz, cfg=no_apy), items)
+        gc.unfreeze()
+        res = convert_message(raw, source="bench", tz=tz)
+        print(f"  {name:28s} {len(raw):6d} {text.count(chr(13)) + 1:5d} {apy:>13s} "
+              f"{r_hl7:8.0f}/s {r_conv:6.0f}/s {r_conv / r_apy:14.2f}x "
+              f"{r_fast:20.0f}/s {len(res.resources):9d}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--connections", type=int, default=20)
+    ap.add_argument("--convert-loops", type=int, default=60)
+    ap.add_argument("--skip-listener", action="store_true")
+    ap.add_argument("--skip-convert", action="store_true")
+    args = ap.parse_args()
+    if not args.skip_listener:
+        bench_listener(args.messages, args.connections)
+    if not args.skip_convert:
+        bench_conversion(args.convert_loops)
+
+
+if __name__ == "__main__":
+    main()
