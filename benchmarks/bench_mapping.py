@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.base import SourceContext  # noqa: E402
 from adapters.files import FilesSource  # noqa: E402
+from registry_adapter import logs  # noqa: E402
 from registry_adapter.app import build_app  # noqa: E402
 from registry_adapter.config import parse_settings  # noqa: E402
 from registry_adapter.pipeline import Pipeline  # noqa: E402
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50_000)
     args = parser.parse_args()
     n = args.n
+    logs.configure("console", "WARNING")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         path = write_feed(tmp, n)

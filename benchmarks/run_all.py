@@ -1,0 +1,31 @@
+"""Run every benchmark with modest sizes and print their figures (``make bench``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+RUNS = [
+    ("mapping engine and pipeline vs raw JSON parsing", ["bench_mapping.py", "--n", "20000"]),
+    ("SQL-on-FHIR view engine vs fhirpathpy", ["bench_viewdef.py", "--n", "20000"]),
+    ("HL7 v2 listener and conversion", ["bench_hl7v2.py"]),
+    ("review UI pages at scale", ["bench_review.py"]),
+]
+
+
+def main() -> int:
+    failed = 0
+    for title, argv in RUNS:
+        script = HERE / argv[0]
+        if not script.exists():
+            continue
+        print(f"\n=== {title} ({argv[0]}) ===", flush=True)
+        failed += subprocess.call([sys.executable, str(script), *argv[1:]]) != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
