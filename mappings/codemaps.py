@@ -217,7 +217,9 @@ def _load_table(cmap: CodeMap) -> None:
                 raise CodeMapError(f"{where}: match must be exact, prefix or pattern, got {match!r}")
             ident = (system, code, match)
             if ident in seen:
-                raise CodeMapError(f"{where}: duplicate code {code} (first at line {seen[ident]})")
+                raise CodeMapError(
+                    f"{where}: duplicate code {display_code(system, code)} (first at line {seen[ident]})"
+                )
             seen[ident] = line
             values = {c: _coerce(c, spec, row.get(c) or "", where) for c, spec in cmap.value_columns.items()}
             entry = Entry(system, code, match, values, line)

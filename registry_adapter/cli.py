@@ -23,7 +23,7 @@ from registry_adapter.config import ConfigError, load_settings
 from registry_adapter.pipeline import Pipeline, RunResult, stats
 from registry_adapter.queries import list_cases, list_causes, list_errors, list_runs
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 # soft_wrap: long lines stay whole when output goes to a file or a pipe.
 out = Console(soft_wrap=True)
 

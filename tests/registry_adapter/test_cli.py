@@ -140,3 +140,34 @@ def test_the_demo_runs_from_the_example_config(tmp_path: Path) -> None:
     out = run("sync", "--full", config=work / "config.example.yaml", cwd=work).stdout
     assert "40 cases" in out and "Open mapping errors by cause" in out
     assert (work / "var" / "registry.db").exists() and (work / "var" / "pseudonym.key").exists()
+
+
+def test_mappings_check_conformance_and_test(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    assert "all good: 2 code maps" in run("mappings", "check", config=cfg).stdout
+    # A broken site copy of the code maps is reported with file and line, exit status 1.
+    site_maps = tmp_path / "codemaps"
+    shutil.copytree(ROOT / "mappings" / "codemaps", site_maps)
+    table = site_maps / "spine-diagnoses.csv"
+    table.write_text(table.read_text() + "icd10cm,M48.06,prefix,stenosis,lumbar,dup,x\n")
+    (tmp_path / "site").mkdir()
+    broken = write_config(tmp_path / "site", mappings={"codemaps": str(site_maps)})
+    proc = run("mappings", "check", config=broken, check=False)
+    assert (
+        proc.returncode == 1
+        and "spine-diagnoses.csv:" in proc.stderr
+        and "duplicate code M48.06 (first at line" in proc.stderr
+    )
+    report = tmp_path / "report.json"
+    suite = ROOT.parent / "shared" / "fixtures" / "sql-on-fhir-v2" / "tests"
+    out = run("mappings", "conformance", "--tests", str(suite), "--report", str(report)).stdout
+    assert "134/134 tests passed" in out
+    data = json.loads(report.read_text())
+    assert sum(len(f["tests"]) for f in data.values()) == 134
+    assert all(t["result"]["passed"] for f in data.values() for t in f["tests"])
+    resource = tmp_path / "proc.json"
+    resource.write_text((SAMPLE_FEED / "Procedure.ndjson").read_text().splitlines()[0])
+    shown = json.loads(
+        run("mappings", "test", str(ROOT / "mappings/views/procedure.yaml"), str(resource), config=cfg).stdout
+    )
+    assert shown["disposition"] == "mapped" and shown["row"]["category"] == "lumbar_discectomy"
