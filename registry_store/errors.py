@@ -15,10 +15,11 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
-from registry_store.models import MappingError
+from registry_store.models import ErrorCause, MappingError
 from registry_store.timeutil import utcnow
 
 ERRORS = MappingError.__table__  # type: ignore[attr-defined]
+CAUSES = ErrorCause.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,21 @@ def replace_errors(
         or (mapping != CASE_SCOPE and not keep_case_errors)
     ]
     ignored = {(r.code, r.field) for r in existing if r.status == "ignored"}
+    # A cause staff decided to ignore stays ignored for records that arrive later.
+    ignored_causes = (
+        set(
+            conn.execute(
+                select(CAUSES.c.cause_id).where(
+                    CAUSES.c.cause_id.in_([r["cause_id"] for r in rows]), CAUSES.c.status == "ignored"
+                )
+            ).scalars()
+        )
+        if rows
+        else set()
+    )
+    for r in rows:
+        if r["cause_id"] in ignored_causes:
+            r["status"] = "ignored"
     stale = [r.id for r in existing if (r.code, r.field) not in seen and r.status == "open"]
     if stale:
         conn.execute(update(ERRORS).where(ERRORS.c.id.in_(stale)).values(status="resolved", last_seen=now))

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["viewer", "reviewer", "admin"]
 
 
 class _Strict(BaseModel):
@@ -11,3 +18,41 @@ class _Strict(BaseModel):
 
 class ReviewSettings(_Strict):
     enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    # The cookie-signing secret: from ${ENV_VAR}, or session_secret_file. Neither set: a random
+    # secret is created once in a file beside the SQLite database (or under ./var/).
+    session_secret: str | None = Field(default=None, min_length=32)
+    session_secret_file: Path | None = None
+    # Secure cookies need HTTPS in front of the UI (a reverse proxy); plain-HTTP localhost
+    # use needs false, so the default follows the common single-host install.
+    secure_cookies: bool = False
+    session_max_age: int = Field(default=8 * 3600, ge=60)
+    # Roles that see raw resources with names, contacts, addresses, birth dates and
+    # identifiers masked.
+    mask_phi_for: tuple[Role, ...] = ("viewer",)
+    page_size: int = Field(default=50, ge=5, le=500)
+
+    def secret(self, db_url: str) -> str:
+        """The session secret; a generated one lives in a file readable by its owner only."""
+        if self.session_secret:
+            return self.session_secret
+        path = self.session_secret_file or default_secret_path(db_url)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process created it first: use theirs
+                return path.read_text().strip()
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        value = path.read_text().strip()
+        if len(value) < 32:
+            raise ValueError(f"review session secret in {path} is shorter than 32 characters")
+        return value
+
+
+def default_secret_path(db_url: str) -> Path:
+    if db_url.startswith("sqlite:///") and ":memory:" not in db_url:
+        return Path(db_url.removeprefix("sqlite:///")).parent / "review-session.key"
+    return Path("var") / "review-session.key"

@@ -255,3 +255,38 @@ def test_strict_validation_keeps_but_does_not_map(make_app: Callable[..., App], 
     off = make_app(f"sqlite:///{tmp_path / 'off.db'}", mappings={"validation": "off"})
     _sync(off, folder)
     assert stats(off)["procedures"] == 1 and stats(off)["errors_open"] == 0
+
+
+def test_an_ignored_cause_stays_ignored_for_new_records(app: App) -> None:
+    _sync(app)
+    cause = next(c for c in _causes_full(app) if c["value"] == "cpt|22899")
+    with app.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO error_causes (cause_id, status, reason, updated_by, updated_at) "
+                "VALUES (:c, 'ignored', 'registry agreed', 'tester', CURRENT_TIMESTAMP)"
+            ),
+            {"c": cause["cause_id"]},
+        )
+        conn.execute(
+            text("UPDATE mapping_errors SET status = 'ignored' WHERE cause_id = :c"), {"c": cause["cause_id"]}
+        )
+    new = {
+        "resourceType": "Procedure",
+        "id": "proc-unlisted-new",
+        "status": "completed",
+        "subject": {"reference": "Patient/pat-0004"},
+        "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "22899"}]},
+        "performedDateTime": "2025-05-05T08:00:00-05:00",
+    }
+    Pipeline(app).ingest(_Events([Record(new, "test")]))
+    with app.engine.connect() as conn:
+        statuses = (
+            conn.execute(
+                text("SELECT status FROM mapping_errors WHERE cause_id = :c"), {"c": cause["cause_id"]}
+            )
+            .scalars()
+            .all()
+        )
+    assert sorted(statuses) == ["ignored"] * 4
+    assert ("codemap.unmapped_code", "cpt|22899") not in _causes(app)

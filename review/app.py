@@ -1,0 +1,103 @@
+"""The review web UI as a Starlette application: ``create_app(app)`` for the CLI and the daemon."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry_adapter.app import App
+from review.pages import audit_log, cases, errors, feeds, ops, reminders, session
+from review.pages.ops import metrics_registry
+from review.web import HERE, make_templates, render, require
+
+SESSION_COOKIE = "registry_review"
+_SECURITY_HEADERS = [
+    # No script, style or image from anywhere but this server; no framing (clickjacking).
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+     b"form-action 'self'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]  # fmt: skip
+
+
+class SecurityHeaders:
+    """Adds the headers above, and ``no-store`` on pages (they may show patient data)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.extend(_SECURITY_HEADERS)
+                if not static:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def home(request: Request) -> Response:
+    require(request)
+    return RedirectResponse("/causes", status_code=303)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 401:
+        return RedirectResponse("/login", status_code=303)
+    titles = {403: "Not allowed", 404: "Not found", 405: "Not allowed"}
+    title = titles.get(exc.status_code, "Something went wrong")
+    return render(
+        request,
+        "error.html",
+        {"title": title, "detail": exc.detail, "status": exc.status_code},
+        exc.status_code,
+    )
+
+
+def create_app(app: App) -> Starlette:
+    """The review UI for one registry store; serve it with uvicorn (``registry-adapter serve``)."""
+    settings = app.settings.review
+    routes = [
+        Route("/", home, methods=["GET"]),
+        *session.ROUTES,
+        *errors.ROUTES,
+        *cases.ROUTES,
+        *reminders.ROUTES,
+        *feeds.ROUTES,
+        *audit_log.ROUTES,
+        *ops.ROUTES,
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(
+            SessionMiddleware,
+            secret_key=settings.secret(app.db_url),
+            session_cookie=SESSION_COOKIE,
+            max_age=settings.session_max_age,
+            same_site="lax",
+            https_only=settings.secure_cookies,
+        ),
+    ]
+    web = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})
+    web.state.registry = app
+    web.state.templates = make_templates(app)
+    web.state.metrics = metrics_registry(app)
+    return web

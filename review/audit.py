@@ -1,0 +1,34 @@
+"""The audit log: who changed what through the review tools, with before and after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from registry_store.models import AuditEntry
+from registry_store.timeutil import utcnow
+
+AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
+
+
+def record(
+    conn: Connection,
+    *,
+    username: str,
+    action: str,
+    target: str,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    """Write one entry in the caller's transaction, so the change and its record commit together."""
+    conn.execute(
+        AUDIT.insert().values(
+            at=utcnow(),
+            username=username,
+            action=action,
+            target=target[:300],
+            before=before or {},
+            after=after or {},
+        )
+    )

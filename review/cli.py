@@ -1,0 +1,98 @@
+"""``registry-adapter serve`` and ``registry-adapter users``: the review UI and its accounts."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from registry_adapter.cli import Ctx, out, pass_ctx
+from review.auth import ROLES, UserError, add_user, list_users, set_password, set_user
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on [default: review.host, 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: review.port, 8080].")
+@pass_ctx
+def serve(obj: Ctx, host: str | None, port: int | None) -> None:
+    """Run the review web UI (mapping errors, cases, reminders, feed health)."""
+    import uvicorn
+
+    from review.app import create_app
+
+    app = obj.app
+    settings = app.settings.review
+    web = create_app(app)
+    # access_log stays on: URLs carry ids and cause ids only, never patient data.
+    uvicorn.run(web, host=host or settings.host, port=port or settings.port, proxy_headers=True)
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.UsageError("no password given")
+    return str(password)
+
+
+@click.group()
+def users() -> None:
+    """Accounts of the review web UI."""
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--role", type=click.Choice(ROLES), default="viewer", show_default=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_ctx
+def users_add(obj: Ctx, username: str, role: str, password_stdin: bool) -> None:
+    """Create a user; the password is asked for (or read from stdin), never an argument."""
+    password = _read_password(password_stdin)
+    try:
+        add_user(obj.app.engine, username, password, role)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    out.print(f"user {username} added with role {role}")
+
+
+@users.command("passwd")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_ctx
+def users_passwd(obj: Ctx, username: str, password_stdin: bool) -> None:
+    """Set a user's password."""
+    try:
+        set_password(obj.app.engine, username, _read_password(password_stdin))
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    out.print(f"password of {username} changed")
+
+
+@users.command("set")
+@click.argument("username")
+@click.option("--role", type=click.Choice(ROLES), default=None)
+@click.option("--disable/--enable", "disabled", default=None, help="Lock or unlock the account.")
+@pass_ctx
+def users_set(obj: Ctx, username: str, role: str | None, disabled: bool | None) -> None:
+    """Change a user's role, or disable / enable the account."""
+    if role is None and disabled is None:
+        raise click.UsageError("give --role, --disable or --enable")
+    try:
+        set_user(obj.app.engine, username, role=role, disabled=disabled)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    out.print(f"user {username} updated")
+
+
+@users.command("list")
+@pass_ctx
+def users_list(obj: Ctx) -> None:
+    for u in list_users(obj.app.engine):
+        state = "disabled" if u["disabled"] else "active"
+        last = u["last_login_at"].isoformat(timespec="minutes") if u["last_login_at"] else "never"
+        out.print(f"{u['username']:<24} {u['role']:<9} {state:<9} last login {last}", highlight=False)
+
+
+COMMANDS = [serve, users]

@@ -1,0 +1,41 @@
+"""Registry cases: the list and one case with its procedures, diagnoses, PROMs and reminders."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from review.queries import CaseFilter, case_detail, case_facets, cases_page
+from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
+
+
+async def cases(request: Request) -> Response:
+    require(request)
+    app = registry(request)
+    with app.engine.connect() as conn:
+        facets = case_facets(conn)
+        flt = CaseFilter(
+            module=choice(request, "module", facets["module"]),
+            category=choice(request, "category", facets["category"]),
+            q=text_arg(request, "q"),
+            include_removed=request.query_params.get("removed") == "1",
+        )
+        page = cases_page(conn, flt, page_arg(request), app.settings.review.page_size)
+    return render(request, "cases.html", {"section": "cases", "page": page, "flt": flt, "facets": facets})
+
+
+async def case(request: Request) -> Response:
+    user = require(request)
+    with registry(request).engine.connect() as conn:
+        detail = case_detail(conn, request.path_params["case_id"])
+    if detail is None:
+        raise HTTPException(404)
+    return render(request, "case.html", {"section": "cases", **detail, "masked": masked_for(request, user)})
+
+
+ROUTES = [
+    Route("/cases", cases, methods=["GET"]),
+    Route("/cases/{case_id:path}", case, methods=["GET"]),
+]

@@ -1,0 +1,150 @@
+"""Mapping errors by cause: the list, one cause, and what reviewers do about it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from review import actions, csrf
+from review.queries import (
+    ERROR_STATUSES,
+    CauseFilter,
+    cause_examples,
+    cause_records,
+    cause_summary,
+    causes_page,
+    error_facets,
+)
+from review.raw_view import render_raw
+from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
+
+CAUSE_ID_LEN = 16
+
+
+async def causes(request: Request) -> Response:
+    require(request)
+    app = registry(request)
+    status = choice(request, "status", ERROR_STATUSES, "open")
+    with app.engine.connect() as conn:
+        facets = error_facets(conn, status)
+        flt = CauseFilter(
+            status=status,
+            code=choice(request, "code", facets["code"]),
+            mapping=choice(request, "mapping", facets["mapping"]),
+            resource_type=choice(request, "type", facets["resource_type"]),
+            q=text_arg(request, "q"),
+        )
+        page = causes_page(conn, flt, page_arg(request), app.settings.review.page_size)
+    return render(request, "causes.html", {"section": "causes", "page": page, "flt": flt, "facets": facets})
+
+
+def _cause_id(request: Request) -> str:
+    cause_id: str = request.path_params["cause_id"]
+    if len(cause_id) != CAUSE_ID_LEN or not all(c in "0123456789abcdef" for c in cause_id):
+        raise HTTPException(404)
+    return cause_id
+
+
+def _cause_context(request: Request, cause_id: str, **extra: Any) -> dict[str, Any]:
+    user = require(request)
+    app = registry(request)
+    status = choice(request, "records", ERROR_STATUSES, "open")
+    with app.engine.connect() as conn:
+        summary = cause_summary(conn, cause_id)
+        if summary is None:
+            raise HTTPException(404)
+        examples = cause_examples(conn, cause_id)
+        records = cause_records(conn, cause_id, status, page_arg(request), app.settings.review.page_size)
+    masked = masked_for(request, user)
+    shown = [
+        {
+            **{k: v for k, v in ex.items() if k != "raw"},
+            "lines": render_raw(ex["raw"], masked=masked, field=ex["field"], value=ex["value"]),
+        }
+        for ex in examples
+    ]
+    target = actions.code_target(app, summary)
+    return {
+        "section": "causes",
+        "cause": summary,
+        "examples": shown,
+        "records": records,
+        "records_status": status,
+        "masked": masked,
+        "target": target,
+        "message": None,
+        "error": None,
+        "form": {},
+        **extra,
+    }
+
+
+async def cause(request: Request) -> Response:
+    cause_id = _cause_id(request)
+    ctx = _cause_context(request, cause_id)
+    # Set by the action just done (post/redirect/get); counts and codes only, no patient data.
+    flash = request.session.pop("flash", None)
+    ctx["message"] = flash if isinstance(flash, str) else None
+    return render(request, "cause.html", ctx)
+
+
+async def ignore(request: Request) -> Response:
+    user = require(request, "reviewer")
+    cause_id = _cause_id(request)
+    form = await csrf.checked_form(request)
+    try:
+        n = await run_in_threadpool(
+            actions.ignore_cause, registry(request), user, cause_id, str(form.get("reason", ""))
+        )
+    except actions.ActionError as exc:
+        return render(request, "cause.html", _cause_context(request, cause_id, error=str(exc)), 400)
+    request.session["flash"] = f"The cause is marked ignored ({n:,} open error(s) ignored)."
+    return RedirectResponse(f"/causes/{cause_id}", status_code=303)
+
+
+async def reopen(request: Request) -> Response:
+    user = require(request, "reviewer")
+    cause_id = _cause_id(request)
+    await csrf.checked_form(request)
+    try:
+        n = await run_in_threadpool(actions.reopen_cause, registry(request), user, cause_id)
+    except actions.ActionError as exc:
+        return render(request, "cause.html", _cause_context(request, cause_id, error=str(exc)), 400)
+    request.session["flash"] = f"The cause is open again ({n:,} error(s) reopened)."
+    return RedirectResponse(f"/causes/{cause_id}", status_code=303)
+
+
+async def add_code(request: Request) -> Response:
+    user = require(request, "reviewer")
+    cause_id = _cause_id(request)
+    form = await csrf.checked_form(request)
+    values = {k.removeprefix("value."): str(v) for k, v in form.items() if k.startswith("value.")}
+    codemap = str(form.get("codemap", ""))
+    try:
+        # Re-mapping can take a while for a big cause: keep the event loop free meanwhile.
+        result = await run_in_threadpool(
+            actions.add_code_and_reprocess, registry(request), user, cause_id, codemap, values
+        )
+    except actions.ActionError as exc:
+        ctx = _cause_context(request, cause_id, error=str(exc), form={"codemap": codemap, **values})
+        return render(request, "cause.html", ctx, 400)
+    request.session["flash"] = (
+        f"{result['system'].upper()} {result['code']} was added to {result['codemap']} and "
+        f"{result['reprocessed']:,} record(s) re-processed: {result['mapped']:,} mapped, "
+        f"{result['failed']:,} failed; {result['open_errors']:,} open error(s) of this cause left."
+    )
+    return RedirectResponse(f"/causes/{cause_id}", status_code=303)
+
+
+ROUTES = [
+    Route("/causes", causes, methods=["GET"]),
+    Route("/causes/{cause_id}", cause, methods=["GET"]),
+    Route("/causes/{cause_id}/ignore", ignore, methods=["POST"]),
+    Route("/causes/{cause_id}/reopen", reopen, methods=["POST"]),
+    Route("/causes/{cause_id}/add-code", add_code, methods=["POST"]),
+]

@@ -1,0 +1,548 @@
+"""Read-side queries of the review UI: every page is one or two SQL statements.
+
+Filtering, grouping and pagination happen in SQL so a page costs the same with 100,000 errors
+as with ten; Python only shapes the rows of the page it shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, case, desc, func, or_, select
+from sqlalchemy.engine import Connection
+
+from registry_adapter.queries import CASES, RUNS
+from registry_store.errors import ERRORS
+from registry_store.models import (
+    AuditEntry,
+    Condition,
+    ErrorCause,
+    Hl7Ack,
+    Patient,
+    Procedure,
+    PromResponse,
+    Reminder,
+)
+from registry_store.staging import STAGING
+
+AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
+CAUSES = ErrorCause.__table__  # type: ignore[attr-defined]
+ACKS = Hl7Ack.__table__  # type: ignore[attr-defined]
+PATIENTS = Patient.__table__  # type: ignore[attr-defined]
+PROCEDURES = Procedure.__table__  # type: ignore[attr-defined]
+CONDITIONS = Condition.__table__  # type: ignore[attr-defined]
+PROMS = PromResponse.__table__  # type: ignore[attr-defined]
+REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+
+ERROR_STATUSES = ("open", "ignored", "resolved")
+REMINDER_TABS = ("due", "scheduled", "sent", "completed", "expired", "cancelled", "all")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: its rows, the total and where it sits."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    page: int
+    size: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.size))
+
+    @property
+    def first(self) -> int:
+        return 0 if not self.rows else (self.page - 1) * self.size + 1
+
+    @property
+    def last(self) -> int:
+        return (self.page - 1) * self.size + len(self.rows)
+
+
+def _dicts(result: Any) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in result]
+
+
+def _paged(conn: Connection, query: Select[Any], page: int, size: int, *, windowed: bool = False) -> Page:
+    """One page of ``query`` and the total.
+
+    ``windowed`` gets the total from ``count(*) OVER ()`` in the same statement: right for
+    grouped queries (the expensive part, grouping, runs once instead of twice), wrong for long
+    sorted lists, where it stops SQLite from keeping only the top rows of the sort.
+    """
+    if windowed:
+        counted = query.add_columns(func.count().over().label("_total"))
+        rows = _dicts(conn.execute(counted.limit(size).offset((page - 1) * size)))
+        if rows or page == 1:
+            total = int(rows[0].pop("_total")) if rows else 0
+            for row in rows[1:]:
+                del row["_total"]
+            return Page(rows, total, page, size)
+    total = int(conn.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one())
+    page = max(1, min(page, max(1, -(-total // size))))  # past the end (an old link): the last page
+    rows = _dicts(conn.execute(query.limit(size).offset((page - 1) * size)))
+    return Page(rows, total, page, size)
+
+
+def _contains(conn: Connection, column: Any, text: str) -> Any:
+    """Case-insensitive substring match; SQLite's LIKE already ignores ASCII case and is much
+    cheaper than the lower(...) LIKE lower(...) that ILIKE becomes there."""
+    pattern = _like(text)
+    if conn.dialect.name == "sqlite":
+        return column.like(pattern, escape="\\")
+    return column.ilike(pattern, escape="\\")
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+# -- mapping errors by cause ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CauseFilter:
+    status: str = "open"
+    code: str = ""
+    mapping: str = ""
+    resource_type: str = ""
+    # Matches cause id, error code and the offending value: codes, never patient text.
+    q: str = ""
+
+
+def _status_is(status: str, *, scan: bool) -> Any:
+    """``status = ?``; with ``scan`` written so the planner cannot use the status index.
+
+    Once other filters apply, the rows must be read anyway, and reading the table in order is
+    several times faster in SQLite than jumping to each row from the (status, cause_id) index.
+    """
+    return (ERRORS.c.status + "") == status if scan else ERRORS.c.status == status
+
+
+def causes_page(conn: Connection, flt: CauseFilter, page: int, size: int) -> Page:
+    """Causes with their record counts, biggest first, in two steps.
+
+    First the causes of the page and the total, from (status, cause_id) alone (the index
+    covers it when no other filter applies); then the details of just those causes.
+    """
+    cond = []
+    if flt.code:
+        cond.append(ERRORS.c.code == flt.code)
+    if flt.mapping:
+        cond.append(ERRORS.c.mapping == flt.mapping)
+    if flt.resource_type:
+        cond.append(ERRORS.c.resource_type == flt.resource_type)
+    if flt.q:
+        q = flt.q.strip()
+        cond.append(
+            or_(
+                _contains(conn, ERRORS.c.value, q),
+                _contains(conn, ERRORS.c.code, q),
+                _contains(conn, ERRORS.c.cause_id, q),
+            )
+        )
+    counts = (
+        select(ERRORS.c.cause_id, func.count().label("count"))
+        .where(_status_is(flt.status, scan=bool(cond)), *cond)
+        .group_by(ERRORS.c.cause_id)
+        .order_by(desc("count"), ERRORS.c.cause_id)
+    )
+    found = _paged(conn, counts, page, size, windowed=True)
+    if not found.rows:
+        return found
+    ids = [r["cause_id"] for r in found.rows]
+    details = {
+        r.cause_id: dict(r._mapping)
+        for r in conn.execute(
+            select(
+                ERRORS.c.cause_id,
+                func.min(ERRORS.c.code).label("code"),
+                func.min(ERRORS.c.mapping).label("mapping"),
+                func.min(ERRORS.c.value).label("value"),
+                func.min(ERRORS.c.message).label("example_message"),
+                func.min(ERRORS.c.resource_type).label("resource_type"),
+                func.min(ERRORS.c.field).label("field"),
+                func.min(ERRORS.c.first_seen).label("first_seen"),
+                func.max(ERRORS.c.last_seen).label("last_seen"),
+                func.min(ERRORS.c.resource_id).label("example_first"),
+                func.max(ERRORS.c.resource_id).label("example_last"),
+            )
+            .where(ERRORS.c.status == flt.status, ERRORS.c.cause_id.in_(ids))
+            .group_by(ERRORS.c.cause_id)
+        )
+    }
+    rows = [{**details[r["cause_id"]], "count": r["count"]} for r in found.rows]
+    return Page(rows, found.total, found.page, found.size)
+
+
+def error_facets(conn: Connection, status: str) -> dict[str, list[str]]:
+    """Distinct error codes, mappings and resource types for the filter menus (one scan)."""
+    combos = conn.execute(
+        select(ERRORS.c.code, ERRORS.c.mapping, ERRORS.c.resource_type)
+        .where(_status_is(status, scan=True))
+        .group_by(ERRORS.c.code, ERRORS.c.mapping, ERRORS.c.resource_type)
+    ).all()
+    return {
+        "code": sorted({r.code for r in combos}),
+        "mapping": sorted({r.mapping for r in combos}),
+        "resource_type": sorted({r.resource_type for r in combos}),
+    }
+
+
+def cause_summary(conn: Connection, cause_id: str) -> dict[str, Any] | None:
+    """A cause's identity, its error counts per status and any decision taken about it."""
+    rows = _dicts(
+        conn.execute(
+            select(
+                ERRORS.c.status,
+                func.min(ERRORS.c.code).label("code"),
+                func.min(ERRORS.c.mapping).label("mapping"),
+                func.min(ERRORS.c.value).label("value"),
+                func.min(ERRORS.c.field).label("field"),
+                func.min(ERRORS.c.message).label("message"),
+                func.min(ERRORS.c.resource_type).label("resource_type"),
+                func.count().label("count"),
+                func.min(ERRORS.c.first_seen).label("first_seen"),
+                func.max(ERRORS.c.last_seen).label("last_seen"),
+            )
+            .where(ERRORS.c.status.in_(ERROR_STATUSES), ERRORS.c.cause_id == cause_id)
+            .group_by(ERRORS.c.status)
+        )
+    )
+    if not rows:
+        return None
+    counts = {s: 0 for s in ERROR_STATUSES}
+    for r in rows:
+        counts[r["status"]] = int(r["count"])
+    best = next((r for r in rows if r["status"] == "open"), rows[0])
+    decision = conn.execute(select(CAUSES).where(CAUSES.c.cause_id == cause_id)).first()
+    return {
+        "cause_id": cause_id,
+        **{k: best[k] for k in ("code", "mapping", "value", "field", "message", "resource_type")},
+        "counts": counts,
+        "first_seen": min(r["first_seen"] for r in rows),
+        "last_seen": max(r["last_seen"] for r in rows),
+        "decision": dict(decision._mapping) if decision else None,
+    }
+
+
+def cause_records(conn: Connection, cause_id: str, status: str, page: int, size: int) -> Page:
+    """The records of a cause (ids only), newest error last."""
+    query = (
+        select(
+            ERRORS.c.id,
+            ERRORS.c.staging_id,
+            ERRORS.c.source,
+            ERRORS.c.resource_type,
+            ERRORS.c.resource_id,
+            ERRORS.c.field,
+            ERRORS.c.status,
+            ERRORS.c.first_seen,
+            ERRORS.c.last_seen,
+        )
+        .where(ERRORS.c.cause_id == cause_id, ERRORS.c.status == status)
+        .order_by(ERRORS.c.id)
+    )
+    return _paged(conn, query, page, size)
+
+
+def cause_examples(conn: Connection, cause_id: str, limit: int = 3) -> list[dict[str, Any]]:
+    """A few records of the cause with their raw bytes (open ones first)."""
+    open_first = case((ERRORS.c.status == "open", 0), else_=1)
+    query = (
+        select(
+            ERRORS.c.staging_id,
+            ERRORS.c.resource_type,
+            ERRORS.c.resource_id,
+            ERRORS.c.source,
+            ERRORS.c.field,
+            ERRORS.c.value,
+            ERRORS.c.message,
+            ERRORS.c.status,
+            STAGING.c.raw,
+            STAGING.c.content_type,
+        )
+        .join(STAGING, STAGING.c.id == ERRORS.c.staging_id)
+        .where(ERRORS.c.status.in_(ERROR_STATUSES), ERRORS.c.cause_id == cause_id)
+        .order_by(open_first, ERRORS.c.id)
+        .limit(limit)
+    )
+    return _dicts(conn.execute(query))
+
+
+def open_error_count(conn: Connection, cause_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).where(ERRORS.c.cause_id == cause_id, ERRORS.c.status == "open")
+        ).scalar_one()
+    )
+
+
+# -- cases ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    module: str = ""
+    category: str = ""
+    q: str = ""  # case, procedure or patient id (logical ids, not names)
+    include_removed: bool = False
+
+
+def cases_page(conn: Connection, flt: CaseFilter, page: int, size: int) -> Page:
+    cond = [] if flt.include_removed else [CASES.c.status == "active"]
+    if flt.module:
+        cond.append(CASES.c.module == flt.module)
+    if flt.category:
+        cond.append(CASES.c.category == flt.category)
+    if flt.q:
+        q = flt.q.strip()
+        cond.append(
+            or_(
+                _contains(conn, CASES.c.id, q),
+                _contains(conn, CASES.c.patient_id, q),
+                _contains(conn, CASES.c.procedure_id, q),
+            )
+        )
+    query = (
+        select(
+            CASES.c.id,
+            CASES.c.source,
+            CASES.c.patient_id,
+            CASES.c.module,
+            CASES.c.category,
+            CASES.c.surgery_date,
+            CASES.c.discharge_date,
+            CASES.c.diagnoses,
+            CASES.c.revision,
+            CASES.c.instrumented,
+            CASES.c.status,
+        )
+        .where(and_(*cond))
+        .order_by(desc(CASES.c.surgery_date), CASES.c.id)
+    )
+    return _paged(conn, query, page, size)
+
+
+def case_facets(conn: Connection) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name in ("module", "category"):
+        col = CASES.c[name]
+        out[name] = [
+            r[0] for r in conn.execute(select(col).where(col.is_not(None)).group_by(col).order_by(col))
+        ]
+    return out
+
+
+def case_detail(conn: Connection, case_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(CASES).where(CASES.c.id == case_id)).first()
+    if row is None:
+        return None
+    case = dict(row._mapping)
+    src, pid = case["source"], case["patient_id"]
+    patient = conn.execute(select(PATIENTS).where(PATIENTS.c.source == src, PATIENTS.c.id == pid)).first()
+    procedures = _dicts(
+        conn.execute(
+            select(PROCEDURES)
+            .where(PROCEDURES.c.source == src, PROCEDURES.c.id.in_(list(case["procedure_ids"]) or [""]))
+            .order_by(desc(PROCEDURES.c.rank), PROCEDURES.c.id)
+        )
+    )
+    diag_cond = [CONDITIONS.c.source == src, CONDITIONS.c.patient_id == pid]
+    reason_ids = [rid for p in procedures for rid in p["reason_condition_ids"]]
+    links = [CONDITIONS.c.id.in_(reason_ids)] if reason_ids else []
+    if case["encounter_id"]:
+        links.append(CONDITIONS.c.encounter_id == case["encounter_id"])
+    conditions = (
+        _dicts(conn.execute(select(CONDITIONS).where(*diag_cond, or_(*links)).order_by(CONDITIONS.c.code)))
+        if links
+        else []
+    )
+    proms = _dicts(
+        conn.execute(
+            select(PROMS)
+            .where(PROMS.c.case_id == case_id)
+            .order_by(PROMS.c.completion_date, PROMS.c.instrument)
+        )
+    )
+    reminders = _dicts(
+        conn.execute(select(REMINDERS).where(REMINDERS.c.case_id == case_id).order_by(REMINDERS.c.due_date))
+    )
+    return {
+        "case": case,
+        "patient": dict(patient._mapping) if patient else None,
+        "procedures": procedures,
+        "conditions": conditions,
+        "proms": proms,
+        "reminders": reminders,
+    }
+
+
+# -- reminders --------------------------------------------------------------------------------
+
+
+def _reminder_query(tab: str, today: date) -> Select[Any]:
+    query = (
+        select(
+            REMINDERS.c.id,
+            REMINDERS.c.case_id,
+            REMINDERS.c.timepoint,
+            REMINDERS.c.due_date,
+            REMINDERS.c.window_start,
+            REMINDERS.c.window_end,
+            REMINDERS.c.status,
+            REMINDERS.c.attempts,
+            REMINDERS.c.next_attempt_on,
+            REMINDERS.c.last_sent_at,
+            REMINDERS.c.channel,
+            REMINDERS.c.cancel_reason,
+            CASES.c.patient_id,
+            CASES.c.source,
+            CASES.c.surgery_date,
+            CASES.c.category,
+            PATIENTS.c.mrn,
+            PATIENTS.c.email,
+            PATIENTS.c.phone,
+        )
+        .join(CASES, CASES.c.id == REMINDERS.c.case_id, isouter=True)
+        .join(
+            PATIENTS,
+            and_(PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id),
+            isouter=True,
+        )
+        .order_by(REMINDERS.c.due_date, REMINDERS.c.id)
+    )
+    if tab == "due":
+        # In its window now and not yet answered: what a coordinator should chase today.
+        query = query.where(
+            REMINDERS.c.status.in_(["scheduled", "sent"]),
+            REMINDERS.c.window_start <= today,
+            REMINDERS.c.window_end >= today,
+        )
+    elif tab != "all":
+        query = query.where(REMINDERS.c.status == tab)
+    return query
+
+
+def reminders_page(conn: Connection, tab: str, today: date, page: int, size: int) -> Page:
+    return _paged(conn, _reminder_query(tab, today), page, size)
+
+
+def reminders_all(conn: Connection, tab: str, today: date) -> Iterator[dict[str, Any]]:
+    """Every reminder of a tab, streamed (the CSV export)."""
+    result = conn.execution_options(stream_results=True, yield_per=1000).execute(_reminder_query(tab, today))
+    for row in result:
+        yield dict(row._mapping)
+
+
+def reminder_counts(conn: Connection, today: date) -> dict[str, int]:
+    counts = {
+        r.status: int(r.n)
+        for r in conn.execute(
+            select(REMINDERS.c.status, func.count().label("n")).group_by(REMINDERS.c.status)
+        )
+    }
+    due = conn.execute(
+        select(func.count()).where(
+            REMINDERS.c.status.in_(["scheduled", "sent"]),
+            REMINDERS.c.window_start <= today,
+            REMINDERS.c.window_end >= today,
+        )
+    ).scalar_one()
+    return {"due": int(due), **counts, "all": sum(counts.values())}
+
+
+# -- feed health ------------------------------------------------------------------------------
+
+
+def recent_runs(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
+    return _dicts(conn.execute(select(RUNS).order_by(desc(RUNS.c.id)).limit(limit)))
+
+
+def latest_run_per_source(conn: Connection) -> list[dict[str, Any]]:
+    last = select(func.max(RUNS.c.id)).group_by(RUNS.c.source).scalar_subquery()
+    finished = (
+        select(RUNS.c.source, func.max(RUNS.c.finished_at).label("last_success"))
+        .where(RUNS.c.outcome == "succeeded")
+        .group_by(RUNS.c.source)
+        .subquery()
+    )
+    query = (
+        select(RUNS, finished.c.last_success)
+        .join(finished, finished.c.source == RUNS.c.source, isouter=True)
+        .where(RUNS.c.id.in_(last))
+        .order_by(RUNS.c.source)
+    )
+    return _dicts(conn.execute(query))
+
+
+def runs_since(conn: Connection, since: datetime) -> list[dict[str, Any]]:
+    """Runs started since ``since`` (the nightly chart; a few per night, so few rows)."""
+    return _dicts(
+        conn.execute(
+            select(RUNS.c.started_at, RUNS.c.source, RUNS.c.counts, RUNS.c.outcome)
+            .where(RUNS.c.started_at >= since)
+            .order_by(RUNS.c.started_at)
+        )
+    )
+
+
+def recent_acks(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
+    return _dicts(conn.execute(select(ACKS).order_by(desc(ACKS.c.received_at), desc(ACKS.c.id)).limit(limit)))
+
+
+def ack_counts(conn: Connection, since: datetime) -> dict[str, int]:
+    return {
+        r.ack_code: int(r.n)
+        for r in conn.execute(
+            select(ACKS.c.ack_code, func.count().label("n"))
+            .where(ACKS.c.received_at >= since)
+            .group_by(ACKS.c.ack_code)
+            .order_by(ACKS.c.ack_code)
+        )
+    }
+
+
+# -- audit and metrics ------------------------------------------------------------------------
+
+
+def audit_page(conn: Connection, page: int, size: int) -> Page:
+    return _paged(conn, select(AUDIT).order_by(desc(AUDIT.c.id)), page, size)
+
+
+def store_counts(conn: Connection) -> dict[str, Any]:
+    """What /metrics exports: a handful of grouped counts, each one indexed statement."""
+    staged = {
+        r.status: int(r.n)
+        for r in conn.execute(select(STAGING.c.status, func.count().label("n")).group_by(STAGING.c.status))
+    }
+    errors = {
+        r.status: int(r.n)
+        for r in conn.execute(select(ERRORS.c.status, func.count().label("n")).group_by(ERRORS.c.status))
+    }
+    cases = int(conn.execute(select(func.count()).where(CASES.c.status == "active")).scalar_one())
+    reminders = {
+        r.status: int(r.n)
+        for r in conn.execute(
+            select(REMINDERS.c.status, func.count().label("n")).group_by(REMINDERS.c.status)
+        )
+    }
+    return {
+        "staged": staged,
+        "errors": errors,
+        "cases": cases,
+        "reminders": reminders,
+        "runs": latest_run_per_source(conn),
+    }
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

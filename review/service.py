@@ -1,0 +1,55 @@
+"""The review UI as a background service of the daemon (``registry-adapter run``).
+
+The daemon finds ``make_service`` through ``scheduler.daemon.SERVICE_MODULES``; the UI runs in
+uvicorn on its own thread so the scheduler keeps the main one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import uvicorn
+
+from registry_adapter.app import App
+from review.app import create_app
+
+START_TIMEOUT = 30.0
+
+
+class ReviewService:
+    name = "review"
+
+    def __init__(self, app: App, host: str | None = None, port: int | None = None):
+        settings = app.settings.review
+        self.host = host or settings.host
+        self.port = port or settings.port
+        config = uvicorn.Config(create_app(app), host=self.host, port=self.port, proxy_headers=True)
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        """Returns once uvicorn listens; raises if it could not (port taken, ...)."""
+        self._thread = threading.Thread(target=self._server.run, name="review-ui", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the review UI could not start on {self.host}:{self.port}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the review UI did not start in time")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(START_TIMEOUT)
+
+
+def make_service(app: App) -> ReviewService | None:
+    """The UI when ``review.enabled`` is true in the configuration, else None."""
+    return ReviewService(app) if app.settings.review.enabled else None

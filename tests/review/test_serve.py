@@ -1,0 +1,76 @@
+"""``registry-adapter serve`` runs the UI with uvicorn; asked over a real socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import yaml
+
+from registry_adapter.app import App
+from tests.conftest import ROOT, base_config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_answers_healthz_and_login(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path)))
+    port = _free_port()
+    cli = Path(sys.executable).with_name("registry-adapter")
+    proc = subprocess.Popen(
+        [str(cli), "--config", str(config), "serve", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as health:
+                    assert json.load(health) == {"status": "ok"}
+                break
+            except (URLError, ConnectionError):
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as login:
+            assert login.status == 200 and 'name="csrf_token"' in login.read().decode()
+            cookie = login.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie
+        # The generated session secret lives beside the SQLite database, owner-only.
+        key = tmp_path / "review-session.key"
+        assert key.exists() and key.stat().st_mode & 0o077 == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_daemon_finds_the_ui_only_when_enabled(make_app: Callable[..., App]) -> None:
+    from scheduler.daemon import discover_services
+
+    assert all(s.name != "review" for s in discover_services(make_app()))  # enabled: false
+    port = _free_port()
+    app = make_app(review={"enabled": True, "port": port, "session_secret": "k" * 40})
+    [service] = [s for s in discover_services(app) if s.name == "review"]
+    service.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as health:
+            assert json.load(health) == {"status": "ok"}
+    finally:
+        service.stop()
+    with pytest.raises(URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
