@@ -1,0 +1,103 @@
+"""The coordinator worklist: for sites whose staff call patients instead of (or after) messages.
+
+"Sending" to the worklist is recording the attempt; the ``reminder_sends`` row is the item.
+:func:`worklist_rows` lists what a coordinator should act on: open time points whose latest
+attempt went to the worklist, or whose reminders could not be delivered (``last_error``).
+The export holds contact details by design (it is for calling patients): treat the file as
+patient data.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.engine import Connection
+
+from registry_store.models import Case, Patient, Reminder
+from scheduler.channels.base import Message
+
+CASES = Case.__table__  # type: ignore[attr-defined]
+PATIENTS = Patient.__table__  # type: ignore[attr-defined]
+REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+
+COLUMNS = (
+    "reminder_id",
+    "case_id",
+    "procedure_id",
+    "patient_id",
+    "mrn",
+    "phone",
+    "email",
+    "module",
+    "surgery_date",
+    "timepoint",
+    "due_date",
+    "window_end",
+    "status",
+    "attempts",
+    "last_sent_at",
+    "last_error",
+)
+
+
+class WorklistChannel:
+    name: ClassVar[str] = "worklist"
+    can_confirm: ClassVar[bool] = True
+
+    def can_reach(self, msg: Message) -> bool:
+        return True
+
+    def send(self, msg: Message) -> str:
+        return "worklist"
+
+    def confirm(self, msg: Message) -> str | None:
+        # The pending row already is the worklist entry.
+        return "worklist"
+
+
+def worklist_rows(conn: Connection) -> list[dict[str, Any]]:
+    query = (
+        select(
+            REMINDERS.c.id.label("reminder_id"),
+            REMINDERS.c.case_id,
+            CASES.c.procedure_id,
+            CASES.c.patient_id,
+            PATIENTS.c.mrn,
+            PATIENTS.c.phone,
+            PATIENTS.c.email,
+            CASES.c.module,
+            CASES.c.surgery_date,
+            REMINDERS.c.timepoint,
+            REMINDERS.c.due_date,
+            REMINDERS.c.window_end,
+            REMINDERS.c.status,
+            REMINDERS.c.attempts,
+            REMINDERS.c.last_sent_at,
+            REMINDERS.c.last_error,
+        )
+        .select_from(
+            REMINDERS.join(CASES, CASES.c.id == REMINDERS.c.case_id).outerjoin(
+                PATIENTS, and_(PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id)
+            )
+        )
+        .where(
+            REMINDERS.c.status.in_(["scheduled", "sent"]),
+            REMINDERS.c.attempts > 0,
+            or_(REMINDERS.c.channel.contains("worklist"), REMINDERS.c.last_error.is_not(None)),
+        )
+        .order_by(REMINDERS.c.due_date, REMINDERS.c.id)
+    )
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def export_csv(conn: Connection, path: Path) -> int:
+    rows = worklist_rows(conn)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in COLUMNS})
+    return len(rows)

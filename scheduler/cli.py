@@ -1,0 +1,260 @@
+"""``registry-adapter reminders ...`` and ``registry-adapter run`` (plugged into the main CLI)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import and_, select, update
+
+from registry_adapter.app import App
+from registry_adapter.cli import Ctx, pass_ctx
+from registry_store.models import Case, Patient, Reminder
+from scheduler.clock import Clock, FixedClock, SystemClock
+from scheduler.dispatcher import Dispatcher
+from scheduler.planner import PlanningError, check_configuration, plan_reminders
+
+out = Console(soft_wrap=True)
+CASES = Case.__table__  # type: ignore[attr-defined]
+PATIENTS = Patient.__table__  # type: ignore[attr-defined]
+REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+
+_as_of_option = click.option(
+    "--as-of",
+    "as_of",
+    metavar="DATE",
+    help="Act as if it were this site-local date (noon) or date-time, e.g. 2025-03-01.",
+)
+
+
+def _clock(app: App, as_of: str | None) -> Clock:
+    if not as_of:
+        return SystemClock()
+    tz = app.settings.site.tz
+    try:
+        if len(as_of) == 10:
+            return FixedClock(datetime.combine(date.fromisoformat(as_of), time(12), tz))
+        at = datetime.fromisoformat(as_of)
+    except ValueError:
+        raise click.BadParameter(f"{as_of!r} is not an ISO date or date-time", param_hint="--as-of") from None
+    return FixedClock(at if at.tzinfo else at.replace(tzinfo=tz))
+
+
+def _checked_app(obj: Ctx) -> App:
+    """The App, once the reminder settings fit the time points and instruments."""
+    app = obj.app
+    try:
+        check_configuration(app.settings, [i.id for i in app.instruments])
+    except PlanningError as exc:
+        raise click.UsageError(str(exc)) from None
+    return app
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, date | datetime) else value
+
+
+def reminder_rows(
+    conn: Any, *, status: str | None = None, timepoint: str | None = None
+) -> list[dict[str, Any]]:
+    query = (
+        select(
+            REMINDERS.c.id,
+            REMINDERS.c.case_id,
+            CASES.c.procedure_id,
+            CASES.c.patient_id,
+            CASES.c.module,
+            REMINDERS.c.timepoint,
+            REMINDERS.c.due_date,
+            REMINDERS.c.window_start,
+            REMINDERS.c.window_end,
+            REMINDERS.c.status,
+            REMINDERS.c.attempts,
+            REMINDERS.c.next_attempt_on,
+            REMINDERS.c.last_sent_at,
+            REMINDERS.c.channel,
+            REMINDERS.c.last_error,
+            REMINDERS.c.cancel_reason,
+            REMINDERS.c.completed_response_id,
+        )
+        .select_from(REMINDERS.join(CASES, CASES.c.id == REMINDERS.c.case_id))
+        .order_by(REMINDERS.c.case_id, REMINDERS.c.due_date)
+    )
+    if status:
+        query = query.where(REMINDERS.c.status == status)
+    if timepoint:
+        query = query.where(REMINDERS.c.timepoint == timepoint)
+    return [{k: _iso(v) for k, v in r._mapping.items()} for r in conn.execute(query)]
+
+
+@click.group()
+def reminders() -> None:
+    """PROM reminders: time points per case (90 days, 1 year), sending, worklist."""
+
+
+@reminders.command("plan")
+@_as_of_option
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def plan_cmd(obj: Ctx, as_of: str | None, as_json: bool) -> None:
+    """Plan (or re-plan) every case's time points; safe to run any time."""
+    app = _checked_app(obj)
+    counts = Dispatcher(app, _clock(app, as_of)).plan().as_dict()
+    if as_json:
+        _emit_json(counts)
+        return
+    statuses = ", ".join(f"{k} {v:,}" for k, v in counts["by_status"].items()) or "no cases"
+    out.print(
+        f"Planned: {counts['created']:,} new, {counts['updated']:,} changed, "
+        f"{counts['unchanged']:,} unchanged · {statuses}"
+    )
+
+
+@reminders.command("list")
+@_as_of_option
+@click.option(
+    "--status", help="Only this status (scheduled, sent, completed, expired, cancelled, open, missing)."
+)
+@click.option("--timepoint", help="Only this time point (e.g. 90d, 1y, baseline).")
+@click.option("--json", "as_json", is_flag=True, help="One object per planned time point.")
+@pass_ctx
+def list_cmd(obj: Ctx, as_of: str | None, status: str | None, timepoint: str | None, as_json: bool) -> None:
+    """Time points with due date, window, status and attempts (as planned now, nothing is saved)."""
+    app = _checked_app(obj)
+    clock = _clock(app, as_of)
+    with app.engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            # Planned inside a transaction that is rolled back: the listing is current without
+            # a read-only command writing anything.
+            plan_reminders(conn, app.settings, Dispatcher(app, clock).today())
+            rows = reminder_rows(conn, status=status, timepoint=timepoint)
+        finally:
+            trans.rollback()
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table()
+    for col in ("procedure", "timepoint", "due", "window", "status", "attempts", "next", "note"):
+        table.add_column(col)
+    for r in rows:
+        note = (
+            r["last_error"]
+            or r["cancel_reason"]
+            or (r["completed_response_id"] and f"response {r['completed_response_id']}")
+            or ""
+        )
+        table.add_row(
+            r["procedure_id"],
+            r["timepoint"],
+            r["due_date"],
+            f"{r['window_start']} – {r['window_end']}",
+            r["status"],
+            str(r["attempts"]),
+            r["next_attempt_on"] or "",
+            note,
+        )
+    out.print(table)
+
+
+@reminders.command("send")
+@click.option("--due", is_flag=True, help="Send every reminder that is due now.")
+@click.option("--case", "case_id", help="Send this case's next reminders now, even before their date.")
+@click.option("--dry-run", is_flag=True, help="Show what would be sent; send and save nothing.")
+@_as_of_option
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def send_cmd(
+    obj: Ctx, due: bool, case_id: str | None, dry_run: bool, as_of: str | None, as_json: bool
+) -> None:
+    """Send due reminders (what the daemon does every hour)."""
+    if not due and not case_id:
+        raise click.UsageError("pass --due (everything due now) or --case CASE_ID")
+    app = _checked_app(obj)
+    if not app.settings.reminders.enabled and not dry_run:
+        raise click.UsageError("reminders are disabled (set reminders.enabled: true in the config)")
+    report = Dispatcher(app, _clock(app, as_of)).run(dry_run=dry_run, case_id=case_id)
+    if as_json:
+        _emit_json(report.as_dict())
+        return
+    if report.locked:
+        out.print("another dispatcher is running (lock held); nothing sent")
+        return
+    verb = "would send" if dry_run else "sent"
+    count = len(report.items) if dry_run else report.sent
+    out.print(
+        f"{verb} {count:,} reminders as of {report.as_of}"
+        + (" — quiet hours, nothing sent" if report.quiet_hours and not dry_run else "")
+        + (f"; {report.capped:,} held back by the daily cap" if report.capped else "")
+        + (f"; {report.retrying:,} failed and will be retried" if report.retrying else "")
+        + (f"; {report.failed:,} failed for good (see reminders list)" if report.failed else "")
+        + (f"; {report.unreachable:,} unreachable (on the worklist)" if report.unreachable else "")
+        + (f"; {report.settled:,} interrupted sends settled" if report.settled else "")
+    )
+    for item in report.items:
+        channels = ", ".join(item["channels"]) or "nobody reachable"
+        out.print(f"  {item['procedure_id']} {item['timepoint']} attempt {item['attempt']} → {channels}")
+
+
+@reminders.command("worklist")
+@click.option(
+    "--csv",
+    "csv_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the coordinator worklist here (contains contact details: patient data).",
+)
+@pass_ctx
+def worklist_cmd(obj: Ctx, csv_path: Path) -> None:
+    """Export open time points for coordinators to call (worklist channel or undeliverable)."""
+    from scheduler.channels.worklist import export_csv
+
+    with obj.app.engine.connect() as conn:
+        n = export_csv(conn, csv_path)
+    out.print(f"wrote {n:,} worklist rows to {csv_path}")
+
+
+@reminders.command("opt-out")
+@click.argument("patient_id")
+@click.option("--source", "source_name", help="Only the patient of this source (default: every source).")
+@click.option("--undo", is_flag=True, help="Take the opt-out back.")
+@pass_ctx
+def opt_out_cmd(obj: Ctx, patient_id: str, source_name: str | None, undo: bool) -> None:
+    """Stop (or, with --undo, allow again) PROM reminders for a patient."""
+    app = obj.app
+    cond = [PATIENTS.c.id == patient_id]
+    if source_name:
+        cond.append(PATIENTS.c.source == source_name)
+    with app.engine.begin() as conn:
+        n = conn.execute(update(PATIENTS).where(and_(*cond)).values(opted_out=not undo)).rowcount
+    if not n:
+        raise click.UsageError(f"no patient with id {patient_id}")
+    counts = Dispatcher(app).plan()
+    out.print(
+        f"patient {patient_id}: reminders {'allowed again' if undo else 'stopped'} "
+        f"({counts.updated} time points re-planned)"
+    )
+
+
+@click.command("run")
+@click.option("--no-services", is_flag=True, help="Only the scheduler; no MLLP listener or web UI.")
+@pass_ctx
+def run_command(obj: Ctx, no_services: bool) -> None:
+    """Run the daemon: nightly sync, reminder planning and hourly dispatch (stop with SIGTERM)."""
+    from scheduler.daemon import Daemon, discover_services
+
+    app = _checked_app(obj)
+    services = [] if no_services else discover_services(app)
+    raise SystemExit(Daemon(app, services).run_forever())
+
+
+COMMANDS = [reminders, run_command]

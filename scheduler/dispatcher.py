@@ -1,0 +1,455 @@
+"""Reminder dispatch: send what is due, at least once toward the channel, never twice by us.
+
+Each send has an idempotency key (case, time point, attempt, channel; unique in
+``reminder_sends``). The protocol, in this order:
+
+1. claim: one transaction raises ``reminders.attempts`` to n (only if it is still n-1) and
+   inserts one ``pending`` send row per chosen channel; COMMIT;
+2. deliver on the channel, handing it the key's digest (SMTP Message-ID, webhook
+   ``Idempotency-Key``, FHIR identifier + ``If-None-Exist``);
+3. record: the send row becomes ``sent`` (channel id, time) and the reminder's
+   ``last_sent_at`` moves; COMMIT.
+
+A crash between 1 and 3 leaves a ``pending`` row with no error (``tries`` 1). The next
+dispatch settles such rows before anything new (the dispatch lock guarantees no other
+dispatcher is still working on them; a dead holder's lease lapses after
+``scheduler.lock_ttl_seconds``):
+
+- a channel that can confirm (FHIR: search by the identifier; worklist) is asked, and the
+  message is sent only if it did not arrive: exactly once;
+- a channel that cannot (SMTP, webhook) follows ``reminders.unconfirmed``. ``resend``
+  (default) delivers again with the same key, so each crash after delivery can give one
+  duplicate, carrying the same SMTP Message-ID / webhook ``Idempotency-Key``: mail stores that
+  de-duplicate by Message-ID and gateways that honour the key show it once; a crash before
+  delivery loses nothing. ``assume_sent`` records it as sent without resending: never a
+  duplicate, but an attempt claimed and not delivered before the crash is lost.
+
+We never create a second attempt for the same key (unique ``idempotency_key``, and the claim
+only moves ``attempts`` from n-1 to n): a duplicate can only come from a crash as above, or
+from retrying an error after which the receiver had in fact accepted the message (a timeout
+on the answer), and it always carries the same key.
+
+Failures (ChannelError) stay ``pending`` with the error and are retried by later runs after
+1, 3, 7, ... x ``retry_backoff_minutes`` (measured from the claim), then become ``failed``
+and surface in ``reminders.last_error`` (and on the coordinator worklist).
+
+Quiet hours stop all sending; the daily cap limits attempts started per site-local day.
+Only one dispatcher runs at a time per database (the ``reminders`` job lock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.engine import Connection
+
+from registry_adapter.app import App
+from registry_store.models import Case, Patient, Reminder, ReminderSend
+from scheduler.channels import build_channels
+from scheduler.channels.base import (
+    Channel,
+    ChannelError,
+    Message,
+    build_link,
+    idempotency_key,
+    redact_contact,
+)
+from scheduler.clock import Clock, SystemClock, local_day_bounds, local_now
+from scheduler.locks import job_lock
+from scheduler.planner import ACTIVE, PlanCounts, next_attempt_on, plan_reminders
+
+log = structlog.get_logger(__name__)
+
+CASES = Case.__table__  # type: ignore[attr-defined]
+PATIENTS = Patient.__table__  # type: ignore[attr-defined]
+REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+SENDS = ReminderSend.__table__  # type: ignore[attr-defined]
+LOCK_NAME = "reminders"
+
+
+@dataclass
+class DispatchReport:
+    as_of: str
+    planned: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+    quiet_hours: bool = False
+    locked: bool = False
+    settled: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    capped: int = 0
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+class Dispatcher:
+    def __init__(
+        self, app: App, clock: Clock | None = None, channels: dict[str, Channel] | None = None
+    ) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.rs = app.settings.reminders
+        self.tz = app.settings.site.tz
+        self.clock = clock or SystemClock()
+        self._channels = channels
+
+    @property
+    def channels(self) -> dict[str, Channel]:
+        if self._channels is None:
+            self._channels = build_channels(self.rs)
+        return self._channels
+
+    def today(self) -> date:
+        return local_now(self.clock, self.tz).date()
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(self) -> PlanCounts:
+        with self.app.engine.begin() as conn:
+            counts = plan_reminders(conn, self.settings, self.today())
+        log.info("reminders.planned", **{k: v for k, v in counts.as_dict().items() if k != "by_status"})
+        return counts
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def run(self, *, dry_run: bool = False, case_id: str | None = None) -> DispatchReport:
+        """Plan, then send everything due (or, with ``case_id``, that case's next attempts now)."""
+        now = self.clock.now()
+        today = self.today()
+        report = DispatchReport(
+            as_of=local_now(self.clock, self.tz).isoformat(timespec="minutes"), dry_run=dry_run
+        )
+        if dry_run:
+            with self.app.engine.connect() as conn:
+                trans = conn.begin()
+                try:
+                    report.planned = plan_reminders(conn, self.settings, today).as_dict()
+                    due = self._due(conn, today, case_id)
+                    report.capped = max(0, len(due) - self._cap_left(conn, today))
+                    report.items = [
+                        self._describe(r, self._pick(r)[1]) for r in due[: len(due) - report.capped]
+                    ]
+                finally:
+                    trans.rollback()
+            report.quiet_hours = self._quiet(now)
+            return report
+        with job_lock(
+            self.app.engine, LOCK_NAME, self.settings.scheduler.lock_ttl_seconds, self.clock
+        ) as lock:
+            if lock is None:
+                report.locked = True
+                log.info("reminders.dispatch_skipped", reason="another dispatcher holds the lock")
+                return report
+            report.planned = self.plan().as_dict()
+            if not self.rs.enabled:
+                log.info("reminders.disabled")
+                return report
+            if self._quiet(now) and case_id is None:
+                report.quiet_hours = True
+                return report
+            self._settle_pending(now, report)
+            with self.app.engine.connect() as conn:
+                due = self._due(conn, today, case_id)
+                left = self._cap_left(conn, today)
+            report.capped = max(0, len(due) - left)
+            for row in due[:left]:
+                lock.renew()
+                self._attempt(row, now, today, report)
+        log.info(
+            "reminders.dispatched",
+            sent=report.sent,
+            settled=report.settled,
+            retrying=report.retrying,
+            failed=report.failed,
+            unreachable=report.unreachable,
+            capped=report.capped,
+        )
+        return report
+
+    def _quiet(self, now: datetime) -> bool:
+        quiet = self.rs.quiet_hours
+        return quiet is not None and quiet.contains(now.astimezone(self.tz).time())
+
+    def _cap_left(self, conn: Connection, today: date) -> int:
+        start, end = local_day_bounds(today, self.tz)
+        started = (
+            select(SENDS.c.reminder_id, SENDS.c.attempt)
+            .where(SENDS.c.created_at >= start, SENDS.c.created_at < end)
+            .distinct()
+            .subquery()
+        )
+        used = int(conn.execute(select(func.count()).select_from(started)).scalar_one())
+        return max(0, self.rs.daily_cap - used)
+
+    def _due(self, conn: Connection, today: date, case_id: str | None) -> list[Any]:
+        query = (
+            select(
+                REMINDERS,
+                CASES.c.source,
+                CASES.c.procedure_id,
+                CASES.c.patient_id,
+                PATIENTS.c.email,
+                PATIENTS.c.phone,
+            )
+            .select_from(
+                REMINDERS.join(CASES, CASES.c.id == REMINDERS.c.case_id).outerjoin(
+                    PATIENTS, and_(PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id)
+                )
+            )
+            .where(
+                REMINDERS.c.status.in_(ACTIVE),
+                REMINDERS.c.next_attempt_on.is_not(None),
+                REMINDERS.c.window_start <= today,
+                REMINDERS.c.window_end >= today,
+                REMINDERS.c.attempts < self.rs.max_attempts,
+            )
+            .order_by(REMINDERS.c.next_attempt_on, REMINDERS.c.id)
+        )
+        if case_id is None:
+            query = query.where(REMINDERS.c.next_attempt_on <= today)
+        else:
+            query = query.where(REMINDERS.c.case_id == case_id)
+        return list(conn.execute(query))
+
+    def _message(self, row: Any, attempt: int, channel: str) -> Message:
+        return Message(
+            idempotency_key=idempotency_key(row.case_id, row.timepoint, attempt, channel),
+            reminder_id=row.id,
+            case_id=row.case_id,
+            source=row.source,
+            procedure_id=row.procedure_id,
+            patient_id=row.patient_id,
+            timepoint=row.timepoint,
+            timepoint_label=self.rs.timepoint_labels.get(row.timepoint, row.timepoint),
+            attempt=attempt,
+            due_date=row.due_date,
+            window_end=row.window_end,
+            link=build_link(self.rs, row.id, attempt),
+            email=row.email,
+            phone=row.phone,
+        )
+
+    def _pick(self, row: Any) -> tuple[int, list[tuple[Channel, Message]]]:
+        attempt = row.attempts + 1
+        picked = []
+        for name, channel in self.channels.items():
+            msg = self._message(row, attempt, name)
+            if channel.can_reach(msg):
+                picked.append((channel, msg))
+                if self.rs.channel_mode == "first":
+                    break
+        return attempt, picked
+
+    def _describe(self, row: Any, picked: list[tuple[Channel, Message]]) -> dict[str, Any]:
+        return {
+            "reminder_id": row.id,
+            "case_id": row.case_id,
+            "procedure_id": row.procedure_id,
+            "timepoint": row.timepoint,
+            "attempt": row.attempts + 1,
+            "due_date": row.due_date.isoformat(),
+            "channels": [c.name for c, _ in picked],
+        }
+
+    def _attempt(self, row: Any, now: datetime, today: date, report: DispatchReport) -> None:
+        attempt, picked = self._pick(row)
+        nxt = next_attempt_on(
+            due=row.due_date,
+            window_start=row.window_start,
+            window_end=row.window_end,
+            attempts=attempt,
+            last_sent_day=today,
+            first_days_before=self.rs.first_reminder_days_before,
+            every_days=self.rs.repeat_every_days,
+            max_attempts=self.rs.max_attempts,
+        )
+        values: dict[str, Any] = {"attempts": attempt, "next_attempt_on": nxt, "updated_at": now}
+        if picked:
+            values["channel"] = ",".join(c.name for c, _ in picked)[:32]
+        else:
+            # Counted as an attempt so the schedule moves on; the worklist shows it for a call.
+            values["last_error"] = f"unreachable: no contact for {', '.join(self.channels)}"
+        send_ids: list[int] = []
+        with self.app.engine.begin() as conn:
+            claimed = conn.execute(
+                update(REMINDERS)
+                .where(REMINDERS.c.id == row.id, REMINDERS.c.attempts == row.attempts)
+                .values(**values)
+            ).rowcount
+            if claimed != 1:
+                return  # another dispatcher claimed it first
+            for channel, msg in picked:
+                send_ids.append(
+                    int(
+                        conn.execute(
+                            SENDS.insert()
+                            .values(
+                                reminder_id=row.id,
+                                attempt=attempt,
+                                channel=channel.name,
+                                idempotency_key=msg.idempotency_key,
+                                status="pending",
+                                tries=1,
+                                created_at=now,
+                            )
+                            .returning(SENDS.c.id)
+                        ).scalar_one()
+                    )
+                )
+        if not picked:
+            report.unreachable += 1
+            log.warning("reminders.unreachable", reminder_id=row.id, timepoint=row.timepoint, attempt=attempt)
+            return
+        for send_id, (channel, msg) in zip(send_ids, picked, strict=True):
+            self._deliver(send_id, 1, channel, msg, now, report, confirm_first=False)
+            report.items.append({**self._describe(row, [(channel, msg)]), "send_id": send_id})
+
+    def _deliver(
+        self,
+        send_id: int,
+        tries: int,
+        channel: Channel,
+        msg: Message,
+        now: datetime,
+        report: DispatchReport,
+        *,
+        confirm_first: bool,
+    ) -> None:
+        provider: str | None = None
+        error: str | None = None
+        try:
+            if confirm_first and channel.can_confirm:
+                provider = channel.confirm(msg)
+            elif confirm_first and self.rs.unconfirmed == "assume_sent":
+                provider = "unconfirmed"
+            if provider is None:
+                provider = channel.send(msg)
+        except ChannelError as exc:
+            error = redact_contact(str(exc), msg)
+        except Exception as exc:  # a bug or library error: keep the type, never the text (PHI)
+            error = f"{type(exc).__name__} in channel {channel.name}"
+            log.error(
+                "reminders.channel_bug", channel=channel.name, send_id=send_id, error=type(exc).__name__
+            )
+        with self.app.engine.begin() as conn:
+            if error is None:
+                conn.execute(
+                    update(SENDS)
+                    .where(SENDS.c.id == send_id)
+                    .values(status="sent", sent_at=now, provider_id=provider, error=None)
+                )
+                conn.execute(
+                    update(REMINDERS)
+                    .where(REMINDERS.c.id == msg.reminder_id)
+                    .values(last_sent_at=now, last_error=None, updated_at=now)
+                )
+                conn.execute(
+                    update(REMINDERS)
+                    .where(REMINDERS.c.id == msg.reminder_id, REMINDERS.c.status == "scheduled")
+                    .values(status="sent")
+                )
+                report.sent += 1
+                log.info(
+                    "reminders.sent",
+                    send_id=send_id,
+                    channel=channel.name,
+                    attempt=msg.attempt,
+                    timepoint=msg.timepoint,
+                    reminder_id=msg.reminder_id,
+                )
+                return
+            give_up = tries >= self.rs.max_tries
+            conn.execute(
+                update(SENDS)
+                .where(SENDS.c.id == send_id)
+                .values(status="failed" if give_up else "pending", error=error)
+            )
+            if give_up:
+                conn.execute(
+                    update(REMINDERS)
+                    .where(REMINDERS.c.id == msg.reminder_id)
+                    .values(last_error=f"{channel.name}: {error}"[:2000], updated_at=now)
+                )
+                report.failed += 1
+            else:
+                report.retrying += 1
+        log.warning(
+            "reminders.send_failed",
+            send_id=send_id,
+            channel=channel.name,
+            tries=tries,
+            gave_up=give_up,
+            error=error,
+        )
+
+    def _settle_pending(self, now: datetime, report: DispatchReport) -> None:
+        """Finish sends a crashed run left pending, and retry failed ones whose backoff is over."""
+        backoff = timedelta(minutes=self.rs.retry_backoff_minutes)
+        with self.app.engine.connect() as conn:
+            rows = list(
+                conn.execute(
+                    select(
+                        SENDS.c.id.label("send_id"),
+                        SENDS.c.channel.label("send_channel"),
+                        SENDS.c.attempt.label("send_attempt"),
+                        SENDS.c.tries,
+                        SENDS.c.error,
+                        SENDS.c.created_at.label("send_created_at"),
+                        REMINDERS,
+                        CASES.c.source,
+                        CASES.c.procedure_id,
+                        CASES.c.patient_id,
+                        PATIENTS.c.email,
+                        PATIENTS.c.phone,
+                    )
+                    .select_from(
+                        SENDS.join(REMINDERS, REMINDERS.c.id == SENDS.c.reminder_id)
+                        .join(CASES, CASES.c.id == REMINDERS.c.case_id)
+                        .outerjoin(
+                            PATIENTS,
+                            and_(PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id),
+                        )
+                    )
+                    .where(SENDS.c.status == "pending")
+                    .order_by(SENDS.c.id)
+                )
+            )
+        for row in rows:
+            crashed = row.error is None
+            if not crashed and now < _aware(row.send_created_at) + backoff * (2**row.tries - 1):
+                continue
+            channel = self.channels.get(row.send_channel)
+            msg = self._message(row, row.send_attempt, row.send_channel)
+            if channel is None or row.status not in ACTIVE:
+                why = (
+                    "channel no longer configured"
+                    if channel is None
+                    else f"time point {row.status} meanwhile"
+                )
+                with self.app.engine.begin() as conn:
+                    conn.execute(
+                        update(SENDS)
+                        .where(SENDS.c.id == row.send_id)
+                        .values(
+                            status="cancelled", error=f"not sent ({why}); an earlier try may have arrived"
+                        )
+                    )
+                report.settled += 1
+                continue
+            with self.app.engine.begin() as conn:
+                conn.execute(update(SENDS).where(SENDS.c.id == row.send_id).values(tries=row.tries + 1))
+            log.info("reminders.settling", send_id=row.send_id, channel=channel.name, crashed=crashed)
+            self._deliver(row.send_id, row.tries + 1, channel, msg, now, report, confirm_first=crashed)
+            report.settled += 1

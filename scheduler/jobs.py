@@ -1,0 +1,133 @@
+"""The scheduled jobs and the DST-safe trigger they may use.
+
+APScheduler's SQLAlchemyJobStore pickles each job as an importable ``module:function``
+reference plus its arguments, so the jobs take no arguments at all: the daemon binds the
+App (settings, engine) to this module once at start, and nothing about the site (secrets,
+paths) ever lands in the job table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+
+from registry_adapter.app import App
+from scheduler.clock import Clock, SystemClock
+from scheduler.locks import job_lock
+
+log = structlog.get_logger(__name__)
+
+NIGHTLY_JOB = "nightly-sync"
+DISPATCH_JOB = "reminders-dispatch"
+
+
+@dataclass
+class _Runtime:
+    app: App
+    clock: Clock
+
+
+_runtime: _Runtime | None = None
+
+
+def bind(app: App, clock: Clock | None = None) -> None:
+    global _runtime
+    _runtime = _Runtime(app, clock or SystemClock())
+
+
+def _bound() -> _Runtime:
+    if _runtime is None:
+        raise RuntimeError("scheduler.jobs.bind(app) was not called before a job ran")
+    return _runtime
+
+
+def nightly() -> None:
+    """Sync every configured source (each maps and assembles its cases), map what other
+    intake (the MLLP listener) staged, then re-plan reminders."""
+    from adapters.base import SourceContext
+    from registry_adapter.pipeline import Pipeline
+    from registry_adapter.sources import build_source
+    from scheduler.dispatcher import Dispatcher
+
+    rt = _bound()
+    app = rt.app
+    with job_lock(app.engine, "nightly", app.settings.scheduler.lock_ttl_seconds, heartbeat=True) as lock:
+        if lock is None:
+            log.info("job.skipped", job=NIGHTLY_JOB, reason="another process holds the lock")
+            return
+        pipeline = Pipeline(app)
+        failed = []
+        for cfg in app.settings.sources:
+            try:
+                pipeline.ingest(build_source(cfg, app), SourceContext())
+            except Exception:
+                # One broken source must not keep the others (or reminder planning) from running;
+                # the sync run row holds the error.
+                failed.append(cfg.name)
+                log.exception("job.source_failed", job=NIGHTLY_JOB, source=cfg.name)
+        pipeline.map_pending()
+        Dispatcher(app, rt.clock).plan()
+        log.info("job.done", job=NIGHTLY_JOB, failed_sources=failed)
+
+
+def dispatch() -> None:
+    """Plan and send due reminders (the dispatcher takes its own lock)."""
+    from scheduler.dispatcher import Dispatcher
+
+    rt = _bound()
+    Dispatcher(rt.app, rt.clock).run()
+
+
+class WallClockCronTrigger(BaseTrigger):
+    """A crontab evaluated on the local wall clock of ``timezone``, DST-safe.
+
+    APScheduler 3.11's CronTrigger in a DST zone skips a 00:xx run after spring-forward and
+    runs a 01:xx job twice on fall-back (libraries.md 4.3). Here the crontab is matched
+    against wall-clock time as if it were UTC (no gaps, no repeats) and only the result is
+    placed in the zone: every matching local day fires exactly once; a time that does not
+    exist (02:30 on spring-forward) fires an hour later, a repeated one fires on its first
+    occurrence.
+    """
+
+    def __init__(self, expr: str, timezone: str | tzinfo) -> None:
+        self._setup(expr, timezone)
+
+    def _setup(self, expr: str, timezone: str | tzinfo) -> None:
+        self.expr = expr
+        self.timezone = timezone if isinstance(timezone, tzinfo) else ZoneInfo(timezone)
+        self._wall = CronTrigger.from_crontab(expr, timezone=UTC)
+
+    def _to_wall(self, at: datetime) -> datetime:
+        return at.astimezone(self.timezone).replace(tzinfo=UTC, fold=0)
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        prev = self._to_wall(previous_fire_time) if previous_fire_time else None
+        nxt = self._wall.get_next_fire_time(prev, self._to_wall(now))
+        if nxt is None:
+            return None
+        # Through UTC so a wall time inside a DST gap comes back as the real instant (03:30).
+        return nxt.replace(tzinfo=self.timezone, fold=0).astimezone(UTC).astimezone(self.timezone)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"version": 1, "expr": self.expr, "timezone": str(self.timezone)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._setup(state["expr"], state["timezone"])
+
+    def __str__(self) -> str:
+        return f"wallclock-cron[{self.expr} {self.timezone}]"
+
+    def __repr__(self) -> str:
+        return f"<WallClockCronTrigger (expr={self.expr!r}, timezone={str(self.timezone)!r})>"
+
+
+def nightly_trigger(cron: str, timezone: str) -> BaseTrigger:
+    if timezone in ("UTC", "Etc/UTC"):
+        return CronTrigger.from_crontab(cron, timezone=UTC)
+    return WallClockCronTrigger(cron, timezone)

@@ -1,0 +1,400 @@
+"""Reminder planning: every case's PROM time points, from configuration, as ``reminders`` rows.
+
+Planning is a pure function of the case (dates, module, status), the patient (deceased,
+opted out), the PROM responses case assembly placed on the case, the attempts already made,
+and "today" in the site's time zone. Running it again changes nothing unless one of those
+changed, so it runs before every dispatch and after every sync:
+
+- due date = anchor + ``due_days``, window = anchor + [``window_start_days``, ``window_end_days``],
+  in whole calendar days (dates, never timestamps, so DST and leap days cannot shift them);
+  the anchor is the discharge date for ``anchor: discharge`` (surgery date when unknown);
+- attempt k goes out on ``first + (k-1) * repeat_every_days`` (first = due date minus
+  ``first_reminder_days_before``, not before the window opens), never sooner than
+  ``repeat_every_days`` after the previous one actually went out, up to ``max_attempts``,
+  while the window is open;
+- status precedence: completed > cancelled > expired/missing > sent > scheduled. A response
+  in the window completes the time point whenever it came (even before the first reminder);
+  death, opt-out, a cancelled procedure or a removed case cancel what is still open. Sent
+  attempts stay in ``reminder_sends`` as history.
+
+The planner never writes ``attempts``/``last_sent_at`` (the dispatcher owns them) and updates a
+row only if its ``attempts`` is still what it read, so a dispatch committing in between is
+never overwritten with a stale next-attempt date.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from registry_adapter.config import Settings, TimepointWindow
+from registry_store.db import is_postgres
+from registry_store.models import Case, Patient, Procedure, PromResponse, Reminder
+from registry_store.timeutil import utcnow
+
+CASES = Case.__table__  # type: ignore[attr-defined]
+PATIENTS = Patient.__table__  # type: ignore[attr-defined]
+PROCS = Procedure.__table__  # type: ignore[attr-defined]
+PROMS = PromResponse.__table__  # type: ignore[attr-defined]
+REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+
+ACTIVE = ("scheduled", "sent")
+# Responses that count; in-progress or stopped forms do not complete a time point.
+COUNTING_RESPONSE_STATUSES = (None, "completed", "amended")
+_PLANNED_FIELDS = (
+    "due_date",
+    "window_start",
+    "window_end",
+    "status",
+    "next_attempt_on",
+    "completed_response_id",
+    "cancel_reason",
+)
+
+
+class PlanningError(ValueError):
+    """The reminder configuration does not fit the PROM time points."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaseFacts:
+    case_id: str
+    module: str | None
+    surgery_date: date
+    discharge_date: date | None
+    case_status: str = "active"
+    procedure_status: str | None = None
+    deceased: bool = False
+    opted_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    id: str
+    instrument: str
+    completion_date: date
+    status: str | None = "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class TimepointPlan:
+    timepoint: str
+    due_date: date
+    window_start: date
+    window_end: date
+    status: str
+    next_attempt_on: date | None = None
+    completed_response_id: str | None = None
+    cancel_reason: str | None = None
+
+
+@dataclass
+class PlanCounts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped_concurrent: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "skipped_concurrent": self.skipped_concurrent,
+            "by_status": dict(sorted(self.by_status.items())),
+        }
+
+
+def anchor_date(tp: TimepointWindow, surgery: date, discharge: date | None) -> date:
+    # Same rule as case assembly's PROM placement (mappings/cases.py): discharge falls back
+    # to the surgery date when the stay has no discharge date yet.
+    return discharge if tp.anchor == "discharge" and discharge is not None else surgery
+
+
+def window(tp: TimepointWindow, surgery: date, discharge: date | None) -> tuple[date, date, date]:
+    """Due date, window start, window end (inclusive), as calendar-day offsets."""
+    a = anchor_date(tp, surgery, discharge)
+    return (
+        a + timedelta(days=tp.due_days),
+        a + timedelta(days=tp.window_start_days),
+        a + timedelta(days=tp.window_end_days),
+    )
+
+
+def first_reminder_on(due: date, window_start: date, first_days_before: int) -> date:
+    return max(due - timedelta(days=first_days_before), window_start)
+
+
+def next_attempt_on(
+    *,
+    due: date,
+    window_start: date,
+    window_end: date,
+    attempts: int,
+    last_sent_day: date | None,
+    first_days_before: int,
+    every_days: int,
+    max_attempts: int,
+) -> date | None:
+    """The day attempt ``attempts + 1`` may go out, or None when no attempt is left."""
+    if attempts >= max_attempts:
+        return None
+    day = first_reminder_on(due, window_start, first_days_before) + timedelta(days=attempts * every_days)
+    if last_sent_day is not None:
+        # A late attempt (host down, daily cap) pushes the next one back: never two reminders
+        # closer together than the configured interval.
+        day = max(day, last_sent_day + timedelta(days=every_days))
+    return day if day <= window_end else None
+
+
+def completing_response(
+    responses: Iterable[Response],
+    instruments: tuple[str, ...],
+    complete_when: str,
+    window_start: date,
+    window_end: date,
+    today: date,
+) -> str | None:
+    """The id of the response that completes the time point, if any."""
+    counting = sorted(
+        (
+            r
+            for r in responses
+            if r.status in COUNTING_RESPONSE_STATUSES
+            and window_start <= r.completion_date <= min(window_end, today)
+            and (not instruments or r.instrument in instruments)
+        ),
+        key=lambda r: (r.completion_date, r.id),
+    )
+    if not counting:
+        return None
+    if complete_when == "all" and instruments:
+        seen: set[str] = set()
+        for r in counting:
+            seen.add(r.instrument)
+            if seen >= set(instruments):
+                return r.id
+        return None
+    return counting[0].id
+
+
+def cancel_reason(facts: CaseFacts, cancel_statuses: tuple[str, ...]) -> str | None:
+    if facts.case_status != "active":
+        return f"case_{facts.case_status}"
+    if facts.procedure_status in cancel_statuses:
+        return f"procedure_{facts.procedure_status}"
+    if facts.deceased:
+        return "deceased"
+    if facts.opted_out:
+        return "opted_out"
+    return None
+
+
+def plan_timepoint(
+    name: str,
+    tp: TimepointWindow,
+    facts: CaseFacts,
+    responses: Iterable[Response],
+    *,
+    attempts: int,
+    last_sent_day: date | None,
+    today: date,
+    settings: Settings,
+) -> TimepointPlan:
+    rs = settings.reminders
+    due, start, end = window(tp, facts.surgery_date, facts.discharge_date)
+    instruments = rs.instruments.get(facts.module or "default", rs.instruments.get("default", ()))
+    done = completing_response(responses, instruments, rs.complete_when, start, end, today)
+    if done is not None:
+        return TimepointPlan(name, due, start, end, "completed", completed_response_id=done)
+    reason = cancel_reason(facts, rs.cancel_procedure_statuses)
+    if reason is not None:
+        return TimepointPlan(name, due, start, end, "cancelled", cancel_reason=reason)
+    if name not in rs.remind:
+        return TimepointPlan(name, due, start, end, "missing" if today > end else "open")
+    if today > end:
+        return TimepointPlan(name, due, start, end, "expired")
+    nxt = next_attempt_on(
+        due=due,
+        window_start=start,
+        window_end=end,
+        attempts=attempts,
+        last_sent_day=last_sent_day,
+        first_days_before=rs.first_reminder_days_before,
+        every_days=rs.repeat_every_days,
+        max_attempts=rs.max_attempts,
+    )
+    return TimepointPlan(name, due, start, end, "sent" if last_sent_day else "scheduled", next_attempt_on=nxt)
+
+
+def check_configuration(settings: Settings, instrument_ids: Iterable[str] | None = None) -> None:
+    """Cross-section checks the settings models cannot make on their own."""
+    unknown = sorted(set(settings.reminders.remind) - set(settings.proms.timepoints))
+    if unknown:
+        known = ", ".join(settings.proms.timepoints)
+        raise PlanningError(
+            f"reminders.remind names unknown time points {unknown} (proms.timepoints: {known})"
+        )
+    if instrument_ids is not None:
+        ids = set(instrument_ids)
+        for module, wanted in settings.reminders.instruments.items():
+            missing = sorted(set(wanted) - ids)
+            if missing:
+                raise PlanningError(
+                    f"reminders.instruments.{module} names unknown instruments {missing}"
+                    f" (known: {', '.join(sorted(ids))})"
+                )
+
+
+def local_day(at: datetime | None, tz: ZoneInfo) -> date | None:
+    if at is None:
+        return None
+    if at.tzinfo is None:  # stored timestamps are UTC; a driver may hand them back naive
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(tz).date()
+
+
+def _load_facts(conn: Connection) -> tuple[list[CaseFacts], dict[str, tuple[str, str]]]:
+    patients = {
+        (r.source, r.id): (r.deceased, r.opted_out)
+        for r in conn.execute(
+            select(PATIENTS.c.source, PATIENTS.c.id, PATIENTS.c.deceased, PATIENTS.c.opted_out)
+        )
+    }
+    proc_status = {
+        (r.source, r.id): r.status for r in conn.execute(select(PROCS.c.source, PROCS.c.id, PROCS.c.status))
+    }
+    facts: list[CaseFacts] = []
+    owners: dict[str, tuple[str, str]] = {}
+    for c in conn.execute(
+        select(
+            CASES.c.id,
+            CASES.c.source,
+            CASES.c.procedure_id,
+            CASES.c.patient_id,
+            CASES.c.module,
+            CASES.c.surgery_date,
+            CASES.c.discharge_date,
+            CASES.c.status,
+        ).order_by(CASES.c.id)
+    ):
+        deceased, opted_out = patients.get((c.source, c.patient_id), (False, False))
+        facts.append(
+            CaseFacts(
+                case_id=c.id,
+                module=c.module,
+                surgery_date=c.surgery_date,
+                discharge_date=c.discharge_date,
+                case_status=c.status,
+                procedure_status=proc_status.get((c.source, c.procedure_id)),
+                deceased=bool(deceased),
+                opted_out=bool(opted_out),
+            )
+        )
+        owners[c.id] = (c.source, c.patient_id)
+    return facts, owners
+
+
+def _load_responses(conn: Connection) -> dict[tuple[str, str], list[Response]]:
+    out: dict[tuple[str, str], list[Response]] = defaultdict(list)
+    for r in conn.execute(
+        select(
+            PROMS.c.id,
+            PROMS.c.case_id,
+            PROMS.c.timepoint,
+            PROMS.c.instrument,
+            PROMS.c.completion_date,
+            PROMS.c.status,
+        ).where(PROMS.c.case_id.is_not(None))
+    ):
+        out[(r.case_id, r.timepoint)].append(Response(r.id, r.instrument, r.completion_date, r.status))
+    return out
+
+
+def plan_reminders(conn: Connection, settings: Settings, today: date) -> PlanCounts:
+    """Bring every case's reminder rows up to date as of ``today`` (a site-local date)."""
+    check_configuration(settings)
+    tz = settings.site.tz
+    counts = PlanCounts()
+    facts, _ = _load_facts(conn)
+    responses = _load_responses(conn)
+    existing = {(r.case_id, r.timepoint): r for r in conn.execute(select(REMINDERS))}
+    known_cases = {f.case_id for f in facts}
+    now = utcnow()
+    inserts: list[dict[str, Any]] = []
+    for f in facts:
+        for name, tp in settings.proms.timepoints.items():
+            row = existing.get((f.case_id, name))
+            if row is None and f.case_status != "active":
+                continue  # a case removed before it was ever planned needs no rows
+            plan = plan_timepoint(
+                name,
+                tp,
+                f,
+                responses.get((f.case_id, name), []),
+                attempts=row.attempts if row else 0,
+                last_sent_day=local_day(row.last_sent_at, tz) if row else None,
+                today=today,
+                settings=settings,
+            )
+            counts.by_status[plan.status] = counts.by_status.get(plan.status, 0) + 1
+            values = {k: getattr(plan, k) for k in _PLANNED_FIELDS}
+            if row is None:
+                inserts.append(
+                    {"case_id": f.case_id, "timepoint": name, **values, "created_at": now, "updated_at": now}
+                )
+            else:
+                _update_if_changed(conn, row, values, now, counts)
+    for (case_id, _name), row in existing.items():
+        if case_id not in known_cases and row.status in ACTIVE:
+            # Cases are never deleted; this only guards against hand-edited databases.
+            _update_if_changed(
+                conn,
+                row,
+                {
+                    **{k: getattr(row, k) for k in _PLANNED_FIELDS},
+                    "status": "cancelled",
+                    "next_attempt_on": None,
+                    "cancel_reason": "case_missing",
+                },
+                now,
+                counts,
+            )
+    if inserts:
+        _insert_new(conn, inserts)
+        counts.created += len(inserts)
+    return counts
+
+
+def _update_if_changed(
+    conn: Connection, row: Any, values: Mapping[str, Any], now: datetime, counts: PlanCounts
+) -> None:
+    if all(getattr(row, k) == v for k, v in values.items()):
+        counts.unchanged += 1
+        return
+    result = conn.execute(
+        update(REMINDERS)
+        .where(and_(REMINDERS.c.id == row.id, REMINDERS.c.attempts == row.attempts))
+        .values(**values, updated_at=now)
+    )
+    if result.rowcount == 1:
+        counts.updated += 1
+    else:
+        counts.skipped_concurrent += 1
+
+
+def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    # DO NOTHING on conflict: a concurrent planner (another process) may have inserted first.
+    dialect = postgresql if is_postgres(conn) else sqlite
+    for start in range(0, len(rows), 500):
+        stmt = dialect.insert(REMINDERS).on_conflict_do_nothing(index_elements=["case_id", "timepoint"])
+        conn.execute(stmt, rows[start : start + 500])

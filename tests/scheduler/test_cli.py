@@ -1,0 +1,129 @@
+"""``registry-adapter reminders ...`` on the bundled sample feed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from registry_adapter.cli import cli
+from tests.conftest import base_config
+from tests.scheduler.conftest import SmtpSink, reminder_config
+
+
+def write_config(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path, **overrides)))
+    return path
+
+
+def run(config: Path, *args: str) -> Result:
+    result = CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture
+def synced(tmp_path: Path) -> Path:
+    config = write_config(tmp_path)
+    assert run(config, "sync", "--full", "--json").exit_code == 0
+    return config
+
+
+def test_list_json_is_current_and_writes_nothing(synced: Path) -> None:
+    result = run(synced, "reminders", "list", "--json", "--as-of", "2024-07-01")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert len(rows) == 120  # 40 cases x baseline, 90d, 1y
+    for key in ("procedure_id", "timepoint", "due_date", "window_start", "window_end", "status", "attempts"):
+        assert key in rows[0]
+    by = {(r["procedure_id"], r["timepoint"]): r for r in rows}
+    # Surgery 2024-03-15, discharge 2024-03-19; ODI answered 2024-06-19 (day 92 after discharge).
+    assert by[("proc-0001", "90d")]["status"] == "completed"
+    assert by[("proc-0001", "90d")]["completed_response_id"] == "qr-0001-90d"
+    expected = {
+        "due_date": "2025-03-15",
+        "window_start": "2025-01-09",
+        "window_end": "2025-06-14",
+        "status": "scheduled",
+        "attempts": 0,
+        "next_attempt_on": "2025-03-15",
+    }
+    assert {k: by[("proc-0001", "1y")][k] for k in expected} == expected
+    assert by[("proc-0002", "baseline")]["status"] == "completed"
+    assert by[("proc-0001", "baseline")]["status"] == "missing"
+    # Listing planned in a transaction it rolled back: nothing was stored.
+    again = json.loads(run(synced, "reminders", "list", "--json", "--status", "missing").output)
+    assert again and all(r["status"] == "missing" for r in again)
+    assert json.loads(run(synced, "stats", "--json").output)["cases"] == 40
+
+
+def test_plan_send_opt_out_worklist(tmp_path: Path, smtp_server: SmtpSink) -> None:
+    disabled = write_config(tmp_path)
+    assert run(disabled, "sync", "--full", "--json").exit_code == 0
+    refused = CliRunner().invoke(cli, ["--config", str(disabled), "reminders", "send", "--due"])
+    assert refused.exit_code == 2 and "reminders are disabled" in refused.output
+
+    config = write_config(tmp_path, reminders=reminder_config(smtp_server, channels=["email", "worklist"]))
+    dry = json.loads(
+        run(config, "reminders", "send", "--due", "--dry-run", "--json", "--as-of", "2024-07-01").output
+    )
+    assert [(i["procedure_id"], i["timepoint"], i["attempt"], i["channels"]) for i in dry["items"]] == [
+        ("proc-0002", "90d", 1, ["email"])
+    ]
+    assert not smtp_server.messages
+
+    planned = json.loads(run(config, "reminders", "plan", "--json", "--as-of", "2024-07-01").output)
+    assert planned["created"] == 120
+    assert (
+        json.loads(run(config, "reminders", "plan", "--json", "--as-of", "2024-07-01").output)["updated"] == 0
+    )
+
+    sent = json.loads(run(config, "reminders", "send", "--due", "--json", "--as-of", "2024-07-01").output)
+    assert sent["sent"] == 1 and len(smtp_server.messages) == 1
+    assert smtp_server.messages[0]["To"] == "patient2@example.invalid"
+    again = json.loads(run(config, "reminders", "send", "--due", "--json", "--as-of", "2024-07-01").output)
+    assert again["sent"] == 0
+
+    result = run(config, "reminders", "opt-out", "pat-0002")
+    assert result.exit_code == 0 and "stopped" in result.output
+    rows = json.loads(run(config, "reminders", "list", "--json", "--as-of", "2024-07-01").output)
+    mine = [r for r in rows if r["procedure_id"] == "proc-0002"]
+    assert {r["timepoint"]: (r["status"], r["cancel_reason"]) for r in mine} == {
+        "baseline": ("completed", None),  # what was completed stays completed
+        "90d": ("cancelled", "opted_out"),
+        "1y": ("cancelled", "opted_out"),
+    }
+    assert run(config, "reminders", "opt-out", "pat-0002", "--undo").exit_code == 0
+    rows = json.loads(run(config, "reminders", "list", "--json", "--as-of", "2024-07-01").output)
+    assert {r["status"] for r in rows if r["procedure_id"] == "proc-0002" and r["timepoint"] == "1y"} == {
+        "scheduled"
+    }
+
+    # A patient without email goes to the worklist (the next channel in order).
+    csv_path = tmp_path / "worklist.csv"
+    assert run(config, "reminders", "worklist", "--csv", str(csv_path)).exit_code == 0
+    with csv_path.open() as fh:
+        assert list(csv.DictReader(fh)) == []  # email reached everyone so far
+    unknown = CliRunner().invoke(cli, ["--config", str(config), "reminders", "opt-out", "nobody"])
+    assert unknown.exit_code == 2
+
+
+def test_configuration_mistakes_are_reported_by_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path, reminders={"instruments": {"lumbar": ["odi", "oswestry"]}})
+    result = CliRunner().invoke(cli, ["--config", str(config), "reminders", "plan"])
+    assert (
+        result.exit_code == 2
+        and "reminders.instruments.lumbar" in result.output
+        and "oswestry" in result.output
+    )
+    config = write_config(tmp_path, reminders={"remind": ["6w"]})
+    result = CliRunner().invoke(cli, ["--config", str(config), "run", "--no-services"])
+    assert result.exit_code == 2 and "unknown time points ['6w']" in result.output
+    config = write_config(tmp_path, reminders={"enabled": True, "channels": ["email"]})
+    result = CliRunner().invoke(cli, ["--config", str(config), "reminders", "list"])
+    assert result.exit_code != 0 and "link.token_secret" in str(result.exception or result.output)
