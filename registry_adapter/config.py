@@ -293,27 +293,32 @@ def parse_settings(data: Any, *, base_dir: Path | None = None) -> Settings:
 
 
 def _relative_to(settings: Settings, base: Path) -> Settings:
-    """Relative paths in a config file mean relative to that file, as users expect."""
+    """Relative paths in a config file mean relative to that file, as users expect.
 
-    def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base / p)
+    Every ``Path`` field of every section is resolved, so a new setting cannot forget to;
+    a relative SQLite database file is resolved the same way.
+    """
 
-    site = settings.site.model_copy(update={"pseudonym_key_file": fix(settings.site.pseudonym_key_file)})
-    sources = [
-        s.model_copy(update={"path": fix(s.path)}) if isinstance(s, FilesSource) else s
-        for s in settings.sources
-    ]
-    mappings = settings.mappings.model_copy(
-        update={"directory": fix(settings.mappings.directory), "codemaps": fix(settings.mappings.codemaps)}
-    )
+    def fix(value: Any) -> Any:
+        if isinstance(value, Path):
+            return value if value.is_absolute() else base / value
+        if isinstance(value, BaseModel):
+            changed = {k: fix(v) for k, v in value.__dict__.items()}
+            return value.model_copy(update={k: v for k, v in changed.items() if v is not value.__dict__[k]})
+        if isinstance(value, list):
+            fixed = [fix(v) for v in value]
+            return fixed if any(a is not b for a, b in zip(fixed, value, strict=True)) else value
+        return value
+
+    settings = fix(settings)
     db = settings.database
     if db.url.startswith("sqlite:///") and not db.url.startswith("sqlite:////"):
         rel = db.url.removeprefix("sqlite:///")
         if rel and rel != ":memory:":
-            db = db.model_copy(update={"url": f"sqlite:///{base / rel}"})
-    return settings.model_copy(
-        update={"site": site, "sources": sources, "mappings": mappings, "database": db}
-    )
+            settings = settings.model_copy(
+                update={"database": db.model_copy(update={"url": f"sqlite:///{base / rel}"})}
+            )
+    return settings
 
 
 def load_settings(path: Path | None = None) -> Settings:

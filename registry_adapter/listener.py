@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+import threading
 from contextlib import suppress
 
 import structlog
@@ -67,9 +68,10 @@ async def serve(
     """Listen until ``stop`` is set or SIGTERM/SIGINT arrives; then drain and convert."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
     listener = build_listener(app, cfg, port=port)
     await listener.start()
     log.info("hl7.listen", source=cfg.name, host=cfg.host, port=listener.bound_port)
@@ -84,3 +86,56 @@ async def serve(
         # Whatever arrived last is converted before the process ends.
         await asyncio.to_thread(Pipeline(app).map_pending, [cfg.name])
         log.info("hl7.stopped", source=cfg.name)
+
+
+class ListenerService:
+    """The listener in its own thread and event loop, for the daemon (``registry-adapter run``)."""
+
+    def __init__(self, app: App, cfg: MllpSource):
+        self.app = app
+        self.cfg = cfg
+        self.name = f"mllp:{cfg.name}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            started = asyncio.Event()
+            task = asyncio.create_task(serve(self.app, self.cfg, stop=self._stop, ready=started))
+            waiter = asyncio.create_task(started.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            ready.set()
+            await task
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._loop.run_until_complete(main())
+            except BaseException as exc:  # surfaced to start() if it happens while starting
+                failure.append(exc)
+                ready.set()
+            finally:
+                self._loop.close()
+
+        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if failure:
+            raise RuntimeError(f"{self.name} did not start: {type(failure[0]).__name__}") from failure[0]
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(60)
+
+
+def make_service(app: App) -> ListenerService | None:
+    """The daemon's hook: the configured MLLP listener, if there is one."""
+    listeners = [s for s in app.settings.sources if isinstance(s, MllpSource)]
+    return ListenerService(app, listeners[0]) if listeners else None

@@ -50,7 +50,7 @@ from scheduler.planner import check_configuration
 log = structlog.get_logger(__name__)
 
 # Modules that may provide a background service; missing modules are skipped.
-SERVICE_MODULES = ("adapters.hl7v2.service", "review.service")
+SERVICE_MODULES = ("registry_adapter.listener", "review.service")
 # Interval runs are aligned to this origin, so an hourly dispatch runs at :00 wherever it starts.
 _INTERVAL_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 # How often the main thread looks at the signal flag (stop latency on SIGTERM).

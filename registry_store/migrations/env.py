@@ -11,6 +11,11 @@ config = context.config
 target_metadata = SQLModel.metadata
 
 
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Tables other libraries own (APScheduler's job store) are not ours to migrate."""
+    return not (type_ == "table" and reflected and compare_to is None)
+
+
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
@@ -30,6 +35,7 @@ def _run(connection: object) -> None:
         # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead.
         render_as_batch=True,
         compare_type=True,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

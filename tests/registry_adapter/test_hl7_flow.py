@@ -167,3 +167,34 @@ def test_drop_folder_archives_good_files_and_quarantines_bad_ones(sqlite_app: Ap
     with sqlite_app.engine.connect() as conn:
         (case,) = list_cases(conn)
     assert case["category"] == "lumbar_laminectomy" and case["surgery_date"] == "2025-03-05"
+
+
+def test_the_daemon_runs_the_listener_as_a_service(make_app: Callable[..., App], tmp_path: Path) -> None:
+    from registry_adapter.listener import make_service
+
+    port = _free_port()
+    app = make_app(
+        sources=[
+            {"name": "mllp", "type": "mllp", "host": "127.0.0.1", "port": port, "convert_every_seconds": 0.2}
+        ]
+    )
+    service = make_service(app)
+    assert service is not None and service.name == "mllp:mllp"
+    service.start()
+    try:
+        messages = tmp_path / "one.hl7"
+        messages.write_text(bar_p01("SVC-1", "MRN-7", "V-7", "22612", "20250310081500") + "\n")
+        sent = subprocess.run(
+            [MLLP_SEND, "--port", str(port), "--file", str(messages), "--loose", "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "MSA|AA|SVC-1" in sent.stdout
+    finally:
+        service.stop()
+    with app.engine.connect() as conn:
+        (case,) = list_cases(conn)
+    assert case["category"] == "posterior_lumbar_fusion"
+    no_listener = make_app(f"sqlite:///{tmp_path / 'other.db'}")
+    assert make_service(no_listener) is None
