@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Row
 from mappings.codemaps import CodeMap, display_code
 from registry_store.db import upsert
 from registry_store.errors import CASE_SCOPE, ERRORS, Issue, replace_errors
-from registry_store.models import Case, Condition, Encounter, Procedure, PromResponse
+from registry_store.models import Case, Condition, Encounter, Patient, Procedure, PromResponse
 from registry_store.timeutil import utcnow
 
 CASES = Case.__table__  # type: ignore[attr-defined]
@@ -28,6 +28,7 @@ PROCS = Procedure.__table__  # type: ignore[attr-defined]
 CONDS = Condition.__table__  # type: ignore[attr-defined]
 ENCS = Encounter.__table__  # type: ignore[attr-defined]
 PROMS = PromResponse.__table__  # type: ignore[attr-defined]
+PATIENTS = Patient.__table__  # type: ignore[attr-defined]
 
 
 def case_id(source: str, procedure_id: str) -> str:
@@ -129,7 +130,7 @@ def assemble_cases(
     if gone:
         # Kept, not deleted: reminders and audit history point at cases.
         conn.execute(update(CASES).where(CASES.c.id.in_(gone)).values(status="removed", updated_at=now))
-    _assign_proms(conn, source, patients, rows, timepoints)
+    _assign_proms(conn, source, patients, timepoints)
     _report_orphans(conn, source, [p for rows_ in procs.values() for p in rows_], orphans)
     return len(rows)
 
@@ -187,39 +188,70 @@ def _diagnoses(
     return sorted(cats), sorted(codes)
 
 
-def _assign_proms(
-    conn: Connection,
-    source: str,
-    patients: list[str],
-    cases: list[dict[str, Any]],
-    timepoints: Mapping[str, Any],
-) -> None:
+def _linked(conn: Connection, source: str, patients: list[str]) -> dict[tuple[str, str], str]:
+    """Every (source, patient id) that is the same person as these patients → a person key.
+
+    Feeds identify one person differently (a FHIR id here, a v2 MRN hash there), so the
+    registry pseudonym (keyed hash of site + MRN) links them; without an MRN a patient is
+    only themself.
+    """
+    person: dict[tuple[str, str], str] = {(source, p): f"{source}\x1f{p}" for p in patients}
+    pseudonyms: dict[str, str] = {}
+    for chunk in _chunks(patients):
+        for row in conn.execute(
+            select(PATIENTS.c.id, PATIENTS.c.pseudonym).where(
+                PATIENTS.c.source == source, PATIENTS.c.id.in_(chunk), PATIENTS.c.pseudonym.is_not(None)
+            )
+        ):
+            pseudonyms[row.pseudonym] = row.id
+            person[(source, row.id)] = row.pseudonym
+    keys = sorted(pseudonyms)
+    for chunk in _chunks(keys):
+        for row in conn.execute(
+            select(PATIENTS.c.source, PATIENTS.c.id, PATIENTS.c.pseudonym).where(
+                PATIENTS.c.pseudonym.in_(chunk)
+            )
+        ):
+            person[(row.source, row.id)] = row.pseudonym
+    return person
+
+
+def _assign_proms(conn: Connection, source: str, patients: list[str], timepoints: Mapping[str, Any]) -> None:
     """Place each response on the case and time point whose window holds its date.
 
-    Where windows of two cases overlap, the response goes to the time point whose due date
-    is nearest, which is what a coordinator would do by hand.
+    Responses and cases of the same person from any feed are considered (PROMs often come
+    from a different system than the surgery). Where windows of two cases overlap, the
+    response goes to the time point whose due date is nearest, as a coordinator would.
     """
-    by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for case in cases:
-        by_patient[case["patient_id"]].append(case)
-    responses = _by_patient(conn, PROMS, source, patients)
-    for patient, rows in responses.items():
-        for resp in rows:
-            best: tuple[int, str, str] | None = None
-            for case in by_patient.get(patient, []):
-                for name, tp in timepoints.items():
-                    anchor = case["surgery_date"]
-                    if tp.anchor == "discharge" and case["discharge_date"] is not None:
-                        anchor = case["discharge_date"]
-                    offset = (resp.completion_date - anchor).days
-                    if tp.window_start_days <= offset <= tp.window_end_days:
-                        distance = abs(offset - tp.due_days)
-                        if best is None or distance < best[0]:
-                            best = (distance, case["id"], name)
-            new_case, new_tp = (best[1], best[2]) if best else (None, None)
-            if (resp.case_id, resp.timepoint) != (new_case, new_tp):
-                conn.execute(
-                    update(PROMS)
-                    .where(PROMS.c.source == source, PROMS.c.id == resp.id)
-                    .values(case_id=new_case, timepoint=new_tp)
-                )
+    person = _linked(conn, source, patients)
+    by_source: dict[str, list[str]] = defaultdict(list)
+    for src, pid in person:
+        by_source[src].append(pid)
+    cases: dict[str, list[Row[Any]]] = defaultdict(list)
+    responses: list[Row[Any]] = []
+    for src, pids in by_source.items():
+        for rows in _by_patient(conn, CASES, src, pids).values():
+            for case in rows:
+                if case.status == "active":
+                    cases[person[(src, case.patient_id)]].append(case)
+        for rows in _by_patient(conn, PROMS, src, pids).values():
+            responses.extend(rows)
+    for resp in responses:
+        best: tuple[int, str, str] | None = None
+        for case in cases.get(person[(resp.source, resp.patient_id)], []):
+            for name, tp in timepoints.items():
+                anchor = case.surgery_date
+                if tp.anchor == "discharge" and case.discharge_date is not None:
+                    anchor = case.discharge_date
+                offset = (resp.completion_date - anchor).days
+                if tp.window_start_days <= offset <= tp.window_end_days:
+                    distance = abs(offset - tp.due_days)
+                    if best is None or distance < best[0]:
+                        best = (distance, case.id, name)
+        new_case, new_tp = (best[1], best[2]) if best else (None, None)
+        if (resp.case_id, resp.timepoint) != (new_case, new_tp):
+            conn.execute(
+                update(PROMS)
+                .where(PROMS.c.source == resp.source, PROMS.c.id == resp.id)
+                .values(case_id=new_case, timepoint=new_tp)
+            )

@@ -320,8 +320,10 @@ class Pipeline:
         if result.disposition == "mapped":
             out = {**result.row, "source": row.source, "id": row.resource_id, "staging_id": row.id}
             writes[mapping.target].append(out)
-            if out.get("patient_id"):
-                touched[row.source].add(str(out["patient_id"]))
+            # A Patient row can link feeds (by pseudonym), so it re-assembles that person too.
+            person = out.get("patient_id") or (out["id"] if mapping.target == "patients" else None)
+            if person:
+                touched[row.source].add(str(person))
         else:
             removals[(row.source, row.resource_type)].append(row.resource_id)
         return result.disposition, issues, mapping.name

@@ -290,3 +290,31 @@ def test_an_ignored_cause_stays_ignored_for_new_records(app: App) -> None:
         )
     assert sorted(statuses) == ["ignored"] * 4
     assert ("codemap.unmapped_code", "cpt|22899") not in _causes(app)
+
+
+def test_proms_from_another_feed_join_the_same_persons_case(app: App, tmp_path: Path) -> None:
+    """Surgery from the EHR feed, questionnaires from a PROM platform with its own patient ids:
+    the registry pseudonym (site + MRN) makes them one person."""
+    _sync(app)
+    patient = json.loads((SAMPLE_FEED / "Patient.ndjson").read_text().splitlines()[0])
+    other = {**patient, "id": "prom-platform-77", "name": [{"family": "Other-System"}]}
+    qr = next(
+        json.loads(line)
+        for line in (SAMPLE_FEED / "QuestionnaireResponse.ndjson").read_text().splitlines()
+        if json.loads(line)["subject"]["reference"] == f"Patient/{patient['id']}"
+    )
+    moved = {**qr, "id": "platform-qr-1", "subject": {"reference": "Patient/prom-platform-77"}}
+    folder = tmp_path / "platform"
+    folder.mkdir()
+    (folder / "qr.ndjson").write_text(json.dumps(moved) + "\n")
+    Pipeline(app).ingest(FilesSource("prom-platform", [folder]), SourceContext())
+    with app.engine.connect() as conn:
+        row = conn.execute(select(PROMS).where(PROMS.c.id == "platform-qr-1")).one()
+    assert row.case_id is None  # the platform's patient is unknown so far: nothing to link
+    (folder / "patient.ndjson").write_text(json.dumps(other) + "\n")
+    Pipeline(app).ingest(FilesSource("prom-platform", [folder]), SourceContext())
+    with app.engine.connect() as conn:
+        row = conn.execute(select(PROMS).where(PROMS.c.id == "platform-qr-1")).one()
+        original = conn.execute(select(PROMS).where(PROMS.c.id == qr["id"])).one()
+    assert (row.case_id, row.timepoint) == (original.case_id, original.timepoint)
+    assert row.case_id == f"sample:{patient['id'].replace('pat', 'proc')}"
