@@ -20,7 +20,7 @@ from mappings.engine import MappingFileError
 from registry_adapter import logs
 from registry_adapter.app import App, build_app
 from registry_adapter.config import ConfigError, load_settings
-from registry_adapter.pipeline import Pipeline, RunResult, stats
+from registry_adapter.pipeline import Pipeline, RunResult, SourceBusy, describe_failure, stats
 from registry_adapter.queries import list_cases, list_causes, list_errors, list_runs
 
 console = Console(stderr=True, soft_wrap=True)
@@ -139,14 +139,23 @@ def sync(
     if not configs:
         raise click.UsageError("no sources to sync are configured (see sources: in the config file)")
     results = []
+    failures: list[str] = []
     with _progress(not as_json) as progress:
         pipeline = Pipeline(app, progress)
         for cfg in configs:
-            source = build_source(cfg, app)
-            results.append(
-                pipeline.ingest(source, SourceContext(full=full, since=since, resource_types=types))
-            )
+            # One failing feed must not keep the others from syncing; each run row says why.
+            try:
+                source = build_source(cfg, app)
+                results.append(
+                    pipeline.ingest(source, SourceContext(full=full, since=since, resource_types=types))
+                )
+            except (ConfigError, SourceBusy) as exc:
+                failures.append(f"{cfg.name}: {exc}")
+            except Exception as exc:
+                failures.append(f"{cfg.name}: sync failed ({describe_failure(exc)}); see `runs list`")
     if as_json:
+        for failure in failures:
+            console.print(f"✗ {failure}", highlight=False)
         _emit_json(
             [
                 {
@@ -159,10 +168,14 @@ def sync(
                 for r in results
             ]
         )
-        return
+        sys.exit(1 if failures else 0)
     for r in results:
         _summary(r, app)
     _report(app)
+    for failure in failures:
+        console.print(f"[red]✗[/] {escape(failure)}", highlight=False)
+    if failures:
+        sys.exit(1)
 
 
 @cli.command("import")

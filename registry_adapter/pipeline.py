@@ -9,6 +9,7 @@ after a mapping or code map was fixed, without asking the hospital again.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -17,11 +18,12 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from adapters.base import Checkpoint, Deleted, Record, RecordError, Source, SourceContext
-from adapters.hl7v2.records import HL7_CONTENT_TYPE, convert_staged
+from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged
 from adapters.validation import validate
 from mappings.cases import assemble_cases
 from registry_adapter.app import TARGET_TABLES, App
@@ -56,6 +58,35 @@ class RunCounts:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def add(self, other: RunCounts) -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def tally(self, status: str) -> None:
+        """Count one mapped record by what became of it."""
+        if status == "mapped":
+            self.mapped += 1
+        elif status in ("failed", "invalid"):
+            self.failed += 1
+        elif status == "excluded":
+            self.excluded += 1
+        else:
+            self.out_of_scope += 1
+
+
+@dataclass
+class Prepared:
+    """What mapping decided for one staged record, before anything is written."""
+
+    row: Any
+    status: str
+    issues: list[Issue]
+    mapping_name: str
+    target: str | None = None
+    out: dict[str, Any] | None = None
+    remove: bool = False  # the record no longer produces registry rows: delete them
+    converted: Converted | None = None
+
 
 @dataclass
 class RunResult:
@@ -65,6 +96,36 @@ class RunResult:
     counts: RunCounts
     seconds: float
     state: dict[str, Any] = field(default_factory=dict)
+
+
+class SourceBusy(RuntimeError):
+    """Another process holds this source's sync lease."""
+
+
+_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z0-9]{1,63}$")
+
+
+def identity_problem(resource: dict[str, Any]) -> str | None:
+    """Why a resource cannot be staged under its identity (type and id), if it cannot.
+
+    The message names the element and what is wrong, never the value.
+    """
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    if not isinstance(rtype, str) or not _RESOURCE_TYPE.match(rtype):
+        return "resourceType is not a FHIR resource type name"
+    if not isinstance(rid, str) or not rid.strip():
+        return f"{rtype}.id is missing or not a string"
+    if len(rid) > 256:
+        return f"{rtype}.id is longer than 256 characters"
+    return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A run's failure for the sync_runs table and the UI: never a driver's message, which
+    can quote the values it failed to bind."""
+    if isinstance(exc, DBAPIError):
+        return f"database error ({type(exc.orig).__name__})"
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 def load_state(conn: Connection, source: str) -> dict[str, Any]:
@@ -88,7 +149,20 @@ class Pipeline:
     def ingest(
         self, source: Source, ctx: SourceContext | None = None, *, kind: str = "sync", map_now: bool = True
     ) -> RunResult:
-        """Pull from ``source`` into staging, then map what changed."""
+        """Pull from ``source`` into staging, then map what changed.
+
+        A lease per source keeps a manual sync and the nightly job (or two adapter processes
+        on one database) from pulling the same feed at once; the loser gets ``SourceBusy``.
+        """
+        from scheduler.locks import job_lock
+
+        ttl = self.app.settings.scheduler.lock_ttl_seconds
+        with job_lock(self.app.engine, f"sync:{source.name}", ttl, heartbeat=True) as lock:
+            if lock is None:
+                raise SourceBusy(f"source {source.name} is being synced by another process; try again later")
+            return self._ingest(source, ctx, kind=kind, map_now=map_now)
+
+    def _ingest(self, source: Source, ctx: SourceContext | None, *, kind: str, map_now: bool) -> RunResult:
         engine = self.app.engine
         with engine.begin() as conn:
             state = load_state(conn, source.name)
@@ -139,7 +213,19 @@ class Pipeline:
             for item in source.read(ctx):
                 if isinstance(item, Record):
                     counts.received += 1
-                    records.append(item)
+                    problem = identity_problem(item.resource)
+                    if problem is None:
+                        records.append(item)
+                    else:
+                        errors.append(
+                            RecordError(
+                                item.origin,
+                                "intake.invalid_identity",
+                                problem,
+                                field=problem.split(" ", 1)[0],
+                                raw=item.raw or orjson.dumps(item.resource),
+                            )
+                        )
                 elif isinstance(item, RecordError):
                     counts.received += 1
                     errors.append(item)
@@ -155,18 +241,18 @@ class Pipeline:
                     flush(None)
                     self.progress("", counts.as_dict())
             flush(None)
+            if map_now:
+                mapped = self.map_pending(sources=[source.name])
+                for name in ("mapped", "failed", "out_of_scope", "excluded", "cases"):
+                    setattr(counts, name, getattr(mapped, name))
         except KeyboardInterrupt:
             outcome, failure = "interrupted", "interrupted by the operator"
             raise
         except Exception as exc:
-            outcome, failure = "failed", f"{type(exc).__name__}: {exc}"[:2000]
+            outcome, failure = "failed", describe_failure(exc)
             log.error("sync.failed", source=source.name, run_id=run_id, error=type(exc).__name__)
             raise
         finally:
-            if outcome == "succeeded" and map_now:
-                mapped = self.map_pending(sources=[source.name])
-                for name in ("mapped", "failed", "out_of_scope", "excluded", "cases"):
-                    setattr(counts, name, getattr(mapped, name))
             seconds = time.monotonic() - started
             with engine.begin() as conn:
                 conn.execute(
@@ -201,37 +287,76 @@ class Pipeline:
     # -- mapping ------------------------------------------------------------------------
 
     def map_pending(self, sources: Iterable[str] | None = None) -> RunCounts:
-        """Map every pending staged record, a batch per transaction."""
+        """Map every pending staged record, a batch per transaction.
+
+        Each batch is read, then mapped and converted (pure CPU: v2 parsing costs ~20 ms a
+        message) with no write lock held, so the MLLP listener keeps acknowledging; only the
+        writes happen in the batch's transaction. A record whose rows cannot be written fails
+        alone: the batch is retried record by record and the others still land.
+        """
         counts = RunCounts()
         names = list(sources) if sources is not None else None
         last_id = 0
         while True:
-            with self.app.engine.begin() as conn:
-                query = (
-                    select(
-                        STAGING.c.id,
-                        STAGING.c.source,
-                        STAGING.c.resource_type,
-                        STAGING.c.resource_id,
-                        STAGING.c.content_type,
-                        STAGING.c.raw,
-                    )
-                    .where(STAGING.c.status == "pending", STAGING.c.id > last_id)
-                    .order_by(STAGING.c.id)
-                    .limit(self.batch_size)
+            query = (
+                select(
+                    STAGING.c.id,
+                    STAGING.c.source,
+                    STAGING.c.resource_type,
+                    STAGING.c.resource_id,
+                    STAGING.c.content_type,
+                    STAGING.c.content_hash,
+                    STAGING.c.raw,
                 )
-                if names is not None:
-                    query = query.where(STAGING.c.source.in_(names))
+                .where(STAGING.c.status == "pending", STAGING.c.id > last_id)
+                .order_by(STAGING.c.id)
+                .limit(self.batch_size)
+            )
+            if names is not None:
+                query = query.where(STAGING.c.source.in_(names))
+            with self.app.engine.connect() as conn:
                 batch = conn.execute(query).all()
-                if not batch:
-                    break
-                last_id = batch[-1].id
-                self._map_batch(conn, batch, counts)
+            if not batch:
+                break
+            last_id = batch[-1].id
+            prepared = [self._prepare(row) for row in batch]
+            try:
+                with self.app.engine.begin() as conn:
+                    batch_counts = self._write(conn, prepared)
+            except DBAPIError:
+                batch_counts = RunCounts()
+                for one in prepared:
+                    batch_counts.add(self._write_alone(one))
+            counts.add(batch_counts)
             self.progress("mapping", counts.as_dict())
         return counts
 
-    def _map_batch(self, conn: Connection, batch: Sequence[Any], counts: RunCounts) -> None:
-        ids = [r.id for r in batch]
+    def _write_alone(self, one: Prepared) -> RunCounts:
+        try:
+            with self.app.engine.begin() as conn:
+                return self._write(conn, [one])
+        except DBAPIError as exc:
+            # Only the driver's error class: its message may quote bound values (PHI).
+            log.error("mapping.write_failed", staging_id=one.row.id, error=type(exc.orig).__name__)
+            failed = Prepared(
+                one.row,
+                "failed",
+                [
+                    Issue(
+                        "store.write_failed",
+                        f"registry rows of this record could not be stored ({type(exc.orig).__name__}); "
+                        "check values against column sizes",
+                        field=one.row.resource_type,
+                    )
+                ],
+                one.mapping_name,
+            )
+            with self.app.engine.begin() as conn:
+                return self._write(conn, [failed])
+
+    def _write(self, conn: Connection, prepared: Sequence[Prepared]) -> RunCounts:
+        counts = RunCounts()
+        ids = [p.row.id for p in prepared]
         with_errors = {
             r.staging_id
             for r in conn.execute(
@@ -240,32 +365,35 @@ class Pipeline:
         }
         writes: dict[str, list[dict[str, Any]]] = defaultdict(list)
         removals: dict[tuple[str, str], list[str]] = defaultdict(list)
-        statuses: dict[str, list[int]] = defaultdict(list)
         touched: dict[str, set[str]] = defaultdict(set)
-        for row in batch:
-            if row.content_type == HL7_CONTENT_TYPE:
-                status, issues, mapping_name = self._convert_hl7(conn, row)
-            else:
-                status, issues, mapping_name = self._map_one(row, writes, removals, touched)
-            statuses[status].append(row.id)
-            if status == "mapped":
-                counts.mapped += 1
-            elif status in ("failed", "invalid"):
-                counts.failed += 1
-            elif status == "excluded":
-                counts.excluded += 1
-            else:
-                counts.out_of_scope += 1
-            if issues or row.id in with_errors:
+        statuses: list[dict[str, Any]] = []
+        now = utcnow()
+        for one in prepared:
+            row = one.row
+            if one.converted is not None:
+                stage_records(conn, row.source, one.converted.records)
+                for rtype, rid in one.converted.deleted:
+                    self._delete(conn, row.source, rtype, rid)
+            if one.target is not None and one.out is not None:
+                writes[one.target].append(one.out)
+                person = one.out.get("patient_id") or (one.out["id"] if one.target == "patients" else None)
+                if person:
+                    # A Patient row can link feeds (by pseudonym), so it re-assembles that person too.
+                    touched[row.source].add(str(person))
+            elif one.remove:
+                removals[(row.source, row.resource_type)].append(row.resource_id)
+            statuses.append({"sid": row.id, "digest": row.content_hash, "new_status": one.status, "at": now})
+            counts.tally(one.status)
+            if one.issues or row.id in with_errors:
                 replace_errors(
                     conn,
                     staging_id=row.id,
                     source=row.source,
                     resource_type=row.resource_type,
                     resource_id=row.resource_id,
-                    mapping=mapping_name,
-                    issues=issues,
-                    keep_case_errors=status == "mapped",
+                    mapping=one.mapping_name,
+                    issues=one.issues,
+                    keep_case_errors=one.status == "mapped",
                 )
         for (source, rtype), rids in removals.items():
             touched[source] |= self._remove_rows(conn, source, rtype, rids)
@@ -275,58 +403,65 @@ class Pipeline:
                 ids_here = [r["id"] for r in rows if r["source"] == source]
                 touched[source] |= self._patients_of(conn, model, source, ids_here)
             upsert(conn, model, rows, keys=["source", "id"])
-        now = utcnow()
-        for status, sids in statuses.items():
-            conn.execute(update(STAGING).where(STAGING.c.id.in_(sids)).values(status=status, mapped_at=now))
+        # Guarded by the content hash: a record re-staged meanwhile stays pending for the next
+        # round instead of being marked done with what was mapped from its older content.
+        conn.execute(
+            update(STAGING)
+            .where(STAGING.c.id == bindparam("sid"), STAGING.c.content_hash == bindparam("digest"))
+            .values(status=bindparam("new_status"), mapped_at=bindparam("at")),
+            statuses,
+        )
         counts.cases += self._assemble(conn, touched)
+        return counts
 
-    def _convert_hl7(self, conn: Connection, row: Any) -> tuple[str, list[Issue], str]:
-        """A staged v2 message becomes FHIR records, staged in this transaction.
+    def _prepare(self, row: Any) -> Prepared:
+        """Map or convert one staged record. Pure (no database), and never raises."""
+        try:
+            if row.content_type == HL7_CONTENT_TYPE:
+                return self._prepare_hl7(row)
+            return self._prepare_fhir(row)
+        except Exception as exc:  # the mapping engine reports its own problems; this is a bug
+            log.error("mapping.internal_error", staging_id=row.id, error=type(exc).__name__)
+            issue = Issue(
+                "mapping.internal_error",
+                f"mapping failed unexpectedly ({type(exc).__name__})",
+                field=row.resource_type,
+            )
+            return Prepared(row, "failed", [issue], "internal", remove=True)
+
+    def _prepare_hl7(self, row: Any) -> Prepared:
+        """A staged v2 message becomes FHIR records, staged when the batch is written.
 
         They get higher staging ids than this batch, so ``map_pending`` maps them next, and
         identical content from a resent or re-converted message is a no-op.
         """
         converted = convert_staged(row.raw, row.resource_id, self.app.site.tz)
-        stage_records(conn, row.source, converted.records)
-        for rtype, rid in converted.deleted:
-            self._delete(conn, row.source, rtype, rid)
         if converted.out_of_scope:
-            return "out_of_scope", [], "hl7v2"
-        return ("failed" if converted.failed else "mapped"), converted.issues, "hl7v2"
+            return Prepared(row, "out_of_scope", [], "hl7v2", converted=converted)
+        status = "failed" if converted.failed else "mapped"
+        return Prepared(row, status, converted.issues, "hl7v2", converted=converted)
 
-    def _map_one(
-        self,
-        row: Any,
-        writes: dict[str, list[dict[str, Any]]],
-        removals: dict[tuple[str, str], list[str]],
-        touched: dict[str, set[str]],
-    ) -> tuple[str, list[Issue], str]:
+    def _prepare_fhir(self, row: Any) -> Prepared:
         try:
             resource = orjson.loads(row.raw)
         except orjson.JSONDecodeError:
-            return "invalid", [Issue("intake.malformed_json", "staged content is not valid JSON")], "intake"
+            issue = Issue("intake.malformed_json", "staged content is not valid JSON")
+            return Prepared(row, "invalid", [issue], "intake", remove=True)
         issues: list[Issue] = []
         if self.strictness != "off":
             issues = validate(resource)
             if issues and self.strictness == "strict":
-                removals[(row.source, row.resource_type)].append(row.resource_id)
-                return "invalid", issues, "validation"
+                return Prepared(row, "invalid", issues, "validation", remove=True)
         mapping = self.app.mappings.get(row.resource_type)
         if mapping is None:
             # Types we receive but do not map (Practitioner, Location, ...) are kept staged.
-            return "out_of_scope", issues, ""
+            return Prepared(row, "out_of_scope", issues, "")
         result = mapping.map(resource, self.app.site)
         issues.extend(result.issues)
         if result.disposition == "mapped":
             out = {**result.row, "source": row.source, "id": row.resource_id, "staging_id": row.id}
-            writes[mapping.target].append(out)
-            # A Patient row can link feeds (by pseudonym), so it re-assembles that person too.
-            person = out.get("patient_id") or (out["id"] if mapping.target == "patients" else None)
-            if person:
-                touched[row.source].add(str(person))
-        else:
-            removals[(row.source, row.resource_type)].append(row.resource_id)
-        return result.disposition, issues, mapping.name
+            return Prepared(row, "mapped", issues, mapping.name, target=mapping.target, out=out)
+        return Prepared(row, result.disposition, issues, mapping.name, remove=True)
 
     def _table_for(self, rtype: str) -> Any:
         mapping = self.app.mappings.get(rtype)

@@ -68,7 +68,7 @@ def replace_errors(
     seen: set[tuple[str, str]] = set()
     rows = []
     for issue in issues:
-        key = (issue.code, issue.field)
+        key = (issue.code[:80], issue.field[:200])
         if key in seen:
             continue
         seen.add(key)
@@ -79,9 +79,10 @@ def replace_errors(
                 "resource_type": resource_type,
                 "resource_id": resource_id,
                 "mapping": mapping,
-                "field": issue.field,
-                "rule": issue.rule,
-                "code": issue.code,
+                # Bounded to their columns: a hostile element path must not fail the batch.
+                "field": issue.field[:200],
+                "rule": issue.rule[:100],
+                "code": issue.code[:80],
                 "value": (issue.value or None) and issue.value[:200],
                 "message": issue.message,
                 "cause_id": cause_id(issue.code, mapping, issue.value),

@@ -171,3 +171,41 @@ def test_mappings_check_conformance_and_test(tmp_path: Path) -> None:
         run("mappings", "test", str(ROOT / "mappings/views/procedure.yaml"), str(resource), config=cfg).stdout
     )
     assert shown["disposition"] == "mapped" and shown["row"]["category"] == "lumbar_discectomy"
+
+
+def test_one_failing_source_does_not_stop_the_others(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path,
+        sources=[
+            {
+                "name": "gone",
+                "type": "fhir_rest",
+                "base_url": "http://127.0.0.1:9/fhir",
+                "http": {"retries": 0, "timeout": [1, 1]},
+            },
+            {"name": "sample", "type": "files", "path": str(SAMPLE_FEED)},
+        ],
+    )
+    proc = run("sync", "--json", config=cfg, check=False)
+    assert proc.returncode == 1
+    assert "gone: sync failed" in proc.stderr
+    (summary,) = json.loads(proc.stdout)
+    assert summary["source"] == "sample" and summary["outcome"] == "succeeded"
+    runs = json.loads(run("runs", "list", "--json", config=cfg).stdout)
+    assert {(r["source"], r["outcome"]) for r in runs} == {("gone", "failed"), ("sample", "succeeded")}
+
+
+def test_a_source_being_synced_elsewhere_is_refused(tmp_path: Path) -> None:
+    from registry_adapter.app import build_app
+    from registry_adapter.config import load_settings
+    from scheduler.locks import LeaseLock
+
+    cfg = write_config(tmp_path)
+    run("db", "upgrade", config=cfg)
+    app = build_app(load_settings(cfg))
+    other = LeaseLock(app.engine, "sync:sample", ttl_seconds=600, owner="other-host:1")
+    assert other.acquire()
+    proc = run("sync", config=cfg, check=False)
+    assert proc.returncode == 1 and "sample: source sample is being synced by another process" in proc.stderr
+    other.release()
+    assert run("sync", config=cfg).returncode == 0

@@ -318,3 +318,45 @@ def test_proms_from_another_feed_join_the_same_persons_case(app: App, tmp_path: 
         original = conn.execute(select(PROMS).where(PROMS.c.id == qr["id"])).one()
     assert (row.case_id, row.timepoint) == (original.case_id, original.timepoint)
     assert row.case_id == f"sample:{patient['id'].replace('pat', 'proc')}"
+
+
+def _poison_trigger(app: App) -> None:
+    """A real database fault for one row (a trigger), to prove one bad row fails alone."""
+    with app.engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER poison BEFORE INSERT ON patients WHEN NEW.id = 'poison' "
+                "BEGIN SELECT RAISE(ABORT, 'row refused'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.id = 'poison' THEN RAISE EXCEPTION 'row refused'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER poison BEFORE INSERT ON patients FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+
+
+def test_a_row_the_database_refuses_fails_alone_and_the_feed_goes_on(app: App) -> None:
+    _poison_trigger(app)
+    poison = {
+        "resourceType": "Patient",
+        "id": "poison",
+        "gender": "female",
+        "identifier": [{"type": {"coding": [{"code": "MR"}]}, "value": "MRN-SECRET-1"}],
+    }
+    too_long = {"resourceType": "Procedure", "id": "x" * 300, "status": "completed"}
+    good = {"resourceType": "Patient", "id": "fine-1", "gender": "male"}
+    result = Pipeline(app).ingest(_Events([Record(poison, "t"), Record(too_long, "t"), Record(good, "t")]))
+    assert result.outcome == "succeeded"
+    with app.engine.connect() as conn:
+        staged = dict(conn.execute(text("SELECT resource_id, status FROM staging")).all())
+        errors = {
+            r.code: r for r in conn.execute(text("SELECT code, message, resource_id FROM mapping_errors"))
+        }
+    assert staged["poison"] == "failed" and staged["fine-1"] == "mapped"
+    assert "store.write_failed" in errors and "MRN-SECRET-1" not in errors["store.write_failed"].message
+    assert errors["intake.invalid_identity"].message == "Procedure.id is longer than 256 characters"
+    assert stats(app)["patients"] == 1
