@@ -248,16 +248,18 @@ def _interpolate(value: Any, path: str) -> Any:
     return _ENV_REF.sub(repl, value)
 
 
-def _resolve_secret_files(data: Any, path: str) -> Any:
-    """``foo_file: path`` next to a secret is read into ``foo`` (except keys the models keep)."""
+def _resolve_secret_files(data: Any, path: str, base: Path | None) -> Any:
+    """``<name>_secret_file: path`` is read into ``<name>_secret`` (relative to the config file)."""
     if isinstance(data, list):
-        return [_resolve_secret_files(v, f"{path}[{i}]") for i, v in enumerate(data)]
+        return [_resolve_secret_files(v, f"{path}[{i}]", base) for i, v in enumerate(data)]
     if not isinstance(data, dict):
         return data
-    out = {k: _resolve_secret_files(v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    out = {k: _resolve_secret_files(v, f"{path}.{k}" if path else k, base) for k, v in data.items()}
     for key in [k for k in out if isinstance(k, str) and k.endswith("_secret_file")]:
         target = key.removesuffix("_file")
         file = Path(str(out.pop(key))).expanduser()
+        if base is not None and not file.is_absolute():
+            file = base / file
         try:
             out[target] = file.read_text().strip()
         except OSError as exc:
@@ -283,7 +285,7 @@ def _where(loc: tuple[Any, ...]) -> str:
 def parse_settings(data: Any, *, base_dir: Path | None = None) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a YAML mapping of keys to values")
-    data = _resolve_secret_files(_interpolate(data, ""), "")
+    data = _resolve_secret_files(_interpolate(data, ""), "", base_dir)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
