@@ -5,6 +5,10 @@ by the index procedure with the highest rank (so 22633 + 63047 + 22842 is one PL
 instrumented). Hospitals send a surgery either as one Procedure with several codings or as one
 Procedure per billed code; grouping makes both give the same case. PROM responses are then
 placed on a case and time point by their completion date.
+
+A case id is ``source:anchor procedure id`` when the case is first made, and then stays: if a
+higher-ranked code of the same surgery arrives later, the case is re-anchored under its old id,
+because reminders and audit history point at it.
 """
 
 from __future__ import annotations
@@ -68,13 +72,18 @@ def assemble_cases(
     for chunk in _chunks(encounter_ids):
         for enc_row in conn.execute(select(ENCS).where(ENCS.c.source == source, ENCS.c.id.in_(chunk))):
             encounters[enc_row.id] = enc_row
-    existing = {
-        r.id: r.status
-        for chunk in _chunks(patients)
+    existing: dict[str, str] = {}
+    # The active case of each surgery group (patient, encounter or "", surgery date).
+    active: dict[tuple[str, str, date], str] = {}
+    for chunk in _chunks(patients):
         for r in conn.execute(
-            select(CASES.c.id, CASES.c.status).where(CASES.c.source == source, CASES.c.patient_id.in_(chunk))
-        )
-    }
+            select(
+                CASES.c.id, CASES.c.status, CASES.c.patient_id, CASES.c.encounter_id, CASES.c.surgery_date
+            ).where(CASES.c.source == source, CASES.c.patient_id.in_(chunk))
+        ):
+            existing[r.id] = r.status
+            if r.status == "active":
+                active.setdefault((r.patient_id, r.encounter_id or "", r.surgery_date), r.id)
     now = utcnow()
     rows: list[dict[str, Any]] = []
     orphans: dict[int, tuple[str, Issue]] = {}
@@ -104,7 +113,7 @@ def assemble_cases(
             diag_cats, diag_codes = _diagnoses(members, enc_id, by_id, diagnoses_map)
             rows.append(
                 {
-                    "id": case_id(source, anchor.id),
+                    "id": active.get((patient, enc_id, surgery_date)),
                     "source": source,
                     "procedure_id": anchor.id,
                     "patient_id": patient,
@@ -124,6 +133,7 @@ def assemble_cases(
                     "updated_at": now,
                 }
             )
+    _assign_ids(source, rows)
     upsert(conn, CASES, rows, keys=["id"])
     produced = {r["id"] for r in rows}
     gone = sorted(cid for cid, status in existing.items() if status == "active" and cid not in produced)
@@ -133,6 +143,22 @@ def assemble_cases(
     _assign_proms(conn, source, patients, timepoints)
     _report_orphans(conn, source, [p for rows_ in procs.values() for p in rows_], orphans)
     return len(rows)
+
+
+def _assign_ids(source: str, rows: list[dict[str, Any]]) -> None:
+    """Give new cases (``id`` None) the id of their anchor, unless a kept case holds it.
+
+    A kept id can be another anchor's (a procedure moved to another day leaves its old
+    surgery's case behind); the new case then gets the surgery date in its id as well.
+    """
+    taken = {r["id"] for r in rows if r["id"] is not None}
+    for row in rows:
+        if row["id"] is None:
+            cid = case_id(source, row["procedure_id"])
+            if cid in taken:
+                cid = f"{cid}@{row['surgery_date'].isoformat()}"
+            row["id"] = cid
+            taken.add(cid)
 
 
 def _report_orphans(

@@ -41,16 +41,30 @@ class SiteContext:
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _PARTIAL = re.compile(r"^\d{4}(-\d{2})?$")
+# The shape of a FHIR dateTime with a time. Python's fromisoformat also takes forms FHIR does
+# not (``20240315``, a space for ``T``, week dates), which would turn a v2-style or garbled
+# value into a wrong date instead of an error. Missing seconds or offset are tolerated:
+# hospitals send them, and no offset means site-local time.
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
 
 
-def parse_fhir_datetime(value: str, tz: ZoneInfo) -> datetime:
-    """A FHIR date/dateTime/instant as an aware datetime; no offset means site-local time."""
-    if _DATE.match(value):
-        return datetime.combine(date.fromisoformat(value), time(0), tz)
-    if _PARTIAL.match(value):
+def parse_fhir_datetime(value: Any, tz: ZoneInfo) -> datetime:
+    """A FHIR date/dateTime/instant string as an aware datetime; no offset means site-local time."""
+    if not isinstance(value, str):
+        raise ConversionError("value.invalid_datetime", "is not a FHIR dateTime string")
+    text = value.strip()
+    if _DATE.match(text):
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:  # 2024-02-30
+            raise ConversionError("value.invalid_date", "is not a valid calendar date") from None
+        return datetime.combine(day, time(0), tz)
+    if _PARTIAL.match(text):
         raise ConversionError("value.partial_date", "has only year or year-month precision")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if not _DATETIME.match(text):
+            raise ValueError
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ConversionError("value.invalid_datetime", "is not a valid FHIR dateTime") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
@@ -62,22 +76,17 @@ def local_date(value: Any, ctx: SiteContext) -> date:
         return value.astimezone(ctx.tz).date() if value.tzinfo else value.date()
     if isinstance(value, date):
         return value
-    text = str(value).strip()
-    if _DATE.match(text):
-        try:
-            return date.fromisoformat(text)
-        except ValueError:
-            raise ConversionError("value.invalid_date", "is not a valid calendar date") from None
-    return parse_fhir_datetime(text, ctx.tz).astimezone(ctx.tz).date()
+    return parse_fhir_datetime(value, ctx.tz).astimezone(ctx.tz).date()
 
 
 def aware_datetime(value: Any, ctx: SiteContext) -> datetime:
-    return parse_fhir_datetime(str(value).strip(), ctx.tz)
+    return parse_fhir_datetime(value, ctx.tz)
 
 
 def reference_id(value: Any, _ctx: SiteContext) -> str:
     """``Patient/123`` (or a full URL, or a versioned reference) → ``123``."""
-    text = str(value).strip()
+    # Anything but a string (e.g. a Reference with only a display name) identifies nothing.
+    text = value.strip() if isinstance(value, str) else ""
     if "/_history/" in text:
         text = text.split("/_history/", 1)[0]
     ident = text.rstrip("/").rsplit("/", 1)[-1]

@@ -9,17 +9,22 @@ A mapping file (``mappings/views/*.yaml``) holds
   entered-in-error), ``rules`` (cross-field checks as FHIRPath over the row) and ``derive``
   (named code hooks for what cannot be declared, such as PROM scoring).
 
-Everything that cannot be mapped becomes an ``Issue`` with a stable code; nothing raises.
-Each file is compiled once (view, rule expressions, code-map references) and then maps a
-stream of resources with no re-parsing.
+Everything that cannot be mapped becomes an ``Issue`` with a stable code; ``map`` never raises
+(a converter, rule or hook that crashes becomes ``mapping.internal_error``). Values longer than
+their registry column (when the target columns are given with their types) become
+``mapping.value_too_long`` instead of a database error at write time.
+
+Each file is compiled once (view, rule expressions, code-map references) and then maps a stream
+of resources with no re-parsing.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,6 +38,25 @@ from registry_store.errors import Issue
 BUNDLED = Path(__file__).with_name("views")
 
 Disposition = Literal["mapped", "failed", "out_of_scope", "excluded"]
+
+# A value that looks like a code or token may be quoted in an issue (and groups a cause by it);
+# anything else (a name typed into the gender field, a whole object) could be patient data.
+_CODE_LIKE = re.compile(r"[A-Za-z0-9._|:/-]{1,64}")
+
+
+class ColumnLike(Protocol):
+    """A target column as SQLAlchemy describes it: ``name``, and ``type.length`` if bounded."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def type(self) -> Any: ...
+
+
+# What a mapping may write: table → its columns, as names or as Column objects (which also
+# give the maximum lengths, so over-long values are caught while mapping).
+Targets = Mapping[str, Iterable[str | ColumnLike]]
 
 
 class MappingFileError(Exception):
@@ -156,7 +180,7 @@ class RegistryMapping:
         spec: MappingSpec,
         codemaps: Mapping[str, CodeMap],
         origin: str,
-        targets: Mapping[str, Iterable[str]] | None = None,
+        targets: Targets | None = None,
     ):
         self.spec = spec
         self.name = spec.name
@@ -217,22 +241,37 @@ class RegistryMapping:
                 raise MappingFileError(
                     f"{origin}: registry.derive: unknown hook {hook!r} (known: {', '.join(sorted(_HOOKS))})"
                 )
-        self.hooks = [_HOOKS[h] for h in spec.registry.derive]
+        self.hooks = [(h, _HOOKS[h]) for h in spec.registry.derive]
+        # Column → maximum length, for the columns whose length is known.
+        self.max_lengths: dict[str, int] = {}
+        # Columns that cannot hold NULL: emptying one of them fails the record.
+        self.not_null: set[str] = set()
         if targets is not None:
             self._check_target(targets)
 
-    def _check_target(self, targets: Mapping[str, Iterable[str]]) -> None:
+    def _check_target(self, targets: Targets) -> None:
         """Every field the mapping produces must be a column of its target table."""
         if self.target not in targets:
             raise MappingFileError(
                 f"{self.origin}: registry.target: unknown table {self.target!r} "
                 f"(known: {', '.join(sorted(targets))})"
             )
+        names: set[str] = set()
+        for col in targets[self.target]:
+            if isinstance(col, str):
+                names.add(col)
+                continue
+            names.add(col.name)
+            length = getattr(col.type, "length", None)
+            if isinstance(length, int):
+                self.max_lengths[col.name] = length
+            if getattr(col, "nullable", True) is False:
+                self.not_null.add(col.name)
         produced = set(self.fields)
         for tspec, _ in self.translations:
             produced |= set(tspec.into) | set(tspec.any) | set(tspec.collect)
             produced |= {f for f in (tspec.codes_into, tspec.code_into) if f}
-        missing = produced - set(targets[self.target])
+        missing = produced - names
         if missing:
             raise MappingFileError(
                 f"{self.origin}: table {self.target} has no column {', '.join(sorted(missing))}"
@@ -248,6 +287,14 @@ class RegistryMapping:
     # -- mapping -----------------------------------------------------------------------
 
     def map(self, resource: Mapping[str, Any], ctx: SiteContext) -> MappingResult:
+        """Map one resource; whatever cannot be mapped is an ``Issue``, never an exception."""
+        try:
+            return self._map(resource, ctx)
+        except Exception as exc:  # last resort (e.g. a code map lookup): one record, not the batch
+            issue = _internal_error(f"mapping {self.name}", self.resource_type, exc)
+            return MappingResult("failed", self.target, {}, [issue])
+
+    def _map(self, resource: Mapping[str, Any], ctx: SiteContext) -> MappingResult:
         try:
             rows = self.view.rows(dict(resource))
         except ViewEvaluationError as exc:
@@ -300,37 +347,91 @@ class RegistryMapping:
                     fatal = fatal or fs.required
                     out[name] = fs.default
                     continue
+                except Exception as exc:
+                    where = f"{self.resource_type}: {name} (conversion {fs.convert})"
+                    issues.append(_internal_error(where, name, exc))
+                    fatal = True
+                    out[name] = fs.default
+                    continue
             if fs.allowed is not None and value not in fs.allowed:
+                code = value if isinstance(value, str) and _CODE_LIKE.fullmatch(value) else None
+                shown = repr(code) if code is not None else "(a value that is not a code)"
                 issues.append(
                     Issue(
                         "mapping.value_not_allowed",
-                        f"{self.resource_type}: {name} {value!r} is not one of "
+                        f"{self.resource_type}: {name} {shown} is not one of "
                         f"{', '.join(map(str, fs.allowed))}",
                         field=name,
-                        value=str(value)[:64],
+                        value=code,
                     )
                 )
                 fatal = True
             out[name] = value
+        fatal = self._check_lengths(out, issues) or fatal
 
         as_fhir = _row_for_fhirpath(out) if self.excludes or self.rules else {}
-        for check, _exclude in self.excludes:
-            if _truthy(check, as_fhir):
-                return MappingResult("excluded", self.target, out, [])
+        for i, (check, _exclude) in enumerate(self.excludes):
+            try:
+                if _truthy(check, as_fhir):
+                    return MappingResult("excluded", self.target, out, [])
+            except Exception as exc:
+                issues.append(
+                    _internal_error(f"{self.resource_type}: exclude rule {i}", f"exclude[{i}]", exc)
+                )
+                fatal = True
 
         for check, rule in self.rules:
-            if _truthy(check, as_fhir):
+            try:
+                broken = _truthy(check, as_fhir)
+            except Exception as exc:
+                issues.append(
+                    _internal_error(f"{self.resource_type}: rule {rule.code}", rule.field or rule.code, exc)
+                )
+                fatal = True
+                continue
+            if broken:
                 issues.append(
                     Issue(rule.code, _format(rule.message, **out), field=rule.field, rule=rule.severity)
                 )
                 fatal = fatal or rule.severity == "error"
 
-        for hook in self.hooks:
-            found = hook(resource, out, ctx)
+        for hook_name, hook in self.hooks:
+            try:
+                found = hook(resource, out, ctx)
+            except Exception as exc:
+                issues.append(_internal_error(f"{self.resource_type}: hook {hook_name}", hook_name, exc))
+                fatal = True
+                continue
             issues.extend(found)
             fatal = fatal or any(i.rule != "warning" for i in found)
 
         return MappingResult("failed" if fatal else "mapped", self.target, out, issues)
+
+    def _check_lengths(self, out: dict[str, Any], issues: list[Issue]) -> bool:
+        """Empty the strings longer than their column; True when that fails the record.
+
+        A field that is required, is the id, or whose column cannot be NULL fails the record;
+        any other is a warning and the row keeps its default. The value is never quoted.
+        """
+        fatal = False
+        for name, limit in self.max_lengths.items():
+            value = out.get(name)
+            if not isinstance(value, str) or len(value) <= limit:
+                continue
+            fs = self.fields.get(name)
+            failing = name == "id" or name in self.not_null or (fs is not None and fs.required)
+            issues.append(
+                Issue(
+                    "mapping.value_too_long",
+                    f"{self.resource_type}: {name} has {len(value)} characters; "
+                    f"column {self.target}.{name} holds at most {limit}",
+                    field=name,
+                    rule="" if failing else "warning",
+                )
+            )
+            out[name] = fs.default if fs is not None else None
+            fatal = fatal or failing
+        return fatal
 
     def _translate(
         self,
@@ -426,6 +527,11 @@ def _as_codings(value: Any) -> Iterable[tuple[str, str]]:
                 yield system, code
 
 
+def _internal_error(where: str, field_name: str, exc: Exception) -> Issue:
+    # The exception's text may quote the value it choked on, so only its type is reported.
+    return Issue("mapping.internal_error", f"{where} failed: {type(exc).__name__}", field=field_name)
+
+
 def _truthy(check: Callable[[Any], list[Any]], row: Mapping[str, Any]) -> bool:
     result = check(row)
     return bool(result) and result[0] is True
@@ -477,9 +583,13 @@ def _line_of(path: Path, loc: tuple[Any, ...]) -> str:
 def load_mappings(
     codemaps: Mapping[str, CodeMap],
     directory: Path | None = None,
-    targets: Mapping[str, Iterable[str]] | None = None,
+    targets: Targets | None = None,
 ) -> dict[str, RegistryMapping]:
-    """All mapping files, keyed by resource type (one mapping per resource type)."""
+    """All mapping files, keyed by resource type (one mapping per resource type).
+
+    ``targets`` (table → column names or SQLAlchemy Columns) checks that every field has a
+    column; given Columns, over-long values also become issues instead of write errors.
+    """
     import mappings.hooks  # noqa: F401  registers the derive hooks
 
     out: dict[str, RegistryMapping] = {}

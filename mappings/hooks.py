@@ -12,10 +12,9 @@ from registry_store.errors import Issue
 
 @register_hook("patient_deceased")
 def patient_deceased(resource: Mapping[str, Any], row: dict[str, Any], ctx: SiteContext) -> list[Issue]:
-    # deceasedDateTime implies deceased; FHIR sends one or the other, never both.
-    if row.get("deceased_date") is not None:
-        row["deceased"] = True
-    row["deceased"] = bool(row.get("deceased"))
+    # deceasedDateTime implies deceased; FHIR sends one or the other, never both. Only a real
+    # true counts (the mapping converts the flag): bool("false") would declare a patient dead.
+    row["deceased"] = row.get("deceased") is True or row.get("deceased_date") is not None
     return []
 
 

@@ -31,12 +31,11 @@ TARGET_TABLES: dict[str, type[SQLModel]] = {
 }
 
 
-def target_columns() -> dict[str, list[str]]:
-    """Columns of each table a mapping may write, for checking mapping files."""
-    return {
-        name: [c.name for c in model.__table__.columns]  # type: ignore[attr-defined]
-        for name, model in TARGET_TABLES.items()
-    }
+def target_columns() -> dict[str, list[Any]]:
+    """Columns of each table a mapping may write: the engine checks mapping files against
+    their names and values against their sizes (too long is a mapping error, not a failed
+    database write)."""
+    return {name: list(model.__table__.columns) for name, model in TARGET_TABLES.items()}  # type: ignore[attr-defined]
 
 
 @dataclass

@@ -143,7 +143,7 @@ class PromResponse(SQLModel, table=True):
     scores: dict[str, Any] = _json_field({})
     answers: dict[str, Any] = _json_field({})
     # Filled by case assembly: which case and time point this response belongs to.
-    case_id: str | None = Field(default=None, max_length=300, index=True)
+    case_id: str | None = Field(default=None, max_length=400, index=True)
     timepoint: str | None = Field(default=None, max_length=16)
 
 
@@ -152,7 +152,7 @@ class Case(SQLModel, table=True):
 
     __tablename__ = "cases"
 
-    id: str = Field(primary_key=True, max_length=300)
+    id: str = Field(primary_key=True, max_length=400)
     source: str = Field(max_length=100, index=True)
     procedure_id: str = Field(max_length=256)
     patient_id: str = Field(max_length=256, index=True)
@@ -221,7 +221,7 @@ class Reminder(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("case_id", "timepoint", name="uq_reminder_case_timepoint"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    case_id: str = Field(max_length=300, index=True)
+    case_id: str = Field(max_length=400, index=True)
     timepoint: str = Field(max_length=16)
     due_date: date
     window_start: date

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
-from mappings.engine import BUNDLED, MappingFileError, load_mappings
-from registry_adapter.app import App, target_columns
+from adapters.base import Checkpoint, Item, Record, SourceContext
+from mappings.convert import CONVERTERS
+from mappings.engine import _HOOKS, BUNDLED, MappingFileError, load_mappings
+from registry_adapter.app import TARGET_TABLES, App, target_columns
+from registry_adapter.pipeline import Pipeline
 
 CPT = "http://www.ama-assn.org/go/cpt"
 
@@ -94,7 +99,7 @@ def test_entered_in_error_is_excluded_and_warnings_do_not_fail(sqlite_app: App) 
 
 def test_condition_codes_undotted_and_out_of_scope(sqlite_app: App) -> None:
     m = sqlite_app.mappings["Condition"]
-    res = {
+    res: dict[str, Any] = {
         "resourceType": "Condition",
         "id": "c1",
         "subject": {"reference": "Patient/pat-1"},
@@ -173,3 +178,215 @@ def test_mapping_file_errors_name_file_and_key(
     with pytest.raises(MappingFileError) as err:
         load_mappings(sqlite_app.codemaps, folder, target_columns())
     assert "procedure.yaml" in str(err.value) and message in str(err.value)
+
+
+# -- map() never raises; what cannot be mapped is an Issue that never quotes patient data ------
+
+
+def _qr(authored: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": "qr-1",
+        "status": "completed",
+        "subject": {"reference": "Patient/pat-1"},
+        "authored": authored,
+    }
+
+
+@pytest.mark.parametrize(
+    ("authored", "code"),
+    [
+        ("2024-02-30", "value.invalid_date"),  # crashed the whole batch with ValueError
+        (20240315, "value.invalid_datetime"),  # a JSON number, not a FHIR dateTime
+        ("20240315", "value.invalid_datetime"),  # HL7 v2 / ISO basic form, not FHIR
+        ("2024-03-15 08:30:00", "value.invalid_datetime"),
+        ("2024-03-15T24:00:00Z", "value.invalid_datetime"),
+    ],
+)
+def test_invalid_dates_become_issues_not_crashes(sqlite_app: App, authored: Any, code: str) -> None:
+    r = sqlite_app.mappings["QuestionnaireResponse"].map(_qr(authored), sqlite_app.site)
+    assert r.disposition == "failed"
+    by_field = {i.field: i.code for i in r.issues if i.field in ("authored", "completion_date")}
+    assert by_field == {"authored": code, "completion_date": code}
+    assert r.row["completion_date"] is None
+
+
+def _patient(**extra: Any) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": "pat-1",
+        "identifier": [{"type": {"coding": [{"code": "MR"}]}, "value": "MRN-1"}],
+    }
+    res.update(extra)
+    return res
+
+
+def _mapping_dir_with(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    folder = _copy(tmp_path)
+    path = folder / name
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return folder
+
+
+def test_rules_and_excludes_that_fail_to_evaluate_are_internal_errors(
+    sqlite_app: App, tmp_path: Path
+) -> None:
+    # single() on two values raises at evaluation time: a real fault of a site-written rule.
+    rule = (
+        '  rules:\n    - code: patient.contact\n      when: "(email | phone).single().exists()"\n'
+        "      field: email\n      message: x\n"
+    )
+    folder = _mapping_dir_with(tmp_path, "patient.yaml", "  rules:\n", rule)
+    m = load_mappings(sqlite_app.codemaps, folder, target_columns())["Patient"]
+    res = _patient(
+        telecom=[{"system": "email", "value": "jo@example.org"}, {"system": "phone", "value": "555"}]
+    )
+    r = m.map(res, sqlite_app.site)
+    assert r.disposition == "failed"
+    (issue,) = [i for i in r.issues if i.code == "mapping.internal_error"]
+    assert issue.field == "email" and "FHIRPathEvaluationError" in issue.message
+    assert "jo@" not in issue.message and issue.value is None
+
+    exclude = '  exclude:\n    - {when: "(email | phone).single().exists()", reason: test}\n  rules:\n'
+    folder = _mapping_dir_with(tmp_path / "x", "patient.yaml", "  rules:\n", exclude)
+    r = load_mappings(sqlite_app.codemaps, folder, target_columns())["Patient"].map(res, sqlite_app.site)
+    assert r.disposition == "failed"
+    assert [(i.code, i.field) for i in r.issues if i.rule != "warning"] == [
+        ("mapping.internal_error", "exclude[0]")
+    ]
+
+
+def test_converters_and_hooks_that_raise_are_internal_errors(
+    sqlite_app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Faults we cannot cause with the bundled code: a site converter / hook with a bug that
+    # puts the value in its exception text.
+    def leaky(value: Any, _ctx: Any) -> Any:
+        raise KeyError(f"bad {value}")
+
+    def leaky_hook(resource: Any, row: dict[str, Any], ctx: Any) -> list[Any]:
+        raise RuntimeError(f"cannot handle {row['email']}")
+
+    monkeypatch.setitem(CONVERTERS, "leaky", leaky)
+    monkeypatch.setitem(_HOOKS, "leaky_hook", leaky_hook)
+    folder = _mapping_dir_with(
+        tmp_path, "patient.yaml", "    email: email\n", "    email: {column: email, convert: leaky}\n"
+    )
+    path = folder / "patient.yaml"
+    path.write_text(
+        path.read_text().replace("derive: [patient_deceased]", "derive: [patient_deceased, leaky_hook]")
+    )
+    m = load_mappings(sqlite_app.codemaps, folder, target_columns())["Patient"]
+    r = m.map(_patient(telecom=[{"system": "email", "value": "jo@example.org"}]), sqlite_app.site)
+    assert r.disposition == "failed"
+    internal = [(i.field, i.message) for i in r.issues if i.code == "mapping.internal_error"]
+    assert [f for f, _ in internal] == ["email", "leaky_hook"]
+    assert "KeyError" in internal[0][1] and "RuntimeError" in internal[1][1]
+    assert all("jo@" not in msg for _, msg in internal)
+    assert r.row["email"] is None
+
+
+def _column_targets() -> dict[str, list[Any]]:
+    # What registry_adapter.app.target_columns() is to pass: Columns, which carry lengths.
+    return {
+        name: list(model.__table__.columns)  # type: ignore[attr-defined]
+        for name, model in TARGET_TABLES.items()
+    }
+
+
+def test_values_too_long_for_their_column_are_issues(sqlite_app: App) -> None:
+    m = load_mappings(sqlite_app.codemaps, None, _column_targets())["Patient"]
+    long_phone = "5" * 65  # patients.phone is VARCHAR(64)
+    r = m.map(_patient(telecom=[{"system": "phone", "value": long_phone}]), sqlite_app.site)
+    assert r.disposition == "mapped" and r.row["phone"] is None
+    (issue,) = r.issues
+    assert (issue.code, issue.field, issue.value, issue.rule) == (
+        "mapping.value_too_long",
+        "phone",
+        None,
+        "warning",
+    )
+    assert long_phone not in issue.message and "64" in issue.message
+    # The id is what the row is keyed by: too long fails the record.
+    r = m.map(_patient(id="p" * 257), sqlite_app.site)
+    assert r.disposition == "failed" and [(i.code, i.field) for i in r.issues] == [
+        ("mapping.value_too_long", "id")
+    ]
+    # Plain column names (no lengths known) keep working and check nothing.
+    names = {table: [c.name for c in cols] for table, cols in target_columns().items()}
+    plain = load_mappings(sqlite_app.codemaps, None, names)["Patient"]
+    assert (
+        plain.map(_patient(telecom=[{"system": "phone", "value": long_phone}]), sqlite_app.site).row["phone"]
+        == long_phone
+    )
+
+
+@pytest.mark.parametrize(("flag", "dead"), [(True, True), (False, False), ("false", False), ("true", True)])
+def test_deceased_boolean_is_converted_not_truth_tested(sqlite_app: App, flag: Any, dead: bool) -> None:
+    r = sqlite_app.mappings["Patient"].map(_patient(deceasedBoolean=flag), sqlite_app.site)
+    assert r.disposition == "mapped" and r.row["deceased"] is dead
+
+
+def test_a_deceased_value_that_is_not_a_boolean_is_an_issue_and_not_death(sqlite_app: App) -> None:
+    r = sqlite_app.mappings["Patient"].map(_patient(deceasedBoolean="John Smith"), sqlite_app.site)
+    assert r.row["deceased"] is False
+    (issue,) = r.issues
+    assert (issue.code, issue.field, issue.value) == ("value.invalid_boolean", "deceased", None)
+    assert "John" not in issue.message
+
+
+def test_a_reference_that_is_not_a_string_is_an_issue(sqlite_app: App) -> None:
+    res = _proc(["22633"], subject={"reference": {"display": "John Smith"}})
+    r = sqlite_app.mappings["Procedure"].map(res, sqlite_app.site)
+    assert r.disposition == "failed" and r.row["patient_id"] is None
+    assert [(i.code, i.field) for i in r.issues] == [("value.invalid_reference", "patient_id")]
+    assert "John" not in r.issues[0].message
+
+
+def test_values_that_are_not_codes_are_never_quoted(sqlite_app: App) -> None:
+    m = sqlite_app.mappings["Patient"]
+    issues = [
+        next(
+            i
+            for i in m.map(_patient(gender=g), sqlite_app.site).issues
+            if i.code == "mapping.value_not_allowed"
+        )
+        for g in ("John Smith", "Jane Doe", {"text": "x"})
+    ]
+    # One cause for all of them, and no name in the message.
+    assert {(i.field, i.value, i.message) for i in issues} == {
+        ("sex", None, "Patient: sex (a value that is not a code) is not one of male, female, other, unknown")
+    }
+    coded = next(
+        i
+        for i in m.map(_patient(gender="F"), sqlite_app.site).issues
+        if i.code == "mapping.value_not_allowed"
+    )
+    assert coded.value == "F" and "'F'" in coded.message
+
+
+def test_an_over_long_value_is_an_error_row_not_a_failed_write(app: App) -> None:
+    # PostgreSQL refuses a 65-character phone in VARCHAR(64) and would fail the whole batch.
+    app.__dict__["mappings"] = load_mappings(app.codemaps, None, _column_targets())
+    long_phone = "5" * 65
+    patient = _patient(telecom=[{"system": "phone", "value": long_phone}])
+    Pipeline(app).ingest(_Events([Record(patient, "test")]))
+    with app.engine.connect() as conn:
+        phone = conn.execute(text("SELECT phone FROM patients WHERE id = 'pat-1'")).scalar_one()
+        errors = conn.execute(text("SELECT code, field, value, message FROM mapping_errors")).all()
+    assert phone is None
+    assert [(e.code, e.field, e.value) for e in errors] == [("mapping.value_too_long", "phone", None)]
+    assert long_phone not in errors[0].message
+
+
+class _Events:
+    name = "sample"
+
+    def __init__(self, items: list[Item]):
+        self.items = items
+
+    def read(self, ctx: SourceContext) -> Iterator[Item]:
+        yield from self.items
+        yield Checkpoint({})

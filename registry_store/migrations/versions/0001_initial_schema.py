@@ -38,7 +38,7 @@ def upgrade() -> None:
 
     op.create_table(
         "cases",
-        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
+        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=400), nullable=False),
         sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
         sa.Column("procedure_id", sqlmodel.sql.sqltypes.AutoString(length=256), nullable=False),
         sa.Column("patient_id", sqlmodel.sql.sqltypes.AutoString(length=256), nullable=False),
@@ -210,7 +210,7 @@ def upgrade() -> None:
         sa.Column("answered", sa.Integer(), nullable=False),
         sa.Column("scores", sa.JSON(), nullable=False),
         sa.Column("answers", sa.JSON(), nullable=False),
-        sa.Column("case_id", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
+        sa.Column("case_id", sqlmodel.sql.sqltypes.AutoString(length=400), nullable=True),
         sa.Column("timepoint", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
         sa.PrimaryKeyConstraint("source", "id"),
     )
@@ -241,7 +241,7 @@ def upgrade() -> None:
     op.create_table(
         "reminders",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("case_id", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
+        sa.Column("case_id", sqlmodel.sql.sqltypes.AutoString(length=400), nullable=False),
         sa.Column("timepoint", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("due_date", sa.Date(), nullable=False),
         sa.Column("window_start", sa.Date(), nullable=False),
