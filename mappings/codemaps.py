@@ -259,14 +259,23 @@ def _reset(cmap: CodeMap) -> None:
     _load_table(cmap)
 
 
-def load_codemaps(*directories: Path | None) -> dict[str, CodeMap]:
-    """All code maps in the bundled folder, then site folders (a site map replaces by name)."""
+def load_codemaps(*directories: Path | None, problems: list[str] | None = None) -> dict[str, CodeMap]:
+    """All code maps in the bundled folder, then site folders (a site map replaces by name).
+
+    With ``problems``, broken files are reported there and the others still load.
+    """
     maps: dict[str, CodeMap] = {}
     for directory in (BUNDLED, *directories):
         if directory is None:
             continue
         for manifest in sorted(directory.glob("*.yaml")):
-            cmap = load_codemap(manifest)
+            try:
+                cmap = load_codemap(manifest)
+            except CodeMapError as exc:
+                if problems is None:
+                    raise
+                problems.append(str(exc))
+                continue
             maps[cmap.name] = cmap
     return maps
 

@@ -584,21 +584,30 @@ def load_mappings(
     codemaps: Mapping[str, CodeMap],
     directory: Path | None = None,
     targets: Targets | None = None,
+    problems: list[str] | None = None,
 ) -> dict[str, RegistryMapping]:
     """All mapping files, keyed by resource type (one mapping per resource type).
 
     ``targets`` (table → column names or SQLAlchemy Columns) checks that every field has a
     column; given Columns, over-long values also become issues instead of write errors.
+    With ``problems``, every broken file is reported there and the rest still load (what
+    ``mappings check`` shows); without it the first problem raises ``MappingFileError``.
     """
     import mappings.hooks  # noqa: F401  registers the derive hooks
 
     out: dict[str, RegistryMapping] = {}
     for path in sorted((directory or BUNDLED).glob("*.yaml")):
-        mapping = RegistryMapping(load_spec(path), codemaps, str(path), targets)
-        if mapping.resource_type in out:
-            raise MappingFileError(
-                f"{path}: a second mapping for {mapping.resource_type} "
-                f"(first: {out[mapping.resource_type].origin})"
-            )
+        try:
+            mapping = RegistryMapping(load_spec(path), codemaps, str(path), targets)
+            if mapping.resource_type in out:
+                raise MappingFileError(
+                    f"{path}: a second mapping for {mapping.resource_type} "
+                    f"(first: {out[mapping.resource_type].origin})"
+                )
+        except MappingFileError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+            continue
         out[mapping.resource_type] = mapping
     return out

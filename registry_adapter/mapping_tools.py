@@ -8,52 +8,25 @@ from typing import Any
 
 import orjson
 
-from mappings.codemaps import BUNDLED as BUNDLED_CODEMAPS
-from mappings.codemaps import CodeMap, CodeMapError, load_codemap
-from mappings.engine import BUNDLED as BUNDLED_VIEWS
-from mappings.engine import MappingFileError, RegistryMapping, load_spec
+from mappings.codemaps import load_codemaps
+from mappings.engine import MappingFileError, RegistryMapping, load_mappings, load_spec
 from registry_adapter.app import App, target_columns
 
 
 def check_all(app: App) -> tuple[list[str], dict[str, int]]:
     """Validate every code map, mapping file and PROM instrument; collect all problems."""
     problems: list[str] = []
-    codemaps: dict[str, CodeMap] = {}
-    folders = [BUNDLED_CODEMAPS, app.settings.mappings.codemaps]
-    for folder in folders:
-        for manifest in sorted(folder.glob("*.yaml")) if folder else []:
-            try:
-                cmap = load_codemap(manifest)
-            except CodeMapError as exc:
-                problems.append(str(exc))
-                continue
-            codemaps[cmap.name] = cmap
-    import mappings.hooks  # noqa: F401  (derive hooks must be registered to be checked)
-
-    views = app.settings.mappings.directory or BUNDLED_VIEWS
-    seen: dict[str, str] = {}
-    n_views = 0
-    for path in sorted(views.glob("*.yaml")):
-        try:
-            mapping = RegistryMapping(load_spec(path), codemaps, str(path), target_columns())
-        except MappingFileError as exc:
-            problems.append(str(exc))
-            continue
-        n_views += 1
-        if mapping.resource_type in seen:
-            problems.append(
-                f"{path}: a second mapping for {mapping.resource_type} (first: {seen[mapping.resource_type]})"
-            )
-        seen[mapping.resource_type] = str(path)
+    codemaps = load_codemaps(app.settings.mappings.codemaps, problems=problems)
+    views = load_mappings(codemaps, app.settings.mappings.directory, target_columns(), problems=problems)
     n_instruments = 0
     try:
         n_instruments = len(app.instruments)
-    except Exception as exc:
+    except Exception as exc:  # instrument loader errors name file and key
         problems.append(str(exc))
     counts = {
         "code maps": len(codemaps),
         "codes": sum(len(c.exact) + len(c.prefixes) + len(c.patterns) for c in codemaps.values()),
-        "mappings": n_views,
+        "mappings": len(views),
         "instruments": n_instruments,
     }
     return problems, counts
