@@ -6,7 +6,7 @@ as with ten; Python only shapes the rows of the page it shows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -27,6 +27,7 @@ from registry_store.models import (
     Reminder,
 )
 from registry_store.staging import STAGING
+from scheduler.queries import SCHEDULE_COLUMNS, with_case_and_patient
 
 AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
 CAUSES = ErrorCause.__table__  # type: ignore[attr-defined]
@@ -102,6 +103,21 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+def _filter_terms(
+    conn: Connection, equal: Sequence[tuple[Any, str]], q: str, searched: Sequence[Any]
+) -> list[Any]:
+    """WHERE terms of a list's filter form.
+
+    Each ``(column, value)`` of ``equal`` with a value must match exactly; a search text ``q``
+    must occur in one of the ``searched`` columns. Empty fields do not filter.
+    """
+    cond = [column == value for column, value in equal if value]
+    if q:
+        text = q.strip()
+        cond.append(or_(*(_contains(conn, column, text) for column in searched)))
+    return cond
+
+
 # -- mapping errors by cause ----------------------------------------------------------------
 
 
@@ -130,22 +146,16 @@ def causes_page(conn: Connection, flt: CauseFilter, page: int, size: int) -> Pag
     First the causes of the page and the total, from (status, cause_id) alone (the index
     covers it when no other filter applies); then the details of just those causes.
     """
-    cond = []
-    if flt.code:
-        cond.append(ERRORS.c.code == flt.code)
-    if flt.mapping:
-        cond.append(ERRORS.c.mapping == flt.mapping)
-    if flt.resource_type:
-        cond.append(ERRORS.c.resource_type == flt.resource_type)
-    if flt.q:
-        q = flt.q.strip()
-        cond.append(
-            or_(
-                _contains(conn, ERRORS.c.value, q),
-                _contains(conn, ERRORS.c.code, q),
-                _contains(conn, ERRORS.c.cause_id, q),
-            )
-        )
+    cond = _filter_terms(
+        conn,
+        [
+            (ERRORS.c.code, flt.code),
+            (ERRORS.c.mapping, flt.mapping),
+            (ERRORS.c.resource_type, flt.resource_type),
+        ],
+        flt.q,
+        (ERRORS.c.value, ERRORS.c.code, ERRORS.c.cause_id),
+    )
     counts = (
         select(ERRORS.c.cause_id, func.count().label("count"))
         .where(_status_is(flt.status, scan=bool(cond)), *cond)
@@ -296,19 +306,12 @@ class CaseFilter:
 
 def cases_page(conn: Connection, flt: CaseFilter, page: int, size: int) -> Page:
     cond = [] if flt.include_removed else [CASES.c.status == "active"]
-    if flt.module:
-        cond.append(CASES.c.module == flt.module)
-    if flt.category:
-        cond.append(CASES.c.category == flt.category)
-    if flt.q:
-        q = flt.q.strip()
-        cond.append(
-            or_(
-                _contains(conn, CASES.c.id, q),
-                _contains(conn, CASES.c.patient_id, q),
-                _contains(conn, CASES.c.procedure_id, q),
-            )
-        )
+    cond += _filter_terms(
+        conn,
+        [(CASES.c.module, flt.module), (CASES.c.category, flt.category)],
+        flt.q,
+        (CASES.c.id, CASES.c.patient_id, CASES.c.procedure_id),
+    )
     query = (
         select(
             CASES.c.id,
@@ -391,15 +394,7 @@ def _reminder_query(tab: str, today: date) -> Select[Any]:
         select(
             REMINDERS.c.id,
             REMINDERS.c.case_id,
-            REMINDERS.c.timepoint,
-            REMINDERS.c.due_date,
-            REMINDERS.c.window_start,
-            REMINDERS.c.window_end,
-            REMINDERS.c.status,
-            REMINDERS.c.attempts,
-            REMINDERS.c.next_attempt_on,
-            REMINDERS.c.last_sent_at,
-            REMINDERS.c.channel,
+            *SCHEDULE_COLUMNS,
             REMINDERS.c.cancel_reason,
             CASES.c.patient_id,
             CASES.c.source,
@@ -409,12 +404,7 @@ def _reminder_query(tab: str, today: date) -> Select[Any]:
             PATIENTS.c.email,
             PATIENTS.c.phone,
         )
-        .join(CASES, CASES.c.id == REMINDERS.c.case_id, isouter=True)
-        .join(
-            PATIENTS,
-            and_(PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id),
-            isouter=True,
-        )
+        .select_from(with_case_and_patient(keep_orphans=True))
         .order_by(REMINDERS.c.due_date, REMINDERS.c.id)
     )
     if tab == "due":

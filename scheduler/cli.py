@@ -14,15 +14,12 @@ from sqlalchemy import and_, select, update
 
 from registry_adapter.app import App
 from registry_adapter.cli import Ctx, pass_ctx
-from registry_store.models import Case, Patient, Reminder
 from scheduler.clock import Clock, FixedClock, SystemClock
 from scheduler.dispatcher import Dispatcher
 from scheduler.planner import PlanningError, check_configuration, plan_reminders
+from scheduler.queries import CASES, PATIENTS, REMINDERS, SCHEDULE_COLUMNS
 
 out = Console(soft_wrap=True)
-CASES = Case.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
 
 _as_of_option = click.option(
     "--as-of",
@@ -73,15 +70,7 @@ def reminder_rows(
             CASES.c.procedure_id,
             CASES.c.patient_id,
             CASES.c.module,
-            REMINDERS.c.timepoint,
-            REMINDERS.c.due_date,
-            REMINDERS.c.window_start,
-            REMINDERS.c.window_end,
-            REMINDERS.c.status,
-            REMINDERS.c.attempts,
-            REMINDERS.c.next_attempt_on,
-            REMINDERS.c.last_sent_at,
-            REMINDERS.c.channel,
+            *SCHEDULE_COLUMNS,
             REMINDERS.c.last_error,
             REMINDERS.c.cancel_reason,
             REMINDERS.c.completed_response_id,

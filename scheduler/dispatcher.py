@@ -44,11 +44,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from registry_adapter.app import App
-from registry_store.models import Case, Patient, Reminder, ReminderSend
+from registry_store.models import ReminderSend
 from scheduler.channels import build_channels
 from scheduler.channels.base import (
     Channel,
@@ -61,14 +61,21 @@ from scheduler.channels.base import (
 from scheduler.clock import Clock, SystemClock, local_day_bounds, local_now
 from scheduler.locks import job_lock
 from scheduler.planner import ACTIVE, PlanCounts, next_attempt_on, plan_reminders
+from scheduler.queries import CASES, PATIENTS, REMINDERS, with_case_and_patient
 
 log = structlog.get_logger(__name__)
 
-CASES = Case.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
 SENDS = ReminderSend.__table__  # type: ignore[attr-defined]
 LOCK_NAME = "reminders"
+# What :meth:`Dispatcher._message` reads from a row: the reminder, its case and contact.
+MESSAGE_COLUMNS = (
+    REMINDERS,
+    CASES.c.source,
+    CASES.c.procedure_id,
+    CASES.c.patient_id,
+    PATIENTS.c.email,
+    PATIENTS.c.phone,
+)
 
 
 @dataclass
@@ -195,19 +202,8 @@ class Dispatcher:
 
     def _due(self, conn: Connection, today: date, case_id: str | None) -> list[Any]:
         query = (
-            select(
-                REMINDERS,
-                CASES.c.source,
-                CASES.c.procedure_id,
-                CASES.c.patient_id,
-                PATIENTS.c.email,
-                PATIENTS.c.phone,
-            )
-            .select_from(
-                REMINDERS.join(CASES, CASES.c.id == REMINDERS.c.case_id).outerjoin(
-                    PATIENTS, and_(PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id)
-                )
-            )
+            select(*MESSAGE_COLUMNS)
+            .select_from(with_case_and_patient())
             .where(
                 REMINDERS.c.status.in_(ACTIVE),
                 REMINDERS.c.next_attempt_on.is_not(None),
@@ -407,20 +403,10 @@ class Dispatcher:
                         SENDS.c.tries,
                         SENDS.c.error,
                         SENDS.c.created_at.label("send_created_at"),
-                        REMINDERS,
-                        CASES.c.source,
-                        CASES.c.procedure_id,
-                        CASES.c.patient_id,
-                        PATIENTS.c.email,
-                        PATIENTS.c.phone,
+                        *MESSAGE_COLUMNS,
                     )
                     .select_from(
-                        SENDS.join(REMINDERS, REMINDERS.c.id == SENDS.c.reminder_id)
-                        .join(CASES, CASES.c.id == REMINDERS.c.case_id)
-                        .outerjoin(
-                            PATIENTS,
-                            and_(PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id),
-                        )
+                        with_case_and_patient(SENDS.join(REMINDERS, REMINDERS.c.id == SENDS.c.reminder_id))
                     )
                     .where(SENDS.c.status == "pending")
                     .order_by(SENDS.c.id)

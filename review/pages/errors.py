@@ -93,6 +93,17 @@ async def cause(request: Request) -> Response:
     return render(request, "cause.html", ctx)
 
 
+def _refused(request: Request, cause_id: str, exc: actions.ActionError, **extra: Any) -> Response:
+    """The cause page again, with why the action was refused."""
+    return render(request, "cause.html", _cause_context(request, cause_id, error=str(exc), **extra), 400)
+
+
+def _done(request: Request, cause_id: str, flash: str) -> Response:
+    """Post/redirect/get: the cause page shows ``flash`` once (counts and codes, no patient data)."""
+    request.session["flash"] = flash
+    return RedirectResponse(f"/causes/{cause_id}", status_code=303)
+
+
 async def ignore(request: Request) -> Response:
     user = require(request, "reviewer")
     cause_id = _cause_id(request)
@@ -102,9 +113,8 @@ async def ignore(request: Request) -> Response:
             actions.ignore_cause, registry(request), user, cause_id, str(form.get("reason", ""))
         )
     except actions.ActionError as exc:
-        return render(request, "cause.html", _cause_context(request, cause_id, error=str(exc)), 400)
-    request.session["flash"] = f"The cause is marked ignored ({n:,} open error(s) ignored)."
-    return RedirectResponse(f"/causes/{cause_id}", status_code=303)
+        return _refused(request, cause_id, exc)
+    return _done(request, cause_id, f"The cause is marked ignored ({n:,} open error(s) ignored).")
 
 
 async def reopen(request: Request) -> Response:
@@ -114,9 +124,8 @@ async def reopen(request: Request) -> Response:
     try:
         n = await run_in_threadpool(actions.reopen_cause, registry(request), user, cause_id)
     except actions.ActionError as exc:
-        return render(request, "cause.html", _cause_context(request, cause_id, error=str(exc)), 400)
-    request.session["flash"] = f"The cause is open again ({n:,} error(s) reopened)."
-    return RedirectResponse(f"/causes/{cause_id}", status_code=303)
+        return _refused(request, cause_id, exc)
+    return _done(request, cause_id, f"The cause is open again ({n:,} error(s) reopened).")
 
 
 async def add_code(request: Request) -> Response:
@@ -131,14 +140,14 @@ async def add_code(request: Request) -> Response:
             actions.add_code_and_reprocess, registry(request), user, cause_id, codemap, values
         )
     except actions.ActionError as exc:
-        ctx = _cause_context(request, cause_id, error=str(exc), form={"codemap": codemap, **values})
-        return render(request, "cause.html", ctx, 400)
-    request.session["flash"] = (
+        return _refused(request, cause_id, exc, form={"codemap": codemap, **values})
+    return _done(
+        request,
+        cause_id,
         f"{result['system'].upper()} {result['code']} was added to {result['codemap']} and "
         f"{result['reprocessed']:,} record(s) re-processed: {result['mapped']:,} mapped, "
-        f"{result['failed']:,} failed; {result['open_errors']:,} open error(s) of this cause left."
+        f"{result['failed']:,} failed; {result['open_errors']:,} open error(s) of this cause left.",
     )
-    return RedirectResponse(f"/causes/{cause_id}", status_code=303)
 
 
 ROUTES = [

@@ -16,10 +16,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import requests
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
-from scheduler.settings import RemindersSettings
+from adapters.http import HttpConfig, make_session
+from scheduler.settings import FhirChannelSettings, RemindersSettings, WebhookSettings
 
 BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _TOKEN_SALT = "spine-registry-prom-reminder"
@@ -82,6 +84,18 @@ def redact_contact(text: str, msg: Message) -> str:
         if value:
             text = text.replace(value, "[recipient]")
     return text[:500]
+
+
+def http_session(cfg: WebhookSettings | FhirChannelSettings) -> tuple[HttpConfig, requests.Session]:
+    """The transport of an HTTP channel (webhook, FHIR): the channel's read timeout and retries,
+    a 5 s connect timeout and backoff capped at 10 s, the same for every such channel."""
+    http_cfg = HttpConfig(
+        timeout=(5.0, cfg.timeout_seconds),
+        retries=cfg.retries,
+        backoff_factor=0.5,
+        backoff_max=10.0,
+    )
+    return http_cfg, make_session(http_cfg)
 
 
 # -- signed links ---------------------------------------------------------------------------

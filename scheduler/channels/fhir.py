@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import requests
 
-from adapters.http import FhirHttpError, HttpConfig, make_session, raise_for_fhir
-from scheduler.channels.base import ChannelError, Message, Templates
+from adapters.http import FhirHttpError, raise_for_fhir
+from scheduler.channels.base import ChannelError, Message, Templates, http_session
 from scheduler.settings import RemindersSettings
 
 
@@ -25,13 +25,7 @@ class FhirChannel:
     def __init__(self, settings: RemindersSettings, templates: Templates) -> None:
         self.cfg = settings.fhir
         self.templates = templates
-        self.http_cfg = HttpConfig(
-            timeout=(5.0, self.cfg.timeout_seconds),
-            retries=self.cfg.retries,
-            backoff_factor=0.5,
-            backoff_max=10.0,
-        )
-        self.session = make_session(self.http_cfg)
+        self.http_cfg, self.session = http_session(self.cfg)
         self.session.headers["Accept"] = "application/fhir+json"
         token = self.cfg.token()
         if token:

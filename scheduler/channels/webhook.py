@@ -16,8 +16,7 @@ from typing import ClassVar
 
 import requests
 
-from adapters.http import HttpConfig, make_session
-from scheduler.channels.base import ChannelError, Message, Templates, redact_contact
+from scheduler.channels.base import ChannelError, Message, Templates, http_session, redact_contact
 from scheduler.settings import RemindersSettings
 
 
@@ -28,13 +27,7 @@ class WebhookChannel:
     def __init__(self, settings: RemindersSettings, templates: Templates) -> None:
         self.cfg = settings.webhook
         self.templates = templates
-        self.http_cfg = HttpConfig(
-            timeout=(5.0, self.cfg.timeout_seconds),
-            retries=self.cfg.retries,
-            backoff_factor=0.5,
-            backoff_max=10.0,
-        )
-        self.session = make_session(self.http_cfg)
+        self.http_cfg, self.session = http_session(self.cfg)
 
     def can_reach(self, msg: Message) -> bool:
         return bool(msg.phone)

@@ -13,15 +13,11 @@ import csv
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection
 
-from registry_store.models import Case, Patient, Reminder
 from scheduler.channels.base import Message
-
-CASES = Case.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+from scheduler.queries import CASES, PATIENTS, REMINDERS, with_case_and_patient
 
 COLUMNS = (
     "reminder_id",
@@ -78,11 +74,7 @@ def worklist_rows(conn: Connection) -> list[dict[str, Any]]:
             REMINDERS.c.last_sent_at,
             REMINDERS.c.last_error,
         )
-        .select_from(
-            REMINDERS.join(CASES, CASES.c.id == REMINDERS.c.case_id).outerjoin(
-                PATIENTS, and_(PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id)
-            )
-        )
+        .select_from(with_case_and_patient())
         .where(
             REMINDERS.c.status.in_(["scheduled", "sent"]),
             REMINDERS.c.attempts > 0,
