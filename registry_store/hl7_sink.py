@@ -1,10 +1,15 @@
 """Durable storage of received HL7 v2 messages in staging (the MLLP listener's sink).
 
 A message is staged raw, as ``HL7v2Message`` with identity ``<sending facility>|<MSH-10>``,
-and committed before the listener acknowledges it, so nothing acknowledged is ever lost. The
-unique staging identity makes a resent control id a duplicate: acknowledged, not staged
-twice. Messages whose header cannot be accepted are kept too (``invalid`` with their error),
-and every answer is logged in ``hl7_acks`` for the feed-health page. Conversion to FHIR
+and committed before the listener acknowledges it, so nothing acknowledged is ever lost.
+Where a message goes is decided by the one rule staging uses for raw messages
+(``staging.place_raw_message``): the same bytes again are a duplicate, acknowledged and not
+staged twice; a control id reused for other content is a different message, staged beside the
+first as ``<identity>#<sha256[:12]>``. Messages whose header cannot be accepted are kept too
+(``invalid`` with their error, identity ``rejected|sha256-...``; a resend of one is not staged
+twice), and every answer is logged in ``hl7_acks`` for the feed-health page. Rows are inserted
+with ``ON CONFLICT DO NOTHING``: should another process stage the same identity meanwhile, the
+message is placed again against what it wrote, never failing the batch. Conversion to FHIR
 happens later, in batches, in the pipeline.
 """
 
@@ -12,18 +17,41 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from adapters.hl7v2.mllp import InboundMessage, StoreOutcome, StoreStatus
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, HL7_TYPE, message_identity
 from registry_store.errors import Issue, replace_errors
 from registry_store.models import Hl7Ack
-from registry_store.staging import STAGING
+from registry_store.staging import (
+    ORIGIN_MAX,
+    STAGING,
+    StagedRow,
+    insert_new_rows,
+    place_raw_message,
+    raw_message_identities,
+    staged_rows,
+    until_settled,
+)
 from registry_store.timeutil import utcnow
 
 ACKS = Hl7Ack.__table__  # type: ignore[attr-defined]
+
+# Unreachable through the listener (its header check rejects an empty MSH-10), but the
+# ``MessageSink`` protocol allows a message without a control id and no header error.
+_NO_CONTROL_ID = "message has no control id (MSH-10)"
+
+
+@dataclass(slots=True)
+class _Message:
+    msg: InboundMessage
+    ident: str  # before placement: <facility>|<MSH-10>, or rejected|sha256-... for a rejected one
+    digest: str
+    reason: str | None  # why it is rejected; None: accepted
 
 
 class StagingSink:
@@ -35,98 +63,122 @@ class StagingSink:
 
     def store(self, messages: Sequence[InboundMessage]) -> Sequence[StoreOutcome]:
         now = utcnow()
-        outcomes: list[StoreOutcome] = []
+        items = [self._message(m) for m in messages]
         with self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 # An ACK promises durability: fsync this commit even if power fails.
                 conn.exec_driver_sql("PRAGMA synchronous=FULL")
-            keys = [message_identity(*m.dedup_key) for m in messages if m.dedup_key and not m.header_error]
-            existing: set[str] = set()
-            for start in range(0, len(keys), 900):
-                existing |= {
-                    r.resource_id
-                    for r in conn.execute(
-                        select(STAGING.c.resource_id).where(
-                            STAGING.c.source == self.source,
-                            STAGING.c.resource_type == HL7_TYPE,
-                            STAGING.c.resource_id.in_(keys[start : start + 900]),
-                        )
-                    )
-                }
-            rows: list[dict[str, Any]] = []
-            acks: list[dict[str, Any]] = []
-            rejected: list[tuple[InboundMessage, str]] = []
-            for msg in messages:
-                header = msg.header or (msg.header_error.header if msg.header_error else None)
-                ack = {
-                    "received_at": msg.received_at,
-                    "source": self.source,
-                    "sending_facility": header.sending_facility if header else None,
-                    "control_id": header.control_id if header else None,
-                    "message_type": header.message_type if header else None,
-                    "ack_code": "AA",
-                    "error": None,
-                }
-                digest = hashlib.sha256(msg.raw).hexdigest()
-                if msg.header_error is not None or msg.dedup_key is None:
-                    ident = f"rejected|sha256-{digest[:40]}"
-                    reason = msg.header_error.message if msg.header_error else "message has no control id"
-                    ack.update(ack_code=msg.header_error.ack_code if msg.header_error else "AR", error=reason)
-                    if ident not in existing:
-                        existing.add(ident)
-                        rows.append(self._row(msg, ident, digest, "invalid", now))
-                        rejected.append((msg, ident))
-                    outcomes.append(StoreOutcome(StoreStatus.REJECTED, reason))
-                else:
-                    ident = message_identity(*msg.dedup_key)
-                    if ident in existing:
-                        outcomes.append(StoreOutcome(StoreStatus.DUPLICATE))
-                    else:
-                        existing.add(ident)
-                        rows.append(self._row(msg, ident, digest, "pending", now))
-                        outcomes.append(StoreOutcome(StoreStatus.STORED))
-                acks.append(ack)
-            if rows:
-                conn.execute(STAGING.insert(), rows)
-            for msg, ident in rejected:
-                staging_id = conn.execute(
-                    select(STAGING.c.id).where(
-                        STAGING.c.source == self.source,
-                        STAGING.c.resource_type == HL7_TYPE,
-                        STAGING.c.resource_id == ident,
-                    )
-                ).scalar_one()
-                err = msg.header_error
-                replace_errors(
-                    conn,
-                    staging_id=staging_id,
-                    source=self.source,
-                    resource_type=HL7_TYPE,
-                    resource_id=ident,
-                    mapping="hl7v2-intake",
-                    issues=[
-                        Issue(
-                            err.code if err else "hl7.missing_control_id",
-                            err.message if err else "message has no control id (MSH-10)",
-                            field=(err.field or "MSH") if err else "MSH-10",
-                        )
-                    ],
-                )
-            if acks:
-                conn.execute(ACKS.insert(), acks)
-        return outcomes
+            stored: dict[int, str] = {}  # position in ``messages`` -> identity of its new row
+            until_settled(
+                lambda todo: self._stage_round(conn, items, todo, stored, now), list(range(len(items)))
+            )
+            for pos, ident in stored.items():
+                if items[pos].reason is not None:
+                    self._record_error(conn, items[pos].msg, ident)
+            conn.execute(ACKS.insert(), [self._ack(item) for item in items])
+        return [self._outcome(item, pos in stored) for pos, item in enumerate(items)]
 
-    def _row(self, msg: InboundMessage, ident: str, digest: str, status: str, now: Any) -> dict[str, Any]:
+    def _stage_round(
+        self,
+        conn: Connection,
+        items: Sequence[_Message],
+        todo: Sequence[int],
+        stored: dict[int, str],
+        now: datetime,
+    ) -> list[int]:
+        """Place and insert the messages at ``todo``; returns those to place again."""
+        staged = staged_rows(
+            conn,
+            self.source,
+            (
+                (HL7_TYPE, ident)
+                for pos in todo
+                for ident in raw_message_identities(items[pos].ident, items[pos].digest)
+            ),
+        )
+        rows: list[dict[str, Any]] = []
+        placed: list[int] = []
+        for pos in todo:
+            item = items[pos]
+            ident, already = place_raw_message(HL7_TYPE, item.ident, item.digest, staged)
+            if already:
+                continue
+            status = "pending" if item.reason is None else "invalid"
+            # A later message of this batch with the same identity sees this one.
+            staged[(HL7_TYPE, ident)] = StagedRow(None, item.digest, None, status)
+            rows.append(self._row(item.msg, ident, item.digest, status, now))
+            placed.append(pos)
+            stored[pos] = ident
+        lost = [placed[i] for i in insert_new_rows(conn, rows)]
+        for pos in lost:
+            del stored[pos]
+        return lost
+
+    @staticmethod
+    def _message(msg: InboundMessage) -> _Message:
+        digest = hashlib.sha256(msg.raw).hexdigest()
+        if msg.header_error is None and msg.dedup_key is not None:
+            return _Message(msg, message_identity(*msg.dedup_key), digest, None)
+        reason = msg.header_error.message if msg.header_error else _NO_CONTROL_ID
+        return _Message(msg, f"rejected|sha256-{digest[:40]}", digest, reason)
+
+    @staticmethod
+    def _outcome(item: _Message, stored: bool) -> StoreOutcome:
+        if item.reason is not None:
+            return StoreOutcome(StoreStatus.REJECTED, item.reason)
+        return StoreOutcome(StoreStatus.STORED if stored else StoreStatus.DUPLICATE)
+
+    def _ack(self, item: _Message) -> dict[str, Any]:
+        msg, err = item.msg, item.msg.header_error
+        header = msg.header or (err.header if err else None)
+        return {
+            "received_at": msg.received_at,
+            "source": self.source,
+            "sending_facility": header.sending_facility if header else None,
+            "control_id": header.control_id if header else None,
+            "message_type": header.message_type if header else None,
+            "ack_code": "AA" if item.reason is None else (err.ack_code if err else "AR"),
+            "error": item.reason,
+        }
+
+    def _record_error(self, conn: Connection, msg: InboundMessage, ident: str) -> None:
+        staging_id = conn.execute(
+            select(STAGING.c.id).where(
+                STAGING.c.source == self.source,
+                STAGING.c.resource_type == HL7_TYPE,
+                STAGING.c.resource_id == ident,
+            )
+        ).scalar_one()
+        err = msg.header_error
+        replace_errors(
+            conn,
+            staging_id=staging_id,
+            source=self.source,
+            resource_type=HL7_TYPE,
+            resource_id=ident,
+            mapping="hl7v2-intake",
+            issues=[
+                Issue(
+                    err.code if err else "hl7.missing_control_id",
+                    err.message if err else _NO_CONTROL_ID,
+                    field=(err.field or "MSH") if err else "MSH-10",
+                )
+            ],
+        )
+
+    def _row(
+        self, msg: InboundMessage, ident: str, digest: str, status: str, now: datetime
+    ) -> dict[str, Any]:
         return {
             "source": self.source,
             "resource_type": HL7_TYPE,
-            "resource_id": ident[:256],
+            "resource_id": ident,
             "version_id": None,
             "last_updated": None,
             "content_type": HL7_CONTENT_TYPE,
             "content_hash": digest,
             "raw": msg.raw,
-            "origin": msg.origin[:512],
+            "origin": msg.origin[:ORIGIN_MAX],
             "status": status,
             "received_at": msg.received_at,
             "updated_at": now,

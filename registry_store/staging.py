@@ -1,33 +1,57 @@
 """Staging: every received record, raw and hashed, before mapping.
 
-Re-receiving identical content is a no-op; a changed record goes back to ``pending`` so the
-mapper picks it up; an older version arriving after a newer one (overlap windows, resent v2
-messages) is ignored rather than overwriting newer data.
+Records are keyed by ``(source, resource_type, resource_id)``. FHIR records: re-receiving
+identical content is a no-op; a changed record goes back to ``pending`` so the mapper picks it
+up; an older version arriving after a newer one (overlap windows) is ignored rather than
+overwriting newer data; within one batch the last occurrence of an identity wins. Raw messages
+(HL7 v2) are identified by their bytes: a resend is a no-op, and a control id reused for other
+content is a different message, staged beside the first (``place_raw_message``), never lost.
+A record sent again after its source deleted it goes back to ``pending`` (unless it is older
+than the staged version: a replay from before the delete). ``meta.versionId``/``lastUpdated``
+that are not strings or do not fit their column are treated as absent; a type or id that is
+missing or does not fit is refused with a ValueError (the pipeline catches those earlier).
+
+New rows are inserted with ``ON CONFLICT DO NOTHING``: when another process staged the same
+identity in the meantime, the row it wrote is read back and the record is decided again
+against it (newer wins, or the message goes to its other identity), so neither run fails.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from adapters.base import Record, RecordError
+from registry_store.db import upsert
 from registry_store.models import MappingError, StagedRecord
 from registry_store.timeutil import utcnow
 
 STAGING = StagedRecord.__table__  # type: ignore[attr-defined]
 ERRORS = MappingError.__table__  # type: ignore[attr-defined]
+IDENTITY = ("source", "resource_type", "resource_id")
 
-FHIR_CONTENT_TYPES = frozenset({"application/fhir+json", "application/json"})
+# Column sizes, from the model, so these checks follow it.
+TYPE_MAX = int(STAGING.c.resource_type.type.length)
+ID_MAX = int(STAGING.c.resource_id.type.length)
+VERSION_MAX = int(STAGING.c.version_id.type.length)
+LAST_UPDATED_MAX = int(STAGING.c.last_updated.type.length)
+ORIGIN_MAX = int(STAGING.c.origin.type.length)
 
 # Staging rows for input that never became a resource carry this type.
 UNPARSED = "Unparsed"
+
+# Each round of staging a batch resolves every identity another process took concurrently;
+# a raw message has three identities to try, so more rounds than that means a bug.
+_MAX_ROUNDS = 4
+
+T = TypeVar("T")
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -43,6 +67,127 @@ def content_hash(resource: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def is_raw_message(rec: Record) -> bool:
+    """A raw message (HL7 v2) is identified by its bytes; anything JSON is a FHIR resource."""
+    return rec.raw is not None and "json" not in rec.content_type
+
+
+def raw_message_identities(ident: str, digest: str) -> tuple[str, str, str]:
+    """The identities a raw message with this content may be staged under, in order.
+
+    Its own (``<sending facility>|<MSH-10>``); for a control id reused with other content,
+    ``<ident>#<digest[:12]>``; and, only should those 12 hex digits collide too, the full digest.
+    """
+    return ident, f"{ident[: ID_MAX - 13]}#{digest[:12]}", f"{ident[: ID_MAX - 65]}#{digest}"
+
+
+def place_raw_message(
+    rtype: str, ident: str, digest: str, staged: Mapping[tuple[str, str], StagedRow]
+) -> tuple[str, bool]:
+    """Where a raw message is staged: ``(identity, already_there)``.
+
+    ``staged`` holds the rows known under the message's identities (``staged_rows``, plus
+    those planned earlier in the batch). The same bytes under any of them make it a resend,
+    ``(that identity, True)``; otherwise it goes to the first free one, ``(identity, False)``,
+    so a reused control id never overwrites, nor is dropped as a duplicate of, another message.
+    """
+    candidates = raw_message_identities(ident, digest)
+    rows = [staged.get((rtype, c)) for c in candidates]
+    for cand, row in zip(candidates, rows, strict=True):
+        if row is not None and row.content_hash == digest:
+            return cand, True
+    for cand, row in zip(candidates, rows, strict=True):
+        if row is None:
+            return cand, False
+    # Only reachable if someone sends a control id ending in "#<64 hex digits>" on purpose.
+    raise ValueError(
+        f"every staging identity of a raw message is taken by other content (sha256 {digest[:12]})"
+    )
+
+
+class StagedRow(NamedTuple):
+    """What staging decisions need of an existing row (``id`` None: planned in this batch)."""
+
+    id: int | None
+    content_hash: str
+    last_updated: str | None
+    status: str
+
+
+def staged_rows(
+    conn: Connection, source: str, identities: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], StagedRow]:
+    """The staged rows of ``source`` with these ``(resource_type, resource_id)`` identities."""
+    by_type: dict[str, set[str]] = {}
+    for rtype, rid in identities:
+        by_type.setdefault(rtype, set()).add(rid)
+    found: dict[tuple[str, str], StagedRow] = {}
+    for rtype, id_set in by_type.items():
+        ids = sorted(id_set)
+        # One IN list per type uses the (source, type, id) unique index directly.
+        for start in range(0, len(ids), 900):
+            rows = conn.execute(
+                select(
+                    STAGING.c.id,
+                    STAGING.c.resource_id,
+                    STAGING.c.content_hash,
+                    STAGING.c.last_updated,
+                    STAGING.c.status,
+                ).where(
+                    STAGING.c.source == source,
+                    STAGING.c.resource_type == rtype,
+                    STAGING.c.resource_id.in_(ids[start : start + 900]),
+                )
+            )
+            for row in rows:
+                found[(rtype, row.resource_id)] = StagedRow(
+                    row.id, row.content_hash, row.last_updated, row.status
+                )
+    return found
+
+
+def insert_new_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert new staging rows; returns the positions of those another process beat to it.
+
+    ``ON CONFLICT DO NOTHING`` rather than failing the whole transaction on the unique
+    identity. A row that did not land is only a loss when the row in its place holds other
+    content: those are returned for the caller to decide again against what is there now.
+    """
+    if not rows:
+        return []
+    upsert(conn, STAGING, rows, keys=IDENTITY, update=[])
+    there: dict[tuple[str, str, str], str] = {}
+    for source in {r["source"] for r in rows}:
+        keys = [(r["resource_type"], r["resource_id"]) for r in rows if r["source"] == source]
+        there |= {(source, *key): row.content_hash for key, row in staged_rows(conn, source, keys).items()}
+    return [
+        i
+        for i, r in enumerate(rows)
+        if there[(r["source"], r["resource_type"], r["resource_id"])] != r["content_hash"]
+    ]
+
+
+def until_settled(stage_round: Callable[[list[T]], list[T]], todo: list[T]) -> None:
+    """Run ``stage_round`` until it has nothing left to decide again.
+
+    A round returns what another process staged first meanwhile (``insert_new_rows``); the
+    next round decides those against the rows now there, and never loses the same race twice
+    for the same identity, so this ends in a few rounds.
+    """
+    for _ in range(_MAX_ROUNDS):
+        todo = stage_round(todo)
+        if not todo:
+            return
+    raise RuntimeError("staging identities kept changing under concurrent writers")
+
+
+def _meta_text(meta: Any, key: str, limit: int) -> str | None:
+    """A ``meta`` string that fits its column; anything else (a number, an object, an
+    over-long string) is treated as absent rather than failing the batch."""
+    value = meta.get(key) if isinstance(meta, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= limit else None
+
+
 def _parse_instant(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -51,6 +196,27 @@ def _parse_instant(value: str | None) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else None
+
+
+def _identity(rec: Record) -> tuple[str, str]:
+    """A record's staging identity, or ValueError naming what is wrong (never the value).
+
+    The pipeline turns such records into errors before staging; this guards other callers.
+    """
+    rtype, rid = rec.resource.get("resourceType"), rec.resource.get("id")
+    problem = None
+    if not isinstance(rtype, str) or not rtype:
+        problem = "resourceType is missing or not a string"
+    elif len(rtype) > TYPE_MAX:
+        problem = f"resourceType is longer than {TYPE_MAX} characters"
+    elif not isinstance(rid, str) or not rid:
+        problem = f"{rtype}.id is missing or not a string"
+    elif len(rid) > ID_MAX:
+        problem = f"{rtype}.id is longer than {ID_MAX} characters"
+    if problem is not None:
+        raise ValueError(f"cannot stage the record from {rec.origin[:ORIGIN_MAX]}: {problem}")
+    assert isinstance(rtype, str) and isinstance(rid, str)
+    return rtype, rid
 
 
 @dataclass(slots=True)
@@ -69,95 +235,103 @@ class StageCounts:
         self.invalid += other.invalid
 
 
+@dataclass(slots=True)
+class _Incoming:
+    rtype: str
+    rid: str
+    raw_message: bool
+    values: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return str(self.values["content_hash"])
+
+    def identities(self) -> Collection[str]:
+        return raw_message_identities(self.rid, self.digest) if self.raw_message else (self.rid,)
+
+
+def _incoming(rec: Record, rtype: str, rid: str, now: datetime) -> _Incoming:
+    res = rec.resource
+    meta = res.get("meta")
+    raw = rec.raw if is_raw_message(rec) else None
+    values = {
+        "version_id": _meta_text(meta, "versionId", VERSION_MAX),
+        "last_updated": _meta_text(meta, "lastUpdated", LAST_UPDATED_MAX),
+        "content_type": rec.content_type,
+        "content_hash": hashlib.sha256(raw).hexdigest() if raw is not None else content_hash(res),
+        "raw": rec.raw if rec.raw is not None else orjson.dumps(res),
+        "origin": rec.origin[:ORIGIN_MAX],
+        "status": "pending",
+        "updated_at": now,
+    }
+    return _Incoming(rtype, rid, raw is not None, values)
+
+
 def stage_records(conn: Connection, source: str, records: Sequence[Record]) -> StageCounts:
-    """Stage a batch of resources in the caller's transaction."""
+    """Stage a batch of resources in the caller's transaction.
+
+    Raises ValueError, before writing anything, for a record whose type or id is missing or
+    longer than its column.
+    """
     counts = StageCounts()
     if not records:
         return counts
-    # The last occurrence of an identity within one batch wins, as it would across batches.
-    latest: dict[tuple[str, str], Record] = {}
-    for rec in records:
-        latest[(rec.resource["resourceType"], str(rec.resource["id"]))] = rec
-    existing: dict[tuple[str, str], tuple[int, str, str | None]] = {}
-    by_type: dict[str, list[str]] = {}
-    for rtype, rid in latest:
-        by_type.setdefault(rtype, []).append(rid)
-    for rtype, ids in by_type.items():
-        # One IN list per type uses the (source, type, id) unique index directly.
-        for start in range(0, len(ids), 900):
-            rows = conn.execute(
-                select(
-                    STAGING.c.id, STAGING.c.resource_id, STAGING.c.content_hash, STAGING.c.last_updated
-                ).where(
-                    STAGING.c.source == source,
-                    STAGING.c.resource_type == rtype,
-                    STAGING.c.resource_id.in_(ids[start : start + 900]),
-                )
-            )
-            for row in rows:
-                existing[(rtype, row.resource_id)] = (row.id, row.content_hash, row.last_updated)
     now = utcnow()
+    batch: dict[tuple[str, ...], _Incoming] = {}
+    for index, rec in enumerate(records):
+        rtype, rid = _identity(rec)
+        item = _incoming(rec, rtype, rid, now)
+        # FHIR: the last occurrence of an identity wins, as it would across batches. Raw
+        # messages each count: two with one control id may be two different messages.
+        batch[(rtype, rid, str(index)) if item.raw_message else (rtype, rid)] = item
+    until_settled(lambda todo: _stage_round(conn, source, todo, counts, now), list(batch.values()))
+    return counts
+
+
+def _stage_round(
+    conn: Connection, source: str, items: Sequence[_Incoming], counts: StageCounts, now: datetime
+) -> list[_Incoming]:
+    """Decide each record against staging and write; returns those to decide again because
+    another process staged their identity meanwhile (see ``insert_new_rows``)."""
+    staged = staged_rows(conn, source, ((i.rtype, rid) for i in items for rid in i.identities()))
     inserts: list[dict[str, Any]] = []
-    for key, rec in latest.items():
-        res = rec.resource
-        meta = res.get("meta") if isinstance(res.get("meta"), dict) else {}
-        # Raw messages (HL7 v2) are identified by their bytes; FHIR by its content.
-        digest = (
-            content_hash(res)
-            if rec.raw is None or "json" in rec.content_type
-            else hashlib.sha256(rec.raw).hexdigest()
-        )
-        last_updated = meta.get("lastUpdated") if meta else None
-        values = {
-            "version_id": (meta or {}).get("versionId"),
-            "last_updated": last_updated,
-            "content_type": rec.content_type,
-            "content_hash": digest,
-            "raw": rec.raw if rec.raw is not None else orjson.dumps(res),
-            "origin": rec.origin[:512],
-            "status": "pending",
-            "updated_at": now,
-        }
-        found = existing.get(key)
+    inserted: list[_Incoming] = []
+    for item in items:
+        if item.raw_message:
+            rid, there = place_raw_message(item.rtype, item.rid, item.digest, staged)
+            found = staged[(item.rtype, rid)] if there else None
+        else:
+            rid, found = item.rid, staged.get((item.rtype, item.rid))
         if found is None:
             inserts.append(
                 {
                     "source": source,
-                    "resource_type": key[0],
-                    "resource_id": key[1],
+                    "resource_type": item.rtype,
+                    "resource_id": rid,
                     "received_at": now,
-                    **values,
+                    **item.values,
                 }
             )
-            counts.inserted += 1
+            inserted.append(item)
+            # A later message of this batch with the same identity sees this one.
+            staged[(item.rtype, rid)] = StagedRow(None, item.digest, item.values["last_updated"], "pending")
             continue
-        row_id, old_hash, old_updated = found
-        if old_hash == digest:
+        if found.content_hash == item.digest and found.status != "deleted":
             counts.unchanged += 1
             continue
-        if rec.content_type not in FHIR_CONTENT_TYPES:
-            # A raw message reusing a control id with other content is a different message
-            # (a sender bug), not a new version: keep both rather than lose the first.
-            inserts.append(
-                {
-                    "source": source,
-                    "resource_type": key[0],
-                    "resource_id": f"{key[1]}#{digest[:12]}"[:256],
-                    "received_at": now,
-                    **values,
-                }
-            )
-            counts.inserted += 1
-            continue
-        new_ts, old_ts = _parse_instant(last_updated), _parse_instant(old_updated)
-        if new_ts and old_ts and new_ts < old_ts:
-            counts.stale += 1
-            continue
-        conn.execute(update(STAGING).where(STAGING.c.id == row_id).values(**values))
+        if not item.raw_message:
+            new_ts, old_ts = _parse_instant(item.values["last_updated"]), _parse_instant(found.last_updated)
+            if new_ts and old_ts and new_ts < old_ts:
+                # Also when deleted since: an older version is a replay from before the delete.
+                counts.stale += 1
+                continue
+        # Changed, or sent again after its source deleted it: back to pending.
+        conn.execute(update(STAGING).where(STAGING.c.id == found.id).values(**item.values))
+        staged[(item.rtype, rid)] = found._replace(content_hash=item.digest, status="pending")
         counts.updated += 1
-    if inserts:
-        conn.execute(STAGING.insert(), inserts)
-    return counts
+    lost = insert_new_rows(conn, inserts)
+    counts.inserted += len(inserts) - len(lost)
+    return [inserted[i] for i in lost]
 
 
 def error_identity(err: RecordError) -> tuple[str, str]:
@@ -167,9 +341,10 @@ def error_identity(err: RecordError) -> tuple[str, str]:
     recognised as the same record rather than piling up duplicates.
     """
     basis = err.raw if err.raw is not None else err.origin.encode()
-    rtype = err.resource_type or UNPARSED
-    rid = err.resource_id or "sha256-" + hashlib.sha256(basis).hexdigest()[:40]
-    return rtype, rid
+    # A type or id that does not fit its column is as unusable as none.
+    rtype = err.resource_type if err.resource_type and len(err.resource_type) <= TYPE_MAX else UNPARSED
+    rid = err.resource_id if err.resource_id and len(err.resource_id) <= ID_MAX else None
+    return rtype, rid or "sha256-" + hashlib.sha256(basis).hexdigest()[:40]
 
 
 def stage_errors(conn: Connection, source: str, errors: Iterable[RecordError]) -> StageCounts:
@@ -182,30 +357,30 @@ def stage_errors(conn: Connection, source: str, errors: Iterable[RecordError]) -
         rtype, rid = error_identity(err)
         raw = err.raw if err.raw is not None else b""
         digest = hashlib.sha256(raw).hexdigest()
-        row = conn.execute(
+        values = {
+            "content_type": "application/octet-stream",
+            "content_hash": digest,
+            "raw": raw,
+            "origin": err.origin[:ORIGIN_MAX],
+            "status": "invalid",
+            "updated_at": now,
+        }
+        # Insert or overwrite in one statement: another process staging the same bad input
+        # at the same time must not fail either run.
+        upsert(
+            conn,
+            STAGING,
+            [{"source": source, "resource_type": rtype, "resource_id": rid, "received_at": now, **values}],
+            keys=IDENTITY,
+            update=list(values),
+        )
+        staging_id = conn.execute(
             select(STAGING.c.id).where(
                 STAGING.c.source == source,
                 STAGING.c.resource_type == rtype,
                 STAGING.c.resource_id == rid,
             )
-        ).first()
-        values = {
-            "content_type": "application/octet-stream",
-            "content_hash": digest,
-            "raw": raw,
-            "origin": err.origin[:512],
-            "status": "invalid",
-            "updated_at": now,
-        }
-        if row is None:
-            staging_id = conn.execute(
-                STAGING.insert()
-                .values(source=source, resource_type=rtype, resource_id=rid, received_at=now, **values)
-                .returning(STAGING.c.id)
-            ).scalar_one()
-        else:
-            staging_id = row.id
-            conn.execute(update(STAGING).where(STAGING.c.id == staging_id).values(**values))
+        ).scalar_one()
         replace_errors(
             conn,
             staging_id=staging_id,
