@@ -100,11 +100,15 @@ def write_feed(folder: Path, n: int) -> Path:
     return path
 
 
-def timed(label: str, n: int, fn: Callable[[], None], floor: float | None) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - start
+def timed(label: str, n: int, fn: Callable[[], None], floor: float | None, repeat: int = 1) -> float:
+    # Best of ``repeat``: this shared VM's timings vary by +-30% run to run; the best run is
+    # the one least disturbed by other work, for the floor and the mapping alike.
+    seconds = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        seconds = min(seconds, time.perf_counter() - start)
     rate = n / seconds
     ratio = f"{floor / rate:5.1f}x the floor" if floor else "floor"
     print(f"{label:<58} {rate:>10,.0f} /s  {seconds * 1e6 / n:8.1f} µs each  ({ratio})")
@@ -114,6 +118,7 @@ def timed(label: str, n: int, fn: Callable[[], None], floor: float | None) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=5, help="best of this many runs (1 and 2)")
     args = parser.parse_args()
     n = args.n
     logs.configure("console", "WARNING")
@@ -148,8 +153,10 @@ def main() -> None:
                 for line in fh:
                     mapping.map(orjson.loads(line), site)
 
-        floor = timed("1. read + orjson.loads (floor)", n, floor_loop, None)
-        timed("2. + registry mapping (view, code maps, conversions, rules)", n, mapping_loop, floor)
+        floor = timed("1. read + orjson.loads (floor)", n, floor_loop, None, args.repeat)
+        timed(
+            "2. + registry mapping (view, code maps, conversions, rules)", n, mapping_loop, floor, args.repeat
+        )
         for validation, label in (
             ("off", "3. pipeline into SQLite, validation off"),
             ("warn", "4. pipeline into SQLite, R4B validation (warn)"),

@@ -10,7 +10,7 @@ HERE = Path(__file__).resolve().parent
 
 RUNS = [
     ("mapping engine and pipeline vs raw JSON parsing", ["bench_mapping.py", "--n", "20000"]),
-    ("SQL-on-FHIR view engine vs fhirpathpy", ["bench_viewdef.py", "--n", "20000"]),
+    ("SQL-on-FHIR view engine vs fhirpathpy", ["bench_viewdef.py", "-n", "20000"]),
     ("HL7 v2 listener and conversion", ["bench_hl7v2.py"]),
     ("review UI pages at scale", ["bench_review.py"]),
 ]

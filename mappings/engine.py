@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -172,6 +173,24 @@ def _format(template: str, **values: Any) -> str:
         return template
 
 
+@dataclass(frozen=True, slots=True)
+class _Coded:
+    """One (system, code) as a translation sees it, computed once per distinct code."""
+
+    system: str | None
+    entry: Entry | None
+    scoped: bool
+    code: str
+    token: str
+    pickable: bool
+    flags: tuple[bool, ...]
+    rank: Any
+
+
+def _rank(coded: _Coded) -> Any:
+    return coded.rank
+
+
 class RegistryMapping:
     """One compiled mapping file."""
 
@@ -242,6 +261,12 @@ class RegistryMapping:
                     f"{origin}: registry.derive: unknown hook {hook!r} (known: {', '.join(sorted(_HOOKS))})"
                 )
         self.hooks = [(h, _HOOKS[h]) for h in spec.registry.derive]
+        self._codes: dict[tuple[int, str, str], _Coded] = {}
+        # Fields resolved once (converter function, allowed values as a set) for the hot loop.
+        self._field_plan = [
+            (name, fs, CONVERTERS[fs.convert] if fs.convert else None, _allowed_set(fs.allowed))
+            for name, fs in self.fields.items()
+        ]
         # Column → maximum length, for the columns whose length is known.
         self.max_lengths: dict[str, int] = {}
         # Columns that cannot hold NULL: emptying one of them fails the record.
@@ -296,7 +321,7 @@ class RegistryMapping:
 
     def _map(self, resource: Mapping[str, Any], ctx: SiteContext) -> MappingResult:
         try:
-            rows = self.view.rows(dict(resource))
+            rows = self.view.rows(resource if isinstance(resource, dict) else dict(resource))
         except ViewEvaluationError as exc:
             # Its message names the column or where clause, never a value from the resource.
             issue = Issue("mapping.view_failed", f"view {self.name}: {exc}", field=self.resource_type)
@@ -315,16 +340,16 @@ class RegistryMapping:
         issues: list[Issue] = []
 
         fatal = False
-        for tspec, cmap in self.translations:
-            verdict = self._translate(tspec, cmap, src.get(tspec.column), out, issues)
+        for ti, (tspec, _cmap) in enumerate(self.translations):
+            verdict = self._translate(ti, src.get(tspec.column), out, issues)
             if verdict == "out_of_scope":
                 return MappingResult("out_of_scope", self.target, out, [])
             fatal = fatal or verdict == "unresolved"
-        for name, fs in self.fields.items():
+        for name, fs, conv, allowed in self._field_plan:
             value = src.get(fs.column)
-            if isinstance(value, list) and not fs.collection:
-                value = next((v for v in value if v not in (None, "")), None)
-            if value in (None, "", []):
+            if value.__class__ is list and not fs.collection:
+                value = next((v for v in value if v is not None and v != ""), None)
+            if value is None or value == "" or value == []:
                 if fs.required:
                     issues.append(
                         Issue(
@@ -336,10 +361,9 @@ class RegistryMapping:
                     fatal = True
                 out[name] = fs.default if fs.default is not None or not fs.collection else []
                 continue
-            if fs.convert:
-                conv = CONVERTERS[fs.convert]
+            if conv is not None:
                 try:
-                    value = [conv(v, ctx) for v in value] if isinstance(value, list) else conv(value, ctx)
+                    value = [conv(v, ctx) for v in value] if value.__class__ is list else conv(value, ctx)
                 except ConversionError as exc:
                     issues.append(
                         Issue(exc.code, f"{self.resource_type}: {name} ({fs.column}) {exc}", field=name)
@@ -353,14 +377,14 @@ class RegistryMapping:
                     fatal = True
                     out[name] = fs.default
                     continue
-            if fs.allowed is not None and value not in fs.allowed:
+            if allowed is not None and not _is_allowed(value, allowed):
                 code = value if isinstance(value, str) and _CODE_LIKE.fullmatch(value) else None
                 shown = repr(code) if code is not None else "(a value that is not a code)"
                 issues.append(
                     Issue(
                         "mapping.value_not_allowed",
                         f"{self.resource_type}: {name} {shown} is not one of "
-                        f"{', '.join(map(str, fs.allowed))}",
+                        f"{', '.join(map(str, fs.allowed or ()))}",
                         field=name,
                         value=code,
                     )
@@ -433,79 +457,88 @@ class RegistryMapping:
             fatal = fatal or failing
         return fatal
 
-    def _translate(
-        self,
-        tspec: TranslateSpec,
-        cmap: CodeMap,
-        codings: Any,
-        out: dict[str, Any],
-        issues: list[Issue],
-    ) -> str:
-        hits: list[Entry] = []
-        codes: list[str] = []
-        recognised: list[str] = []
+    def _classify(self, ti: int, system_uri: str, code: str) -> _Coded:
+        """What one coding means for translation ``ti``, remembered: feeds repeat the same few
+        hundred codes, and this is the per-record hot path."""
+        key = (ti, system_uri, code)
+        hit = self._codes.get(key)
+        if hit is None:
+            tspec, cmap = self.translations[ti]
+            system = cmap.system_name(system_uri)
+            entry, scoped = cmap.classify(system, code) if system is not None else (None, False)
+            shown = display_code(system, code) if system is not None else ""
+            hit = _Coded(
+                system=system,
+                entry=entry,
+                scoped=scoped,
+                code=shown,
+                token=f"{system}|{shown}",
+                pickable=entry is not None
+                and all(entry.values.get(k) == v for k, v in tspec.pick_where.items()),
+                flags=tuple(
+                    entry is not None and all(entry.values.get(k) == v for k, v in cond.items())
+                    for cond in tspec.any.values()
+                ),
+                rank=(entry.values.get(tspec.pick_max) or 0) if entry is not None and tspec.pick_max else 0,
+            )
+            if len(self._codes) < 100_000:
+                self._codes[key] = hit
+        return hit
+
+    def _translate(self, ti: int, codings: Any, out: dict[str, Any], issues: list[Issue]) -> str:
+        tspec, cmap = self.translations[ti]
+        hits: list[_Coded] = []
         in_scope = False
-        for coding in _as_codings(codings):
-            system = cmap.system_name(coding[0])
-            if system is None:
+        for coding in codings if isinstance(codings, list) else [codings]:
+            if not isinstance(coding, dict):
                 continue
-            entry, scoped = cmap.classify(system, coding[1])
-            if entry is not None:
-                hits.append(entry)
-                code = display_code(system, coding[1])
-                codes.append(code)
-                recognised.append(f"{system}|{code}")
+            system_uri, raw_code = coding.get("system"), coding.get("code")
+            if not isinstance(system_uri, str) or not isinstance(raw_code, str) or not raw_code.strip():
+                continue
+            coded = self._classify(ti, system_uri, raw_code)
+            if coded.entry is not None:
+                hits.append(coded)
                 in_scope = True
-            elif scoped:
+            elif coded.scoped and coded.system is not None:
                 in_scope = True
                 issues.append(
                     Issue(
                         tspec.unmapped.code,
                         _format(
                             tspec.unmapped.message,
-                            system=system.upper(),
-                            code=coding[1].strip(),
+                            system=coded.system.upper(),
+                            code=raw_code.strip(),
                             codemap=cmap.name,
                             version=cmap.version,
                         ),
                         field=tspec.column,
-                        value=f"{system}|{coding[1].strip()}"[:200],
+                        value=f"{coded.system}|{raw_code.strip()}"[:200],
                     )
                 )
         if tspec.scope and not in_scope:
             return "out_of_scope"
         if tspec.codes_into:
-            out[tspec.codes_into] = recognised
-        for flag, cond in tspec.any.items():
-            out[flag] = any(all(e.values.get(k) == v for k, v in cond.items()) for e in hits)
+            out[tspec.codes_into] = [h.token for h in hits]
+        for n, flag in enumerate(tspec.any):
+            out[flag] = any(h.flags[n] for h in hits)
         for fname, col in tspec.collect.items():
-            values = [e.values.get(col) for e in hits]
+            values = [h.entry.values.get(col) for h in hits if h.entry is not None]
             out[fname] = list(dict.fromkeys(v for v in values if v not in (None, "")))
-        candidates = [
-            (e, c)
-            for e, c in zip(hits, codes, strict=True)
-            if all(e.values.get(k) == v for k, v in tspec.pick_where.items())
-        ]
-        if tspec.pick_max:
-            key = tspec.pick_max
-            # Stable sort: among equal ranks the first coding the hospital listed wins.
-            candidates.sort(key=lambda ec: ec[0].values.get(key) or 0, reverse=True)
-        if not candidates and tspec.fallback:
-            candidates = list(zip(hits, codes, strict=True))
-            if tspec.pick_max:
-                candidates.sort(key=lambda ec: ec[0].values.get(tspec.pick_max or "") or 0, reverse=True)
+        candidates = [h for h in hits if h.pickable] or (hits if tspec.fallback else [])
         if candidates:
-            best, best_code = candidates[0]
+            # max() keeps the first of equal ranks: the coding the hospital listed first wins.
+            best = max(candidates, key=_rank) if tspec.pick_max else candidates[0]
+            assert best.entry is not None
             for fname, col in tspec.into.items():
-                out[fname] = best.values.get(col)
+                out[fname] = best.entry.values.get(col)
             if tspec.code_into:
-                out[tspec.code_into] = best_code
+                out[tspec.code_into] = best.code
             return "ok"
         if tspec.into or tspec.pick_where:
             for fname in tspec.into:
                 out.setdefault(fname, None)
             if tspec.none_picked and hits:
-                listed = ", ".join(sorted({e.code for e in hits}))
+                listed = ", ".join(sorted({h.entry.code for h in hits if h.entry is not None}))
                 issues.append(
                     Issue(
                         tspec.none_picked.code,
@@ -518,15 +551,6 @@ class RegistryMapping:
         return "ok"
 
 
-def _as_codings(value: Any) -> Iterable[tuple[str, str]]:
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if isinstance(item, dict):
-            system, code = item.get("system"), item.get("code")
-            if isinstance(system, str) and isinstance(code, str) and code.strip():
-                yield system, code
-
-
 def _internal_error(where: str, field_name: str, exc: Exception) -> Issue:
     # The exception's text may quote the value it choked on, so only its type is reported.
     return Issue("mapping.internal_error", f"{where} failed: {type(exc).__name__}", field=field_name)
@@ -537,9 +561,25 @@ def _truthy(check: Callable[[Any], list[Any]], row: Mapping[str, Any]) -> bool:
     return bool(result) and result[0] is True
 
 
+def _allowed_set(allowed: list[Any] | None) -> frozenset[Any] | tuple[Any, ...] | None:
+    if allowed is None:
+        return None
+    try:
+        return frozenset(allowed)
+    except TypeError:  # unhashable values in the list: compare one by one
+        return tuple(allowed)
+
+
+def _is_allowed(value: Any, allowed: frozenset[Any] | tuple[Any, ...]) -> bool:
+    try:
+        return value in allowed
+    except TypeError:  # an unhashable value (a list, an object) is never an allowed code
+        return False
+
+
 def _row_for_fhirpath(row: Mapping[str, Any]) -> dict[str, Any]:
     # Dates become ISO strings so FHIRPath comparisons on them behave as on FHIR data.
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+    return {k: (v.isoformat() if isinstance(v, date) else v) for k, v in row.items()}
 
 
 def load_spec(path: Path) -> MappingSpec:
