@@ -14,7 +14,7 @@ import sqlmodel
 from alembic import op
 
 
-revision: str = "6d5585201b32"
+revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
