@@ -57,12 +57,10 @@ class ColumnSpec:
     description: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Column:
-    name: str
-    fn: Fn
-    collection: bool
-    where: str  # location in the view, for error messages
+# A column as _row reads it: (name, fn, collection, where in the view for error messages).
+# A plain tuple on purpose: the interpreter unpacks exact tuples on a fast path that
+# NamedTuples and dataclass attribute reads do not get, and _row is the hot loop.
+_Column = tuple[str, Fn, bool, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,20 +141,20 @@ class CompiledView:
 def _row(columns: tuple[_Column, ...], focus: list[Any], env: Env, origin: str
          ) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    for col in columns:
+    for name, fn, collection, where in columns:
         try:
-            values = col.fn(focus, env)
+            values = fn(focus, env)
         except FHIRPathEvaluationError as exc:
-            raise ViewEvaluationError(f"{origin}: {col.where}: {exc}") from None
-        if col.collection:
-            row[col.name] = list(values)
-        elif not values:
-            row[col.name] = None
+            raise ViewEvaluationError(f"{origin}: {where}: {exc}") from None
+        if collection:
+            row[name] = list(values)
         elif len(values) == 1:
-            row[col.name] = values[0]
+            row[name] = values[0]
+        elif not values:
+            row[name] = None
         else:
             raise ViewEvaluationError(
-                f"{origin}: {col.where}: returned {len(values)} values but is not a collection"
+                f"{origin}: {where}: returned {len(values)} values but is not a collection"
                 " column (set collection: true or narrow the path, e.g. with first())"
             )
     return row
@@ -368,7 +366,7 @@ class _ViewCompiler:
                     f"columns {list(branch.names)} differ from unionAll[0]'s "
                     f"{list(union[0].names)} (names and order must match)",
                 )
-        names = tuple(c.name for c in columns) + tuple(
+        names = tuple(c[0] for c in columns) + tuple(
             n for s in selects for n in s.names) + (union[0].names if union else ())
         self.unique_names(list(names), where)
         return _Select(where, columns, selects, union, iterate, "forEachOrNull" in sel, repeat,
@@ -402,7 +400,7 @@ class _ViewCompiler:
         self.specs.setdefault(name, ColumnSpec(name, str(path), type_name, collection,
                                                description if isinstance(description, str)
                                                else None))
-        return _Column(name, fn, collection, where)
+        return (name, fn, collection, where)
 
     def unique_names(self, names: list[str], where: str) -> None:
         seen: set[str] = set()

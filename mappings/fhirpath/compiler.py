@@ -129,9 +129,31 @@ class Compiler:
         while isinstance(base, Member) and not (base.base is None and base.name[0].isupper()):
             names.append(base.name)
             base = base.base
+        path = tuple(reversed(names))
+        typed = self.typed_element(base)
+        if typed is not None:
+            # ``performed.ofType(Period).start``: the typed read and the path in one closure.
+            return Compiled(self.typed(*typed, then=path).fn, _static_type_of_key(node.name))
         base_fn = None if base is None else self.compile(base).fn
-        return Compiled(member_path(tuple(reversed(names)), base_fn),
-                        _static_type_of_key(node.name))
+        return Compiled(member_path(path, base_fn), _static_type_of_key(node.name))
+
+    @staticmethod
+    def typed_element(node: Node | None) -> tuple[Member, str, Node] | None:
+        """``(element, type, node)`` when ``node`` is ``element.ofType(T)`` / ``element as T``
+        with a valid T (else the general compile reports the error)."""
+        if isinstance(node, Call) and node.name in ("ofType", "as") and len(node.args) == 1:
+            operand, arg = node.base, node.args[0]
+            if not isinstance(arg, TypeSpecifier):
+                return None
+            type_spec = arg.name
+        elif isinstance(node, TypeOp) and node.op == "as":
+            operand, type_spec = node.operand, node.type_name
+        else:
+            return None
+        if (not isinstance(operand, Member) or (operand.base is None and operand.name[0].isupper())
+                or normalize_type(type_spec) is None):
+            return None
+        return operand, type_spec, node
 
     def _indexer(self, node: Indexer) -> Compiled:
         base = self.compile(node.base)
@@ -149,14 +171,16 @@ class Compiler:
 
         return Compiled(index, base.type_name)
 
-    def typed(self, base: Node | None, type_spec: str, node: Node) -> Compiled:
-        """``base.ofType(T)`` / ``base as T``."""
+    def typed(self, base: Node | None, type_spec: str, node: Node,
+              then: tuple[str, ...] = ()) -> Compiled:
+        """``base.ofType(T)`` / ``base as T``, followed by the element names ``then`` (only
+        when ``base`` is an element, see typed_element)."""
         type_name = normalize_type(type_spec)
         if type_name is None:
             raise self.error(f"unknown type {type_spec!r}", node)
         if isinstance(base, Member) and not (base.base is None and base.name[0].isupper()):
             inner = None if base.base is None else self.compile(base.base).fn
-            return Compiled(typed_member(base.name, type_name, inner), type_name)
+            return Compiled(typed_member(base.name, type_name, inner, then), type_name)
         # Not directly after an element name: the JSON key that told the type is gone.
         source = self.input_of(base)
         return Compiled(type_filter(source.fn, type_name, self, node), type_name)
@@ -189,39 +213,82 @@ class Compiler:
 
     def _binary(self, node: Binary) -> Compiled:
         op = node.op
+        if op in ("and", "or"):
+            return Compiled(self.logic_chain(node), "boolean")
         left = self.compile(node.left)
         right = self.compile(node.right)
         lf, rf = left.fn, right.fn
         kind = "boolean" if op in _BOOLEAN_OPS else None
         if op == "=":
-            return Compiled(_equal_fn(lf, rf, self.static_value(node.right)), kind)
-        if op == "and":
+            return Compiled(self.equal(node, lf, rf), kind)
+        if op == "|":
+            distinct = ops.distinct
 
-            def and_(this: list[Any], env: Env) -> list[Any]:
-                a = lf(this, env)
-                if len(a) == 1 and a[0] is False:  # not "== [False]": 0 == False in Python
-                    return a
-                return ops.logic("and", a, rf(this, env))
+            def union(this: list[Any], env: Env) -> list[Any]:
+                both = lf(this, env) + rf(this, env)
+                # Usually one side is empty and the other a single value
+                # (``performed.ofType(dateTime) | performed.ofType(Period).start``).
+                return both if len(both) < 2 else distinct(both)
 
-            return Compiled(and_, kind)
-        if op == "or":
-
-            def or_(this: list[Any], env: Env) -> list[Any]:
-                a = lf(this, env)
-                if len(a) == 1 and a[0] is True:
-                    return a
-                return ops.logic("or", a, rf(this, env))
-
-            return Compiled(or_, kind)
+            return Compiled(union)
         binary = _BINARY.get(op)
         if binary is None:
             raise self.error(f"operator {op!r} is not supported", node)
         return Compiled(lambda this, env: binary(op, lf(this, env), rf(this, env)),
                         kind or _arithmetic_type(left.type_name, right.type_name, op))
 
+    def logic_chain(self, node: Binary) -> Fn:
+        """``a or b or c`` (or ``and``): one closure over the whole chain.
 
-def _equal_fn(lf: Fn, rf: Fn, right: tuple[Any] | None) -> Fn:
-    if right is not None:
+        Three-valued ``or``/``and`` are associative, and the chain is evaluated left to right
+        with the short cut the pairwise closures take, so the result and the operands
+        evaluated are the same.
+        """
+        op = node.op
+        operands: list[Node] = []
+        current: Node = node
+        while isinstance(current, Binary) and current.op == op:
+            operands.append(current.right)
+            current = current.left
+        operands.append(current)
+        operands.reverse()
+        fns = [self.compile(x).fn for x in operands]
+        if not all(isinstance(x, Binary) and x.op in _BOOLEAN_OPS for x in operands):
+            # An operand may give several items or a non-Boolean: keep the general rules.
+            fn = fns[0]
+            for rf in fns[1:]:
+                fn = _and_fn(fn, rf) if op == "and" else _or_fn(fn, rf)
+            return fn
+        # Every operand gives [] or [bool]: no singleton rules to apply.
+        chain = _short_circuit(tuple(fns), decisive=op == "or")
+        tests = [self.member_literal(x) for x in operands]
+        names = {t[0] for t in tests if t is not None}
+        if op == "or" and None not in tests and len(names) == 1:
+            # ``status = 'a' or status = 'b'``: one set lookup.
+            return _member_in(names.pop(), frozenset(t[1] for t in tests if t), chain)
+        return chain
+
+    def member_literal(self, node: Node) -> tuple[str, str] | None:
+        """``(name, text)`` for ``name = 'text'`` (either way round) where ``name`` is one
+        element of ``$this`` and ``text`` a string that cannot be a date or time, so equality
+        with a string value is plain string equality (see operators.items_equal)."""
+        if not isinstance(node, Binary) or node.op != "=":
+            return None
+        for member, other in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(member, Member) and member.base is None and not member.name[0].isupper():
+                value = self.static_value(other)
+                if (value is not None and value[0].__class__ is str
+                        and not value[0][:1].isdigit()):
+                    return member.name, value[0]
+        return None
+
+    def equal(self, node: Binary, lf: Fn, rf: Fn) -> Fn:
+        right = self.static_value(node.right)
+        if right is None:
+            left = self.static_value(node.left)
+            if left is None:
+                return lambda this, env: ops.equal(lf(this, env), rf(this, env))
+            lf, right = rf, left  # ``'x' = path``: equality is symmetric
         # The common ``system = 'http://...'``: compare with the known value directly.
         expected = right[0]
         eq = ops.items_equal
@@ -235,8 +302,77 @@ def _equal_fn(lf: Fn, rf: Fn, right: tuple[Any] | None) -> Fn:
             same = eq(a[0], expected)
             return [] if same is None else [same]
 
-        return equal_literal
-    return lambda this, env: ops.equal(lf(this, env), rf(this, env))
+        test = self.member_literal(node)
+        if test is None:
+            return equal_literal
+        name = test[0]
+
+        def equal_member(this: list[Any], env: Env) -> list[Any]:
+            # One element holding a string: the whole comparison is ``==``.
+            if len(this) == 1:
+                item = this[0]
+                if item.__class__ is dict:
+                    value = item.get(name)
+                    if value.__class__ is str:
+                        return [value == expected]
+            return equal_literal(this, env)
+
+        return equal_member
+
+
+def _and_fn(lf: Fn, rf: Fn) -> Fn:
+    def and_(this: list[Any], env: Env) -> list[Any]:
+        a = lf(this, env)
+        if len(a) == 1 and a[0] is False:  # not "== [False]": 0 == False in Python
+            return a
+        return ops.logic("and", a, rf(this, env))
+
+    return and_
+
+
+def _or_fn(lf: Fn, rf: Fn) -> Fn:
+    def or_(this: list[Any], env: Env) -> list[Any]:
+        a = lf(this, env)
+        if len(a) == 1 and a[0] is True:
+            return a
+        return ops.logic("or", a, rf(this, env))
+
+    return or_
+
+
+def _short_circuit(fns: tuple[Fn, ...], decisive: bool) -> Fn:
+    """``or`` (decisive True) or ``and`` (decisive False) over operands giving [] or [bool].
+
+    Three-valued logic: the decisive value wins at once; otherwise an empty operand
+    leaves the result unknown (empty), and only all-known operands give ``not decisive``.
+    """
+
+    def short_circuit(this: list[Any], env: Env) -> list[Any]:
+        unknown = False
+        for fn in fns:
+            result = fn(this, env)
+            if not result:
+                unknown = True
+            elif result[0] is decisive:
+                return result
+        return [] if unknown else [not decisive]
+
+    return short_circuit
+
+
+def _member_in(name: str, texts: frozenset[str], chain: Fn) -> Fn:
+    """``name = 'a' or name = 'b'``: a set lookup when the element holds one string."""
+
+    def member_in(this: list[Any], env: Env) -> list[Any]:
+        if len(this) == 1:
+            item = this[0]
+            if item.__class__ is dict:
+                value = item.get(name)
+                if value.__class__ is str:
+                    return [value in texts]
+        return chain(this, env)
+
+    return member_in
 
 
 _BINARY = {
@@ -247,7 +383,6 @@ _BINARY = {
     "+": ops.arithmetic, "-": ops.arithmetic, "*": ops.arithmetic, "/": ops.arithmetic,
     "div": ops.arithmetic, "mod": ops.arithmetic, "&": ops.arithmetic,
     "xor": ops.logic, "implies": ops.logic,
-    "|": lambda op, a, b: ops.union(a, b),
     "in": lambda op, a, b: ops.membership(a, b, op),
     "contains": lambda op, a, b: ops.membership(b, a, op),
 }

@@ -156,6 +156,8 @@ def _where_member_equals(c: Compiler, fn: Fn, crit: Node) -> Fn | None:
     name, expected = members[0].name, values[0][0]
     choice = name in CHOICE_BASES
     eq = ops.items_equal
+    # A string that cannot be a date/time equals a string value exactly when ``==`` says so.
+    plain = expected.__class__ is str and not expected[:1].isdigit()
 
     def where_equals(this: list[Any], env: Env) -> list[Any]:
         out = []
@@ -168,6 +170,10 @@ def _where_member_equals(c: Compiler, fn: Fn, crit: Node) -> Fn | None:
                     value = choice_value(item, name)
                     if value is None:
                         continue
+                if value.__class__ is str and plain:
+                    if value == expected:
+                        out.append(item)
+                    continue
                 if value.__class__ is list:
                     if len(value) != 1:
                         continue
@@ -297,18 +303,24 @@ def _iif(c: Compiler, node: Call) -> Compiled:
 
 
 # -- subsetting ----------------------------------------------------------------------------
-def _slice(name: str, cut: Callable[[list[Any]], list[Any]]) -> None:
+def _slice(name: str, part: slice) -> None:
     @function(name)
     def build(c: Compiler, node: Call) -> Compiled:
         src = source(c, node)
         fn = src.fn
-        return Compiled(lambda this, env: cut(fn(this, env)), src.type_name)
+        return Compiled(lambda this, env: fn(this, env)[part], src.type_name)
 
 
-_slice("first", lambda coll: coll[:1])
-_slice("last", lambda coll: coll[-1:])
-_slice("tail", lambda coll: coll[1:])
-_slice("distinct", ops.distinct)
+_slice("first", slice(None, 1))
+_slice("last", slice(-1, None))
+_slice("tail", slice(1, None))
+
+
+@function("distinct")
+def _distinct(c: Compiler, node: Call) -> Compiled:
+    src = source(c, node)
+    fn, distinct = src.fn, ops.distinct
+    return Compiled(lambda this, env: distinct(fn(this, env)), src.type_name)
 
 
 @function("single")

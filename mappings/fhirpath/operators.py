@@ -229,13 +229,17 @@ def logic(op: str, left: list[Any], right: list[Any]) -> list[Any]:
 def distinct(coll: list[Any]) -> list[Any]:
     out: list[Any] = []
     for item in coll:
-        if not any(items_equal(item, seen) for seen in out):
+        for seen in out:
+            if items_equal(item, seen):
+                break
+        else:
             out.append(item)
     return out
 
 
 def union(left: list[Any], right: list[Any]) -> list[Any]:
-    return distinct(left + right)
+    both = left + right
+    return both if len(both) < 2 else distinct(both)
 
 
 def membership(item_side: list[Any], collection: list[Any], op: str) -> list[Any]:

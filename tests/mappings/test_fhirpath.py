@@ -370,3 +370,124 @@ def test_bad_arguments_taken_from_data_fail_without_quoting_them() -> None:
         ev("code.matches(system)", {"code": "a", "system": "[Smith"})
     assert "matches() got an argument it cannot use" in str(info.value)
     assert "Smith" not in str(info.value)
+
+
+# -- compiled fast paths (same results as the general rules) -----------------------------------
+RULE_ROWS: list[dict[str, Any]] = [
+    {"status": "completed"},
+    {"status": "stopped"},
+    {},
+    {"status": None},
+    {"status": ["completed"]},  # one value in a list: still a single value
+    {"status": ["completed", "stopped"]},  # several values: '=' is false, not an error
+    {"status": 3},
+    {"status": True},
+    {"status": {"text": "completed"}},
+]
+
+
+@pytest.mark.parametrize("row", RULE_ROWS, ids=repr)
+@pytest.mark.parametrize("expr", [
+    "status = 'entered-in-error' or status = 'not-done'",
+    "status = 'preparation' or status = 'stopped' or status = 'completed'",
+    "'stopped' = status or status = 'completed'",
+    "status = 'completed' or missing = 'x'",
+    "missing = 'x' or status = 'stopped'",
+    "status = 'completed' and missing = 'x'",
+    "status != 'x' and status = 'completed' and status.exists()",
+    "status = %done or status = 'stopped'",
+])
+def test_rule_chains_agree_with_fhirpathpy(row: dict[str, Any], expr: str) -> None:
+    # status = 'a' or status = 'b' becomes one set lookup when status is a string; every
+    # other shape of data must give what the general three-valued rules give.
+    theirs = fhirpathpy.evaluate(row, expr, {"done": "completed"})
+    assert ev(expr, row, done="completed") == theirs
+
+
+def test_logic_chains_keep_short_cuts_and_singleton_rules() -> None:
+    # JSON null in a primitive array is no value (fhirpathpy counts it as one).
+    assert ev("status = 'a' or status = 'stopped'", {"status": [None, "stopped"]}) == [True]
+    assert ev("missing = 'x' or status = 'zz'") == []
+    assert ev("missing = 'x' and status = 'zz'") == [False]
+    assert ev("status = 'completed' or note.text > 'a'") == [True]  # right side not evaluated
+    with pytest.raises(FHIRPathEvaluationError, match="expects a single value"):
+        ev("status = 'zz' or note.text > 'a'")
+    assert ev("status or false") == [True]  # a single non-Boolean counts as true
+    with pytest.raises(FHIRPathEvaluationError, match="expects a single value"):
+        ev("note.text or false")
+    assert ev("(status = 'a' or status = 'b') or (id = 'proc-1' or id = 'x')") == [True]
+    assert ev("status = 'completed' and (id = 'x' or id = 'proc-1')") == [True]
+
+
+def test_string_equality_with_date_like_literals_keeps_precision_rules() -> None:
+    # '1970-06' and '1970-06-01' have different precisions: equality is unknown, not false.
+    assert ev("birthDate = '1970-06-01'", PATIENT) == []
+    assert ev("birthDate = '1970-06-01' or birthDate = '1971'", PATIENT) == []
+    assert ev("birthDate = '1970-06' or birthDate = '1971'", PATIENT) == [True]
+    assert ev("'1970-06-01' = birthDate", PATIENT) == []
+
+
+def test_equality_fast_path_needs_one_input_item() -> None:
+    rule = compile_path("status = 'stopped' or status = 'completed'")
+    assert rule([{"status": "completed"}]) == [True]
+    # Two input items: status has two values, so neither equality holds.
+    assert rule([{"status": "completed"}, {"status": "stopped"}]) == [False]
+    assert rule(["completed"]) == []  # a string has no elements
+    assert ev("name.where(use = 'usual' or use = 'official').given", PATIENT) == ["Jane", "Q"]
+
+
+def test_member_paths_through_objects_lists_and_nulls() -> None:
+    data = {
+        "a": [{"b": {"c": 1}}, None, {"b": [{"c": 2}, {"c": None}, "text"]}, "text"],
+        "d": {"e": ["x", None, "y"], "f": "plain", "valueString": "s"},
+        "g": {"h": {"valueQuantity": {"value": 5}}},
+    }
+    assert ev("a.b.c", data) == [1, 2]
+    assert ev("d.e", data) == ["x", "y"]
+    assert ev("d.f.g", data) == []  # a string has no elements
+    assert ev("d.value", data) == ["s"]  # choice element at a later step
+    assert ev("g.h.value.value", data) == [5]
+    assert ev("d.missing.e", data) == []
+    assert compile_path("b")([{"b": 1}, {"b": [2, None, 3]}, "x"]) == [1, 2, 3]
+    assert compile_path("b.c")([{"b": {"c": 1}}, {"b": [{"c": 2}]}]) == [1, 2]
+    assert compile_path("b")([]) == []
+    assert compile_path("b")(["x"]) == []
+    # One-item arrays on the way.
+    assert ev("a.b.c", {"a": [{"b": [{"c": 3}]}]}) == [3]
+    assert ev("a.b", {"a": [None]}) == []
+    assert ev("a.b", {"a": ["x"]}) == []
+    assert ev("a.b", {"a": [[{"b": 1}]]}) == []  # a list inside a list is not an element
+    assert ev("a.b", {"a": [{"b": [None]}]}) == []
+
+
+def test_member_path_results_are_copies() -> None:
+    resource = {"code": {"coding": [{"code": "a"}]}, "tags": ["t1"]}
+    for expr in ("code.coding", "tags"):
+        result = ev(expr, resource)
+        result.append("mutated")
+    assert resource == {"code": {"coding": [{"code": "a"}]}, "tags": ["t1"]}
+
+
+@pytest.mark.parametrize(("resource", "expr"), [
+    (PROCEDURE, "performed.ofType(dateTime) | performed.ofType(Period).start"),
+    (PERIOD_PROCEDURE, "performed.ofType(dateTime) | performed.ofType(Period).start"),
+    (PROCEDURE, "performed.ofType(Period).start"),
+    (PERIOD_PROCEDURE, "(performed as Period).end"),
+    (PERIOD_PROCEDURE, "performed.as(Period).start"),
+    (QUESTIONNAIRE_RESPONSE, "item.answer.value.ofType(Coding).code"),
+    (QUESTIONNAIRE_RESPONSE, "item.answer.value.ofType(Coding).system | item.linkId"),
+    (PROCEDURE, "note.text | note.text"),
+    (PROCEDURE, f"code.coding.where(system = '{SCT}').code"),
+    (PROCEDURE, f"code.coding.where('{CPT}' = system).code.first()"),
+    (PROCEDURE, "code.coding.where(code = '609588000').system.last()"),
+    (PROCEDURE, "reasonReference.reference.tail()"),
+], ids=lambda x: x if isinstance(x, str) else x["id"])
+def test_fused_paths_agree_with_fhirpathpy(resource: dict[str, Any], expr: str) -> None:
+    theirs = fhirpathpy.evaluate(resource, expr, {}, models["r4"])
+    assert compile_path(expr)(resource) == theirs
+
+
+def test_typed_path_with_a_bad_type_reports_the_type() -> None:
+    with pytest.raises(FHIRPathSyntaxError, match="unknown type 'Peroid'") as info:
+        compile_path("performed.ofType(Peroid).start")
+    assert info.value.position == 17

@@ -256,3 +256,30 @@ resource: Observation
 constant: [{name: t, valueTime: 18:12:00}]
 select: [{column: [{name: x, path: "value.ofType(time) = %t"}]}]
 """))
+
+
+def test_flat_view_gives_one_row_of_single_values_and_copied_lists() -> None:
+    # No forEach/unionAll: the one-row fast path of CompiledView.rows.
+    flat = compile_view({
+        "resource": "Procedure",
+        "select": [{"column": [
+            {"name": "id", "path": "id"},
+            {"name": "status", "path": "status"},
+            {"name": "outcome", "path": "outcome.text"},
+            {"name": "codings", "path": "code.coding", "collection": True},
+            {"name": "sites", "path": "bodySite.coding.code", "collection": True},
+            {"name": "closed", "path": "status = 'completed' or status = 'stopped'"},
+        ]}],
+    }, origin="flat.yaml")
+    resource = procedure()
+    rows = flat.rows(resource)
+    assert rows == [{
+        "id": "proc-1", "status": "completed", "outcome": None,
+        "codings": resource["code"]["coding"], "sites": ["122496007", "122495006"],
+        "closed": True,
+    }]
+    rows[0]["codings"].append({"code": "x"})
+    assert len(resource["code"]["coding"]) == 2
+    assert flat.rows(procedure(status="on-hold"))[0]["closed"] is False
+    with pytest.raises(ViewEvaluationError, match=r"flat.yaml: select\[0\].column\[1\] 'status'"):
+        flat.rows(procedure(status=["a", "b"]))
