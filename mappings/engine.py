@@ -415,7 +415,13 @@ class RegistryMapping:
                 continue
             if broken:
                 issues.append(
-                    Issue(rule.code, _format(rule.message, **out), field=rule.field, rule=rule.severity)
+                    Issue(
+                        rule.code,
+                        _format(rule.message, **out),
+                        field=rule.field,
+                        rule=rule.code,
+                        severity=rule.severity,
+                    )
                 )
                 fatal = fatal or rule.severity == "error"
 
@@ -427,7 +433,7 @@ class RegistryMapping:
                 fatal = True
                 continue
             issues.extend(found)
-            fatal = fatal or any(i.rule != "warning" for i in found)
+            fatal = fatal or any(i.severity != "warning" for i in found)
 
         return MappingResult("failed" if fatal else "mapped", self.target, out, issues)
 
@@ -450,7 +456,8 @@ class RegistryMapping:
                     f"{self.resource_type}: {name} has {len(value)} characters; "
                     f"column {self.target}.{name} holds at most {limit}",
                     field=name,
-                    rule="" if failing else "warning",
+                    rule="column_length",
+                    severity="error" if failing else "warning",
                 )
             )
             out[name] = fs.default if fs is not None else None

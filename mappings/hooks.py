@@ -50,7 +50,8 @@ def prom_score(resource: Mapping[str, Any], row: dict[str, Any], ctx: SiteContex
                 f"{instrument.id}: {si.message}",
                 field=f"item:{item}" if item else "",
                 value=item or None,
-                rule="warning",
+                rule=f"prom:{instrument.id}",
+                severity="warning",
             )
         )
     if all(v is None for v in result.scores.values()):

@@ -54,7 +54,8 @@ def try_mapping(app: App, mapping_file: Path, resource_file: Path) -> dict[str, 
                 "field": i.field,
                 "value": i.value,
                 "message": i.message,
-                "severity": i.rule or "error",
+                "rule": i.rule,
+                "severity": i.severity,
             }
             for i in result.issues
         ],

@@ -35,6 +35,7 @@ class Issue:
     field: str = ""
     value: str | None = None
     rule: str = ""
+    severity: str = "error"  # or "warning": the record still maps
 
 
 # Errors about a record that only case assembly can see (e.g. an add-on code whose surgery has
@@ -82,6 +83,7 @@ def replace_errors(
                 # Bounded to their columns: a hostile element path must not fail the batch.
                 "field": issue.field[:200],
                 "rule": issue.rule[:100],
+                "severity": issue.severity,
                 "code": issue.code[:80],
                 "value": (issue.value or None) and issue.value[:200],
                 "message": issue.message,
@@ -129,6 +131,7 @@ def replace_errors(
         update=[
             "mapping",
             "rule",
+            "severity",
             "value",
             "message",
             "cause_id",

@@ -188,7 +188,10 @@ class MappingError(SQLModel, table=True):
     resource_id: str = Field(max_length=256)
     mapping: str = Field(default="", max_length=100)
     field: str = Field(default="", max_length=200)
+    # Which rule failed (``required``, ``translate:<code map>``, a rule's code, ...).
     rule: str = Field(default="", max_length=100)
+    # error: the record is not (fully) mapped; warning: mapped, but staff should look.
+    severity: str = Field(default="error", max_length=16)
     code: str = Field(max_length=80)
     value: str | None = Field(default=None, max_length=200)
     message: str = Field(sa_column=Column(Text, nullable=False))
@@ -282,6 +285,11 @@ class User(SQLModel, table=True):
     disabled: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     last_login_at: datetime | None = None
+    # Consecutive failed sign-ins, and until when the account is locked after too many.
+    failed_logins: int = 0
+    locked_until: datetime | None = None
+    # Bumped on sign-out and password change: sessions carrying an older value are void.
+    session_version: int = 0
 
 
 class AuditEntry(SQLModel, table=True):

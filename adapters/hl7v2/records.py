@@ -76,7 +76,7 @@ class Converted:
 
     @property
     def failed(self) -> bool:
-        return any(i.rule != "warning" for i in self.issues) and not (self.records or self.deleted)
+        return any(i.severity != "warning" for i in self.issues) and not (self.records or self.deleted)
 
     @property
     def out_of_scope(self) -> bool:
@@ -95,7 +95,11 @@ def convert_staged(raw: bytes, identity: str, tz: ZoneInfo) -> Converted:
         where = issue.field or issue.segment or ""
         out.issues.append(
             Issue(
-                issue.code, issue.message, field=where, rule="warning" if issue.severity == "warning" else ""
+                issue.code,
+                issue.message,
+                field=where,
+                rule=f"hl7v2:{issue.segment}" if issue.segment else "hl7v2",
+                severity="warning" if issue.severity == "warning" else "error",
             )
         )
     return out

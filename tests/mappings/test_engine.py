@@ -253,7 +253,7 @@ def test_rules_and_excludes_that_fail_to_evaluate_are_internal_errors(
     folder = _mapping_dir_with(tmp_path / "x", "patient.yaml", "  rules:\n", exclude)
     r = load_mappings(sqlite_app.codemaps, folder, target_columns())["Patient"].map(res, sqlite_app.site)
     assert r.disposition == "failed"
-    assert [(i.code, i.field) for i in r.issues if i.rule != "warning"] == [
+    assert [(i.code, i.field) for i in r.issues if i.severity != "warning"] == [
         ("mapping.internal_error", "exclude[0]")
     ]
 
@@ -302,10 +302,11 @@ def test_values_too_long_for_their_column_are_issues(sqlite_app: App) -> None:
     r = m.map(_patient(telecom=[{"system": "phone", "value": long_phone}]), sqlite_app.site)
     assert r.disposition == "mapped" and r.row["phone"] is None
     (issue,) = r.issues
-    assert (issue.code, issue.field, issue.value, issue.rule) == (
+    assert (issue.code, issue.field, issue.value, issue.rule, issue.severity) == (
         "mapping.value_too_long",
         "phone",
         None,
+        "column_length",
         "warning",
     )
     assert long_phone not in issue.message and "64" in issue.message
