@@ -49,6 +49,15 @@ class RecordError:
     resource_id: str | None = None
 
 
+class SourceIncomplete(Exception):
+    """Raised by a source after it yielded all it could, when some part had to stop.
+
+    Everything yielded before is complete and checkpointed; the pipeline maps it and records
+    the run as ``partial`` with this message, and the next run resumes the stopped parts.
+    The message names resource types, pages and ids, never patient data.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Deleted:
     """The source says a resource is gone (FHIR history DELETE, v2 cancel)."""

@@ -4,22 +4,33 @@ Kick-off (``GET [base]/$export``, ``/Patient/$export`` or ``/Group/<id>/$export`
 ``_type``/``_since``/``_typeFilter`` and ``Prefer: respond-async``) → poll the status URL from
 ``Content-Location``, waiting as ``Retry-After`` says and reporting ``X-Progress`` → on 200,
 the manifest → each output file is streamed to disk, then read back line by line (constant
-memory) and yielded. ``error`` files (OperationOutcome NDJSON) become ``RecordError``s.
+memory) and yielded. ``deleted`` files (Bulk Data 2.0: Bundles whose entries are
+``DELETE Type/id``) become ``Deleted``; ``error`` files (OperationOutcome NDJSON) become
+``RecordError``s.
 
 Resumability: the state carries the status URL as soon as the export is accepted, then the
 manifest and, per file, bytes downloaded and bytes already yielded. A rerun after a crash
 continues the same export: it skips finished files, resumes a partial download with an HTTP
-``Range`` request and skips lines already committed. The final state holds only
+``Range`` request and skips lines already committed. A body that ends mid-line is treated as
+a cut download and its rest asked for with ``Range``. The final state holds only
 ``{"since": <manifest transactionTime>}``, the next run's ``_since``.
+
+Nothing lost: when a line of an output or deleted file could not be read, or a file holds
+fewer lines than the manifest's ``count``, the errors are recorded and ``_since`` is *not*
+advanced, so the next export asks for the same window again (staging ignores what it already
+has). When an output file has expired (404/410), the export is dropped from the state and a
+new one started with the same ``_since``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +42,7 @@ import structlog
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
 from adapters.auth import AuthConfig, make_auth
-from adapters.base import Checkpoint, Item, Record, RecordError, SourceContext
+from adapters.base import Checkpoint, Deleted, Item, Record, RecordError, SourceContext
 from adapters.http import (
     BODY_READ_ERRORS,
     RETRY_STATUSES,
@@ -50,6 +61,13 @@ log = structlog.get_logger(__name__)
 CHUNK = 64 * 1024
 # A connection lost mid-file, as urllib3 raises it from read1() or requests wraps it.
 DOWNLOAD_ERRORS = (*BODY_READ_ERRORS, ProtocolError, ReadTimeoutError)
+# What a server answers for an output file it no longer keeps (the manifest's ``Expires``).
+EXPIRED_STATUSES = frozenset({404, 410})
+# New exports started in one run after output files expired; more waits for the next run.
+MAX_RESTARTS_PER_RUN = 1
+# ``Type/id`` of a deleted entry's request.url (relative or absolute, optional ``_history``).
+DELETED_REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]{1,63})/([A-Za-z0-9.\-]{1,64})"
+                         r"(?:/_history/[^/]+)?/?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +93,15 @@ class FhirBulkConfig:
 
 class BulkExportError(Exception):
     """The export could not be started or the server gave up on it."""
+
+
+class OutputExpired(FhirHttpError):
+    """An output file answered 404/410: the server no longer keeps this export's files."""
+
+
+class _EndedMidLine(ProtocolError):
+    """The body ended without a final newline: most likely a cut the framing did not show
+    (a close-delimited body), so it is retried like any other cut connection."""
 
 
 def _retry_after(resp: requests.Response, default: float) -> float:
@@ -107,13 +134,40 @@ class FhirBulkSource:
     # ------------------------------------------------------------------ entry point
     def read(self, ctx: SourceContext) -> Iterator[Item]:
         state: dict[str, Any] = orjson.loads(orjson.dumps(dict(ctx.state))) if ctx.state else {}
+        since = None if ctx.full else (ctx.since or state.get("since"))
+        for restarts in range(MAX_RESTARTS_PER_RUN + 1):
+            try:
+                yield from self.export(state, ctx, since)
+                return
+            except OutputExpired as exc:
+                # Retrying a file the server has dropped would fail forever: forget the export
+                # and ask again for the same window (what was already yielded dedups).
+                job: dict[str, Any] = state.pop("export", None) or {}
+                since = job.get("since_used")
+                log.warning("fhir_bulk.output_expired", source=self.name, status=exc.status,
+                            path=exc.path)
+                yield RecordError(origin=exc.path, code="export-expired",
+                                  message=f"{exc}: the export's files have expired; "
+                                          "a new export is started with the same _since")
+                again = restarts < MAX_RESTARTS_PER_RUN
+                yield Checkpoint(state=_copy(state),
+                                 progress="export files expired: " + (
+                                     "starting a new export" if again
+                                     else "the next run starts a new export"))
+                for url in job.get("files") or {}:
+                    self.local_file(url).unlink(missing_ok=True)  # partial downloads
+                if job.get("status_url"):
+                    self._cancel(job["status_url"])
+
+    def export(self, state: dict[str, Any], ctx: SourceContext,
+               since: str | None) -> Iterator[Item]:
+        """Continue the export in ``state`` (or kick one off with ``since``) to its end."""
         job: dict[str, Any] | None = state.get("export")
         if job is not None and ctx.full and job.get("since_used"):
             # A full export was asked for while an incremental one is pending: drop that one.
             self._cancel(job["status_url"])
             job = None
         if job is None:
-            since = None if ctx.full else (ctx.since or state.get("since"))
             job = self.kick_off(since, ctx.resource_types)
             state["export"] = job
             yield Checkpoint(state=_copy(state), progress="export accepted")
@@ -127,12 +181,27 @@ class FhirBulkSource:
         manifest = job["manifest"]
         needs_token = bool(manifest.get("requiresAccessToken"))
         outputs = [(o, "output") for o in manifest.get("output") or []] + \
+                  [(o, "deleted") for o in manifest.get("deleted") or []] + \
                   [(o, "error") for o in manifest.get("error") or []]
         for n, (entry, kind) in enumerate(outputs):
             yield from self.process_file(state, job, n, entry, kind, needs_token)
         status_url = job["status_url"]
-        final = {"since": manifest.get("transactionTime") or state.get("since")}
-        yield Checkpoint(state=final, progress=f"export done: {len(outputs)} files")
+        files = job["files"].values()
+        unread = sum(f.get("bad", 0) for f in files)
+        short = sum(1 for f in files if f.get("short"))
+        if unread or short:
+            # Resources after a bad line or missing from a short file were never yielded:
+            # keep the window open so the next export fetches them again.
+            kept = _earlier(state.get("since"), job.get("since_used"))
+            final: dict[str, Any] = {"since": kept} if kept else {}
+            progress = (f"export done with {unread} unreadable or failed lines and {short} short "
+                        "files: _since not advanced")
+            log.warning("fhir_bulk.export_incomplete", source=self.name, unreadable=unread,
+                        short_files=short)
+        else:
+            final = {"since": manifest.get("transactionTime") or state.get("since")}
+            progress = f"export done: {len(outputs)} files"
+        yield Checkpoint(state=final, progress=progress)
         # The pipeline has committed the final state by now; tell the server it can clean up.
         self._cancel(status_url)
 
@@ -220,12 +289,15 @@ class FhirBulkSource:
                                                               "consumed": 0, "line": 0})
         if fstate["done"]:
             return
+        # Counters added later than the rest of the file state: a saved state may lack them.
+        fstate.setdefault("items", 0)  # non-blank lines read
+        fstate.setdefault("bad", 0)  # lines of output/deleted data that could not be read
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        local = self.work_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.ndjson"
+        local = self.local_file(url)
         auth = self.auth if needs_token else None
         yield from self.download(url, local, fstate, state, auth)
         rtype = str(entry.get("type") or "")
-        label = f"{rtype or kind}-file{n + 1}"
+        label = f"{rtype or kind}-file{n + 1}" if kind != "deleted" else f"deleted-file{n + 1}"
         with local.open("rb") as fh:
             fh.seek(fstate["consumed"])
             line_no = fstate["line"]
@@ -235,30 +307,55 @@ class FhirBulkSource:
                 fstate["line"] = line_no
                 line = raw.strip()
                 if line:
-                    yield self.item(line, f"{label}:line {line_no}", kind, rtype)
+                    fstate["items"] += 1
+                    items = self.items(line, f"{label}:line {line_no}", kind, rtype)
+                    # An unreadable line, or a server error about resources it did not export:
+                    # either way something was not received.
+                    if any(isinstance(i, RecordError) and i.code != "export-warning" for i in items):
+                        fstate["bad"] += 1
+                    yield from items
                 if line_no % self.cfg.checkpoint_every == 0:
                     yield Checkpoint(state=_copy(state), progress=f"{label}: {line_no} lines")
+        expected = entry.get("count")
+        if (kind != "error" and isinstance(expected, int) and not isinstance(expected, bool)
+                and fstate["items"] < expected):
+            # A cut at a line boundary leaves no broken line behind; the count still shows it.
+            fstate["short"] = True
+            yield RecordError(origin=label, code="bulk-file-short",
+                              message=f"{label}: {fstate['items']} lines where the manifest "
+                                      f"announced {expected}",
+                              resource_type=rtype or None)
         fstate["done"] = True
         yield Checkpoint(state=_copy(state), progress=f"{label}: done, {line_no} lines")
         local.unlink(missing_ok=True)
 
-    def item(self, line: bytes, origin: str, kind: str, rtype: str) -> Item:
+    def local_file(self, url: str) -> Path:
+        """Where the download of output file ``url`` is kept until its lines are yielded."""
+        return self.work_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.ndjson"
+
+    def items(self, line: bytes, origin: str, kind: str, rtype: str) -> list[Item]:
+        """What one NDJSON line of a ``kind`` file (output, deleted, error) stands for."""
         try:
             resource = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            return RecordError(origin=origin, code="malformed-json",
-                               message=f"{origin}: not JSON ({exc.msg} at char {exc.pos})",
-                               raw=line, resource_type=rtype or None)
+            return [RecordError(origin=origin, code="malformed-json",
+                                message=f"{origin}: not JSON ({exc.msg} at char {exc.pos})",
+                                raw=line, resource_type=rtype or None)]
         if not isinstance(resource, dict):
-            return RecordError(origin=origin, code="not-a-resource",
-                               message=f"{origin}: not a JSON object", raw=line)
+            return [RecordError(origin=origin, code="not-a-resource",
+                                message=f"{origin}: not a JSON object", raw=line)]
         if kind == "error":
             issues = operation_outcome_issues(resource)
             text = "; ".join(f"{i.get('code', '?')}: {i.get('diagnostics', '')}" for i in issues)
-            return RecordError(origin=origin, code="export-error",
-                               message=f"server export error: {text or 'no issue'}",
-                               raw=line, resource_type="OperationOutcome")
-        return Record(resource=resource, origin=origin, raw=line)
+            # Only error/fatal issues mean resources are missing; warnings and information
+            # (some servers always send them) must not hold the _since window open.
+            failed = not issues or any(i.get("severity") in ("error", "fatal") for i in issues)
+            return [RecordError(origin=origin, code="export-error" if failed else "export-warning",
+                                message=f"server export error: {text or 'no issue'}",
+                                raw=line, resource_type="OperationOutcome")]
+        if kind == "deleted":
+            return _deletions(resource, line, origin)
+        return [Record(resource=resource, origin=origin, raw=line)]
 
     def download(self, url: str, local: Path, fstate: dict[str, Any], state: dict[str, Any],
                  auth: Any) -> Iterator[Item]:
@@ -277,16 +374,33 @@ class FhirBulkSource:
                                       timeout=self.cfg.http.timeout) as resp:
                     if resp.status_code == 416 and have:
                         break  # everything was already on disk
+                    if resp.status_code in EXPIRED_STATUSES:
+                        raise _expired(resp, url)
                     raise_for_fhir(resp)
-                    mode = "ab" if have and resp.status_code == 206 else "wb"
-                    if mode == "wb":
+                    if resp.status_code == 206 and _range_start(resp) != have:
+                        if not have:
+                            raise BulkExportError(f"{url_path(url)}: partial content that was "
+                                                  "not asked for")
+                        # Not the range asked for: appending it would corrupt the file.
+                        log.warning("fhir_bulk.range_mismatch", path=url_path(url))
+                        have = 0
+                        continue
+                    appending = resp.status_code == 206 and have > 0
+                    if not appending:
                         have = 0  # the server ignored Range: start the file again
-                    with local.open(mode) as out:
+                    start = have
+                    with local.open("ab" if appending else "wb") as out:
                         # read1, not iter_content: iter_content buffers a whole chunk and
                         # drops it when the connection dies, losing bytes Range could keep.
                         while chunk := resp.raw.read1(CHUNK):
                             out.write(chunk)
                             have += len(chunk)
+                # A body without a final newline may have been cut where no framing shows it
+                # (no Content-Length): ask for the rest. The server settles it with 416, an
+                # empty 206 or the whole file again (it ignores Range); then that is the file.
+                if have and not _ends_with_newline(local) and (
+                        "Range" not in headers or (appending and have > start)):
+                    raise _EndedMidLine(f"{url_path(url)} ended mid-line at {have} B")
                 break
             except DOWNLOAD_ERRORS as exc:
                 fstate["downloaded"] = have
@@ -300,6 +414,58 @@ class FhirBulkSource:
         fstate["downloaded"] = have
         fstate["complete"] = True
         yield Checkpoint(state=_copy(state), progress=f"downloaded {url_path(url)}: {have} B")
+
+
+def _expired(resp: requests.Response, url: str) -> OutputExpired:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    return OutputExpired(resp.status_code, url_path(url), operation_outcome_issues(body))
+
+
+def _range_start(resp: requests.Response) -> int | None:
+    """First byte of a 206 answer, from ``Content-Range: bytes <first>-<last>/<total>``."""
+    m = re.match(r"\s*bytes\s+(\d+)-", resp.headers.get("Content-Range", ""))
+    return int(m.group(1)) if m else None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
+
+
+def _deletions(bundle: Mapping[str, Any], line: bytes, origin: str) -> list[Item]:
+    """``Deleted`` for each ``DELETE Type/id`` entry of a Bulk Data 2.0 deleted-file Bundle."""
+    if bundle.get("resourceType") != "Bundle":
+        return [RecordError(origin=origin, code="bad-deleted-bundle",
+                            message=f"{origin}: a deleted file line that is not a Bundle",
+                            raw=line)]
+    out: list[Item] = []
+    for i, entry in enumerate(bundle.get("entry") or []):
+        request = entry.get("request") if isinstance(entry, Mapping) else None
+        request = request if isinstance(request, Mapping) else {}
+        path = str(request.get("url") or "").split("?")[0]
+        m = DELETED_REF.search(path)
+        if request.get("method") != "DELETE" or m is None:
+            out.append(RecordError(origin=f"{origin} entry {i}", code="bad-deleted-entry",
+                                   message=f"{origin} entry {i}: not a DELETE of Type/id",
+                                   field="Bundle.entry.request", raw=line))
+            continue
+        out.append(Deleted(resource_type=m.group(1), resource_id=m.group(2),
+                           origin=f"{origin} entry {i}"))
+    return out
+
+
+def _earlier(a: str | None, b: str | None) -> str | None:
+    """The earlier of two FHIR instants; ``None`` (no lower bound) when either is ``None``."""
+    if a is None or b is None:
+        return None
+    try:
+        return a if datetime.fromisoformat(a) <= datetime.fromisoformat(b) else b
+    except (TypeError, ValueError):  # unparsable, or naive against aware
+        return a  # keep the committed one, as before
 
 
 def _copy(state: Mapping[str, Any]) -> dict[str, Any]:

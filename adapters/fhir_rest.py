@@ -32,6 +32,12 @@ servers support it; Medplum has instance-level history only, and its in-memory r
 forgets deleted resources, so the test server adds type-level history). Without it no
 deletion is detected; a resource set to ``entered-in-error`` arrives as an ordinary update.
 
+A malformed page (not JSON, not a Bundle) is staged as an error and stops only its resource
+type (or, patient-scoped, its patient): that type's watermark stays at its last good page and
+the other types go on. After yielding everything else, ``read`` raises
+:class:`SyncIncomplete`, so the pipeline records the run as failed (what was committed stays)
+and the next run resumes the stopped parts.
+
 Referenced Patients and Encounters (``subject``/``patient``/``encounter``) that were not
 among the yielded resources are read once per run with ``[Type]?_id=a,b,...``.
 """
@@ -50,7 +56,16 @@ import requests
 import structlog
 
 from adapters.auth import AuthConfig, make_auth
-from adapters.base import Checkpoint, Deleted, Item, JSONDict, Record, RecordError, SourceContext
+from adapters.base import (
+    Checkpoint,
+    Deleted,
+    Item,
+    JSONDict,
+    Record,
+    RecordError,
+    SourceContext,
+    SourceIncomplete,
+)
 from adapters.http import HttpConfig, get_with_body_retry, make_session, raise_for_fhir, url_path
 
 log = structlog.get_logger(__name__)
@@ -64,15 +79,21 @@ REFERENCED_TYPES = ("Patient", "Encounter")
 class PatientScope:
     """Patient-scoped mode: find the cohort, then read each patient's resources.
 
-    The cohort is the members of ``group_id`` when set, else the subjects of a
-    ``cohort_type`` search with ``cohort_params`` (e.g. spine CPT codes).
-    ``patient_params`` overrides the search parameter linking a type to its patient.
+    The cohort is the members of ``group_id`` when set, or the Patient items of the FHIR
+    List ``list_id`` (Epic exposes patient lists as List; entries marked ``deleted`` are left
+    out), else the subjects of a ``cohort_type`` search with ``cohort_params`` (e.g. spine CPT
+    codes). ``patient_params`` overrides the search parameter linking a type to its patient.
     """
 
     group_id: str | None = None
+    list_id: str | None = None
     cohort_type: str = "Procedure"
     cohort_params: str = ""
     patient_params: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.group_id and self.list_id:
+            raise ValueError("set group_id or list_id, not both")
 
     def param_for(self, resource_type: str) -> str:
         if resource_type == "Patient":
@@ -96,6 +117,21 @@ class FhirRestConfig:
     detect_deletes: bool = False
     auth: AuthConfig = field(default_factory=AuthConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+
+
+class SyncIncomplete(SourceIncomplete):
+    """Some resource types or patients stopped at a malformed page; everything else was read.
+
+    Raised only after the source has yielded (and checkpointed) all it could, so the pipeline
+    keeps what was committed and records the run as failed with this message; the next run
+    resumes the stopped parts from their last good page.
+    """
+
+    def __init__(self, stopped: Mapping[str, str]) -> None:
+        self.stopped = dict(stopped)
+        parts = "; ".join(f"{what} at {origin}" for what, origin in self.stopped.items())
+        super().__init__(f"stopped at a malformed page: {parts} (everything else was synced; "
+                         "the next sync resumes from the last good page)")
 
 
 class MalformedPage(Exception):
@@ -149,6 +185,8 @@ class FhirRestSource:
 
     # ------------------------------------------------------------------ entry point
     def read(self, ctx: SourceContext) -> Iterator[Item]:
+        """Yield everything readable; then raise :class:`SyncIncomplete` if a malformed page
+        stopped a resource type or patient, so the run is recorded as failed, not succeeded."""
         types = tuple(t for t in self.cfg.resource_types
                       if not ctx.resource_types or t in ctx.resource_types)
         run = _Run(self, ctx, types)
@@ -156,10 +194,13 @@ class FhirRestSource:
             yield from run.patient_scoped(self.cfg.patient_scoped)
         else:
             yield from run.by_type()
+        if run.stopped:
+            raise SyncIncomplete(run.stopped)
 
     # ------------------------------------------------------------------ HTTP
-    def get_page(self, url: str, number: int) -> _Page:
-        """Fetch one Bundle page; :class:`MalformedPage` when it is not a usable Bundle."""
+    def get_page(self, url: str, number: int, expect: tuple[str, ...] = ("Bundle",)) -> _Page:
+        """Fetch one page (a Bundle, or one of ``expect``); :class:`MalformedPage` when it is
+        not JSON or not of an expected type."""
         resp = get_with_body_retry(self.session, url, self.cfg.http, auth=self.auth,
                                    headers={"Accept": "application/fhir+json"})
         raise_for_fhir(resp)
@@ -170,8 +211,9 @@ class FhirRestSource:
             raise MalformedPage("malformed-page",
                                 f"page {number} of {path} is not valid JSON ({exc.msg} at "
                                 f"char {exc.pos})", f"{path} page {number}") from None
-        if not isinstance(bundle, dict) or bundle.get("resourceType") not in ("Bundle", "Group"):
-            raise MalformedPage("not-a-bundle", f"page {number} of {path} is not a Bundle",
+        if not isinstance(bundle, dict) or bundle.get("resourceType") not in expect:
+            raise MalformedPage("not-a-bundle",
+                                f"page {number} of {path} is not a {' or '.join(expect)}",
                                 f"{path} page {number}")
         date = resp.headers.get("Date")
         server_time = _format_instant(parsedate_to_datetime(date)) if date else None
@@ -183,11 +225,11 @@ class FhirRestSource:
             query = f"{query}&{extra}" if query else extra
         return f"{self.base}/{resource_type}?{query}"
 
-    def pages(self, first_url: str) -> Iterator[_Page]:
+    def pages(self, first_url: str, expect: tuple[str, ...] = ("Bundle",)) -> Iterator[_Page]:
         url: str | None = first_url
         number = 1
         while url:
-            page = self.get_page(url, number)
+            page = self.get_page(url, number, expect)
             yield page
             url = next((str(link.get("url")) for link in page.bundle.get("link") or []
                         if isinstance(link, Mapping) and link.get("relation") == "next"
@@ -207,6 +249,7 @@ class _Run:
         self.seen: set[str] = set()  # "Type/id/version" yielded in this run
         self.known_refs: set[str] = set()  # "Type/id" yielded or already looked up
         self.counts: dict[str, int] = {}
+        self.stopped: dict[str, str] = {}  # what stopped at a malformed page -> page origin
 
     # ------------------------------------------------------------------ helpers
     def since_for(self, watermark: str | None) -> tuple[str, str] | None:
@@ -302,6 +345,7 @@ class _Run:
             last_seen: str | None = None
             versions: dict[str, str] = {}  # id -> lastUpdated seen in this traversal
             shifted = False
+            deletions_from: str | None = None
             log.info("fhir_rest.type_start", source=self.src.name, type=rtype,
                      incremental=since is not None)
             try:
@@ -337,14 +381,22 @@ class _Run:
                         tstate["watermark"] = previous
                     yield self.checkpoint(f"{rtype}: page {page.number}, "
                                           f"{self.counts.get(rtype, 0)} resources")
+                if self.cfg.detect_deletes and since is not None:
+                    deletions_from = since[1]
+                    yield from self.deletions(rtype, deletions_from)
             except MalformedPage as exc:
+                # Only this type stops: its watermark stays at the end of its last good page
+                # (set above), so the next run reads from there; the other types go on. A
+                # history page that fails leaves deletions unread since the previous watermark,
+                # so the type goes back there.
+                if deletions_from is not None:
+                    tstate["watermark"] = previous
                 yield RecordError(origin=exc.origin, code=exc.code, message=str(exc),
                                   resource_type=rtype)
                 log.error("fhir_rest.malformed_page", type=rtype, error=str(exc))
+                self.stopped[rtype] = exc.origin
                 yield self.checkpoint(f"{rtype}: stopped at a malformed page")
-                return
-            if self.cfg.detect_deletes and since is not None:
-                yield from self.deletions(rtype, since[1])
+                continue
             # After a shift the watermark stays where this traversal started, so the next run
             # reads the window again.
             if not shifted:
@@ -370,10 +422,30 @@ class _Run:
         ids: set[str] = set()
         server_time: str | None = None
         if scope.group_id:
-            page = self.src.get_page(f"{self.src.base}/Group/{scope.group_id}", 1)
-            group = page.bundle if page.bundle.get("resourceType") == "Group" else {}
+            page = self.src.get_page(f"{self.src.base}/Group/{scope.group_id}", 1,
+                                     expect=("Group",))
+            group = page.bundle
             server_time = page.server_time
             members = [m.get("entity", {}).get("reference", "") for m in group.get("member", [])]
+        elif scope.list_id:
+            members = []
+            # A read answers with the List; a server that pages a long list answers with
+            # Bundle pages holding it, and their next links are followed.
+            for page in self.src.pages(f"{self.src.base}/List/{scope.list_id}",
+                                       expect=("List", "Bundle")):
+                server_time = server_time or page.server_time
+                lists = ([page.bundle] if page.bundle.get("resourceType") == "List" else
+                         [e.get("resource") for e in page.bundle.get("entry") or []
+                          if isinstance(e, Mapping)])
+                for lst in lists:
+                    if not isinstance(lst, Mapping) or lst.get("resourceType") != "List":
+                        continue
+                    for item in lst.get("entry") or []:
+                        if not isinstance(item, Mapping) or item.get("deleted") is True:
+                            continue  # removed from the list
+                        ref = item.get("item")
+                        if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
+                            members.append(ref["reference"])
         else:
             url = self.src.search_url(scope.cohort_type, {"_count": str(self.cfg.page_size)},
                                       scope.cohort_params)
@@ -422,12 +494,25 @@ class _Run:
                         yield from self.records(page)
                         yield from self.references(page)
             except MalformedPage as exc:
+                # This patient stops; the others go on, and the run ends incomplete (below).
                 yield RecordError(origin=exc.origin, code=exc.code, message=str(exc))
-                yield self.checkpoint("stopped at a malformed page")
-                return
+                log.error("fhir_rest.malformed_page", patient=pid, error=str(exc))
+                self.stopped[f"Patient/{pid}"] = exc.origin
+                run.setdefault("failed", []).append(pid)
             run["after"] = pid
             yield self.checkpoint(f"patient {run['cohort'].index(pid) + 1} of "
                                   f"{len(run['cohort'])}")
+        failed = run.pop("failed", [])
+        for pid in failed:  # also those of a run that crashed after noting them
+            self.stopped.setdefault(f"Patient/{pid}", "a page read by an interrupted run")
+        if failed:
+            # The run is not over: the next one reads only the patients that stopped, from the
+            # same window; the others count as known from now on.
+            pstate["cohort"] = sorted(known | (set(run["cohort"]) - set(failed)))
+            pstate["run"] = {**run, "cohort": failed, "after": None}
+            yield self.checkpoint(f"{len(failed)} of {len(run['cohort'])} patients stopped at a "
+                                  "malformed page")
+            return
         # The run's start on the server clock bounds what this run saw for every patient;
         # a patient's data changed after its turn is newer than that, so it is re-read next run.
         pstate["watermark"] = run["started"] or run["high"]

@@ -18,13 +18,15 @@ import ijson
 import orjson
 
 from adapters.base import Checkpoint, Item, Record, RecordError, SourceContext
+from adapters.hl7v2.files import is_gzip
 from adapters.hl7v2.records import looks_like_hl7v2
 
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
 def _open(path: Path) -> IO[bytes]:
-    if path.suffix == ".gz":
+    # By content, like the formats: a hospital's "export.hl7" may well be gzip-compressed.
+    if is_gzip(path):
         return gzip.open(path, "rb")  # type: ignore[return-value]  # GzipFile is a binary IO
     return path.open("rb")
 
@@ -162,7 +164,8 @@ def read_document(stream: IO[bytes], name: str) -> Iterator[Record | RecordError
 
 
 def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record | RecordError]:
-    """Stream one FHIR file (NDJSON or JSON document, optionally gzip-compressed)."""
+    """Stream one FHIR or HL7 v2 file (NDJSON, JSON document or v2 messages, recognised by
+    content; optionally gzip-compressed)."""
     name = display_name or path.name
     try:
         with _open(path) as stream:
@@ -182,8 +185,9 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
                 yield from read_ndjson(stream, name)
             else:
                 yield from read_document(stream, name)
-    except OSError as exc:
-        yield RecordError(name, "intake.unreadable_file", f"cannot read file: {exc.strerror or exc}")
+    except (OSError, EOFError) as exc:  # EOFError: a gzip file cut short
+        reason = getattr(exc, "strerror", None) or exc or type(exc).__name__
+        yield RecordError(name, "intake.unreadable_file", f"cannot read file: {reason}")
 
 
 def iter_paths(paths: Iterable[Path], patterns: Iterable[str] = ("**/*",)) -> Iterator[Path]:

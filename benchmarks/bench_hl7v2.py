@@ -1,12 +1,16 @@
 """HL7 v2 intake and conversion benchmark.
 
-1. MLLP listener with durable ACKs: the listener runs in its own process with the SQLite
-   test sink (WAL, synchronous=FULL, group commit); this process opens 20 connections and
-   sends stop-and-wait (each connection waits for its ACK before the next message), as
-   real senders do. Prints msg/s, ACK latency p50/p99 and the mean commit batch.
-2. Conversion: convert_message (hl7apy per-segment parse + YAML mapping) against the
-   parse-only floors of hl7apy (parse_message, find_groups=False) and python-hl7 (hl7.parse)
-   on the same messages.
+1. MLLP listener with durable ACKs, as deployed: the real listener (``registry_adapter.
+   listener.build_listener``: ``MLLPListener`` + ``StagingSink`` on the registry store, SQLite
+   WAL, synchronous=FULL per commit, group commit) runs in its own process; this process opens
+   20 connections and sends stop-and-wait (each connection waits for its ACK before the next
+   message), as real senders do. Prints msg/s, ACK latency p50/p99, the mean commit batch
+   and the staging rows written.
+2. Conversion per message type, side by side: the parse-only floors of hl7apy
+   (parse_message, find_groups=False) and python-hl7 (hl7.parse); ``convert_message`` (v2 →
+   FHIR, with and without hl7apy); and the whole way v2 → FHIR → registry rows
+   (``Pipeline.map_pending`` over staged messages on SQLite: conversion, staging of the FHIR
+   resources, the mapping engine, registry upserts and case assembly).
 
 Run: .venv/bin/python benchmarks/bench_hl7v2.py [--messages 20000] [--connections 20]
 """
@@ -66,29 +70,55 @@ def _with_control_id(raw: bytes, cid: str) -> bytes:
 # --- 1. listener -------------------------------------------------------------------------
 
 
-def _serve(db_path: str, port_q: mp.Queue, stop_q: mp.Queue) -> None:
+def _app(db_dir: Path, sources: list[dict[str, Any]]) -> Any:
+    """A registry App on a fresh migrated SQLite file, as ``registry-adapter`` builds it."""
+    from registry_adapter.app import build_app
+    from registry_adapter.config import parse_settings
+
+    settings = parse_settings({
+        "site": {"id": "bench", "timezone": "America/Chicago", "pseudonym_key": "bench-key"},
+        "database": {"url": f"sqlite:///{db_dir / 'registry.db'}"},
+        "logging": {"format": "json", "level": "WARNING"},
+        "sources": sources,
+    })
+    app = build_app(settings)
+    app.upgrade_db()
+    return app
+
+
+def _quiet() -> None:
     import logging
 
     import structlog
 
-    from adapters.hl7v2.mllp import MLLPListener
-    from tests.hl7v2.sqlite_sink import SQLiteSink
-
     # Per-connection debug events would cost more than the work measured.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
+
+def _serve(db_dir: str, port_q: mp.Queue, stop_q: mp.Queue) -> None:
+    from sqlalchemy import func, select
+
+    from registry_adapter.config import MllpSource
+    from registry_adapter.listener import build_listener
+    from registry_store.staging import STAGING
+
+    _quiet()
+    app = _app(Path(db_dir), [{"name": "mllp", "type": "mllp", "port": 0}])
+    cfg = app.settings.source("mllp")
+    assert isinstance(cfg, MllpSource)
+
     async def main() -> None:
-        sink = SQLiteSink(Path(db_path), synchronous="FULL")
-        listener = MLLPListener("127.0.0.1", 0, sink)
+        listener = build_listener(app, cfg, port=0)
         await listener.start()
         port_q.put(listener.bound_port)
         await asyncio.to_thread(stop_q.get)
         await listener.close()
-        sizes = sink.batch_sizes
-        port_q.put((len(sizes), sum(sizes), len(sink.rows())))
-        sink.close()
+        with app.engine.connect() as conn:
+            rows = conn.execute(select(func.count()).select_from(STAGING)).scalar_one()
+        port_q.put((listener.writer.batches, listener.writer.messages, rows))
 
     asyncio.run(main())
+    app.engine.dispose()
 
 
 async def _client(port: int, msgs: list[bytes], latencies: list[float]) -> None:
@@ -117,8 +147,7 @@ def bench_listener(n_messages: int, n_conn: int) -> None:
     ctx = mp.get_context("spawn")
     port_q, stop_q = ctx.Queue(), ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "inbound.db"
-        proc = ctx.Process(target=_serve, args=(str(db), port_q, stop_q))
+        proc = ctx.Process(target=_serve, args=(tmp, port_q, stop_q))
         proc.start()
         port = port_q.get(timeout=60)
         per_conn = n_messages // n_conn
@@ -139,14 +168,15 @@ def bench_listener(n_messages: int, n_conn: int) -> None:
         proc.join(30)
     total = per_conn * n_conn
     lat.sort()
-    print(f"MLLP listener, SQLite WAL synchronous=FULL, {n_conn} connections stop-and-wait, "
+    print(f"MLLP listener + StagingSink (registry store), SQLite WAL synchronous=FULL, "
+          f"{n_conn} connections stop-and-wait, "
           f"{total} messages of {len(sample)} bytes ({LISTENER_SAMPLE}):")
     print(f"  throughput      {total / elapsed:8.0f} msg/s  ({elapsed:.2f} s)")
     print(f"  ACK latency     p50 {lat[len(lat) // 2] * 1000:.2f} ms   "
           f"p99 {lat[int(len(lat) * 0.99)] * 1000:.2f} ms   max {lat[-1] * 1000:.2f} ms")
     print(f"  group commit    {n_batches} store() calls, mean batch "
           f"{n_batched / max(n_batches, 1):.1f} messages")
-    print(f"  rows stored     {n_rows} (expected {total + 20 * n_conn})")
+    print(f"  staging rows    {n_rows} (expected {total + 20 * n_conn})")
 
 
 # --- 2. conversion -----------------------------------------------------------------------
@@ -160,6 +190,32 @@ def _rate(fn: Callable[[Any], object], items: Sequence[Any], repeat: int = 3) ->
             fn(item)
         runs.append(time.perf_counter() - t0)
     return len(items) / statistics.median(runs)
+
+
+def _to_registry_rate(raw: bytes, n: int) -> tuple[float, int, int]:
+    """v2 → FHIR → registry rows: ``n`` copies (distinct control ids) staged as the listener
+    stages them, then one timed ``Pipeline.map_pending``. Returns (msg/s, FHIR resources
+    mapped, registry cases) so the figure can be read against what the work produced."""
+    from datetime import UTC, datetime
+
+    from adapters.hl7v2.header import read_header
+    from adapters.hl7v2.mllp import InboundMessage
+    from registry_adapter.pipeline import Pipeline
+    from registry_store.hl7_sink import StagingSink
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = _app(Path(tmp), [])
+        now = datetime.now(UTC)
+        msgs = [_with_control_id(raw, f"C{i}") for i in range(n)]
+        StagingSink(app.engine, "bench").store(
+            [InboundMessage(m, read_header(m, versions=(), message_types=()), None, now, "bench")
+             for m in msgs]
+        )
+        t0 = time.perf_counter()
+        counts = Pipeline(app).map_pending(["bench"])
+        elapsed = time.perf_counter() - t0
+        app.engine.dispose()
+    return n / elapsed, counts.mapped - n, counts.cases
 
 
 def bench_conversion(loops: int) -> None:
@@ -176,10 +232,13 @@ def bench_conversion(loops: int) -> None:
     samples = {"spine ADT^A08 (synthetic)": _spine_adt().replace(b"{cid}", b"S1")}
     for name in CONVERT_SAMPLES:
         samples[name] = (FIXTURES / name).read_bytes()
-    print(f"\nConversion, one core, median of 3 runs x {loops} messages each:")
+    _quiet()
+    print(f"\nConversion, one core; parse and convert: median of 3 runs x {loops} messages; "
+          f"to registry rows: one map_pending over {loops} staged messages (SQLite):")
     print(f"  {'message':28s} {'bytes':>6s} {'segs':>5s} {'hl7apy parse':>13s} "
-          f"{'python-hl7':>11s} {'convert':>9s} {'convert/hl7apy':>15s} "
-          f"{'convert without hl7apy':>23s} {'resources':>9s}")
+          f"{'python-hl7':>11s} {'v2->FHIR':>9s} {'v2->FHIR/hl7apy':>16s} "
+          f"{'v2->FHIR no hl7apy':>19s} {'v2->FHIR->rows':>15s} {'resources':>9s} "
+          f"{'cases':>5s}")
     for name, raw in samples.items():
         text = normalise_line_endings(raw.decode("utf-8-sig")).strip("\r")
         items = [raw] * loops
@@ -196,10 +255,11 @@ def bench_conversion(loops: int) -> None:
         r_conv = _rate(lambda b: convert_message(b, source="bench", tz=tz), items)
         r_fast = _rate(lambda b: convert_message(b, source="bench", tz=tz, cfg=no_apy), items)
         gc.unfreeze()
+        r_rows, _, cases = _to_registry_rate(raw, loops)
         res = convert_message(raw, source="bench", tz=tz)
         print(f"  {name:28s} {len(raw):6d} {text.count(chr(13)) + 1:5d} {apy:>13s} "
-              f"{r_hl7:8.0f}/s {r_conv:6.0f}/s {r_conv / r_apy:14.2f}x "
-              f"{r_fast:20.0f}/s {len(res.resources):9d}")
+              f"{r_hl7:8.0f}/s {r_conv:6.0f}/s {r_conv / r_apy:15.2f}x "
+              f"{r_fast:16.0f}/s {r_rows:12.0f}/s {len(res.resources):9d} {cases:5d}")
 
 
 def main() -> None:

@@ -6,8 +6,11 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date, datetime
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
@@ -115,21 +118,58 @@ def _report(app: App) -> None:
             )
 
 
+def _parse_since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | datetime | None:
+    """``--since``: a date (YYYY-MM-DD) or an ISO 8601 date-time, with or without an offset."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if "T" in text or " " in text:
+            return datetime.fromisoformat(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a date (2026-01-31) or a date-time (2026-01-31T08:00, "
+            "2026-01-31T08:00:00-06:00, 2026-01-31T14:00:00Z)"
+        ) from None
+
+
+def _fhir_instant(since: date | datetime, tz: ZoneInfo) -> str:
+    """A full FHIR instant in the site time zone: a date means its site-local midnight, and a
+    date-time without an offset is site-local time (as the hospital's staff would mean it)."""
+    if not isinstance(since, datetime):
+        since = datetime.combine(since, dt_time.min)
+    local = since.astimezone(tz) if since.tzinfo else since.replace(tzinfo=tz)
+    return local.isoformat(timespec="milliseconds" if local.microsecond else "seconds")
+
+
 @cli.command()
 @click.option("--source", "source_name", help="Only this configured source.")
 @click.option("--full", is_flag=True, help="Ignore watermarks and read everything again.")
-@click.option("--since", help="Only changes since this date/time (ISO 8601).")
+@click.option(
+    "--since",
+    callback=_parse_since,
+    metavar="DATE|DATETIME",
+    help="Only changes since this date (site-local midnight) or date-time (ISO 8601; without an "
+    "offset it is site-local time).",
+)
 @click.option("--type", "types", multiple=True, help="Only these resource types (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run results as JSON.")
 @pass_ctx
 def sync(
-    obj: Ctx, source_name: str | None, full: bool, since: str | None, types: tuple[str, ...], as_json: bool
+    obj: Ctx,
+    source_name: str | None,
+    full: bool,
+    since: date | datetime | None,
+    types: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Pull the configured sources into the registry store."""
     from registry_adapter.config import MllpSource
     from registry_adapter.sources import build_source
 
     app = obj.app
+    since_instant = _fhir_instant(since, app.settings.site.tz) if since is not None else None
     configs = (
         [app.settings.source(source_name)]
         if source_name
@@ -147,12 +187,16 @@ def sync(
             try:
                 source = build_source(cfg, app)
                 results.append(
-                    pipeline.ingest(source, SourceContext(full=full, since=since, resource_types=types))
+                    pipeline.ingest(
+                        source, SourceContext(full=full, since=since_instant, resource_types=types)
+                    )
                 )
             except (ConfigError, SourceBusy) as exc:
                 failures.append(f"{cfg.name}: {exc}")
             except Exception as exc:
                 failures.append(f"{cfg.name}: sync failed ({describe_failure(exc)}); see `runs list`")
+    # A partial run kept what it read, but something stopped: the exit code must say so.
+    failures += [f"{r.source}: {r.outcome} ({r.failure})" for r in results if r.failure]
     if as_json:
         for failure in failures:
             console.print(f"✗ {failure}", highlight=False)

@@ -7,6 +7,7 @@ Validation errors name the key path (``sources[1].base_url``) and what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -177,6 +178,9 @@ class MllpSource(_Strict):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # How often received messages are converted to FHIR and mapped (seconds).
     convert_every_seconds: float = Field(default=2.0, gt=0)
+    # Close a connection silent this long (seconds); unset: never (many senders hold one
+    # connection open for days).
+    idle_timeout_seconds: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> MllpSource:
@@ -294,10 +298,20 @@ def parse_settings(data: Any, *, base_dir: Path | None = None) -> Settings:
     return _relative_to(settings, base_dir) if base_dir else settings
 
 
+# Path settings of the adapters' dataclasses, which keep paths as ``str`` (``verify`` is a
+# CA bundle path only when it is a string; ``True``/``False`` stay as they are).
+_PATH_STRINGS: dict[type, frozenset[str]] = {
+    AuthConfig: frozenset({"private_key_file"}),
+    HttpConfig: frozenset({"verify"}),
+    FhirBulkConfig: frozenset({"work_dir"}),
+}
+
+
 def _relative_to(settings: Settings, base: Path) -> Settings:
     """Relative paths in a config file mean relative to that file, as users expect.
 
-    Every ``Path`` field of every section is resolved, so a new setting cannot forget to;
+    Every ``Path`` field of every section is resolved, so a new setting cannot forget to, and
+    so are the string path fields of the adapters' dataclasses named in ``_PATH_STRINGS``;
     a relative SQLite database file is resolved the same way.
     """
 
@@ -307,6 +321,17 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
         if isinstance(value, BaseModel):
             changed = {k: fix(v) for k, v in value.__dict__.items()}
             return value.model_copy(update={k: v for k, v in changed.items() if v is not value.__dict__[k]})
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            paths = _PATH_STRINGS.get(type(value), frozenset())
+            update: dict[str, Any] = {}
+            for f in dataclasses.fields(value):
+                old = getattr(value, f.name)
+                new = (
+                    str(fix(Path(old).expanduser())) if f.name in paths and isinstance(old, str) else fix(old)
+                )
+                if new is not old and new != old:
+                    update[f.name] = new
+            return dataclasses.replace(value, **update) if update else value
         if isinstance(value, list):
             fixed = [fix(v) for v in value]
             return fixed if any(a is not b for a, b in zip(fixed, value, strict=True)) else value

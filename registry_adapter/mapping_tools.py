@@ -8,13 +8,16 @@ from typing import Any
 
 import orjson
 
+from adapters.hl7v2.check import check_directory
+from adapters.hl7v2.config import MAPPINGS_DIR, site_directory
 from mappings.codemaps import load_codemaps
 from mappings.engine import MappingFileError, RegistryMapping, load_mappings, load_spec
 from registry_adapter.app import App, target_columns
 
 
 def check_all(app: App) -> tuple[list[str], dict[str, int]]:
-    """Validate every code map, mapping file and PROM instrument; collect all problems."""
+    """Validate every code map, mapping file (FHIR and HL7 v2) and PROM instrument; collect
+    all problems."""
     problems: list[str] = []
     codemaps = load_codemaps(app.settings.mappings.codemaps, problems=problems)
     views = load_mappings(codemaps, app.settings.mappings.directory, target_columns(), problems=problems)
@@ -23,11 +26,15 @@ def check_all(app: App) -> tuple[list[str], dict[str, int]]:
         n_instruments = len(app.instruments)
     except Exception as exc:  # instrument loader errors name file and key
         problems.append(str(exc))
+    # The v2 files this site's conversion reads (its own hl7v2/ folder, else the bundled one).
+    v2_problems, v2_counts = check_directory(site_directory(app.settings.mappings.directory) or MAPPINGS_DIR)
+    problems += v2_problems
     counts = {
         "code maps": len(codemaps),
         "codes": sum(len(c.exact) + len(c.prefixes) + len(c.patterns) for c in codemaps.values()),
         "mappings": len(views),
         "instruments": n_instruments,
+        **v2_counts,
     }
     return problems, counts
 

@@ -22,7 +22,15 @@ from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from adapters.base import Checkpoint, Deleted, Record, RecordError, Source, SourceContext
+from adapters.base import (
+    Checkpoint,
+    Deleted,
+    Record,
+    RecordError,
+    Source,
+    SourceContext,
+    SourceIncomplete,
+)
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged
 from adapters.validation import validate
 from mappings.cases import assemble_cases
@@ -34,6 +42,17 @@ from registry_store.staging import STAGING, mark_deleted, stage_errors, stage_re
 from registry_store.timeutil import utcnow
 
 log = structlog.get_logger(__name__)
+
+# What mapping reads of a staged record.
+_MAP_COLUMNS = (
+    STAGING.c.id,
+    STAGING.c.source,
+    STAGING.c.resource_type,
+    STAGING.c.resource_id,
+    STAGING.c.content_type,
+    STAGING.c.content_hash,
+    STAGING.c.raw,
+)
 RUNS = SyncRun.__table__  # type: ignore[attr-defined]
 STATES = SourceState.__table__  # type: ignore[attr-defined]
 
@@ -96,6 +115,8 @@ class RunResult:
     counts: RunCounts
     seconds: float
     state: dict[str, Any] = field(default_factory=dict)
+    # Why the run did not succeed (``partial``: what stopped; the rest was synced).
+    failure: str | None = None
 
 
 class SourceBusy(RuntimeError):
@@ -210,36 +231,41 @@ class Pipeline:
         outcome, failure = "succeeded", None
         final_state: dict[str, Any] = dict(state)
         try:
-            for item in source.read(ctx):
-                if isinstance(item, Record):
-                    counts.received += 1
-                    problem = identity_problem(item.resource)
-                    if problem is None:
-                        records.append(item)
-                    else:
-                        errors.append(
-                            RecordError(
-                                item.origin,
-                                "intake.invalid_identity",
-                                problem,
-                                field=problem.split(" ", 1)[0],
-                                raw=item.raw or orjson.dumps(item.resource),
+            try:
+                for item in source.read(ctx):
+                    if isinstance(item, Record):
+                        counts.received += 1
+                        problem = identity_problem(item.resource)
+                        if problem is None:
+                            records.append(item)
+                        else:
+                            errors.append(
+                                RecordError(
+                                    item.origin,
+                                    "intake.invalid_identity",
+                                    problem,
+                                    field=problem.split(" ", 1)[0],
+                                    raw=item.raw or orjson.dumps(item.resource),
+                                )
                             )
-                        )
-                elif isinstance(item, RecordError):
-                    counts.received += 1
-                    errors.append(item)
-                elif isinstance(item, Deleted):
-                    deletions.append(item)
-                elif isinstance(item, Checkpoint):
-                    flush(item)
-                    final_state = dict(item.state)
-                    self.progress(item.progress or "", counts.as_dict())
-                    continue
-                if len(records) + len(errors) >= self.batch_size:
-                    # Staging without a checkpoint is safe: re-receiving is a no-op.
-                    flush(None)
-                    self.progress("", counts.as_dict())
+                    elif isinstance(item, RecordError):
+                        counts.received += 1
+                        errors.append(item)
+                    elif isinstance(item, Deleted):
+                        deletions.append(item)
+                    elif isinstance(item, Checkpoint):
+                        flush(item)
+                        final_state = dict(item.state)
+                        self.progress(item.progress or "", counts.as_dict())
+                        continue
+                    if len(records) + len(errors) >= self.batch_size:
+                        # Staging without a checkpoint is safe: re-receiving is a no-op.
+                        flush(None)
+                        self.progress("", counts.as_dict())
+            except SourceIncomplete as exc:
+                # What the source yielded before stopping is complete: map it, say what stopped.
+                outcome, failure = "partial", describe_failure(exc)
+                log.warning("sync.partial", source=source.name, run_id=run_id)
             flush(None)
             if map_now:
                 mapped = self.map_pending(sources=[source.name])
@@ -274,7 +300,7 @@ class Pipeline:
                 seconds=round(seconds, 2),
                 **counts.as_dict(),
             )
-        return RunResult(run_id, source.name, outcome, counts, seconds, final_state)
+        return RunResult(run_id, source.name, outcome, counts, seconds, final_state, failure)
 
     def _delete(self, conn: Connection, source: str, rtype: str, rid: str) -> set[str]:
         staging_id = mark_deleted(conn, source, rtype, rid)
@@ -299,15 +325,7 @@ class Pipeline:
         last_id = 0
         while True:
             query = (
-                select(
-                    STAGING.c.id,
-                    STAGING.c.source,
-                    STAGING.c.resource_type,
-                    STAGING.c.resource_id,
-                    STAGING.c.content_type,
-                    STAGING.c.content_hash,
-                    STAGING.c.raw,
-                )
+                select(*_MAP_COLUMNS)
                 .where(STAGING.c.status == "pending", STAGING.c.id > last_id)
                 .order_by(STAGING.c.id)
                 .limit(self.batch_size)
@@ -319,17 +337,19 @@ class Pipeline:
             if not batch:
                 break
             last_id = batch[-1].id
-            prepared = [self._prepare(row) for row in batch]
-            try:
-                with self.app.engine.begin() as conn:
-                    batch_counts = self._write(conn, prepared)
-            except DBAPIError:
-                batch_counts = RunCounts()
-                for one in prepared:
-                    batch_counts.add(self._write_alone(one))
-            counts.add(batch_counts)
-            self.progress("mapping", counts.as_dict())
+            self._map_batch(batch, counts)
         return counts
+
+    def _map_batch(self, batch: Sequence[Any], counts: RunCounts) -> None:
+        """Map one batch of staged rows: prepare outside any transaction, write in one."""
+        prepared = [self._prepare(row) for row in batch]
+        try:
+            with self.app.engine.begin() as conn:
+                counts.add(self._write(conn, prepared))
+        except DBAPIError:
+            for one in prepared:
+                counts.add(self._write_alone(one))
+        self.progress("mapping", counts.as_dict())
 
     def _write_alone(self, one: Prepared) -> RunCounts:
         try:
@@ -513,7 +533,14 @@ class Pipeline:
         source: str | None = None,
         everything: bool = False,
     ) -> tuple[int, RunCounts]:
-        """Send staged records back through mapping (after a mapping or code-map fix)."""
+        """Send staged records back through mapping (after a mapping or code-map fix).
+
+        With ``cause_id`` only the records of that cause are mapped (plus records their
+        conversion staged, e.g. the FHIR resources of a re-converted HL7 v2 message), so the
+        review UI's re-process costs the cause's size, not the whole pending backlog. Without
+        it, the selected records are mapped together with anything else pending.
+        """
+        started = utcnow()
         with self.app.engine.begin() as conn:
             cond = [STAGING.c.status.notin_(["deleted"])]
             if not everything and not resource_type and not cause_id:
@@ -529,8 +556,39 @@ class Pipeline:
                 cond.append(STAGING.c.id.in_(ids))
             # Input that never parsed stays invalid: re-mapping cannot fix it.
             cond.append(STAGING.c.content_type != "application/octet-stream")
-            selected = conn.execute(update(STAGING).where(and_(*cond)).values(status="pending")).rowcount
-        return int(selected or 0), self.map_pending()
+            marked = update(STAGING).where(and_(*cond)).values(status="pending")
+            if cause_id is None:
+                selected = int(conn.execute(marked).rowcount or 0)
+            else:
+                todo = sorted(conn.execute(marked.returning(STAGING.c.id)).scalars())
+                selected = len(todo)
+        if cause_id is None:
+            return selected, self.map_pending()
+        counts = RunCounts()
+        done: set[int] = set()
+        while todo:
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start : start + self.batch_size]
+                with self.app.engine.connect() as conn:
+                    batch = conn.execute(
+                        select(*_MAP_COLUMNS)
+                        .where(STAGING.c.id.in_(chunk), STAGING.c.status == "pending")
+                        .order_by(STAGING.c.id)
+                    ).all()
+                done.update(chunk)
+                self._map_batch(batch, counts)
+            # Records staged by converting these (HL7 v2 → FHIR) since we started.
+            with self.app.engine.connect() as conn:
+                todo = sorted(
+                    i
+                    for i in conn.execute(
+                        select(STAGING.c.id).where(
+                            STAGING.c.status == "pending", STAGING.c.updated_at >= started
+                        )
+                    ).scalars()
+                    if i not in done
+                )
+        return selected, counts
 
 
 def stats(app: App) -> dict[str, int]:

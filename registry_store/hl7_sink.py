@@ -3,9 +3,11 @@
 A message is staged raw, as ``HL7v2Message`` with identity ``<sending facility>|<MSH-10>``,
 and committed before the listener acknowledges it, so nothing acknowledged is ever lost.
 Where a message goes is decided by the one rule staging uses for raw messages
-(``staging.place_raw_message``): the same bytes again are a duplicate, acknowledged and not
-staged twice; a control id reused for other content is a different message, staged beside the
-first as ``<identity>#<sha256[:12]>``. Messages whose header cannot be accepted are kept too
+(``staging.place_raw_message``) on ``header.message_digest`` (the content apart from MSH-7):
+the same message again, even restamped by a retransmitting engine, is a duplicate,
+acknowledged (AA) and not staged twice; a control id reused for other content is a different
+message, staged beside the first as ``<identity>#<digest[:12]>`` with a warning
+(``hl7.reused_control_id``) so staff see it. Messages whose header cannot be accepted are kept too
 (``invalid`` with their error, identity ``rejected|sha256-...``; a resend of one is not staged
 twice), and every answer is logged in ``hl7_acks`` for the feed-health page. Rows are inserted
 with ``ON CONFLICT DO NOTHING``: should another process stage the same identity meanwhile, the
@@ -15,16 +17,22 @@ happens later, in batches, in the pipeline.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, Engine, select
 
+from adapters.hl7v2.header import message_digest
 from adapters.hl7v2.mllp import InboundMessage, StoreOutcome, StoreStatus
-from adapters.hl7v2.records import HL7_CONTENT_TYPE, HL7_TYPE, message_identity
+from adapters.hl7v2.records import (
+    HL7_CONTENT_TYPE,
+    HL7_TYPE,
+    message_identity,
+    reused_control_id_issue,
+)
 from registry_store.errors import Issue, replace_errors
 from registry_store.models import Hl7Ack
 from registry_store.staging import (
@@ -38,6 +46,8 @@ from registry_store.staging import (
     until_settled,
 )
 from registry_store.timeutil import utcnow
+
+log = structlog.get_logger(__name__)
 
 ACKS = Hl7Ack.__table__  # type: ignore[attr-defined]
 
@@ -75,6 +85,8 @@ class StagingSink:
             for pos, ident in stored.items():
                 if items[pos].reason is not None:
                     self._record_error(conn, items[pos].msg, ident)
+                elif ident != items[pos].ident:
+                    self._record_reused(conn, items[pos].msg, ident)
             conn.execute(ACKS.insert(), [self._ack(item) for item in items])
         return [self._outcome(item, pos in stored) for pos, item in enumerate(items)]
 
@@ -116,7 +128,7 @@ class StagingSink:
 
     @staticmethod
     def _message(msg: InboundMessage) -> _Message:
-        digest = hashlib.sha256(msg.raw).hexdigest()
+        digest = message_digest(msg.raw)
         if msg.header_error is None and msg.dedup_key is not None:
             return _Message(msg, message_identity(*msg.dedup_key), digest, None)
         reason = msg.header_error.message if msg.header_error else _NO_CONTROL_ID
@@ -141,14 +153,34 @@ class StagingSink:
             "error": item.reason,
         }
 
+    def _staging_id(self, conn: Connection, ident: str) -> int:
+        return int(
+            conn.execute(
+                select(STAGING.c.id).where(
+                    STAGING.c.source == self.source,
+                    STAGING.c.resource_type == HL7_TYPE,
+                    STAGING.c.resource_id == ident,
+                )
+            ).scalar_one()
+        )
+
+    def _record_reused(self, conn: Connection, msg: InboundMessage, ident: str) -> None:
+        """Staff see a reused control id at once, not only after conversion (which repeats
+        the same warning, under the same mapping, so re-mapping keeps it open)."""
+        assert msg.dedup_key is not None
+        replace_errors(
+            conn,
+            staging_id=self._staging_id(conn, ident),
+            source=self.source,
+            resource_type=HL7_TYPE,
+            resource_id=ident,
+            mapping="hl7v2",
+            issues=[reused_control_id_issue(*msg.dedup_key)],
+        )
+        log.warning("hl7.reused_control_id", source=self.source, identity=ident)
+
     def _record_error(self, conn: Connection, msg: InboundMessage, ident: str) -> None:
-        staging_id = conn.execute(
-            select(STAGING.c.id).where(
-                STAGING.c.source == self.source,
-                STAGING.c.resource_type == HL7_TYPE,
-                STAGING.c.resource_id == ident,
-            )
-        ).scalar_one()
+        staging_id = self._staging_id(conn, ident)
         err = msg.header_error
         replace_errors(
             conn,

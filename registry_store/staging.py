@@ -4,7 +4,8 @@ Records are keyed by ``(source, resource_type, resource_id)``. FHIR records: re-
 identical content is a no-op; a changed record goes back to ``pending`` so the mapper picks it
 up; an older version arriving after a newer one (overlap windows) is ignored rather than
 overwriting newer data; within one batch the last occurrence of an identity wins. Raw messages
-(HL7 v2) are identified by their bytes: a resend is a no-op, and a control id reused for other
+(HL7 v2) are identified by their content apart from MSH-7 (``message_digest``: senders restamp
+the message time when they retransmit): a resend is a no-op, and a control id reused for other
 content is a different message, staged beside the first (``place_raw_message``), never lost.
 A record sent again after its source deleted it goes back to ``pending`` (unless it is older
 than the staged version: a replay from before the delete). ``meta.versionId``/``lastUpdated``
@@ -29,6 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from adapters.base import Record, RecordError
+from adapters.hl7v2.header import message_digest
 from registry_store.db import upsert
 from registry_store.models import MappingError, StagedRecord
 from registry_store.timeutil import utcnow
@@ -68,7 +70,7 @@ def content_hash(resource: dict[str, Any]) -> str:
 
 
 def is_raw_message(rec: Record) -> bool:
-    """A raw message (HL7 v2) is identified by its bytes; anything JSON is a FHIR resource."""
+    """A raw message (HL7 v2) is identified by its content; anything JSON is a FHIR resource."""
     return rec.raw is not None and "json" not in rec.content_type
 
 
@@ -87,7 +89,8 @@ def place_raw_message(
     """Where a raw message is staged: ``(identity, already_there)``.
 
     ``staged`` holds the rows known under the message's identities (``staged_rows``, plus
-    those planned earlier in the batch). The same bytes under any of them make it a resend,
+    those planned earlier in the batch). ``digest`` is ``message_digest`` of the message. The
+    same content under any of them makes it a resend,
     ``(that identity, True)``; otherwise it goes to the first free one, ``(identity, False)``,
     so a reused control id never overwrites, nor is dropped as a duplicate of, another message.
     """
@@ -258,7 +261,7 @@ def _incoming(rec: Record, rtype: str, rid: str, now: datetime) -> _Incoming:
         "version_id": _meta_text(meta, "versionId", VERSION_MAX),
         "last_updated": _meta_text(meta, "lastUpdated", LAST_UPDATED_MAX),
         "content_type": rec.content_type,
-        "content_hash": hashlib.sha256(raw).hexdigest() if raw is not None else content_hash(res),
+        "content_hash": message_digest(raw) if raw is not None else content_hash(res),
         "raw": rec.raw if rec.raw is not None else orjson.dumps(res),
         "origin": rec.origin[:ORIGIN_MAX],
         "status": "pending",

@@ -120,7 +120,12 @@ def _site_copy(app: App, cmap: CodeMap) -> CodeMap:
 def add_code_and_reprocess(
     app: App, user: CurrentUser, cause_id: str, codemap_name: str, values: dict[str, Any]
 ) -> dict[str, Any]:
-    """Add the cause's code to a code map, re-map the cause's records, audit it all."""
+    """Add the cause's code to a code map, then re-process the cause: two audited steps.
+
+    The code-map change is audited (``codemap.add_code``) in its own transaction right after
+    the file is written, so it is on record even if re-processing then fails; re-processing is
+    audited on its own (``cause.reprocess``) and can be repeated from the cause's page.
+    """
     with app.engine.connect() as conn:
         summary = cause_summary(conn, cause_id)
     if summary is None:
@@ -141,30 +146,82 @@ def add_code_and_reprocess(
         except CodeMapError as exc:
             # The message names the column and the allowed values, never patient data.
             raise ActionError(str(exc).split(": ", 1)[-1]) from None
-        # The App compiled mappings against the old tables: rebuild both before re-mapping.
-        app.__dict__.pop("mappings", None)
-        app.__dict__.pop("codemaps", None)
-        selected, counts = Pipeline(app).reprocess(cause_id=cause_id)
-    with app.engine.begin() as conn:
-        remaining = open_error_count(conn, cause_id)
-        result = {
+        added = {
             "codemap": cmap.name,
             "file": cmap.table.name,
             "system": target.system,
             "code": target.code,
             "values": {k: v for k, v in values.items() if k in cmap.value_columns},
+        }
+        with app.engine.begin() as conn:
+            audit.record(
+                conn,
+                username=user.username,
+                action="codemap.add_code",
+                target=f"cause:{cause_id}",
+                before={"open_errors": summary["counts"]["open"]},
+                after=added,
+            )
+        # The App compiled mappings against the old tables: rebuild both before re-mapping.
+        app.__dict__.pop("mappings", None)
+        app.__dict__.pop("codemaps", None)
+        try:
+            done = _reprocess_locked(app, user, cause_id, summary["counts"]["open"])
+        except ActionError as exc:
+            raise ActionError(
+                f"{target.system.upper()} {target.code} was added to {cmap.name}, but {exc}"
+            ) from exc
+    return {**added, **done}
+
+
+def reprocess_cause(app: App, user: CurrentUser, cause_id: str) -> dict[str, Any]:
+    """Map the cause's open records again (after a mapping or code-map fix made elsewhere)."""
+    with app.engine.connect() as conn:
+        summary = cause_summary(conn, cause_id)
+    if summary is None:
+        raise ActionError("no such cause")
+    if not summary["counts"]["open"]:
+        raise ActionError("this cause has no open records to re-process")
+    with _CODEMAP_LOCK:
+        # Pick up code-map files edited outside the UI since the mappings were compiled.
+        app.__dict__.pop("mappings", None)
+        app.__dict__.pop("codemaps", None)
+        return _reprocess_locked(app, user, cause_id, summary["counts"]["open"])
+
+
+def _reprocess_locked(app: App, user: CurrentUser, cause_id: str, open_before: int) -> dict[str, Any]:
+    """Re-map the cause's records and audit the outcome, failure included (caller holds the lock)."""
+    try:
+        selected, counts = Pipeline(app).reprocess(cause_id=cause_id)
+    except Exception as exc:
+        # Recorded with the error's class only: driver messages may quote patient values.
+        with app.engine.begin() as conn:
+            audit.record(
+                conn,
+                username=user.username,
+                action="cause.reprocess",
+                target=f"cause:{cause_id}",
+                before={"open_errors": open_before},
+                after={"outcome": "failed", "error": type(exc).__name__},
+            )
+        raise ActionError(
+            f"re-processing failed ({type(exc).__name__}); the records are unchanged or pending: "
+            "re-process the cause again"
+        ) from exc
+    with app.engine.begin() as conn:
+        result = {
             "reprocessed": selected,
             "mapped": counts.mapped,
             "failed": counts.failed,
-            "open_errors": remaining,
+            "open_errors": open_error_count(conn, cause_id),
         }
         audit.record(
             conn,
             username=user.username,
-            action="codemap.add_code",
+            action="cause.reprocess",
             target=f"cause:{cause_id}",
-            before={"open_errors": summary["counts"]["open"]},
-            after=result,
+            before={"open_errors": open_before},
+            after={"outcome": "done", **result},
         )
     return result
 

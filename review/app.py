@@ -71,8 +71,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(app: App) -> Starlette:
-    """The review UI for one registry store; serve it with uvicorn (``registry-adapter serve``)."""
+def create_app(app: App, host: str | None = None) -> Starlette:
+    """The review UI for one registry store; serve it with uvicorn (``registry-adapter serve``).
+
+    ``host`` is the address uvicorn listens on (default ``review.host``): with
+    ``secure_cookies: auto`` it decides whether session cookies are marked Secure.
+    """
     settings = app.settings.review
     routes = [
         Route("/", home, methods=["GET"]),
@@ -93,7 +97,7 @@ def create_app(app: App) -> Starlette:
             session_cookie=SESSION_COOKIE,
             max_age=settings.session_max_age,
             same_site="lax",
-            https_only=settings.secure_cookies,
+            https_only=settings.cookies_secure(host),
         ),
     ]
     web = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})

@@ -1,13 +1,19 @@
 """Users, passwords (argon2id) and who is signed in.
 
-The session cookie holds only the user id and a CSRF token; the user's role and whether the
-account is still enabled are read from the store on every request, so disabling an account or
-changing a role takes effect at once.
+The session cookie holds only the user id, the account's session version and a CSRF token;
+the user's role, whether the account is still enabled and its current session version are read
+from the store on every request, so disabling an account, changing a role, signing out or
+changing the password takes effect at once (a copied cookie dies with them).
+
+Sign-in is throttled per account: after ``max_failures`` consecutive wrong passwords the account
+is locked for a while. A locked account answers exactly like a wrong password (same message,
+same argon2 verification), so neither the lock nor the account's existence can be probed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -17,11 +23,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from registry_store.models import User
 from registry_store.timeutil import utcnow
+from review import audit
 
 USERS = User.__table__  # type: ignore[attr-defined]
 ROLES = ("viewer", "reviewer", "admin")
 _RANK = {role: i for i, role in enumerate(ROLES)}
 MIN_PASSWORD = 12
+MAX_FAILURES = 5
+LOCKOUT = timedelta(minutes=15)
 
 _hasher = PasswordHasher()
 # Verifying against this when the user does not exist keeps login time the same either way,
@@ -38,6 +47,7 @@ class CurrentUser:
     id: int
     username: str
     role: str
+    session_version: int = 0
 
     def can(self, role: str) -> bool:
         return _RANK[self.role] >= _RANK[role]
@@ -69,10 +79,18 @@ def add_user(engine: Engine, username: str, password: str, role: str) -> int:
 
 
 def set_password(engine: Engine, username: str, password: str) -> None:
+    """New password; every session of the account ends and a lock is lifted."""
     hashed = hash_password(password)
     with engine.begin() as conn:
         done = conn.execute(
-            update(USERS).where(USERS.c.username == username).values(password_hash=hashed)
+            update(USERS)
+            .where(USERS.c.username == username)
+            .values(
+                password_hash=hashed,
+                session_version=USERS.c.session_version + 1,
+                failed_logins=0,
+                locked_until=None,
+            )
         ).rowcount
     if not done:
         raise UserError(f"no user {username}")
@@ -93,36 +111,114 @@ def set_user(engine: Engine, username: str, *, role: str | None = None, disabled
 
 
 def list_users(engine: Engine) -> list[dict[str, Any]]:
+    """Accounts with role and state; ``locked_until`` is UTC (past values mean unlocked)."""
     with engine.connect() as conn:
         query = select(
-            USERS.c.username, USERS.c.role, USERS.c.disabled, USERS.c.created_at, USERS.c.last_login_at
+            USERS.c.username,
+            USERS.c.role,
+            USERS.c.disabled,
+            USERS.c.created_at,
+            USERS.c.last_login_at,
+            USERS.c.locked_until,
         ).order_by(USERS.c.username)
-        return [dict(r._mapping) for r in conn.execute(query)]
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+    for row in rows:
+        for key in ("created_at", "last_login_at", "locked_until"):
+            row[key] = _aware(row[key])
+    return rows
 
 
-def authenticate(conn: Connection, username: str, password: str) -> CurrentUser | None:
-    """The user if the password matches and the account is enabled; the hash is upgraded if stale."""
+def authenticate(
+    conn: Connection,
+    username: str,
+    password: str,
+    *,
+    max_failures: int = MAX_FAILURES,
+    lockout: timedelta = LOCKOUT,
+) -> CurrentUser | None:
+    """The user if the password matches and the account is enabled and not locked.
+
+    Every call verifies one argon2 hash (a dummy one for unknown users) whatever the outcome,
+    so timing tells nothing. Failures count per account; the ``max_failures``-th in a row
+    locks it for ``lockout`` and is audited. Success resets the count and upgrades a stale hash.
+    """
     row = conn.execute(select(USERS).where(USERS.c.username == username.strip())).first()
     stored = row.password_hash if row is not None else _DUMMY_HASH
     try:
         _hasher.verify(stored, password)
+        matched = True
     except (VerifyMismatchError, VerificationError, InvalidHashError):
+        matched = False
+    if row is None:
         return None
-    if row is None or row.disabled:
+    now = utcnow()
+    if _aware(row.locked_until) is not None and _aware(row.locked_until) > now:  # type: ignore[operator]
+        # Attempts during the lock neither count nor extend it: the lock ends on time.
         return None
-    values: dict[str, Any] = {"last_login_at": utcnow()}
+    if not matched:
+        _count_failure(conn, row, now, max_failures, lockout)
+        return None
+    if row.disabled:
+        return None
+    values: dict[str, Any] = {"last_login_at": now, "failed_logins": 0, "locked_until": None}
     if _hasher.check_needs_rehash(stored):
         values["password_hash"] = _hasher.hash(password)
     conn.execute(update(USERS).where(USERS.c.id == row.id).values(**values))
-    return CurrentUser(int(row.id), row.username, row.role)
+    return CurrentUser(int(row.id), row.username, row.role, int(row.session_version or 0))
 
 
-def load_user(conn: Connection, user_id: Any) -> CurrentUser | None:
-    if not isinstance(user_id, int):
+def _count_failure(conn: Connection, row: Any, now: datetime, max_failures: int, lockout: timedelta) -> None:
+    # Incremented in SQL so concurrent attempts cannot overwrite each other's count.
+    failures = int(
+        conn.execute(
+            update(USERS)
+            .where(USERS.c.id == row.id)
+            .values(failed_logins=USERS.c.failed_logins + 1)
+            .returning(USERS.c.failed_logins)
+        ).scalar_one()
+    )
+    if failures < max_failures:
+        return
+    until = now + lockout
+    conn.execute(update(USERS).where(USERS.c.id == row.id).values(failed_logins=0, locked_until=until))
+    audit.record(
+        conn,
+        username=row.username,
+        action="user.locked",
+        target=f"user:{row.username}",
+        before={"failed_logins": failures},
+        after={"locked_until": until.isoformat(timespec="seconds"), "minutes": lockout.total_seconds() / 60},
+    )
+
+
+def end_sessions(conn: Connection, user_id: int) -> None:
+    """Void every session of the user (sign-out): cookies carrying the old version stop working."""
+    conn.execute(
+        update(USERS).where(USERS.c.id == user_id).values(session_version=USERS.c.session_version + 1)
+    )
+
+
+def load_user(conn: Connection, user_id: Any, session_version: Any = 0) -> CurrentUser | None:
+    """The session's user, or None if the account is gone, disabled or the session was voided."""
+    if not isinstance(user_id, int) or not isinstance(session_version, int):
         return None
     row = conn.execute(
-        select(USERS.c.id, USERS.c.username, USERS.c.role, USERS.c.disabled).where(USERS.c.id == user_id)
+        select(USERS.c.id, USERS.c.username, USERS.c.role, USERS.c.disabled, USERS.c.session_version).where(
+            USERS.c.id == user_id
+        )
     ).first()
-    if row is None or row.disabled or row.role not in _RANK:
+    if (
+        row is None
+        or row.disabled
+        or row.role not in _RANK
+        or int(row.session_version or 0) != session_version
+    ):
         return None
-    return CurrentUser(int(row.id), row.username, row.role)
+    return CurrentUser(int(row.id), row.username, row.role, int(row.session_version or 0))
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
 import click
 
-from registry_adapter.cli import Ctx, out, pass_ctx
+from registry_adapter.cli import Ctx, _emit_json, out, pass_ctx
 from review.auth import ROLES, UserError, add_user, list_users, set_password, set_user
 
 
@@ -22,7 +23,7 @@ def serve(obj: Ctx, host: str | None, port: int | None) -> None:
 
     app = obj.app
     settings = app.settings.review
-    web = create_app(app)
+    web = create_app(app, host or settings.host)
     # access_log stays on: URLs carry ids and cause ids only, never patient data.
     uvicorn.run(web, host=host or settings.host, port=port or settings.port, proxy_headers=True)
 
@@ -87,10 +88,20 @@ def users_set(obj: Ctx, username: str, role: str | None, disabled: bool | None) 
 
 
 @users.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One object per user (no password hashes).")
 @pass_ctx
-def users_list(obj: Ctx) -> None:
-    for u in list_users(obj.app.engine):
-        state = "disabled" if u["disabled"] else "active"
+def users_list(obj: Ctx, as_json: bool) -> None:
+    """Accounts with role, state and last sign-in."""
+    now = datetime.now(UTC)
+    rows = [
+        {**u, "locked": bool(u["locked_until"] and u["locked_until"] > now)}
+        for u in list_users(obj.app.engine)
+    ]
+    if as_json:
+        _emit_json([{k: v.isoformat() if isinstance(v, datetime) else v for k, v in u.items()} for u in rows])
+        return
+    for u in rows:
+        state = "disabled" if u["disabled"] else "locked" if u["locked"] else "active"
         last = u["last_login_at"].isoformat(timespec="minutes") if u["last_login_at"] else "never"
         out.print(f"{u['username']:<24} {u['role']:<9} {state:<9} last login {last}", highlight=False)
 

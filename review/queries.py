@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, desc, func, or_, select
+from sqlalchemy import Select, and_, case, desc, exists, func, or_, select
 from sqlalchemy.engine import Connection
 
 from registry_adapter.queries import CASES, RUNS
@@ -27,7 +27,8 @@ from registry_store.models import (
     Reminder,
 )
 from registry_store.staging import STAGING
-from scheduler.queries import SCHEDULE_COLUMNS, with_case_and_patient
+from scheduler.channels.worklist import worklist_rows
+from scheduler.queries import SCHEDULE_COLUMNS, unconfirmed_flag, with_case_and_patient
 
 AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
 CAUSES = ErrorCause.__table__  # type: ignore[attr-defined]
@@ -39,7 +40,11 @@ PROMS = PromResponse.__table__  # type: ignore[attr-defined]
 REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
 
 ERROR_STATUSES = ("open", "ignored", "resolved")
-REMINDER_TABS = ("due", "scheduled", "sent", "completed", "expired", "cancelled", "all")
+# "worklist" is the coordinators' call list (scheduler.channels.worklist); "open" and "missing"
+# are time points tracked without reminders (baseline): window open, or closed unanswered.
+REMINDER_TABS = (
+    "due", "worklist", "scheduled", "sent", "completed", "open", "missing", "expired", "cancelled", "all",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -302,6 +307,12 @@ class CaseFilter:
     category: str = ""
     q: str = ""  # case, procedure or patient id (logical ids, not names)
     include_removed: bool = False
+    # Status of a time point tracked without reminders (the baseline): missing, open, completed.
+    baseline: str = ""
+    tracked: tuple[str, ...] = ("baseline",)
+
+
+BASELINE_STATUSES = ("missing", "open", "completed")
 
 
 def cases_page(conn: Connection, flt: CaseFilter, page: int, size: int) -> Page:
@@ -312,6 +323,14 @@ def cases_page(conn: Connection, flt: CaseFilter, page: int, size: int) -> Page:
         flt.q,
         (CASES.c.id, CASES.c.patient_id, CASES.c.procedure_id),
     )
+    if flt.baseline:
+        cond.append(
+            exists().where(
+                REMINDERS.c.case_id == CASES.c.id,
+                REMINDERS.c.timepoint.in_(flt.tracked),
+                REMINDERS.c.status == flt.baseline,
+            )
+        )
     query = (
         select(
             CASES.c.id,
@@ -392,12 +411,17 @@ def case_detail(conn: Connection, case_id: str) -> dict[str, Any] | None:
 def _reminder_query(tab: str, today: date) -> Select[Any]:
     query = (
         select(
-            REMINDERS.c.id,
+            # Named as in the worklist export, so every CSV has the CLI's columns.
+            REMINDERS.c.id.label("reminder_id"),
             REMINDERS.c.case_id,
             *SCHEDULE_COLUMNS,
             REMINDERS.c.cancel_reason,
+            REMINDERS.c.last_error,
+            unconfirmed_flag(),
+            CASES.c.procedure_id,
             CASES.c.patient_id,
             CASES.c.source,
+            CASES.c.module,
             CASES.c.surgery_date,
             CASES.c.category,
             PATIENTS.c.mrn,
@@ -420,14 +444,20 @@ def _reminder_query(tab: str, today: date) -> Select[Any]:
 
 
 def reminders_page(conn: Connection, tab: str, today: date, page: int, size: int) -> Page:
+    if tab == "worklist":
+        # The scheduler's own list (one query, bounded by open time points with attempts);
+        # paged here so the page and the CLI export can never disagree on what is on it.
+        rows = worklist_rows(conn)
+        page = max(1, min(page, max(1, -(-len(rows) // size))))
+        return Page(rows[(page - 1) * size : page * size], len(rows), page, size)
     return _paged(conn, _reminder_query(tab, today), page, size)
 
 
 def reminders_all(conn: Connection, tab: str, today: date) -> Iterator[dict[str, Any]]:
-    """Every reminder of a tab, streamed (the CSV export)."""
+    """Every reminder of a tab, streamed (the CSV export of tabs other than the worklist)."""
     result = conn.execution_options(stream_results=True, yield_per=1000).execute(_reminder_query(tab, today))
     for row in result:
-        yield dict(row._mapping)
+        yield {**row._mapping, "unconfirmed": bool(row.unconfirmed)}
 
 
 def reminder_counts(conn: Connection, today: date) -> dict[str, int]:
@@ -444,7 +474,12 @@ def reminder_counts(conn: Connection, today: date) -> dict[str, int]:
             REMINDERS.c.window_end >= today,
         )
     ).scalar_one()
-    return {"due": int(due), **counts, "all": sum(counts.values())}
+    return {
+        "due": int(due),
+        "worklist": len(worklist_rows(conn)),
+        **counts,
+        "all": sum(counts.values()),
+    }
 
 
 # -- feed health ------------------------------------------------------------------------------

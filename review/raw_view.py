@@ -8,12 +8,35 @@ can be said about what it holds.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 MASK = "•••"
-# Elements that identify a person (FHIR Patient/RelatedPerson/Practitioner and references).
-PHI_KEYS = frozenset({"name", "telecom", "address", "birthDate", "photo", "contact"})
+# Elements that identify a person, hidden whole (numbers and structure inside them too: an
+# address can carry geolocation as decimals).
+PHI_KEYS = frozenset({"name", "telecom", "address", "birthDate", "photo", "contact", "communication"})
+PHI_PREFIXES = ("deceased", "multipleBirth")
+# Everything else is an allow-list: string values are shown only under these keys, which hold
+# codes, ids and structure; any other string (narrative, free-text answers, notes, extension
+# values such as a mother's maiden name, identifier values, reference displays) is masked.
+# Numbers and booleans outside PHI_KEYS are kept: scores, ranks, flags.
+STRUCTURE_KEYS = frozenset(
+    {
+        "resourceType", "id", "status", "system", "code", "version", "linkId", "reference", "type",
+        "gender", "use", "intent", "priority", "language", "unit", "comparator", "mode", "fullUrl",
+        "questionnaire", "instantiatesCanonical",
+    }
+)  # fmt: skip
+# ``display`` is kept only where it names a code (a Coding), never in a reference; ``url`` only
+# where it names an extension (an attachment's url could point anywhere).
+_CODING_PARENTS = frozenset({"coding", "valueCoding", "tag", "security", "class", "answerCoding"})
+_EXTENSION_PARENTS = frozenset({"extension", "modifierExtension"})
+# Keys holding dates and times; kept when the value is a FHIR date/dateTime/instant.
+_DATE_KEY = re.compile(
+    r"^(start|end|date|issued|authored|recorded|lastUpdated|occurrence\w*|\w+(Date|DateTime|Instant))$"
+)
+_DATE_VALUE = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
 @dataclass(frozen=True)
@@ -31,32 +54,35 @@ class RawLine:
         return self.text.lstrip(" ")
 
 
-def mask_phi(node: Any) -> Any:
-    """A copy of a FHIR resource with identifying values replaced by a mask."""
+def mask_phi(node: Any, key: str = "", parent: str = "") -> Any:
+    """A copy of a FHIR resource where only structure, codes, ids and dates stay readable.
+
+    ``key`` is the element ``node`` is the value of, ``parent`` the element holding that one
+    (so a Coding's ``display`` is told apart from a Reference's).
+    """
     if isinstance(node, list):
-        return [mask_phi(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in PHI_KEYS:
-            out[key] = MASK
-        elif key == "identifier":
-            # Keep the system (which kind of id) but not the MRN / SSN itself.
-            out[key] = _mask_identifiers(value)
-        elif key == "display" and "reference" in node:
-            out[key] = MASK  # reference displays often carry the patient's name
-        else:
-            out[key] = mask_phi(value)
-    return out
+        return [mask_phi(v, key, parent) for v in node]
+    if isinstance(node, dict):
+        if key == "meta":
+            return node  # versionId, lastUpdated, profiles, tags: about the record, not the person
+        return {k: MASK if _hides_person(k) else mask_phi(v, k, key) for k, v in node.items()}
+    if isinstance(node, str):
+        return node if _shown(key, parent, node) else MASK
+    return node
 
 
-def _mask_identifiers(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_mask_identifiers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: (MASK if k == "value" else mask_phi(v)) for k, v in value.items()}
-    return MASK
+def _hides_person(key: str) -> bool:
+    return key in PHI_KEYS or key.startswith(PHI_PREFIXES)
+
+
+def _shown(key: str, parent: str, value: str) -> bool:
+    if key in STRUCTURE_KEYS:
+        return True
+    if key == "display":
+        return parent in _CODING_PARENTS
+    if key == "url":
+        return parent in _EXTENSION_PARENTS
+    return bool(_DATE_KEY.match(key) and _DATE_VALUE.match(value))
 
 
 def offending_token(value: str | None) -> str | None:

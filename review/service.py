@@ -24,7 +24,9 @@ class ReviewService:
         settings = app.settings.review
         self.host = host or settings.host
         self.port = port or settings.port
-        config = uvicorn.Config(create_app(app), host=self.host, port=self.port, proxy_headers=True)
+        config = uvicorn.Config(
+            create_app(app, self.host), host=self.host, port=self.port, proxy_headers=True
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -24,14 +25,25 @@ class ReviewSettings(_Strict):
     # secret is created once in a file beside the SQLite database (or under ./var/).
     session_secret: str | None = Field(default=None, min_length=32)
     session_secret_file: Path | None = None
-    # Secure cookies need HTTPS in front of the UI (a reverse proxy); plain-HTTP localhost
-    # use needs false, so the default follows the common single-host install.
-    secure_cookies: bool = False
+    # Secure cookies need HTTPS in front of the UI (a reverse proxy). auto: secure unless the UI
+    # listens on a loopback address (127.0.0.1, ::1, localhost), where plain HTTP is the normal
+    # single-host use; true/false force it either way. A TLS proxy on the same host forwarding
+    # to 127.0.0.1 needs true.
+    secure_cookies: bool | Literal["auto"] = "auto"
     session_max_age: int = Field(default=8 * 3600, ge=60)
-    # Roles that see raw resources with names, contacts, addresses, birth dates and
-    # identifiers masked.
+    # Consecutive wrong passwords that lock an account, and for how long.
+    login_max_failures: int = Field(default=5, ge=1, le=100)
+    login_lockout_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # Roles that see raw resources masked (only codes, ids, statuses, references and dates
+    # readable) and contact details hidden in lists and exports.
     mask_phi_for: tuple[Role, ...] = ("viewer",)
     page_size: int = Field(default=50, ge=5, le=500)
+
+    def cookies_secure(self, host: str | None = None) -> bool:
+        """Whether session cookies get the Secure flag when the UI listens on ``host``."""
+        if isinstance(self.secure_cookies, bool):
+            return self.secure_cookies
+        return not is_loopback(host or self.host)
 
     def secret(self, db_url: str) -> str:
         """The session secret; a generated one lives in a file readable by its owner only."""
@@ -56,3 +68,13 @@ def default_secret_path(db_url: str) -> Path:
     if db_url.startswith("sqlite:///") and ":memory:" not in db_url:
         return Path(db_url.removeprefix("sqlite:///")).parent / "review-session.key"
     return Path("var") / "review-session.key"
+
+
+def is_loopback(host: str) -> bool:
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

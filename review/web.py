@@ -44,9 +44,9 @@ def user_of(request: Request) -> CurrentUser | None:
     user = None
     if uid is not None:
         with registry(request).engine.connect() as conn:
-            user = load_user(conn, uid)
+            user = load_user(conn, uid, request.session.get("sv", 0))
         if user is None:
-            request.session.clear()  # account gone or disabled: end the session
+            request.session.clear()  # account gone or disabled, or signed out elsewhere
     request.state.user = user
     return user
 

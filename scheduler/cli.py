@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
@@ -10,14 +11,22 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import and_, select, update
+from sqlalchemy import ColumnElement, and_, select, update
 
 from registry_adapter.app import App
 from registry_adapter.cli import Ctx, pass_ctx
 from scheduler.clock import Clock, FixedClock, SystemClock
 from scheduler.dispatcher import Dispatcher
 from scheduler.planner import PlanningError, check_configuration, plan_reminders
-from scheduler.queries import CASES, PATIENTS, REMINDERS, SCHEDULE_COLUMNS
+from scheduler.queries import (
+    CASES,
+    PATIENTS,
+    REMINDERS,
+    SCHEDULE_COLUMNS,
+    due_now,
+    rolled_back,
+    unconfirmed_flag,
+)
 
 out = Console(soft_wrap=True)
 
@@ -61,8 +70,13 @@ def _iso(value: Any) -> Any:
 
 
 def reminder_rows(
-    conn: Any, *, status: str | None = None, timepoint: str | None = None
+    conn: Any,
+    *,
+    status: str | None = None,
+    timepoint: str | None = None,
+    where: Iterable[ColumnElement[bool]] = (),
 ) -> list[dict[str, Any]]:
+    """One dict per planned time point, filtered by status, time point and ``where``."""
     query = (
         select(
             REMINDERS.c.id,
@@ -74,6 +88,7 @@ def reminder_rows(
             REMINDERS.c.last_error,
             REMINDERS.c.cancel_reason,
             REMINDERS.c.completed_response_id,
+            unconfirmed_flag(),
         )
         .select_from(REMINDERS.join(CASES, CASES.c.id == REMINDERS.c.case_id))
         .order_by(REMINDERS.c.case_id, REMINDERS.c.due_date)
@@ -82,7 +97,11 @@ def reminder_rows(
         query = query.where(REMINDERS.c.status == status)
     if timepoint:
         query = query.where(REMINDERS.c.timepoint == timepoint)
-    return [{k: _iso(v) for k, v in r._mapping.items()} for r in conn.execute(query)]
+    query = query.where(*where)
+    return [
+        {**{k: _iso(v) for k, v in r._mapping.items()}, "unconfirmed": bool(r.unconfirmed)}
+        for r in conn.execute(query)
+    ]
 
 
 @click.group()
@@ -92,19 +111,21 @@ def reminders() -> None:
 
 @reminders.command("plan")
 @_as_of_option
+@click.option("--dry-run", is_flag=True, help="Count what planning would change; save nothing.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def plan_cmd(obj: Ctx, as_of: str | None, as_json: bool) -> None:
+def plan_cmd(obj: Ctx, as_of: str | None, dry_run: bool, as_json: bool) -> None:
     """Plan (or re-plan) every case's time points; safe to run any time."""
     app = _checked_app(obj)
-    counts = Dispatcher(app, _clock(app, as_of)).plan().as_dict()
+    counts = {**Dispatcher(app, _clock(app, as_of)).plan(dry_run=dry_run).as_dict(), "dry_run": dry_run}
     if as_json:
         _emit_json(counts)
         return
     statuses = ", ".join(f"{k} {v:,}" for k, v in counts["by_status"].items()) or "no cases"
     out.print(
-        f"Planned: {counts['created']:,} new, {counts['updated']:,} changed, "
-        f"{counts['unchanged']:,} unchanged · {statuses}"
+        ("Would plan" if dry_run else "Planned")
+        + f": {counts['created']:,} new, {counts['updated']:,} changed, "
+        f"{counts['unchanged']:,} unchanged · {statuses}" + (" (dry run, nothing saved)" if dry_run else "")
     )
 
 
@@ -114,21 +135,24 @@ def plan_cmd(obj: Ctx, as_of: str | None, as_json: bool) -> None:
     "--status", help="Only this status (scheduled, sent, completed, expired, cancelled, open, missing)."
 )
 @click.option("--timepoint", help="Only this time point (e.g. 90d, 1y, baseline).")
+@click.option(
+    "--due", is_flag=True, help="Only time points whose next reminder is due (what send --due sends)."
+)
 @click.option("--json", "as_json", is_flag=True, help="One object per planned time point.")
 @pass_ctx
-def list_cmd(obj: Ctx, as_of: str | None, status: str | None, timepoint: str | None, as_json: bool) -> None:
+def list_cmd(
+    obj: Ctx, as_of: str | None, status: str | None, timepoint: str | None, due: bool, as_json: bool
+) -> None:
     """Time points with due date, window, status and attempts (as planned now, nothing is saved)."""
     app = _checked_app(obj)
-    clock = _clock(app, as_of)
-    with app.engine.connect() as conn:
-        trans = conn.begin()
-        try:
-            # Planned inside a transaction that is rolled back: the listing is current without
-            # a read-only command writing anything.
-            plan_reminders(conn, app.settings, Dispatcher(app, clock).today())
-            rows = reminder_rows(conn, status=status, timepoint=timepoint)
-        finally:
-            trans.rollback()
+    today = Dispatcher(app, _clock(app, as_of)).today()
+    # Planned inside a transaction that is rolled back: the listing is current without a
+    # read-only command writing anything.
+    # --due: what ``send --due`` would send today, before quiet hours and the daily cap.
+    due_filter = due_now(today, app.settings.reminders.max_attempts) if due else []
+    with rolled_back(app.engine) as conn:
+        plan_reminders(conn, app.settings, today)
+        rows = reminder_rows(conn, status=status, timepoint=timepoint, where=due_filter)
     if as_json:
         _emit_json(rows)
         return
@@ -137,7 +161,8 @@ def list_cmd(obj: Ctx, as_of: str | None, status: str | None, timepoint: str | N
         table.add_column(col)
     for r in rows:
         note = (
-            r["last_error"]
+            (r["unconfirmed"] and "an attempt is unconfirmed (process crashed while sending): check")
+            or r["last_error"]
             or r["cancel_reason"]
             or (r["completed_response_id"] and f"response {r['completed_response_id']}")
             or ""
@@ -178,6 +203,8 @@ def send_cmd(
     if report.locked:
         out.print("another dispatcher is running (lock held); nothing sent")
         return
+    if report.lock_lost:
+        out.print("[red]the dispatch lock was taken over by another process; stopped sending[/red]")
     verb = "would send" if dry_run else "sent"
     count = len(report.items) if dry_run else report.sent
     out.print(

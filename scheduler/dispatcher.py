@@ -17,12 +17,15 @@ dispatcher is still working on them; a dead holder's lease lapses after
 
 - a channel that can confirm (FHIR: search by the identifier; worklist) is asked, and the
   message is sent only if it did not arrive: exactly once;
-- a channel that cannot (SMTP, webhook) follows ``reminders.unconfirmed``. ``resend``
-  (default) delivers again with the same key, so each crash after delivery can give one
-  duplicate, carrying the same SMTP Message-ID / webhook ``Idempotency-Key``: mail stores that
-  de-duplicate by Message-ID and gateways that honour the key show it once; a crash before
-  delivery loses nothing. ``assume_sent`` records it as sent without resending: never a
-  duplicate, but an attempt claimed and not delivered before the crash is lost.
+- a channel that cannot (SMTP, webhook) follows ``reminders.unconfirmed`` for that channel.
+  ``assume_sent`` (email's default: SMTP has no de-duplication) records it as sent without
+  resending, with provider id ``unconfirmed``: never a duplicate, but an attempt claimed and
+  not delivered before the crash is lost, so the reminder is flagged ``unconfirmed`` in
+  ``reminders list`` and on the coordinator worklist for someone to check. ``resend`` (the
+  webhook's default: gateways that honour ``Idempotency-Key`` turn it into a no-op) delivers
+  again with the same key, so each crash after delivery can give one duplicate toward the
+  channel, carrying the same SMTP Message-ID / webhook key; a crash before delivery loses
+  nothing.
 
 We never create a second attempt for the same key (unique ``idempotency_key``, and the claim
 only moves ``attempts`` from n-1 to n): a duplicate can only come from a crash as above, or
@@ -34,7 +37,9 @@ Failures (ChannelError) stay ``pending`` with the error and are retried by later
 and surface in ``reminders.last_error`` (and on the coordinator worklist).
 
 Quiet hours stop all sending; the daily cap limits attempts started per site-local day.
-Only one dispatcher runs at a time per database (the ``reminders`` job lock).
+Only one dispatcher runs at a time per database (the ``reminders`` job lock). The lease is
+renewed before each send; when renewing fails (the lease lapsed and another process took it)
+the run stops at once (``lock_lost``), since that process may now settle our pending sends.
 """
 
 from __future__ import annotations
@@ -48,7 +53,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from registry_adapter.app import App
-from registry_store.models import ReminderSend
 from scheduler.channels import build_channels
 from scheduler.channels.base import (
     Channel,
@@ -59,13 +63,22 @@ from scheduler.channels.base import (
     redact_contact,
 )
 from scheduler.clock import Clock, SystemClock, local_day_bounds, local_now
-from scheduler.locks import job_lock
+from scheduler.locks import LeaseLock, job_lock
 from scheduler.planner import ACTIVE, PlanCounts, next_attempt_on, plan_reminders
-from scheduler.queries import CASES, PATIENTS, REMINDERS, with_case_and_patient
+from scheduler.queries import (
+    CASES,
+    PATIENTS,
+    REMINDERS,
+    SENDS,
+    UNCONFIRMED,
+    due_now,
+    rolled_back,
+    sendable,
+    with_case_and_patient,
+)
 
 log = structlog.get_logger(__name__)
 
-SENDS = ReminderSend.__table__  # type: ignore[attr-defined]
 LOCK_NAME = "reminders"
 # What :meth:`Dispatcher._message` reads from a row: the reminder, its case and contact.
 MESSAGE_COLUMNS = (
@@ -85,6 +98,8 @@ class DispatchReport:
     dry_run: bool = False
     quiet_hours: bool = False
     locked: bool = False
+    # The dispatch lease was lost mid-run (another process took it over): the run stopped.
+    lock_lost: bool = False
     settled: int = 0
     sent: int = 0
     retrying: int = 0
@@ -115,7 +130,7 @@ class Dispatcher:
     @property
     def channels(self) -> dict[str, Channel]:
         if self._channels is None:
-            self._channels = build_channels(self.rs)
+            self._channels = build_channels(self.rs, self.clock)
         return self._channels
 
     def today(self) -> date:
@@ -123,7 +138,11 @@ class Dispatcher:
 
     # -- planning -------------------------------------------------------------------------
 
-    def plan(self) -> PlanCounts:
+    def plan(self, *, dry_run: bool = False) -> PlanCounts:
+        """Plan every case's time points; ``dry_run`` counts what would change and saves nothing."""
+        if dry_run:
+            with rolled_back(self.app.engine) as conn:
+                return plan_reminders(conn, self.settings, self.today())
         with self.app.engine.begin() as conn:
             counts = plan_reminders(conn, self.settings, self.today())
         log.info("reminders.planned", **{k: v for k, v in counts.as_dict().items() if k != "by_status"})
@@ -139,17 +158,11 @@ class Dispatcher:
             as_of=local_now(self.clock, self.tz).isoformat(timespec="minutes"), dry_run=dry_run
         )
         if dry_run:
-            with self.app.engine.connect() as conn:
-                trans = conn.begin()
-                try:
-                    report.planned = plan_reminders(conn, self.settings, today).as_dict()
-                    due = self._due(conn, today, case_id)
-                    report.capped = max(0, len(due) - self._cap_left(conn, today))
-                    report.items = [
-                        self._describe(r, self._pick(r)[1]) for r in due[: len(due) - report.capped]
-                    ]
-                finally:
-                    trans.rollback()
+            with rolled_back(self.app.engine) as conn:
+                report.planned = plan_reminders(conn, self.settings, today).as_dict()
+                due = self._due(conn, today, case_id)
+                report.capped = max(0, len(due) - self._cap_left(conn, today))
+                report.items = [self._describe(r, self._pick(r)[1]) for r in due[: len(due) - report.capped]]
             report.quiet_hours = self._quiet(now)
             return report
         with job_lock(
@@ -166,14 +179,15 @@ class Dispatcher:
             if self._quiet(now) and case_id is None:
                 report.quiet_hours = True
                 return report
-            self._settle_pending(now, report)
-            with self.app.engine.connect() as conn:
-                due = self._due(conn, today, case_id)
-                left = self._cap_left(conn, today)
-            report.capped = max(0, len(due) - left)
-            for row in due[:left]:
-                lock.renew()
-                self._attempt(row, now, today, report)
+            if self._settle_pending(now, report, lock):
+                with self.app.engine.connect() as conn:
+                    due = self._due(conn, today, case_id)
+                    left = self._cap_left(conn, today)
+                report.capped = max(0, len(due) - left)
+                for row in due[:left]:
+                    if not self._still_ours(lock, report):
+                        break
+                    self._attempt(row, now, today, report)
         log.info(
             "reminders.dispatched",
             sent=report.sent,
@@ -182,8 +196,17 @@ class Dispatcher:
             failed=report.failed,
             unreachable=report.unreachable,
             capped=report.capped,
+            lock_lost=report.lock_lost,
         )
         return report
+
+    def _still_ours(self, lock: LeaseLock, report: DispatchReport) -> bool:
+        """Renew the dispatch lease before the next send; False (and stop) once it is lost."""
+        if lock.renew():
+            return True
+        report.lock_lost = True
+        log.error("reminders.dispatch_stopped", reason="dispatch lock lost to another process")
+        return False
 
     def _quiet(self, now: datetime) -> bool:
         quiet = self.rs.quiet_hours
@@ -201,22 +224,16 @@ class Dispatcher:
         return max(0, self.rs.daily_cap - used)
 
     def _due(self, conn: Connection, today: date, case_id: str | None) -> list[Any]:
+        if case_id is None:
+            conditions = due_now(today, self.rs.max_attempts)
+        else:
+            conditions = [*sendable(today, self.rs.max_attempts), REMINDERS.c.case_id == case_id]
         query = (
             select(*MESSAGE_COLUMNS)
             .select_from(with_case_and_patient())
-            .where(
-                REMINDERS.c.status.in_(ACTIVE),
-                REMINDERS.c.next_attempt_on.is_not(None),
-                REMINDERS.c.window_start <= today,
-                REMINDERS.c.window_end >= today,
-                REMINDERS.c.attempts < self.rs.max_attempts,
-            )
+            .where(*conditions)
             .order_by(REMINDERS.c.next_attempt_on, REMINDERS.c.id)
         )
-        if case_id is None:
-            query = query.where(REMINDERS.c.next_attempt_on <= today)
-        else:
-            query = query.where(REMINDERS.c.case_id == case_id)
         return list(conn.execute(query))
 
     def _message(self, row: Any, attempt: int, channel: str) -> Message:
@@ -328,8 +345,8 @@ class Dispatcher:
         try:
             if confirm_first and channel.can_confirm:
                 provider = channel.confirm(msg)
-            elif confirm_first and self.rs.unconfirmed == "assume_sent":
-                provider = "unconfirmed"
+            elif confirm_first and self.rs.unconfirmed_policy(channel.name) == "assume_sent":
+                provider = UNCONFIRMED
             if provider is None:
                 provider = channel.send(msg)
         except ChannelError as exc:
@@ -390,8 +407,10 @@ class Dispatcher:
             error=error,
         )
 
-    def _settle_pending(self, now: datetime, report: DispatchReport) -> None:
-        """Finish sends a crashed run left pending, and retry failed ones whose backoff is over."""
+    def _settle_pending(self, now: datetime, report: DispatchReport, lock: LeaseLock) -> bool:
+        """Finish sends a crashed run left pending, and retry failed ones whose backoff is over.
+
+        False when the lease was lost on the way (the run must stop)."""
         backoff = timedelta(minutes=self.rs.retry_backoff_minutes)
         with self.app.engine.connect() as conn:
             rows = list(
@@ -416,6 +435,8 @@ class Dispatcher:
             crashed = row.error is None
             if not crashed and now < _aware(row.send_created_at) + backoff * (2**row.tries - 1):
                 continue
+            if not self._still_ours(lock, report):
+                return False
             channel = self.channels.get(row.send_channel)
             msg = self._message(row, row.send_attempt, row.send_channel)
             if channel is None or row.status not in ACTIVE:
@@ -439,3 +460,4 @@ class Dispatcher:
             log.info("reminders.settling", send_id=row.send_id, channel=channel.name, crashed=crashed)
             self._deliver(row.send_id, row.tries + 1, channel, msg, now, report, confirm_first=crashed)
             report.settled += 1
+        return True

@@ -47,6 +47,21 @@ def _bound() -> _Runtime:
     return _runtime
 
 
+def refresh_mappings(app: App, job: str) -> None:
+    """Pick up code maps and mappings edited since the last run (the review UI adds codes
+    from its own process; staff edit the files). A broken edit keeps the previous, working
+    versions for this run (logged; retried next run) instead of failing the whole job."""
+    from mappings.codemaps import CodeMapError
+    from mappings.engine import MappingFileError
+
+    try:
+        if app.reload_mappings_if_changed():
+            log.info("job.mappings_reloaded", job=job)
+    except (CodeMapError, MappingFileError) as exc:
+        # File names, line numbers and codes only: code map and mapping files hold no PHI.
+        log.error("job.mappings_reload_failed", job=job, error=str(exc)[:2000])
+
+
 def nightly() -> None:
     """Sync every configured source (each maps and assembles its cases), map what other
     intake (the MLLP listener) staged, then re-plan reminders."""
@@ -62,6 +77,7 @@ def nightly() -> None:
         if lock is None:
             log.info("job.skipped", job=NIGHTLY_JOB, reason="another process holds the lock")
             return
+        refresh_mappings(app, NIGHTLY_JOB)
         pipeline = Pipeline(app)
         failed = []
         for cfg in app.settings.sources:
@@ -81,7 +97,8 @@ def nightly() -> None:
 
 
 def dispatch() -> None:
-    """Plan and send due reminders (the dispatcher takes its own lock)."""
+    """Plan and send due reminders (the dispatcher takes its own lock). No mapping reload
+    here: dispatch maps nothing, and the nightly job reloads before it maps."""
     from scheduler.dispatcher import Dispatcher
 
     rt = _bound()

@@ -7,14 +7,25 @@ filters and order on top.
 
 from __future__ import annotations
 
-from sqlalchemy import and_
-from sqlalchemy.sql.expression import FromClause, Join
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
 
-from registry_store.models import Case, Patient, Reminder
+from sqlalchemy import Engine, and_, exists
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.expression import ColumnElement, FromClause, Join, Label
+
+from registry_store.models import Case, Patient, Reminder, ReminderSend
+from scheduler.planner import ACTIVE
 
 CASES = Case.__table__  # type: ignore[attr-defined]
 PATIENTS = Patient.__table__  # type: ignore[attr-defined]
 REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+SENDS = ReminderSend.__table__  # type: ignore[attr-defined]
+
+# provider_id of a send recorded as sent after a crash without knowing whether it arrived
+# (``reminders.unconfirmed: assume_sent``): a coordinator should check with the patient.
+UNCONFIRMED = "unconfirmed"
 
 # A reminder's schedule and delivery state, in the order the listings show them.
 SCHEDULE_COLUMNS = (
@@ -41,3 +52,42 @@ def with_case_and_patient(reminders: FromClause = REMINDERS, *, keep_orphans: bo
     return joined.outerjoin(
         PATIENTS, and_(PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id)
     )
+
+
+def unconfirmed_flag() -> Label[bool]:
+    """``unconfirmed``: whether any attempt of the reminder was recorded without confirmation."""
+    return (
+        exists()
+        .where(SENDS.c.reminder_id == REMINDERS.c.id, SENDS.c.provider_id == UNCONFIRMED)
+        .label("unconfirmed")
+    )
+
+
+def sendable(today: date, max_attempts: int) -> list[ColumnElement[bool]]:
+    """Reminders that may get another attempt today: open, window open, attempts left.
+
+    ``due_now`` adds that the next attempt's day has come (what ``send --due`` sends and
+    ``list --due`` shows); ``send --case`` sends a sendable reminder before its day.
+    """
+    return [
+        REMINDERS.c.status.in_(ACTIVE),
+        REMINDERS.c.next_attempt_on.is_not(None),
+        REMINDERS.c.window_start <= today,
+        REMINDERS.c.window_end >= today,
+        REMINDERS.c.attempts < max_attempts,
+    ]
+
+
+def due_now(today: date, max_attempts: int) -> list[ColumnElement[bool]]:
+    return [*sendable(today, max_attempts), REMINDERS.c.next_attempt_on <= today]
+
+
+@contextmanager
+def rolled_back(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that is always rolled back: plan and read, save nothing."""
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            yield conn
+        finally:
+            trans.rollback()

@@ -16,6 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Channel = Literal["email", "webhook", "fhir", "worklist"]
+# Channels that cannot ask the receiver whether an earlier send arrived.
+UnconfirmableChannel = Literal["email", "webhook"]
+UnconfirmedPolicy = Literal["resend", "assume_sent"]
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -117,6 +120,10 @@ class QuietHours(_Strict):
         return t >= start or t < end
 
 
+def _default_unconfirmed() -> dict[UnconfirmableChannel, UnconfirmedPolicy]:
+    return {"email": "assume_sent", "webhook": "resend"}
+
+
 def _default_instruments() -> dict[str, tuple[str, ...]]:
     return {
         "lumbar": ("odi", "promis10"),
@@ -152,9 +159,13 @@ class RemindersSettings(_Strict):
     # A failed send is retried on later dispatch runs after 1, 3, 7, ... x this, then given up.
     retry_backoff_minutes: int = Field(default=60, ge=1)
     max_tries: int = Field(default=4, ge=1, le=20)
-    # A pending send the channel cannot confirm (SMTP) after a crash: resend with the same
-    # idempotency key / Message-ID (at least once) or record it as sent (at most once).
-    unconfirmed: Literal["resend", "assume_sent"] = "resend"
+    # A pending send left by a crash on a channel that cannot ask its receiver whether it
+    # arrived (email, webhook; FHIR and the worklist confirm): resend with the same idempotency
+    # key (at least once) or record it as sent, flagged unconfirmed for a coordinator to check
+    # (at most once). Per channel (``{email: resend}``, merged over the defaults) or one value
+    # for both. Defaults: email assume_sent, since SMTP has no de-duplication and a resend can
+    # reach the patient twice; webhook resend, since gateways de-duplicate by Idempotency-Key.
+    unconfirmed: dict[UnconfirmableChannel, UnconfirmedPolicy] = Field(default_factory=_default_unconfirmed)
     site_name: str = "our spine clinic"
     # Names of the time points in messages, e.g. {"90d": "3-month", "1y": "1-year"}.
     timepoint_labels: dict[str, str] = Field(
@@ -168,6 +179,19 @@ class RemindersSettings(_Strict):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     fhir: FhirChannelSettings = Field(default_factory=FhirChannelSettings)
+
+    @field_validator("unconfirmed", mode="before")
+    @classmethod
+    def _unconfirmed_per_channel(cls, value: object) -> object:
+        if isinstance(value, str):  # one policy for every channel that cannot confirm
+            return {"email": value, "webhook": value}
+        if isinstance(value, dict):
+            return {**_default_unconfirmed(), **value}
+        return value
+
+    def unconfirmed_policy(self, channel: str) -> UnconfirmedPolicy:
+        """What to do with a crashed send on ``channel`` (only asked for channels that cannot confirm)."""
+        return next((policy for name, policy in self.unconfirmed.items() if name == channel), "resend")
 
     @model_validator(mode="after")
     def _channels_configured(self) -> RemindersSettings:

@@ -2,6 +2,10 @@
 
 The YAML is data registry staff may edit, so it is checked here on load and a mistake is
 reported naming the file and key rather than surfacing later as a KeyError mid-conversion.
+
+A site replaces the bundled folder the way it replaces the FHIR mappings: a ``hl7v2/`` folder
+inside its ``mappings.directory`` (``site_directory``), made the process default with
+``use_directory`` by whoever builds the application; ``load_config()`` then reads it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from typing import Any
 import yaml
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings" / "hl7v2"
+SITE_SUBFOLDER = "hl7v2"
+FILES = ("messages.yaml", "code_systems.yaml", "resources.yaml")
+
+# The folder ``load_config()`` reads when given none: the site's, once ``use_directory`` ran.
+_default_directory: Path | None = None
 
 
 class MappingConfigError(ValueError):
@@ -124,10 +133,48 @@ def _check_resources(resources: dict[str, Any], tables: dict[str, Any], where: s
                 raise MappingConfigError(f"{at}.elements[{i}]: unknown table {table!r}")
 
 
-@lru_cache(maxsize=8)
+def site_directory(mappings_directory: Path | None) -> Path | None:
+    """The site's v2 mapping folder: ``<mappings.directory>/hl7v2`` when the site has one.
+
+    None (the bundled folder) when the site keeps the bundled mappings or its folder has no
+    ``hl7v2/``: a site that only replaced its FHIR mappings still converts v2 messages.
+    """
+    if mappings_directory is None:
+        return None
+    candidate = mappings_directory / SITE_SUBFOLDER
+    return candidate if candidate.is_dir() else None
+
+
+def use_directory(directory: Path | None) -> None:
+    """Make ``directory`` (None: the bundled one) what ``load_config()`` reads from now on.
+
+    Process-wide because the header check, the listener and conversion all load the config
+    deep inside calls that have no settings at hand; one process serves one site.
+    """
+    global _default_directory
+    _default_directory = directory
+
+
+def current_directory() -> Path:
+    return _default_directory or MAPPINGS_DIR
+
+
 def load_config(directory: Path | None = None) -> HL7Config:
-    """Load and check messages.yaml, code_systems.yaml and resources.yaml (cached)."""
-    d = directory or MAPPINGS_DIR
+    """Load and check messages.yaml, code_systems.yaml and resources.yaml (cached).
+
+    Without ``directory``: the folder set with ``use_directory``, else the bundled one.
+    """
+    return _load_config(directory or current_directory())
+
+
+def forget_loaded() -> None:
+    """Drop the loaded files so the next ``load_config`` reads them again (a long-lived
+    process reloading mappings staff edited)."""
+    _load_config.cache_clear()
+
+
+@lru_cache(maxsize=8)
+def _load_config(d: Path) -> HL7Config:
     messages = _load_yaml(d / "messages.yaml")
     codes = _load_yaml(d / "code_systems.yaml")
     res = _load_yaml(d / "resources.yaml")

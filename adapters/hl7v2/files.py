@@ -9,7 +9,9 @@ the first MSH, garbage between frames, a frame cut short, an empty file) is yiel
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 # A message starts where a segment named MSH starts (file start or after a line ending).
 _MSH_START = re.compile(rb"(?:^|(?<=[\r\n]))MSH(?=[^\r\n])")
 _BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,19 +104,44 @@ def _framed(path: Path, data: bytes, max_message_bytes: int) -> Iterator[FileIte
             return
 
 
+def is_gzip(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+def _read_bounded(path: Path, limit: int) -> bytes | None:
+    """The file's bytes (decompressed if gzip), or None when they exceed ``limit``."""
+    if not is_gzip(path):
+        return None if path.stat().st_size > limit else path.read_bytes()
+    with gzip.open(path, "rb") as fh:
+        data = fh.read(limit + 1)  # bounded: a small .gz may inflate to gigabytes
+    return None if len(data) > limit else data
+
+
 def iter_messages(
     path: Path,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Iterator[FileMessage | FileMessageError]:
-    """Messages of one file, in order. Never raises for bad content (only for I/O errors)."""
-    size = path.stat().st_size
-    if size > max_file_bytes:
-        yield FileMessageError(path, 1, "hl7.file_too_large",
-                               f"file has {size} bytes, over the {max_file_bytes}-byte limit")
+    """Messages of one file, in order. Never raises for bad content (only for I/O errors).
+
+    A gzip-compressed file (recognised by its magic bytes, whatever its name) is read
+    decompressed; the size limit applies to the decompressed bytes.
+    """
+    try:
+        data = _read_bounded(path, max_file_bytes)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        # The file is quarantined with this error rather than failing the whole sync.
+        yield FileMessageError(path, 1, "hl7.bad_gzip",
+                               f"file starts like gzip but cannot be decompressed "
+                               f"({type(exc).__name__})")
         return
-    data = path.read_bytes()
+    if data is None:
+        yield FileMessageError(path, 1, "hl7.file_too_large",
+                               f"file is over the {max_file_bytes}-byte limit"
+                               f"{' once decompressed' if is_gzip(path) else ''}")
+        return
     if data.startswith(_BOM):
         data = data[len(_BOM):]
     if not data.strip(b" \t\r\n"):

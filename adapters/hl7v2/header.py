@@ -8,6 +8,7 @@ Error texts name fields and codes only, never values from the message (PHI).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -82,6 +83,12 @@ class HeaderCheckError(ValueError):
 
 def _first_segment(raw: bytes) -> bytes | None:
     """The MSH segment, skipping a UTF-8 BOM and leading whitespace; None if there is none."""
+    span = _msh_span(raw)
+    return None if span is None else raw[span[0] : span[1]]
+
+
+def _msh_span(raw: bytes) -> tuple[int, int] | None:
+    """Where the MSH segment is in ``raw`` (start, end); None if the message has none."""
     start = 0
     n = len(raw)
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -95,7 +102,30 @@ def _first_segment(raw: bytes) -> bytes | None:
         pos = raw.find(terminator, start)
         if pos != -1 and pos < end:
             end = pos
-    return raw[start:end]
+    return start, end
+
+
+def message_digest(raw: bytes) -> str:
+    """sha256 of a message with MSH-7 (date/time of message) blanked: its dedup hash.
+
+    Sending engines stamp MSH-7 afresh when they retransmit, so a resend of the same message
+    under the same control id differs from the original only there. Any other difference is
+    other content (a control id reused after a counter reset), which must never be taken for
+    a duplicate. Bytes without an MSH segment are hashed as they are.
+    """
+    span = _msh_span(raw)
+    if span is None or span[1] - span[0] < 4:
+        return hashlib.sha256(raw).hexdigest()
+    start, end = span
+    fs = raw[start + 3 : start + 4]
+    # MSH-1 is the separator itself, so MSH-7 is the 6th piece after splitting on it.
+    fields = raw[start:end].split(fs)
+    if len(fields) > 6:
+        fields[6] = b""
+    digest = hashlib.sha256(raw[:start])
+    digest.update(fs.join(fields))
+    digest.update(raw[end:])
+    return digest.hexdigest()
 
 
 def read_header(

@@ -6,7 +6,8 @@ handed to one writer thread that drains everything queued from all connections i
 ``MessageSink.store`` call: one transaction and one fsync for many messages (group commit).
 The ACK is written only after ``store`` returned for that message:
 
-* header fine, stored or duplicate (same MSH-4 + MSH-10 seen before) → AA
+* header fine, stored or duplicate (same MSH-4 + MSH-10 and content seen before, MSH-7 aside:
+  the sink decides, see ``registry_store.hl7_sink``) → AA
 * header error (no MSH, empty MSH-10, unsupported version or type) → AR/AE with ERR; the
   message is still given to the sink, which keeps it as rejected, so nothing received is lost
 * the sink rejects a message → AE with its reason; ``store`` raises → AR 207 (resend later),

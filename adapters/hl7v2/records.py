@@ -23,8 +23,42 @@ HL7_TYPE = "HL7v2Message"
 HL7_CONTENT_TYPE = "application/hl7-v2"
 
 
+# A warning, not an error: the message is kept and converted; staff should ask the sender why
+# its control ids repeat (usually a counter reset), since real duplicates are then undetectable.
+REUSED_CONTROL_ID = "hl7.reused_control_id"
+
+
 def message_identity(facility: str, control_id: str) -> str:
     return f"{facility}|{control_id}"[:256]
+
+
+def reused_control_id_issue(facility: str, control_id: str) -> Issue:
+    """The warning on a message staged beside another with its facility and control id.
+
+    One cause for all such messages (no ``value``): the fix is at the sender, not per message.
+    Facility and control id are header metadata, not patient data.
+    """
+    return Issue(
+        REUSED_CONTROL_ID,
+        f"control id {control_id[:50]!r} (MSH-10) of sending facility {facility[:50]!r} (MSH-4) "
+        "was already used by a message with other content; this one is staged as a separate "
+        "message. Ask the sender why its control ids repeat.",
+        field="MSH-10",
+        rule="hl7v2:MSH",
+        severity="warning",
+    )
+
+
+def reused_control_id(raw: bytes, identity: str) -> Issue | None:
+    """The warning for a staged message whose identity is not its own ``facility|MSH-10``
+    (``staging.place_raw_message`` put it beside another message with that control id)."""
+    try:
+        header = read_header(raw, versions=(), message_types=())
+    except HeaderCheckError:
+        return None
+    if identity == message_identity(header.sending_facility, header.control_id):
+        return None
+    return reused_control_id_issue(header.sending_facility, header.control_id)
 
 
 def looks_like_hl7v2(head: bytes) -> bool:
@@ -81,7 +115,8 @@ class Converted:
     @property
     def out_of_scope(self) -> bool:
         """A message type we do not convert (transfers, orders, ...): nothing to map."""
-        return bool(self.issues) and all(i.code == "hl7.unsupported_message" for i in self.issues)
+        errors = [i for i in self.issues if i.severity != "warning"]
+        return bool(errors) and all(i.code == "hl7.unsupported_message" for i in errors)
 
 
 def convert_staged(raw: bytes, identity: str, tz: ZoneInfo) -> Converted:
@@ -91,6 +126,10 @@ def convert_staged(raw: bytes, identity: str, tz: ZoneInfo) -> Converted:
     for resource in result.resources:
         out.records.append(Record(resource, origin=f"hl7v2 {identity}"))
     out.deleted.extend(result.deleted)
+    reused = reused_control_id(raw, identity)
+    if reused is not None:
+        # Re-issued on every conversion so re-mapping keeps the warning open, not resolved.
+        out.issues.append(reused)
     for issue in result.errors:
         where = issue.field or issue.segment or ""
         out.issues.append(

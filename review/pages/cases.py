@@ -7,7 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from review.queries import CaseFilter, case_detail, case_facets, cases_page
+from registry_adapter.app import App
+from review.queries import BASELINE_STATUSES, CaseFilter, case_detail, case_facets, cases_page
 from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
 
 
@@ -21,9 +22,27 @@ async def cases(request: Request) -> Response:
             category=choice(request, "category", facets["category"]),
             q=text_arg(request, "q"),
             include_removed=request.query_params.get("removed") == "1",
+            baseline=choice(request, "baseline", BASELINE_STATUSES),
+            tracked=_tracked_timepoints(app),
         )
         page = cases_page(conn, flt, page_arg(request), app.settings.review.page_size)
-    return render(request, "cases.html", {"section": "cases", "page": page, "flt": flt, "facets": facets})
+    return render(
+        request,
+        "cases.html",
+        {
+            "section": "cases",
+            "page": page,
+            "flt": flt,
+            "facets": facets,
+            "baseline_statuses": BASELINE_STATUSES,
+        },
+    )
+
+
+def _tracked_timepoints(app: App) -> tuple[str, ...]:
+    """Time points planned without reminders (the pre-operative baseline by default)."""
+    remind = set(app.settings.reminders.remind)
+    return tuple(tp for tp in app.settings.proms.timepoints if tp not in remind)
 
 
 async def case(request: Request) -> Response:

@@ -132,21 +132,40 @@ async def add_code(request: Request) -> Response:
     user = require(request, "reviewer")
     cause_id = _cause_id(request)
     form = await csrf.checked_form(request)
-    values = {k.removeprefix("value."): str(v) for k, v in form.items() if k.startswith("value.")}
     codemap = str(form.get("codemap", ""))
+    # Each code map has its own fieldset (value.<map>.<column>): read only the chosen map's.
+    prefix = f"value.{codemap}."
+    values = {k.removeprefix(prefix): str(v) for k, v in form.items() if k.startswith(prefix)}
     try:
         # Re-mapping can take a while for a big cause: keep the event loop free meanwhile.
         result = await run_in_threadpool(
             actions.add_code_and_reprocess, registry(request), user, cause_id, codemap, values
         )
     except actions.ActionError as exc:
-        return _refused(request, cause_id, exc, form={"codemap": codemap, **values})
+        return _refused(request, cause_id, exc, form={"codemap": codemap, "values": values})
     return _done(
         request,
         cause_id,
         f"{result['system'].upper()} {result['code']} was added to {result['codemap']} and "
+        + _reprocessed(result),
+    )
+
+
+async def reprocess(request: Request) -> Response:
+    user = require(request, "reviewer")
+    cause_id = _cause_id(request)
+    await csrf.checked_form(request)
+    try:
+        result = await run_in_threadpool(actions.reprocess_cause, registry(request), user, cause_id)
+    except actions.ActionError as exc:
+        return _refused(request, cause_id, exc)
+    return _done(request, cause_id, _reprocessed(result))
+
+
+def _reprocessed(result: dict[str, Any]) -> str:
+    return (
         f"{result['reprocessed']:,} record(s) re-processed: {result['mapped']:,} mapped, "
-        f"{result['failed']:,} failed; {result['open_errors']:,} open error(s) of this cause left.",
+        f"{result['failed']:,} failed; {result['open_errors']:,} open error(s) of this cause left."
     )
 
 
@@ -156,4 +175,5 @@ ROUTES = [
     Route("/causes/{cause_id}/ignore", ignore, methods=["POST"]),
     Route("/causes/{cause_id}/reopen", reopen, methods=["POST"]),
     Route("/causes/{cause_id}/add-code", add_code, methods=["POST"]),
+    Route("/causes/{cause_id}/reprocess", reprocess, methods=["POST"]),
 ]

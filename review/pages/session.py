@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from review import csrf
-from review.auth import authenticate
+from review.auth import authenticate, end_sessions
 from review.web import registry, render, user_of
 
 
@@ -21,22 +23,35 @@ async def login(request: Request) -> Response:
     form = await csrf.checked_form(request)
     username = str(form.get("username", ""))[:100]
     password = str(form.get("password", ""))[:1000]
+    settings = registry(request).settings.review
     with registry(request).engine.begin() as conn:
-        user = authenticate(conn, username, password)
+        user = authenticate(
+            conn,
+            username,
+            password,
+            max_failures=settings.login_max_failures,
+            lockout=timedelta(minutes=settings.login_lockout_minutes),
+        )
     if user is None:
-        # One message for unknown user, wrong password and disabled account alike.
+        # One message for unknown user, wrong password, disabled and locked account alike.
         return render(
             request, "login.html", {"error": "Wrong username or password.", "username": username}, 400
         )
     # A fresh session on sign-in: a session id planted before login is worth nothing after.
     request.session.clear()
     request.session["uid"] = user.id
+    request.session["sv"] = user.session_version
     csrf.rotate(request)
     return RedirectResponse("/", status_code=303)
 
 
 async def logout(request: Request) -> Response:
     await csrf.checked_form(request)
+    user = user_of(request)
+    if user is not None:
+        # Sign-out ends the session server-side too: a copy of the cookie is worthless after.
+        with registry(request).engine.begin() as conn:
+            end_sessions(conn, user.id)
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 

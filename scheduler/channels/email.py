@@ -15,6 +15,7 @@ from email.utils import formatdate
 from typing import ClassVar
 
 from scheduler.channels.base import ChannelError, Message, Templates, redact_contact
+from scheduler.clock import Clock, SystemClock
 from scheduler.settings import RemindersSettings
 
 
@@ -22,9 +23,10 @@ class EmailChannel:
     name: ClassVar[str] = "email"
     can_confirm: ClassVar[bool] = False
 
-    def __init__(self, settings: RemindersSettings, templates: Templates) -> None:
+    def __init__(self, settings: RemindersSettings, templates: Templates, clock: Clock | None = None) -> None:
         self.cfg = settings.smtp
         self.templates = templates
+        self.clock = clock or SystemClock()
         self.domain = self.cfg.from_address.rpartition("@")[2] or "localhost"
 
     def can_reach(self, msg: Message) -> bool:
@@ -40,7 +42,7 @@ class EmailChannel:
         mail["To"] = msg.email or ""
         if self.cfg.reply_to:
             mail["Reply-To"] = self.cfg.reply_to
-        mail["Date"] = formatdate(localtime=False)
+        mail["Date"] = formatdate(self.clock.now().timestamp(), localtime=False)
         mail["Message-ID"] = self.message_id(msg)
         mail["Auto-Submitted"] = "auto-generated"
         mail.set_content(self.templates.render("email_body.txt.j2", msg))

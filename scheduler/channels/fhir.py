@@ -8,13 +8,13 @@ this channel confirms pending sends exactly.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import requests
 
 from adapters.http import FhirHttpError, raise_for_fhir
 from scheduler.channels.base import ChannelError, Message, Templates, http_session
+from scheduler.clock import Clock, SystemClock
 from scheduler.settings import RemindersSettings
 
 
@@ -22,9 +22,10 @@ class FhirChannel:
     name: ClassVar[str] = "fhir"
     can_confirm: ClassVar[bool] = True
 
-    def __init__(self, settings: RemindersSettings, templates: Templates) -> None:
+    def __init__(self, settings: RemindersSettings, templates: Templates, clock: Clock | None = None) -> None:
         self.cfg = settings.fhir
         self.templates = templates
+        self.clock = clock or SystemClock()
         self.http_cfg, self.session = http_session(self.cfg)
         self.session.headers["Accept"] = "application/fhir+json"
         token = self.cfg.token()
@@ -41,7 +42,7 @@ class FhirChannel:
     def resource(self, msg: Message) -> dict[str, Any]:
         text = self.templates.render("fhir.txt.j2", msg)
         identifier = [{"system": self.cfg.identifier_system, "value": msg.external_id}]
-        authored = datetime.now(UTC).isoformat(timespec="seconds")
+        authored = self.clock.now().isoformat(timespec="seconds")
         patient = {"reference": f"Patient/{msg.patient_id}"}
         procedure = {"reference": f"Procedure/{msg.procedure_id}"}
         if self.cfg.resource == "Task":

@@ -2,7 +2,9 @@
 
 "Sending" to the worklist is recording the attempt; the ``reminder_sends`` row is the item.
 :func:`worklist_rows` lists what a coordinator should act on: open time points whose latest
-attempt went to the worklist, or whose reminders could not be delivered (``last_error``).
+attempt went to the worklist, whose reminders could not be delivered (``last_error``), or
+with an attempt recorded as sent after a crash without knowing whether it arrived
+(``unconfirmed``: an email the crash may have kept from going out; check with the patient).
 The export holds contact details by design (it is for calling patients): treat the file as
 patient data.
 """
@@ -17,7 +19,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection
 
 from scheduler.channels.base import Message
-from scheduler.queries import CASES, PATIENTS, REMINDERS, with_case_and_patient
+from scheduler.queries import CASES, PATIENTS, REMINDERS, unconfirmed_flag, with_case_and_patient
 
 COLUMNS = (
     "reminder_id",
@@ -36,6 +38,7 @@ COLUMNS = (
     "attempts",
     "last_sent_at",
     "last_error",
+    "unconfirmed",
 )
 
 
@@ -55,6 +58,7 @@ class WorklistChannel:
 
 
 def worklist_rows(conn: Connection) -> list[dict[str, Any]]:
+    unconfirmed = unconfirmed_flag()
     query = (
         select(
             REMINDERS.c.id.label("reminder_id"),
@@ -73,16 +77,21 @@ def worklist_rows(conn: Connection) -> list[dict[str, Any]]:
             REMINDERS.c.attempts,
             REMINDERS.c.last_sent_at,
             REMINDERS.c.last_error,
+            unconfirmed,
         )
         .select_from(with_case_and_patient())
         .where(
             REMINDERS.c.status.in_(["scheduled", "sent"]),
             REMINDERS.c.attempts > 0,
-            or_(REMINDERS.c.channel.contains("worklist"), REMINDERS.c.last_error.is_not(None)),
+            or_(
+                REMINDERS.c.channel.contains("worklist"),
+                REMINDERS.c.last_error.is_not(None),
+                unconfirmed.element,
+            ),
         )
         .order_by(REMINDERS.c.due_date, REMINDERS.c.id)
     )
-    return [dict(r._mapping) for r in conn.execute(query)]
+    return [{**r._mapping, "unconfirmed": bool(r.unconfirmed)} for r in conn.execute(query)]
 
 
 def export_csv(conn: Connection, path: Path) -> int:

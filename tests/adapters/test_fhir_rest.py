@@ -9,7 +9,7 @@ import pytest
 
 from adapters.auth import AuthConfig
 from adapters.base import Checkpoint, Record, SourceContext
-from adapters.fhir_rest import FhirRestConfig, FhirRestSource, PatientScope
+from adapters.fhir_rest import FhirRestConfig, FhirRestSource, PatientScope, SyncIncomplete
 from adapters.http import HttpConfig
 from tests.adapters.harness import Committed, run_once, run_until_done
 from tests.adapters.spine_data import CPT, keys, knee_patient, spine_cohort
@@ -134,25 +134,50 @@ def test_persistent_cut_crashes_and_resume_loses_nothing(fhir: FhirTestServer) -
     assert all(len(v) == 1 for v in done.versions().values())
 
 
-def test_malformed_page_stops_cleanly_and_rerun_resumes(fhir: FhirTestServer) -> None:
+def test_malformed_page_stops_only_its_type_and_rerun_resumes(fhir: FhirTestServer) -> None:
     data = spine_cohort(4, with_meta=True)
     fhir.seed(data, preserve_meta=True)
     fhir.fault(PAGE2, "malformed", times=1)
     src = source(fhir)
     done = Committed()
 
-    assert run_once(src, done)  # ends cleanly, not with an exception
+    assert not run_once(src, done)  # the run ends as failed, after reading everything else
 
+    [crash] = done.crashes
+    assert isinstance(crash, SyncIncomplete) and crash.stopped == {"Procedure": "/Procedure page 2"}
     [error] = done.errors
     assert error.code == "malformed-page" and error.origin == "/Procedure page 2"
-    assert "Condition/cond-1" not in done.resource_keys()  # the sync stopped at the bad page
-    wm = done.state["types"]["Procedure"]["watermark"]
-    assert wm == sorted(r["meta"]["lastUpdated"] for r in data
-                        if r["resourceType"] == "Procedure")[2]  # end of the last good page
+    # The types after Procedure were still synced, and committed before the error was raised.
+    later = {k for k in keys(data) if k.startswith(("Condition/", "QuestionnaireResponse/"))}
+    assert later and later <= set(done.resource_keys())
+    procedures = sorted(r["meta"]["lastUpdated"] for r in data if r["resourceType"] == "Procedure")
+    assert done.state["types"]["Procedure"]["watermark"] == procedures[2]  # last good page
+    assert done.state["types"]["Condition"]["watermark"] == max(
+        r["meta"]["lastUpdated"] for r in data if r["resourceType"] == "Condition")
+    missing = {f"Procedure/{r['id']}" for r in data if r["resourceType"] == "Procedure"
+               and r["meta"]["lastUpdated"] > procedures[2]}
+    assert missing and not missing & set(done.resource_keys())
 
-    run_until_done(src, done)
+    assert run_once(src, done)  # the fault is gone: the next run completes the type
     assert set(done.resource_keys()) == keys(data)
     assert all(len(v) == 1 for v in done.versions().values())
+
+
+def test_malformed_history_page_keeps_the_type_watermark(fhir: FhirTestServer) -> None:
+    data = spine_cohort(2, with_meta=True)
+    fhir.seed(data, preserve_meta=True)
+    src = source(fhir, resource_types=("Procedure",), fetch_references=False, detect_deletes=True)
+    first = run_until_done(src)
+    fhir.delete("Procedure", "proc-1-0")
+    fhir.fault(r"^/Procedure/_history", "malformed", times=1)
+
+    second = Committed(state=first.state)
+    assert not run_once(src, second)
+    assert not second.deleted
+    # Deletions since the old watermark were not read: the type goes back there.
+    assert second.state["types"]["Procedure"] == first.state["types"]["Procedure"]
+    assert run_once(src, second)
+    assert [(d.resource_type, d.resource_id) for d in second.deleted] == [("Procedure", "proc-1-0")]
 
 
 def test_token_expiry_mid_sync_refreshes(fhir: FhirTestServer,
@@ -258,3 +283,71 @@ def test_unsorted_mode_moves_watermark_only_at_type_end(fhir: FhirTestServer) ->
     assert marks[:-1] == [None] * (len(marks) - 1) and len(marks) == 4
     assert marks[-1] == max(r["meta"]["lastUpdated"] for r in data
                             if r["resourceType"] == "Procedure")
+
+
+def _list(list_id: str, members: list[str], deleted: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"resourceType": "List", "id": list_id, "status": "current", "mode": "working",
+            "entry": [{"item": {"reference": f"Patient/{m}"}, **({"deleted": True} if m in deleted
+                                                                  else {})} for m in members]}
+
+
+def test_patient_scoped_from_a_list(fhir: FhirTestServer) -> None:
+    data = spine_cohort(3, with_meta=True)
+    # sp-2 was taken off the list (entry.deleted): not in the cohort.
+    fhir.seed([*data, *knee_patient(with_meta=True),
+               _list("spine-list", ["sp-3", "sp-1", "sp-2"], deleted=("sp-2",))],
+              preserve_meta=True)
+    src = source(fhir, patient_scoped=PatientScope(list_id="spine-list"), fetch_references=False)
+
+    done = run_until_done(src)
+
+    assert done.state["patients"]["cohort"] == ["sp-1", "sp-3"]
+    expected = {k for k in keys(data) if k.endswith(("-1", "-1-0", "-1-1", "-3", "-3-0", "-3-1"))}
+    assert Counter(done.resource_keys()) == Counter(expected)
+    assert fhir.requests()[0]["url"] == "/List/spine-list"
+
+
+def test_list_and_group_cohorts_are_exclusive() -> None:
+    with pytest.raises(ValueError, match="group_id or list_id"):
+        PatientScope(group_id="g", list_id="l")
+
+
+def test_malformed_page_stops_only_that_patient(fhir: FhirTestServer) -> None:
+    data = spine_cohort(3, with_meta=True)
+    fhir.seed([*data, _list("spine-list", ["sp-1", "sp-2", "sp-3"])], preserve_meta=True)
+    fhir.fault(r"^/Condition\?.*patient=Patient%2Fsp-2", "malformed", times=1)
+    src = source(fhir, patient_scoped=PatientScope(list_id="spine-list"), fetch_references=False)
+    done = Committed()
+
+    assert not run_once(src, done)
+
+    assert isinstance(done.crashes[0], SyncIncomplete)
+    assert set(done.crashes[0].stopped) == {"Patient/sp-2"}
+    assert {k for k in keys(data) if k.endswith(("-3", "-3-0", "-3-1"))} <= set(done.resource_keys())
+    assert done.state["patients"]["run"]["cohort"] == ["sp-2"]  # only sp-2 is left to read
+    assert done.state["patients"]["cohort"] == ["sp-1", "sp-3"]
+
+    assert run_once(src, done)
+    assert set(done.resource_keys()) == keys(data)
+    assert all(len(v) == 1 for v in done.versions().values())
+    assert "run" not in done.state["patients"] and done.state["patients"]["cohort"] == [
+        "sp-1", "sp-2", "sp-3"]
+
+
+def test_a_stopped_patient_noted_before_a_crash_still_ends_the_run_incomplete(
+        fhir: FhirTestServer) -> None:
+    data = spine_cohort(3, with_meta=True)
+    fhir.seed([*data, _list("spine-list", ["sp-1", "sp-2", "sp-3"])], preserve_meta=True)
+    fhir.fault(r"^/Condition\?.*patient=Patient%2Fsp-2", "malformed", times=1)
+    src = source(fhir, patient_scoped=PatientScope(list_id="spine-list"), fetch_references=False)
+    done = Committed()
+
+    # Killed right after patient sp-2's checkpoint (cohort, sp-1, sp-2).
+    assert not run_once(src, done, stop_after_checkpoints=3)
+    assert done.state["patients"]["run"]["failed"] == ["sp-2"]
+
+    assert not run_once(src, done)  # finishes sp-3, then says sp-2 is still owed
+    assert isinstance(done.crashes[-1], SyncIncomplete)
+    assert set(done.crashes[-1].stopped) == {"Patient/sp-2"}
+    assert run_once(src, done)
+    assert set(done.resource_keys()) == keys(data)

@@ -324,7 +324,8 @@ async function kickOff(req, res, url, level, groupId, body) {
   }
   const id = crypto.randomUUID();
   const job = { id, request: `${baseUrl(req)}${url.pathname}${url.search}`, transactionTime, polls: 0, files: new Map(), output: [], error: [], failed: bulkConfig.fail_with };
-  const errors = [...bulkConfig.error_diagnostics.map((d) => outcome('processing', d))];
+  // An entry is a diagnostics text (severity error) or {text, severity}.
+  const errors = [...bulkConfig.error_diagnostics.map((d) => (typeof d === 'string' ? outcome('processing', d) : outcome('processing', d.text, d.severity)))];
   const since = params._since ? `_lastUpdated=gt${new Date(params._since).toISOString()}` : '';
   for (const t of types) {
     const byId = new Map();

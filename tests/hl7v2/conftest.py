@@ -8,10 +8,11 @@ import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import pytest
 
-from adapters.hl7v2.mllp import MLLPListener
+from adapters.hl7v2.mllp import MessageSink, MLLPListener
 from tests.hl7v2.sqlite_sink import SQLiteSink
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "hl7v2"
@@ -20,10 +21,13 @@ EXPECTED = FIXTURES / "fhir-converter" / "expected"
 MALFORMED = FIXTURES / "malformed"
 
 
-class ListenerThread:
+S = TypeVar("S", bound=MessageSink)
+
+
+class ListenerThread(Generic[S]):
     """Runs an MLLPListener in its own event loop thread, as a daemon would."""
 
-    def __init__(self, sink: SQLiteSink, tls: ssl.SSLContext | None = None,
+    def __init__(self, sink: S, tls: ssl.SSLContext | None = None,
                  max_message_bytes: int = 16 * 1024 * 1024,
                  idle_timeout: float | None = None) -> None:
         self.sink = sink
@@ -33,7 +37,7 @@ class ListenerThread:
                                      idle_timeout=idle_timeout)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def __enter__(self) -> ListenerThread:
+    def __enter__(self) -> ListenerThread[S]:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.listener.start(), self.loop).result(10)
         return self
@@ -57,7 +61,7 @@ def sink(tmp_path: Path) -> Iterator[SQLiteSink]:
 
 
 @pytest.fixture
-def listener(sink: SQLiteSink) -> Iterator[ListenerThread]:
+def listener(sink: SQLiteSink) -> Iterator[ListenerThread[SQLiteSink]]:
     with ListenerThread(sink) as lt:
         yield lt
 

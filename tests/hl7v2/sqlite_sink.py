@@ -1,6 +1,8 @@
-"""A real MessageSink on a SQLite file (WAL, synchronous=FULL) for tests and the benchmark.
+"""A minimal MessageSink on a SQLite file (WAL, synchronous=FULL) for the listener's own tests.
 
-The production sink lives on the registry store; this one has the same contract: one
+The production sink is ``registry_store.hl7_sink.StagingSink`` (tested with the listener in
+test_mllp_staging.py and used by the benchmark); this one keeps the ``MessageSink`` contract
+simple enough to read in a test: one
 transaction per batch, dedup on (sending facility, control id) for accepted messages,
 header-rejected messages kept with their reason.
 """

@@ -56,3 +56,28 @@ def test_empty_and_too_large(tmp_path: Path) -> None:
     p.write_bytes(A * 10)
     (item,) = list(iter_messages(p, max_file_bytes=100))
     assert isinstance(item, FileMessageError) and item.code == "hl7.file_too_large"
+
+
+def test_gzipped_file_is_read_decompressed_whatever_its_name(tmp_path: Path) -> None:
+    import gzip
+
+    for name in ("batch.hl7.gz", "batch.hl7"):
+        p = tmp_path / name
+        p.write_bytes(gzip.compress(frame(A) + frame(B)))
+        items = list(iter_messages(p))
+        assert [i.raw for i in items if isinstance(i, FileMessage)] == [A, B]
+        assert not [i for i in items if isinstance(i, FileMessageError)]
+
+
+def test_gzip_bomb_and_corrupt_gzip_are_errors_not_crashes(tmp_path: Path) -> None:
+    import gzip
+
+    bomb = tmp_path / "bomb.hl7.gz"
+    bomb.write_bytes(gzip.compress(A + b"x" * 2_000_000))
+    (err,) = list(iter_messages(bomb, max_file_bytes=1_000_000))
+    assert isinstance(err, FileMessageError) and err.code == "hl7.file_too_large"
+    assert "decompressed" in err.message
+    cut = tmp_path / "cut.hl7.gz"
+    cut.write_bytes(gzip.compress(A * 50)[:60])
+    (err,) = list(iter_messages(cut))
+    assert isinstance(err, FileMessageError) and err.code == "hl7.bad_gzip"

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from registry_adapter.config import ConfigError, load_settings, parse_settings
+from registry_adapter.config import (
+    ConfigError,
+    FhirBulkSource,
+    FhirRestSource,
+    FilesSource,
+    Settings,
+    load_settings,
+    parse_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,8 +33,10 @@ def _base() -> dict:
 def test_the_example_config_is_valid_and_runs_the_demo() -> None:
     settings = load_settings(ROOT / "config.example.yaml")
     assert settings.site.timezone == "America/Chicago"
-    assert settings.sources[0].name == "sample"
-    assert settings.sources[0].path == ROOT / "examples" / "sample-feed"  # relative to the file
+    [sample] = settings.sources
+    assert isinstance(sample, FilesSource) and sample.name == "sample"
+    assert sample.path == ROOT / "examples" / "sample-feed"  # relative to the file
+    assert sample.patterns == ("**/*.ndjson", "**/*.json", "**/*.ndjson.gz")  # as documented
     assert settings.database.url == f"sqlite:///{ROOT / 'var' / 'registry.db'}"
 
 
@@ -33,6 +50,19 @@ def test_the_example_config_is_valid_and_runs_the_demo() -> None:
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
         ({"sources": [{"name": "a", "type": "files"}]}, "sources[0].path: Field required"),
         ({"sources": [{"name": "a", "type": "ftp", "path": "x"}]}, "sources[0]"),
+        (
+            {
+                "sources": [
+                    {
+                        "name": "a",
+                        "type": "fhir_rest",
+                        "base_url": "http://x",
+                        "patient_scoped": {"group_id": "g", "list_id": "l"},
+                    }
+                ]
+            },
+            "sources[0].patient_scoped: Value error, set group_id or list_id, not both",
+        ),
         (
             {
                 "proms": {
@@ -86,3 +116,88 @@ def test_missing_or_broken_file_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("site:\n  id: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML at line"):
         load_settings(bad)
+
+
+def test_relative_adapter_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    auth = {"method": "smart_backend", "client_id": "c", "private_key_file": "keys/smart.pem"}
+    config = {
+        **_base(),
+        "sources": [
+            {
+                "name": "rest",
+                "type": "fhir_rest",
+                "base_url": "https://ehr.example/fhir",
+                "auth": auth,
+                "http": {"verify": "certs/ca.pem"},
+            },
+            {
+                "name": "bulk",
+                "type": "fhir_bulk",
+                "base_url": "https://ehr.example/fhir",
+                "work_dir": "var/bulk",
+                "auth": {**auth, "private_key_file": "/abs/key.pem"},
+                "http": {"verify": False},
+            },
+        ],
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+
+    settings = load_settings(tmp_path / "config.yaml")
+
+    rest, bulk = settings.sources
+    assert isinstance(rest, FhirRestSource) and isinstance(bulk, FhirBulkSource)
+    assert rest.settings.auth.private_key_file == str(tmp_path / "keys" / "smart.pem")
+    assert rest.settings.http.verify == str(tmp_path / "certs" / "ca.pem")
+    assert bulk.settings.work_dir == str(tmp_path / "var" / "bulk")
+    assert bulk.settings.auth.private_key_file == "/abs/key.pem"  # absolute: unchanged
+    assert bulk.settings.http.verify is False  # not a path
+    assert rest.settings.http.verify != "certs/ca.pem"
+
+
+# Keys of our own nesting, not written by users.
+_INTERNAL_KEYS = {"settings"}
+
+
+def _keys(tp: Any, out: dict[str, str], seen: set[type]) -> None:
+    """Every settings key name reachable from ``tp`` (pydantic models and dataclasses)."""
+    origin = typing.get_origin(tp)
+    if origin is not None or isinstance(tp, types.UnionType):
+        for arg in typing.get_args(tp):
+            _keys(arg, out, seen)
+        return
+    if not isinstance(tp, type) or tp in seen:
+        return
+    if issubclass(tp, BaseModel):
+        seen.add(tp)
+        for name, info in tp.model_fields.items():
+            out.setdefault(name, f"{tp.__name__}.{name}")
+            _keys(info.annotation, out, seen)
+    elif dataclasses.is_dataclass(tp):
+        seen.add(tp)
+        hints = typing.get_type_hints(tp)
+        for fld in dataclasses.fields(tp):
+            out.setdefault(fld.name, f"{tp.__name__}.{fld.name}")
+            _keys(hints[fld.name], out, seen)
+
+
+def test_the_example_config_documents_every_key() -> None:
+    keys: dict[str, str] = {}
+    _keys(Settings, keys, set())
+    # The walk reaches every section: sources of each kind, auth, http, reminders, review.
+    assert {
+        "private_key_file",
+        "retry_after_max",
+        "work_dir",
+        "list_id",
+        "convert_every_seconds",
+        "quiet_hours",
+        "login_max_failures",
+        "lock_ttl_seconds",
+    } <= set(keys)
+    text = (ROOT / "config.example.yaml").read_text()
+    missing = sorted(
+        where
+        for name, where in keys.items()
+        if name not in _INTERNAL_KEYS and not re.search(rf"(?<![\w-]){re.escape(name)}\s*:", text)
+    )
+    assert not missing, f"config.example.yaml does not document: {', '.join(missing)}"

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from click.testing import CliRunner
+from sqlalchemy import select
 
 from registry_adapter.app import App
+from registry_adapter.cli import cli
 from registry_adapter.pipeline import Pipeline, stats
 from registry_adapter.queries import list_cases
 from registry_adapter.sources import build_source
-from tests.conftest import SAMPLE_FEED
+from registry_store.staging import STAGING
+from tests.adapters.spine_data import keys, spine_cohort
+from tests.conftest import SAMPLE_FEED, base_config
 
 TYPES = ["Patient", "Encounter", "Procedure", "Condition", "QuestionnaireResponse"]
 
@@ -43,9 +50,20 @@ def _cases(app: App) -> dict[str, dict[str, Any]]:
         return {c["procedure_id"]: c for c in list_cases(conn, include_removed=True)}
 
 
-@pytest.mark.parametrize("kind", ["fhir_rest", "fhir_bulk"])
+def _staged_identities(app: App) -> tuple[int, int]:
+    """Staging rows of the source, and distinct resources among them."""
+    with app.engine.connect() as conn:
+        rows = conn.execute(
+            select(STAGING.c.resource_type, STAGING.c.resource_id).where(STAGING.c.source == "ehr")
+        ).all()
+    return len(rows), len({(r.resource_type, r.resource_id) for r in rows})
+
+
+# overlap 0 re-reads only the watermark's own instant; 600 s re-reads everything this test
+# wrote (it all happened within the window), which staging must recognise as unchanged.
+@pytest.mark.parametrize(("kind", "overlap"), [("fhir_rest", 0), ("fhir_rest", 600), ("fhir_bulk", None)])
 def test_full_then_incremental_sync_from_a_real_fhir_server(
-    fhir: Any, make_app: Callable[..., App], db_url: str, tmp_path: Path, kind: str
+    fhir: Any, make_app: Callable[..., App], db_url: str, tmp_path: Path, kind: str, overlap: int | None
 ) -> None:
     fhir.seed(_feed())
     source: dict[str, Any] = {
@@ -56,7 +74,7 @@ def test_full_then_incremental_sync_from_a_real_fhir_server(
         "http": {"retries": 2, "backoff_factor": 0.01},
     }
     if kind == "fhir_rest":
-        source |= {"page_size": 25, "overlap_seconds": 0, "detect_deletes": True}
+        source |= {"page_size": 25, "overlap_seconds": overlap, "detect_deletes": True}
     else:
         source |= {"work_dir": str(tmp_path / "bulk"), "poll_interval_seconds": 0.05}
     app = make_app(db_url, sources=[source])
@@ -65,6 +83,8 @@ def test_full_then_incremental_sync_from_a_real_fhir_server(
     s = stats(app)
     assert (s["patients"], s["cases"], s["prom_responses"]) == (40, 40, 73)
     assert _cases(app)["proc-0001"]["category"] == "lumbar_discectomy"
+    staged_first, distinct_first = _staged_identities(app)
+    assert staged_first == distinct_first == first.counts.staged_new + first.counts.invalid
 
     # The hospital changes things: a new surgery, a corrected category, a withdrawn record.
     new_proc = {
@@ -94,7 +114,79 @@ def test_full_then_incremental_sync_from_a_real_fhir_server(
         )
         assert cases["proc-0002"]["status"] == "removed"
         assert stats(app)["cases"] == 40
+        if overlap:
+            # The window brought everything back; none of it was staged again or changed.
+            # (all but proc-0001, updated, and proc-0002, deleted).
+            assert second.counts.unchanged == staged_first - 2
+        # Nothing duplicated: one staging row per resource, one more for the new Procedure.
+        assert _staged_identities(app) == (staged_first + 1, distinct_first + 1)
     else:
         assert stats(app)["cases"] == 41
     third = _sync(app)
     assert third.counts.staged_new == 0 and third.counts.staged_updated == 0
+    if kind == "fhir_rest":
+        assert _staged_identities(app) == (staged_first + 1, distinct_first + 1)
+        assert stats(app)["cases"] == 40 and _cases(app)["proc-0002"]["status"] == "removed"
+        if overlap:  # the window re-read everything once more, all of it unchanged
+            assert third.counts.unchanged == third.counts.received == staged_first
+
+
+@pytest.mark.parametrize(
+    ("since", "instant"),
+    [
+        ("2023-12-31T18:29", "2023-12-31T18:29:00-06:00"),  # site-local (America/Chicago)
+        ("2024-01-01T00:29:00Z", "2023-12-31T18:29:00-06:00"),  # UTC, shown site-local
+        ("2024-01-01", "2024-01-01T00:00:00-06:00"),  # a date: site-local midnight
+        ("2024-07-01T08:30:00.250+02:00", "2024-07-01T01:30:00.250-05:00"),  # summer time
+    ],
+)
+def test_sync_since_is_a_site_local_fhir_instant(
+    fhir: Any, make_app: Callable[..., App], tmp_path: Path, since: str, instant: str
+) -> None:
+    data = spine_cohort(4, with_meta=True)  # lastUpdated 2024-01-01T00:10Z .. 00:46Z
+    fhir.seed(data, preserve_meta=True)
+    config = base_config(
+        tmp_path,
+        sources=[
+            {
+                "name": "ehr",
+                "type": "fhir_rest",
+                "base_url": fhir.base_url,
+                "resource_types": TYPES,
+                "fetch_references": False,
+            }
+        ],
+    )
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+
+    result = CliRunner().invoke(
+        cli, ["--config", str(tmp_path / "config.yaml"), "sync", "--json", "--since", since]
+    )
+
+    assert result.exit_code == 0, result.output
+    [summary] = json.loads(result.stdout)
+    searches = [r["url"] for r in fhir.requests() if r["url"].startswith("/Procedure?")]
+    assert searches and all(f"_lastUpdated=ge{instant.replace('+', '%2B')}" in u for u in searches)
+    after = {
+        f"{r['resourceType']}/{r['id']}"
+        for r in data
+        if r["meta"]["lastUpdated"]
+        >= datetime.fromisoformat(instant)
+        .astimezone(UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    }
+    assert summary["received"] == len(after)
+    if since.startswith("2023-12-31T18:29"):
+        assert after == keys(data) - keys(spine_cohort(2, with_meta=True))  # patients 3 and 4
+
+
+@pytest.mark.parametrize("since", ["yesterday", "2024-13-01", "2024-01-01T25:00", ""])
+def test_sync_since_rejects_a_bad_value_clearly(tmp_path: Path, since: str) -> None:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(base_config(tmp_path)))
+
+    result = CliRunner().invoke(cli, ["--config", str(tmp_path / "config.yaml"), "sync", "--since", since])
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--since'" in result.output
+    assert "is not a date (2026-01-31) or a date-time" in result.output

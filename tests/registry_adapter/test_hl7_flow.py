@@ -198,3 +198,32 @@ def test_the_daemon_runs_the_listener_as_a_service(make_app: Callable[..., App],
     assert case["category"] == "posterior_lumbar_fusion"
     no_listener = make_app(f"sqlite:///{tmp_path / 'other.db'}")
     assert make_service(no_listener) is None
+
+
+def test_idle_timeout_from_the_listener_config(make_app: Callable[..., App]) -> None:
+    from adapters.hl7v2.framing import frame
+    from registry_adapter.listener import build_listener, idle_timeout
+
+    app = make_app()
+    cfg = MllpSource(type="mllp", name="mllp", host="127.0.0.1", port=0)
+    assert idle_timeout(cfg) is None  # default: senders may hold a connection for days
+    # ``idle_timeout_seconds`` is the key the lead adds to MllpSource (registry_adapter/config.py).
+    timed = cfg.model_copy(update={"idle_timeout_seconds": 0.3})
+    message = bar_p01("IDLE01", "MRN-1", "V-1", "22633", "20250301081500").encode()
+
+    async def main() -> float:
+        listener = build_listener(app, timed, port=0)
+        await listener.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.bound_port)
+            writer.write(frame(message))
+            assert b"MSA|AA|IDLE01" in await reader.readuntil(b"\x1c\r")
+            t0 = asyncio.get_running_loop().time()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the listener
+            writer.close()
+            return asyncio.get_running_loop().time() - t0
+        finally:
+            await listener.close()
+
+    assert 0.2 < asyncio.run(main()) < 5
+    assert table_count(app, "staging", "WHERE resource_type = 'HL7v2Message'") == 1

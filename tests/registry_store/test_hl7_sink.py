@@ -3,7 +3,6 @@ reused control id never costs a message, a resent rejected message never fails i
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -11,10 +10,17 @@ from typing import Any
 
 from sqlalchemy import event, select
 
-from adapters.hl7v2.header import HeaderCheckError, HeaderError, MessageHeader, read_header
+from adapters.hl7v2.header import (
+    HeaderCheckError,
+    HeaderError,
+    MessageHeader,
+    message_digest,
+    read_header,
+)
 from adapters.hl7v2.mllp import InboundMessage, StoreStatus
 from adapters.hl7v2.records import HL7_TYPE
 from registry_adapter.app import App
+from registry_adapter.pipeline import Pipeline
 from registry_store.errors import ERRORS
 from registry_store.hl7_sink import ACKS, StagingSink
 from registry_store.staging import STAGING
@@ -50,7 +56,25 @@ def statuses(outcomes: Any) -> list[StoreStatus]:
 
 
 def short(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()[:12]
+    return message_digest(raw)[:12]
+
+
+def restamped(raw: bytes, when: bytes = b"20250305093000") -> bytes:
+    """The same message as a retransmitting engine sends it: MSH-7 stamped afresh."""
+    out = raw.replace(b"|20250304120000|", b"|" + when + b"|", 1)
+    assert out != raw
+    return out
+
+
+def open_errors(app: App) -> list[Any]:
+    with app.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(ERRORS.c.resource_id, ERRORS.c.code, ERRORS.c.field, ERRORS.c.severity)
+                .where(ERRORS.c.status == "open")
+                .order_by(ERRORS.c.id)
+            )
+        )
 
 
 def test_a_resend_is_a_duplicate_and_a_reused_control_id_is_kept(app: App) -> None:
@@ -67,6 +91,44 @@ def test_a_resend_is_a_duplicate_and_a_reused_control_id_is_kept(app: App) -> No
     # Resends of either are duplicates.
     assert statuses(sink.store([inbound(other), inbound(first)])) == [StoreStatus.DUPLICATE] * 2
     assert len(staged(app)) == 2
+
+
+def test_a_retransmission_with_a_new_msh7_is_acknowledged_not_staged_again(app: App) -> None:
+    sink = StagingSink(app.engine, "mllp")
+    first = adt("MSG7")
+    assert statuses(sink.store([inbound(first)])) == [StoreStatus.STORED]
+    # The sending engine restamped MSH-7 on its retries: same message, same control id.
+    out = sink.store([inbound(restamped(first)), inbound(restamped(first, b"20250306000000"))])
+    assert statuses(out) == [StoreStatus.DUPLICATE] * 2
+    rows = staged(app)
+    assert list(rows) == ["SPINEHOSP|MSG7"] and rows["SPINEHOSP|MSG7"].raw == first
+    assert open_errors(app) == []
+    with app.engine.connect() as conn:
+        acks = conn.execute(select(ACKS.c.ack_code)).scalars().all()
+    assert acks == ["AA"] * 3
+
+
+def test_a_reused_control_id_is_staged_with_a_warning_that_survives_conversion(app: App) -> None:
+    sink = StagingSink(app.engine, "mllp")
+    first, other = adt("MSG8", "V1"), adt("MSG8", "V2")
+    assert statuses(sink.store([inbound(first)])) == [StoreStatus.STORED]
+    # Other content (here PV1-19) under the same control id, restamped too: not a duplicate.
+    assert statuses(sink.store([inbound(restamped(other))])) == [StoreStatus.STORED]
+    second = f"SPINEHOSP|MSG8#{short(other)}"
+    rows = staged(app)
+    assert set(rows) == {"SPINEHOSP|MSG8", second} and rows[second].raw == restamped(other)
+    warning = (second, "hl7.reused_control_id", "MSH-10", "warning")
+    assert [tuple(e) for e in open_errors(app)] == [warning]
+    # Conversion re-derives the warning: it stays open, and both messages are converted.
+    Pipeline(app).map_pending(["mllp"])
+    assert [tuple(e) for e in open_errors(app) if e.code == "hl7.reused_control_id"] == [warning]
+    rows = staged(app)
+    assert rows["SPINEHOSP|MSG8"].status == rows[second].status == "mapped"
+    with app.engine.connect() as conn:
+        encounters = conn.execute(
+            select(STAGING.c.resource_id).where(STAGING.c.resource_type == "Encounter")
+        ).all()
+    assert len(encounters) == 2  # one per visit: neither message was lost
 
 
 def test_a_reused_control_id_within_one_batch_keeps_both(app: App) -> None:

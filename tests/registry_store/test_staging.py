@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from adapters.base import Record, RecordError
+from adapters.hl7v2.header import message_digest
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, HL7_TYPE
 from registry_adapter.app import App
 from registry_store.errors import ERRORS
@@ -99,7 +100,7 @@ def _v2(raw: bytes, ident: str = "SPINEHOSP|MSG1") -> Record:
 
 
 def _short(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()[:12]
+    return message_digest(raw)[:12]
 
 
 def test_a_reused_control_id_in_one_batch_keeps_both_messages_and_resends_are_no_ops(app: App) -> None:
@@ -115,6 +116,17 @@ def test_a_reused_control_id_in_one_batch_keeps_both_messages_and_resends_are_no
             again = stage_records(conn, "drop", batch)
         assert (again.inserted, again.unchanged) == (0, len(batch))
     assert len(_rows(app)) == 2
+
+
+def test_a_file_message_resent_with_a_new_msh7_is_not_staged_again(app: App) -> None:
+    first = adt("MSG1", "V1")
+    restamped = first.replace(b"|20250304120000|", b"|20250305093000|", 1)
+    assert restamped != first
+    with app.engine.begin() as conn:
+        stage_records(conn, "drop", [_v2(first)])
+        again = stage_records(conn, "drop", [_v2(restamped)])
+    assert (again.inserted, again.unchanged) == (0, 1)
+    assert [r.raw for r in _rows(app).values()] == [first]
 
 
 def test_a_record_deleted_at_the_source_and_sent_again_goes_back_to_pending(app: App) -> None:

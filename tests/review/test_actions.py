@@ -4,31 +4,33 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
-from mappings.codemaps import BUNDLED
+from mappings.codemaps import BUNDLED, append_code, load_codemap
 from registry_adapter.app import App
 from registry_store.errors import ERRORS
+from registry_store.staging import STAGING
 from review.queries import AUDIT, CASES, CAUSES
 from tests.review.conftest import UNLISTED_CAUSE, csrf_of
 
 Client = Callable[[str | None], TestClient]
 ROW_LINK = re.compile(r'<a href="/causes/([0-9a-f]{16})">')
-ACTIONS = ("ignore", "reopen", "add-code")
-CODE_VALUES = {
-    "codemap": "spine-procedures",
-    "value.category": "other_lumbar_fusion",
-    "value.module": "lumbar",
-    "value.role": "index",
-    "value.rank": "10",
-    "value.revision": "false",
-    "value.label": "Unlisted procedure, spine",
+ACTIONS = ("ignore", "reopen", "add-code", "reprocess")
+VALUES = {
+    "category": "other_lumbar_fusion",
+    "module": "lumbar",
+    "role": "index",
+    "rank": "10",
+    "revision": "false",
+    "label": "Unlisted procedure, spine",
 }
+CODE_VALUES = {"codemap": "spine-procedures", **{f"value.spine-procedures.{k}": v for k, v in VALUES.items()}}
 
 
 def _open(app: App, cause_id: str) -> int:
@@ -127,9 +129,10 @@ def test_add_code_to_the_site_code_map_and_reprocess(
 
     bad = client.post(
         f"/causes/{UNLISTED_CAUSE}/add-code",
-        data={**CODE_VALUES, "value.category": "made_up", "csrf_token": token},
+        data={**CODE_VALUES, "value.spine-procedures.category": "made_up", "csrf_token": token},
     )
     assert bad.status_code == 400 and "not one of" in bad.text
+    assert 'value="Unlisted procedure, spine"' in bad.text  # what was typed is kept
     assert _open(review_app, UNLISTED_CAUSE) == 3
 
     done = client.post(f"/causes/{UNLISTED_CAUSE}/add-code", data={**CODE_VALUES, "csrf_token": token})
@@ -155,12 +158,23 @@ def test_add_code_to_the_site_code_map_and_reprocess(
     assert cases_after > cases_before and unlisted
     assert unlisted[0] in client.get("/cases?q=unlisted").text
 
-    [entry] = _audit(review_app)
-    assert entry["action"] == "codemap.add_code" and entry["username"] == "rita"
-    assert entry["before"] == {"open_errors": 3}
-    after = entry["after"]
+    # Two audited steps: the code-map change, then the re-processing and its outcome.
+    add_entry, reprocessed = _audit(review_app)
+    assert add_entry["action"] == "codemap.add_code" and add_entry["username"] == "rita"
+    assert add_entry["before"] == {"open_errors": 3}
+    after = add_entry["after"]
     assert isinstance(after, dict)
-    assert after["codemap"] == "spine-procedures" and after["code"] == "22899" and after["open_errors"] == 0
+    assert after["codemap"] == "spine-procedures" and after["code"] == "22899"
+    assert after["values"] == {**VALUES, "rank": "10"}
+    assert reprocessed["action"] == "cause.reprocess" and reprocessed["username"] == "rita"
+    assert reprocessed["before"] == {"open_errors": 3}
+    assert reprocessed["after"] == {
+        "outcome": "done",
+        "reprocessed": 3,
+        "mapped": 3,
+        "failed": 0,
+        "open_errors": 0,
+    }
 
 
 def test_add_code_copies_a_bundled_map_into_the_site_folder(
@@ -175,9 +189,8 @@ def test_add_code_copies_a_bundled_map_into_the_site_folder(
     app = make_app(mappings={"codemaps": str(site)})
     fill(app)
     bundled_before = (BUNDLED / "spine-procedures.csv").read_text()
-    values = {k.removeprefix("value."): v for k, v in CODE_VALUES.items() if k.startswith("value.")}
     result = add_code_and_reprocess(
-        app, CurrentUser(1, "rita", "reviewer"), UNLISTED_CAUSE, "spine-procedures", values
+        app, CurrentUser(1, "rita", "reviewer"), UNLISTED_CAUSE, "spine-procedures", dict(VALUES)
     )
     assert result["open_errors"] == 0
     assert (site / "spine-procedures.yaml").exists()
@@ -212,7 +225,7 @@ def test_fix_a_cause_on_postgresql(make_review_app: Callable[..., App], pg_url: 
     assert "3 record(s) re-processed: 3 mapped" in done.text
     assert _open(app, UNLISTED_CAUSE) == 0
     assert "unlisted" in client.get("/cases?q=UNLISTED").text  # case-insensitive search
-    assert [e["action"] for e in _audit(app)] == ["codemap.add_code"]
+    assert [e["action"] for e in _audit(app)] == ["codemap.add_code", "cause.reprocess"]
 
 
 def test_add_an_icd10_code_in_its_dotted_form(
@@ -228,9 +241,9 @@ def test_add_an_icd10_code_in_its_dotted_form(
         data={
             "csrf_token": csrf_of(page.text),
             "codemap": "spine-diagnoses",
-            "value.category": "stenosis",
-            "value.region": "unspecified",
-            "value.label": "Spondylopathy, unspecified",
+            "value.spine-diagnoses.category": "stenosis",
+            "value.spine-diagnoses.region": "unspecified",
+            "value.spine-diagnoses.label": "Spondylopathy, unspecified",
         },
     )
     assert "2 record(s) re-processed: 2 mapped" in done.text
@@ -239,3 +252,118 @@ def test_add_an_icd10_code_in_its_dotted_form(
         r for r in csv.DictReader((site_codemaps / "spine-diagnoses.csv").open()) if r["code"] == "M48.9"
     ]
     assert len(added) == 1 and added[0]["category"] == "stenosis"
+
+
+def _staged_status(app: App, staging_ids: list[int]) -> list[str]:
+    with app.engine.connect() as conn:
+        rows = conn.execute(select(STAGING.c.id, STAGING.c.status).where(STAGING.c.id.in_(staging_ids)))
+        return [r.status for r in sorted(rows, key=lambda r: r.id)]
+
+
+def test_reprocess_after_a_fix_made_outside_the_ui(
+    client_for: Client, review_app: App, site_codemaps: Path
+) -> None:
+    # Another cause's records waiting as pending (a sync that staged without mapping): the
+    # re-process of one cause in a web request must not map the whole backlog.
+    with review_app.engine.begin() as conn:
+        others = list(
+            conn.execute(
+                select(STAGING.c.id).where(STAGING.c.resource_type == "Condition").limit(4)
+            ).scalars()
+        )
+        conn.execute(update(STAGING).where(STAGING.c.id.in_(others)).values(status="pending"))
+    append_code(
+        load_codemap(site_codemaps / "spine-procedures.yaml"), "cpt", "22899", dict(VALUES), "by hand"
+    )
+    client = client_for("rita")
+    page = client.get(f"/causes/{UNLISTED_CAUSE}")
+    assert "Re-process records" in page.text
+    done = client.post(f"/causes/{UNLISTED_CAUSE}/reprocess", data={"csrf_token": csrf_of(page.text)})
+    assert done.status_code == 200
+    assert "3 record(s) re-processed: 3 mapped, 0 failed; 0 open error(s) of this cause left." in done.text
+    assert _open(review_app, UNLISTED_CAUSE) == 0
+    assert _staged_status(review_app, others) == ["pending"] * 4
+    [entry] = _audit(review_app)
+    assert entry["action"] == "cause.reprocess" and entry["target"] == f"cause:{UNLISTED_CAUSE}"
+    assert entry["after"]["mapped"] == 3  # type: ignore[index]
+    # Nothing open any more: refused, with a reason.
+    again = client.post(f"/causes/{UNLISTED_CAUSE}/reprocess", data={"csrf_token": csrf_of(page.text)})
+    assert again.status_code == 400 and "no open records" in again.text
+
+
+def test_code_map_change_is_audited_even_when_reprocessing_fails(
+    client_for: Client, review_app: App, site_codemaps: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry_adapter.pipeline import Pipeline
+
+    def broken(self: Pipeline, **_: object) -> None:
+        raise RuntimeError("database went away")  # a fault we cannot cause for real in a test
+
+    monkeypatch.setattr(Pipeline, "reprocess", broken)
+    client = client_for("rita")
+    token = csrf_of(client.get(f"/causes/{UNLISTED_CAUSE}").text)
+    response = client.post(f"/causes/{UNLISTED_CAUSE}/add-code", data={**CODE_VALUES, "csrf_token": token})
+    assert response.status_code == 400
+    assert "CPT 22899 was added to spine-procedures, but re-processing failed (RuntimeError)" in response.text
+    assert "22899" in (site_codemaps / "spine-procedures.csv").read_text()
+    added, failed = _audit(review_app)
+    assert added["action"] == "codemap.add_code" and added["after"]["code"] == "22899"  # type: ignore[index]
+    assert failed["action"] == "cause.reprocess"
+    assert failed["after"] == {"outcome": "failed", "error": "RuntimeError"}
+    assert "database went away" not in str(failed)
+    monkeypatch.undo()
+    # The code is in the map now; re-processing on its own finishes the job.
+    twice = client.post(f"/causes/{UNLISTED_CAUSE}/add-code", data={**CODE_VALUES, "csrf_token": token})
+    assert twice.status_code == 400 and "is already in spine-procedures; re-process instead" in twice.text
+    client.post(f"/causes/{UNLISTED_CAUSE}/reprocess", data={"csrf_token": token})
+    assert _open(review_app, UNLISTED_CAUSE) == 0
+
+
+RESEARCH_MANIFEST = """name: research-procedures
+version: "1"
+systems:
+  cpt: http://www.ama-assn.org/go/cpt
+values:
+  study_group: [alpha, beta]
+  label: str
+scope:
+  - {system: cpt, from: "22899", to: "22899"}
+table: research-procedures.csv
+"""
+
+
+def test_add_code_form_offers_each_maps_own_values(make_app: Callable[..., App], tmp_path: Path) -> None:
+    from review.app import create_app
+    from tests.review.conftest import fill, login
+
+    site = tmp_path / "site"
+    shutil.copytree(BUNDLED, site)
+    (site / "research-procedures.yaml").write_text(RESEARCH_MANIFEST)
+    (site / "research-procedures.csv").write_text("system,code,match,study_group,label,source\n")
+    app = make_app(mappings={"codemaps": str(site)})
+    fill(app)
+    client = TestClient(create_app(app))
+    login(client, "rita")
+    page = client.get(f"/causes/{UNLISTED_CAUSE}").text
+    fieldsets = re.findall(r'<fieldset class="codemap-values" id="cmv-\d">(.*?)</fieldset>', page, re.S)
+    assert len(fieldsets) == 2
+    by_map = {re.search(r"Values in ([\w-]+)", f).group(1): f for f in fieldsets}  # type: ignore[union-attr]
+    assert 'value="plif_tlif"' in by_map["spine-procedures"] and "alif" not in by_map["research-procedures"]
+    assert 'value="alpha"' in by_map["research-procedures"] and "alpha" not in by_map["spine-procedures"]
+    assert 'name="value.research-procedures.study_group"' in by_map["research-procedures"]
+    assert page.count('type="radio" id="cm-') == 2  # the choice works without script
+    done = client.post(
+        f"/causes/{UNLISTED_CAUSE}/add-code",
+        data={
+            **CODE_VALUES,  # the other map's fieldset is posted too and must be ignored
+            "codemap": "research-procedures",
+            "value.research-procedures.study_group": "beta",
+            "value.research-procedures.label": "trial",
+            "csrf_token": csrf_of(page),
+        },
+    )
+    assert done.status_code == 200, done.text
+    assert "CPT 22899 was added to research-procedures" in done.text
+    rows = list(csv.DictReader((site / "research-procedures.csv").open()))
+    assert [(r["code"], r["study_group"]) for r in rows] == [("22899", "beta")]
+    assert "22899" not in (site / "spine-procedures.csv").read_text()

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from registry_adapter.app import App
 from registry_adapter.cli import cli
-from registry_adapter.config import parse_settings
+from registry_adapter.config import ConfigError, parse_settings
 from review.app import SESSION_COOKIE, create_app
-from review.auth import USERS, UserError, add_user, set_user
+from review.auth import USERS, UserError, add_user, set_password, set_user
+from review.queries import AUDIT
 from review.settings import ReviewSettings
 from tests.conftest import base_config
-from tests.review.conftest import PASSWORDS, csrf_of, login
+from tests.review.conftest import PASSWORDS, TOKEN, csrf_of, login
 
 Client = Callable[[str | None], TestClient]
 
@@ -70,7 +73,14 @@ def test_role_change_applies_at_once(client_for: Client, review_app: App) -> Non
     assert client.get("/audit").status_code == 200
 
 
-def test_session_cookie_flags(review_app: App) -> None:
+def _with_review(app: App, **changes: object) -> App:
+    settings = app.settings.model_copy(update={"review": app.settings.review.model_copy(update=changes)})
+    return App(settings=settings, db_url=app.db_url)
+
+
+def test_session_cookie_flags_on_loopback(review_app: App) -> None:
+    # Default secure_cookies: auto, and the UI listens on 127.0.0.1: plain HTTP must work.
+    assert review_app.settings.review.secure_cookies == "auto"
     client = TestClient(create_app(review_app))
     login(client, "rita")
     cookie = _session_set_cookie(client)
@@ -78,14 +88,118 @@ def test_session_cookie_flags(review_app: App) -> None:
     assert "secure" not in cookie.split(";")[-1] and "; secure" not in cookie
 
 
-def test_secure_cookies_when_configured(review_app: App) -> None:
-    settings = review_app.settings.model_copy(
-        update={"review": review_app.settings.review.model_copy(update={"secure_cookies": True})}
-    )
-    secure = App(settings=settings, db_url=review_app.db_url)
-    client = TestClient(create_app(secure), base_url="https://testserver")
+@pytest.mark.parametrize(
+    ("setting", "host", "secure"),
+    [
+        ("auto", "0.0.0.0", True),
+        ("auto", "registry.hospital.example", True),
+        ("auto", "::1", False),
+        ("auto", "localhost", False),
+        (False, "0.0.0.0", False),
+        (True, "127.0.0.1", True),
+    ],
+)
+def test_secure_cookies_follow_the_listening_host(
+    review_app: App, setting: object, host: str, secure: bool
+) -> None:
+    app = _with_review(review_app, secure_cookies=setting)
+    assert app.settings.review.cookies_secure(host) is secure
+    client = TestClient(create_app(app, host), base_url="https://testserver")
     login(client, "rita")
-    assert "; secure" in _session_set_cookie(client)
+    assert ("; secure" in _session_set_cookie(client)) is secure
+
+
+def test_secure_cookies_setting_parses_from_config(tmp_path: Path) -> None:
+    for value, expected in (("auto", "auto"), (True, True), (False, False)):
+        parsed = parse_settings(base_config(tmp_path, review={"secure_cookies": value}))
+        assert parsed.review.secure_cookies == expected
+    with pytest.raises(ConfigError, match="secure_cookies"):
+        parse_settings(base_config(tmp_path, review={"secure_cookies": "sometimes"}))
+
+
+def test_sign_out_voids_a_copied_session_cookie(review_app: App) -> None:
+    web = create_app(review_app)
+    client = TestClient(web)
+    assert login(client, "rita").status_code == 303
+    thief = TestClient(web)
+    thief.cookies.update(client.cookies)
+    assert thief.get("/causes").status_code == 200
+    token = csrf_of(client.get("/causes").text)
+    assert client.post("/logout", data={"csrf_token": token}, follow_redirects=False).status_code == 303
+    assert thief.get("/causes", follow_redirects=False).status_code == 303
+    # Signing in again works and gives a session of the new version.
+    assert login(client, "rita").status_code == 303
+    assert client.get("/causes").status_code == 200
+
+
+def test_password_change_ends_every_session(client_for: Client, review_app: App) -> None:
+    rita, adam = client_for("rita"), client_for("adam")
+    set_password(review_app.engine, "rita", "a-brand-new-password-1")
+    assert rita.get("/causes", follow_redirects=False).status_code == 303
+    assert adam.get("/causes").status_code == 200  # other accounts are untouched
+    assert login(rita, "rita", "a-brand-new-password-1").status_code == 303
+
+
+def _user(app: App, name: str) -> dict[str, object]:
+    with app.engine.connect() as conn:
+        return dict(conn.execute(select(USERS).where(USERS.c.username == name)).one()._mapping)
+
+
+def _locks(app: App) -> list[dict[str, object]]:
+    with app.engine.connect() as conn:
+        rows = conn.execute(select(AUDIT).where(AUDIT.c.action == "user.locked")).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def test_five_wrong_passwords_lock_the_account(client_for: Client, review_app: App) -> None:
+    client = client_for(None)
+    for _ in range(4):
+        assert login(client, "rita", "wrong-password-1").status_code == 400
+    assert _user(review_app, "rita")["failed_logins"] == 4
+    assert login(client, "rita").status_code == 303  # success resets the count
+    assert _user(review_app, "rita")["failed_logins"] == 0
+
+    anon = client_for(None)
+    for _ in range(5):
+        assert login(anon, "rita", "wrong-password-1").status_code == 400
+    locked = login(anon, "rita")  # the right password, but the account is locked
+    unknown = login(client_for(None), "nobody-here", "wrong-password-1")
+    assert locked.status_code == unknown.status_code == 400
+
+    def same(text: str, name: str) -> str:
+        return TOKEN.sub("", text).replace(name, "X")  # the per-session CSRF token differs
+
+    assert same(locked.text, "rita") == same(unknown.text, "nobody-here")
+    assert anon.get("/causes", follow_redirects=False).status_code == 303
+    row = _user(review_app, "rita")
+    until = row["locked_until"]
+    assert isinstance(until, datetime)
+    left = (until.replace(tzinfo=until.tzinfo or UTC) - datetime.now(UTC)).total_seconds()
+    assert 14 * 60 < left <= 15 * 60
+    [entry] = _locks(review_app)
+    assert entry["target"] == "user:rita" and entry["after"]["minutes"] == 15  # type: ignore[index]
+    assert "wrong-password-1" not in json.dumps([entry["before"], entry["after"]])
+    # Attempts while locked do not extend the lock; once it has passed, the password works.
+    login(anon, "rita", "wrong-password-1")
+    assert _user(review_app, "rita")["locked_until"] == until
+    with review_app.engine.begin() as conn:
+        conn.execute(
+            update(USERS)
+            .where(USERS.c.username == "rita")
+            .values(locked_until=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    assert login(anon, "rita").status_code == 303
+    assert _user(review_app, "rita")["locked_until"] is None
+
+
+def test_lockout_threshold_is_configurable(review_app: App) -> None:
+    app = _with_review(review_app, login_max_failures=2, login_lockout_minutes=1)
+    client = TestClient(create_app(app))
+    for _ in range(2):
+        login(client, "vera", "wrong-password-1")
+    assert login(client, "vera").status_code == 400
+    assert [e["target"] for e in _locks(app)] == ["user:vera"]
+    assert login(client, "rita").status_code == 303  # a lock is per account
 
 
 def _session_set_cookie(client: TestClient) -> str:
@@ -127,6 +241,12 @@ def test_users_add_command_reads_the_password_from_stdin(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     listed = runner.invoke(cli, ["--config", str(config), "users", "list"])
     assert "carol" in listed.output and "reviewer" in listed.output
+    as_json = runner.invoke(cli, ["--config", str(config), "users", "list", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    [carol] = json.loads(as_json.output)
+    assert carol["username"] == "carol" and carol["role"] == "reviewer"
+    assert carol["disabled"] is False and carol["locked"] is False and carol["last_login_at"] is None
+    assert "password_hash" not in carol and datetime.fromisoformat(carol["created_at"]).tzinfo
     again = runner.invoke(
         cli, ["--config", str(config), "users", "add", "carol"], input="a-good-password-9\n"
     )

@@ -139,7 +139,7 @@ def test_reviewer_fixes_a_cause_and_the_case_appears(
     shot(page, "04-cause-reviewer")
 
     form = page.locator("form[action$='/add-code']")
-    expect(form.get_by_label("Code map")).to_have_value("spine-procedures")
+    expect(form.get_by_role("group", name=re.compile("Code map spine-procedures"))).to_be_visible()
     categories = form.get_by_label("Category").locator("option").all_inner_texts()
     assert "other_lumbar_fusion" in categories and "plif_tlif" in categories
     form.get_by_label("Category").select_option("other_lumbar_fusion")
@@ -258,3 +258,52 @@ def test_pages_pass_axe_accessibility_checks(
                 f"{path}: {violation['id']} ({violation['impact']}) {violation['help']} {targets}"
             )
     assert problems == []
+
+
+RESEARCH_MANIFEST = """name: research-procedures
+version: "1"
+systems:
+  cpt: http://www.ama-assn.org/go/cpt
+values:
+  study_group: [alpha, beta]
+  label: str
+scope:
+  - {system: cpt, from: "22899", to: "22899"}
+table: research-procedures.csv
+"""
+
+
+@pytest.fixture
+def second_code_map(site_codemaps: Path) -> Path:
+    """A second code map that also takes CPT 22899, with value columns of its own."""
+    (site_codemaps / "research-procedures.yaml").write_text(RESEARCH_MANIFEST)
+    table = site_codemaps / "research-procedures.csv"
+    table.write_text("system,code,match,study_group,label,source\n")
+    return table
+
+
+def test_add_code_form_shows_the_chosen_maps_values(
+    second_code_map: Path, open_page: Callable[[str], Page]
+) -> None:
+    page = open_page("rita")
+    page.goto(f"/causes/{UNLISTED_CAUSE}")
+    form = page.locator("form[action$='/add-code']")
+    spine = form.get_by_role("group", name="Values in spine-procedures")
+    research = form.get_by_role("group", name="Values in research-procedures")
+    expect(spine).to_be_visible()
+    expect(research).to_be_hidden()
+    shot(page, "15-add-code-two-maps")
+    form.get_by_label("research-procedures (version 1)").check()
+    expect(research).to_be_visible()
+    expect(spine).to_be_hidden()
+    assert research.get_by_label("Study group").locator("option").all_inner_texts() == [
+        "Choose…",
+        "alpha",
+        "beta",
+    ]
+    research.get_by_label("Study group").select_option("beta")
+    research.get_by_label("Label").fill("trial arm")
+    shot(page, "16-add-code-second-map-chosen")
+    form.get_by_role("button", name="Add code and re-process").click()
+    expect(page.get_by_role("status")).to_contain_text("CPT 22899 was added to research-procedures")
+    assert "22899,exact,beta,trial arm" in second_code_map.read_text()

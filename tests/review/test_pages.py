@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -18,6 +20,8 @@ from registry_store.errors import ERRORS, Issue, replace_errors
 from registry_store.staging import STAGING
 from review.queries import ACKS, AUDIT, CASES, REMINDERS
 from review.raw_view import MASK, mask_phi, render_raw
+from scheduler.channels.worklist import COLUMNS as WORKLIST_COLUMNS
+from scheduler.channels.worklist import export_csv
 
 Client = Callable[[str | None], TestClient]
 ROW = re.compile(r'<a href="/causes/([0-9a-f]{16})">')
@@ -112,11 +116,26 @@ def test_case_detail_shows_procedures_diagnoses_proms_and_reminders(
     assert client_for("vera").get("/cases/sample:nope").status_code == 404
 
 
+NARRATIVE_SECRETS = ("Kim Mockridge lives at 12 Elm Row", "Featherstonehaugh", "2031-04-05", "calls before 9")
+
+
 def test_phi_is_masked_for_viewers_in_raw_records(client_for: Client, review_app: App) -> None:
     with review_app.engine.begin() as conn:
         patient = conn.execute(
             select(STAGING.c.id, STAGING.c.raw).where(STAGING.c.resource_id == "pat-0006")
         ).one()
+        # What a real EHR adds: narrative, extensions, dates of death, notes.
+        raw = json.loads(patient.raw)
+        raw["text"] = {"status": "generated", "div": f"<div>{NARRATIVE_SECRETS[0]}</div>"}
+        raw["extension"] = [
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName",
+                "valueString": NARRATIVE_SECRETS[1],
+            }
+        ]
+        raw["deceasedDateTime"] = NARRATIVE_SECRETS[2]
+        raw["note"] = [{"text": NARRATIVE_SECRETS[3]}]
+        conn.execute(STAGING.update().where(STAGING.c.id == patient.id).values(raw=json.dumps(raw).encode()))
         replace_errors(
             conn,
             staging_id=patient.id,
@@ -128,11 +147,61 @@ def test_phi_is_masked_for_viewers_in_raw_records(client_for: Client, review_app
         )
         cause = conn.execute(select(ERRORS.c.cause_id).where(ERRORS.c.code == "patient.test")).scalar_one()
     viewer = client_for("vera").get(f"/causes/{cause}").text
-    for secret in ("Mockridge", "1958-03-06", "DEMO-100006", "patient6@example.invalid"):
-        assert secret not in viewer
-        assert secret in client_for("rita").get(f"/causes/{cause}").text
+    reviewer = html.unescape(client_for("rita").get(f"/causes/{cause}").text)
+    for secret in ("Mockridge", "1958-03-06", "DEMO-100006", "patient6@example.invalid", *NARRATIVE_SECRETS):
+        assert secret not in html.unescape(viewer)
+        assert secret in reviewer
+    # Structure stays readable: which extension, which identifier system, the record's meta.
+    assert "patient-mothersMaidenName" in viewer and "urn:oid:2.16.840.1.113883.3.9999.1" in viewer
+    assert "2025-11-01T02:00:00Z" in viewer
     marked = re.findall(r"<mark>(.*?)</mark>", html.unescape(viewer))
     assert [m.strip() for m in marked] == ['"gender": "female",']
+
+
+def test_masking_is_an_allow_list() -> None:
+    response = {
+        "resourceType": "QuestionnaireResponse",
+        "id": "qr-1",
+        "meta": {"lastUpdated": "2025-11-01T02:00:00Z", "profile": ["http://example.org/p"]},
+        "text": {"status": "generated", "div": "<div>Jane Doe, 12 Elm Row</div>"},
+        "questionnaire": "https://example.org/Questionnaire/odi",
+        "status": "completed",
+        "subject": {"reference": "Patient/p1", "display": "Jane Doe"},
+        "authored": "2024-06-19T10:00:00-05:00",
+        "extension": [{"url": "http://example.org/ext/nickname", "valueString": "Janey"}],
+        "item": [
+            {"linkId": "odi-1", "text": "Pain intensity", "answer": [{"valueInteger": 3}]},
+            {"linkId": "free", "answer": [{"valueString": "my husband John drives me"}]},
+            {"linkId": "when", "answer": [{"valueDate": "2024-05-01"}, {"valueDate": "yesterday"}]},
+            {
+                "linkId": "coded",
+                "answer": [{"valueCoding": {"system": "urn:s", "code": "a", "display": "Agree"}}],
+            },
+        ],
+        "note": [{"text": "called her at home", "time": "2024-06-20"}],
+        "deceasedBoolean": True,
+        "multipleBirthInteger": 2,
+    }
+    masked = mask_phi(response)
+    assert masked["meta"] == response["meta"]
+    assert masked["text"] == {"status": "generated", "div": MASK}
+    assert masked["questionnaire"] == response["questionnaire"] and masked["status"] == "completed"
+    assert masked["subject"] == {"reference": "Patient/p1", "display": MASK}
+    assert masked["authored"] == response["authored"]
+    assert masked["extension"] == [{"url": "http://example.org/ext/nickname", "valueString": MASK}]
+    items = masked["item"]
+    assert items[0] == {"linkId": "odi-1", "text": MASK, "answer": [{"valueInteger": 3}]}
+    assert items[1]["answer"] == [{"valueString": MASK}]
+    assert items[2]["answer"] == [{"valueDate": "2024-05-01"}, {"valueDate": MASK}]
+    assert items[3]["answer"][0]["valueCoding"] == {"system": "urn:s", "code": "a", "display": "Agree"}
+    assert masked["note"] == [{"text": MASK, "time": MASK}]  # 'time' is not a date key we know
+    assert masked["deceasedBoolean"] == MASK and masked["multipleBirthInteger"] == MASK
+    # The offending field is still marked when its value is masked.
+    lines = render_raw(
+        json.dumps(response).encode(), masked=True, field="item.answer.valueString", value=None
+    )
+    assert lines is not None
+    assert [line.text.strip() for line in lines if line.marked] == [f'"valueString": "{MASK}"'] * 2
 
 
 def test_mask_and_highlight() -> None:
@@ -147,8 +216,6 @@ def test_mask_and_highlight() -> None:
     assert masked["identifier"] == [{"system": "urn:x", "value": MASK}]
     assert masked["subject"] == {"reference": "Patient/p1", "display": MASK}
     assert masked["contained"][0]["name"] == MASK and masked["contained"][0]["birthDate"] == MASK
-    import json
-
     lines = render_raw(json.dumps(resource).encode(), masked=True, field="codings", value="cpt|22899")
     assert lines is not None
     assert [line.text.strip() for line in lines if line.marked] == ['"code": "22899"']
@@ -218,16 +285,105 @@ def test_reminder_worklist_and_csv_export(client_for: Client, review_app: App) -
     assert export.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(export.text)))
     assert sorted(r["case_id"] for r in rows) == ["sample:proc-0001", "sample:proc-0002"]
-    assert "mrn" not in rows[0]  # no contact details for a viewer
+    assert tuple(rows[0]) == WORKLIST_COLUMNS  # the CLI worklist's columns
+    assert {r["mrn"] for r in rows} == {MASK}  # contacts masked for a viewer
     reviewer_rows = list(
         csv.DictReader(io.StringIO(client_for("rita").get("/reminders.csv?status=due").text))
     )
-    assert reviewer_rows[0]["mrn"] and "email" in reviewer_rows[0]
+    assert reviewer_rows[0]["mrn"].startswith("DEMO-") and "email" in reviewer_rows[0]
+    assert reviewer_rows[0]["procedure_id"].startswith("proc-000")
     with review_app.engine.connect() as conn:
         exports = (
             conn.execute(select(AUDIT.c.username).where(AUDIT.c.action == "reminders.export")).scalars().all()
         )
     assert sorted(exports) == ["rita", "vera"]
+
+
+def test_worklist_tab_shows_contacts_by_role_and_failed_sends(
+    client_for: Client, review_app: App, tmp_path: Path
+) -> None:
+    today = datetime.now(review_app.settings.site.tz).date()
+    start, end = today - timedelta(days=10), today + timedelta(days=50)
+    with review_app.engine.begin() as conn:
+        [kim] = conn.execute(select(CASES.c.id).where(CASES.c.patient_id == "pat-0006")).scalars()
+        other, fine = conn.execute(
+            select(CASES.c.id).where(CASES.c.patient_id != "pat-0006").order_by(CASES.c.id).limit(2)
+        ).scalars()
+        for row in (
+            {**_reminder(kim, "90d", "sent", start, end), "attempts": 1, "channel": "worklist"},
+            {
+                **_reminder(other, "90d", "sent", start, end),
+                "attempts": 3,
+                "channel": "email",
+                "last_error": "email: 550 mailbox unavailable",
+            },
+            # Sent fine by email: not for coordinators.
+            {**_reminder(fine, "90d", "sent", start, end), "attempts": 1, "channel": "email"},
+        ):
+            conn.execute(REMINDERS.insert().values(**row))
+    viewer = client_for("vera").get("/reminders?status=worklist")
+    assert "Worklist (2)" in viewer.text
+    assert kim in viewer.text and other in viewer.text
+    assert fine not in viewer.text
+    assert "550 mailbox unavailable" in viewer.text
+    assert "patient6@example.invalid" not in viewer.text and "DEMO-100006" not in viewer.text
+    assert MASK in viewer.text
+    reviewer = client_for("rita").get("/reminders?status=worklist")
+    assert "patient6@example.invalid" in reviewer.text and "DEMO-100006" in reviewer.text
+
+    # The web export is the CLI's (export_csv), byte for byte, for a role that sees contacts.
+    cli_file = tmp_path / "worklist.csv"
+    with review_app.engine.connect() as conn:
+        export_csv(conn, cli_file)
+    web = client_for("rita").get("/reminders.csv?status=worklist")
+    assert web.content == cli_file.read_bytes()
+    masked = list(csv.DictReader(io.StringIO(client_for("vera").get("/reminders.csv?status=worklist").text)))
+    assert sorted(r["case_id"] for r in masked) == sorted([kim, other])
+    assert {r["mrn"] for r in masked} == {MASK} and {r["email"] for r in masked} <= {MASK, ""}
+    assert {r["case_id"]: r["last_error"] for r in masked}[other] == "email: 550 mailbox unavailable"
+
+
+def test_missing_baseline_cases_are_listed(client_for: Client, review_app: App) -> None:
+    today = datetime.now(review_app.settings.site.tz).date()
+    with review_app.engine.begin() as conn:
+        conn.execute(
+            REMINDERS.insert(),
+            [
+                _reminder(
+                    "sample:proc-0001",
+                    "baseline",
+                    "missing",
+                    today - timedelta(days=200),
+                    today - timedelta(days=110),
+                ),
+                _reminder(
+                    "sample:proc-0002",
+                    "baseline",
+                    "completed",
+                    today - timedelta(days=200),
+                    today - timedelta(days=110),
+                ),
+                _reminder(
+                    "sample:proc-0003",
+                    "baseline",
+                    "open",
+                    today - timedelta(days=20),
+                    today + timedelta(days=5),
+                ),
+            ],
+        )
+    client = client_for("vera")
+    page = client.get("/reminders?status=missing")
+    assert "Missing (1)" in page.text and "Open (1)" in page.text
+    assert "sample:proc-0001" in page.text and "sample:proc-0002" not in page.text
+    assert "sample:proc-0003" in client.get("/reminders?status=open").text
+    cases = client.get("/cases?baseline=missing")
+    assert "1–1 of 1" in cases.text and CASE_ROW.findall(cases.text) == ["sample%3Aproc-0001"]
+    assert CASE_ROW.findall(client.get("/cases?baseline=open").text) == ["sample%3Aproc-0003"]
+    rows = list(csv.DictReader(io.StringIO(client.get("/reminders.csv?status=missing").text)))
+    assert [(r["case_id"], r["timepoint"], r["status"]) for r in rows] == [
+        ("sample:proc-0001", "baseline", "missing")
+    ]
 
 
 def test_feed_health_shows_runs_acks_and_chart(client_for: Client, review_app: App) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,51 @@ def test_configuration_mistakes_are_reported_by_key(tmp_path: Path) -> None:
     config = write_config(tmp_path, reminders={"enabled": True, "channels": ["email"]})
     result = CliRunner().invoke(cli, ["--config", str(config), "reminders", "list"])
     assert result.exit_code != 0 and "link.token_secret" in str(result.exception or result.output)
+
+
+def reminder_count(config: Path, where: str = "") -> int:
+    """Reminder rows stored in the config's SQLite database (read apart from the CLI)."""
+    db = yaml.safe_load(config.read_text())["database"]["url"].removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM reminders {where}").fetchone()[0])
+
+
+def test_plan_dry_run_saves_nothing(synced: Path) -> None:
+    dry = json.loads(run(synced, "reminders", "plan", "--dry-run", "--json", "--as-of", "2024-07-01").output)
+    assert (dry["dry_run"], dry["created"], dry["updated"]) == (True, 120, 0)
+    assert reminder_count(synced) == 0
+    text_out = run(synced, "reminders", "plan", "--dry-run", "--as-of", "2024-07-01").output
+    assert "Would plan: 120 new" in text_out and "nothing saved" in text_out
+    assert reminder_count(synced) == 0
+
+    real = json.loads(run(synced, "reminders", "plan", "--json", "--as-of", "2024-07-01").output)
+    assert (real["dry_run"], real["created"]) == (False, 120) and reminder_count(synced) == 120
+    # A year later windows have closed: the dry run counts the changes, the real plan makes them.
+    later = ("--json", "--as-of", "2025-09-01")
+    dry = json.loads(run(synced, "reminders", "plan", "--dry-run", *later).output)
+    assert dry["updated"] > 0 and dry["by_status"].get("expired", 0) > 0
+    assert reminder_count(synced, "WHERE status = 'expired'") == 0
+    real = json.loads(run(synced, "reminders", "plan", *later).output)
+    assert {k: real[k] for k in ("created", "updated", "by_status")} == {
+        k: dry[k] for k in ("created", "updated", "by_status")
+    }
+
+
+def test_list_due_is_what_send_due_would_send(synced: Path) -> None:
+    as_of = ("--as-of", "2024-07-01")
+    everything = json.loads(run(synced, "reminders", "list", "--json", *as_of).output)
+    due = json.loads(run(synced, "reminders", "list", "--due", "--json", *as_of).output)
+    assert [(r["procedure_id"], r["timepoint"]) for r in due] == [("proc-0002", "90d")]
+    assert due[0]["next_attempt_on"] <= "2024-07-01" and due[0]["unconfirmed"] is False
+    # Scheduled but not yet due, or not reminded (baseline), is left out.
+    assert any(r["status"] == "scheduled" and r["next_attempt_on"] > "2024-07-01" for r in everything)
+    would_send = json.loads(run(synced, "reminders", "send", "--due", "--dry-run", "--json", *as_of).output)
+    assert [(i["procedure_id"], i["timepoint"]) for i in would_send["items"]] == [
+        (r["procedure_id"], r["timepoint"]) for r in due
+    ]
+    assert run(synced, "reminders", "list", "--due", *as_of).exit_code == 0  # the table form
+    # Combines with the other filters.
+    assert (
+        json.loads(run(synced, "reminders", "list", "--due", "--timepoint", "1y", "--json", *as_of).output)
+        == []
+    )

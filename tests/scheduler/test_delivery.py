@@ -9,19 +9,24 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import requests
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from registry_adapter.app import App
 from scheduler.channels import build_channels
 from scheduler.channels.base import Message
-from scheduler.clock import at_local
+from scheduler.cli import reminder_rows
+from scheduler.clock import FixedClock, at_local
 from scheduler.dispatcher import Dispatcher
+from scheduler.locks import LeaseLock
+from scheduler.queries import UNCONFIRMED
+from scheduler.settings import RemindersSettings
 from tests.fhir_server.fixture import FhirTestServer
 from tests.scheduler.conftest import TZ, Feed, SmtpSink, WebhookReceiver, reminder_config
 
@@ -80,38 +85,100 @@ def reminder(app: App) -> Any:
 # -- email ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("policy", ["resend", "assume_sent"])
-def test_email_crash_between_send_and_record(
-    reminder_app: Callable[..., tuple[App, Feed]], smtp_server: SmtpSink, policy: str
-) -> None:
-    app, feed = reminder_app(**reminder_config(smtp_server, unconfirmed=policy))
-    one_case(feed)
-    clock = at_local(DUE, 9, TZ)
-    real = build_channels(app.settings.reminders)
+def crash_mid_email(app: App, smtp: SmtpSink, clock: FixedClock) -> None:
+    """Attempt 1 reaches the SMTP server, then the process 'dies' before recording it."""
+    real = build_channels(app.settings.reminders, clock)
     with pytest.raises(Crash):
         Dispatcher(app, clock, {"email": crash_after_send(real["email"])}).run()
-    assert len(smtp_server.messages) == 1
+    assert len(smtp.messages) == 1
     [row] = send_rows(app)
     assert (row.status, row.error) == ("pending", None)  # committed before sending
 
+
+def test_email_crash_is_recorded_unconfirmed_not_resent_by_default(
+    reminder_app: Callable[..., tuple[App, Feed]], smtp_server: SmtpSink, tmp_path: Path, db_url: str
+) -> None:
+    """SMTP cannot de-duplicate, so by default a crashed send is not sent again: the patient
+    gets exactly one message, and the attempt is flagged for a coordinator to check."""
+    from scheduler.channels.worklist import export_csv, worklist_rows
+
+    app, feed = reminder_app(db_url, **reminder_config(smtp_server))  # no reminders.unconfirmed key
+    assert app.settings.reminders.unconfirmed_policy("email") == "assume_sent"
+    one_case(feed)
+    clock = at_local(DUE, 9, TZ)
+    crash_mid_email(app, smtp_server, clock)
+
     clock.advance(hours=1)
     report = Dispatcher(app, clock).run()
-    assert report.settled == 1 and report.sent == 1
+    assert (report.settled, report.sent) == (1, 1)
+    assert len(smtp_server.messages) == 1  # exactly one message after the crash
     [row] = send_rows(app)
-    assert row.status == "sent" and row.attempt == 1
+    assert (row.status, row.attempt, row.provider_id) == ("sent", 1, UNCONFIRMED)
     assert reminder(app).attempts == 1  # no second attempt was created
-    ids = [m["Message-ID"] for m in smtp_server.messages]
-    if policy == "resend":
-        # At least once toward SMTP: the resend carries the same Message-ID, so mail stores
-        # that de-duplicate by Message-ID show one message.
-        assert len(ids) == 2 and len(set(ids)) == 1
-        assert row.provider_id == ids[0]
-    else:
-        assert len(ids) == 1 and row.provider_id == "unconfirmed"
 
-    # Nothing more until attempt 2 is due.
+    # The flag is visible where staff look: `reminders list` and the coordinator worklist.
+    with app.engine.connect() as conn:
+        listed = {(r["procedure_id"], r["timepoint"]): r for r in reminder_rows(conn)}
+        [item] = worklist_rows(conn)
+    assert listed[("proc-1", "90d")]["unconfirmed"] is True
+    assert listed[("proc-1", "1y")]["unconfirmed"] is False
+    assert (item["procedure_id"], item["timepoint"], item["unconfirmed"]) == ("proc-1", "90d", True)
+    out = tmp_path / "wl.csv"
+    with app.engine.connect() as conn:
+        assert export_csv(conn, out) == 1
+    header, line = out.read_text().splitlines()
+    assert header.endswith(",unconfirmed") and line.endswith(",True")
+
+    # Nothing more until attempt 2 is due; then it goes out normally, exactly once.
     clock.advance(days=1)
     assert Dispatcher(app, clock).run().sent == 0
+    clock.set(at_local(DUE + timedelta(days=7), 9, TZ).now())
+    assert Dispatcher(app, clock).run().sent == 1
+    assert len(smtp_server.messages) == 2
+    assert [r.provider_id == UNCONFIRMED for r in send_rows(app)] == [True, False]
+    with app.engine.connect() as conn:  # attempt 1 stays flagged while the time point is open
+        assert [r["unconfirmed"] for r in worklist_rows(conn)] == [True]
+
+
+def test_email_crash_resends_when_configured(
+    reminder_app: Callable[..., tuple[App, Feed]], smtp_server: SmtpSink
+) -> None:
+    """``unconfirmed: {email: resend}``: at least once, the resend with the same Message-ID."""
+    app, feed = reminder_app(**reminder_config(smtp_server, unconfirmed={"email": "resend"}))
+    assert app.settings.reminders.unconfirmed == {"email": "resend", "webhook": "resend"}
+    one_case(feed)
+    clock = at_local(DUE, 9, TZ)
+    crash_mid_email(app, smtp_server, clock)
+
+    clock.advance(hours=1)
+    report = Dispatcher(app, clock).run()
+    assert (report.settled, report.sent) == (1, 1)
+    ids = [m["Message-ID"] for m in smtp_server.messages]
+    # Mail stores that de-duplicate by Message-ID show one message.
+    assert len(ids) == 2 and len(set(ids)) == 1
+    [row] = send_rows(app)
+    assert (row.status, row.provider_id) == ("sent", ids[0])
+    assert reminder(app).attempts == 1
+    with app.engine.connect() as conn:
+        assert not any(r["unconfirmed"] for r in reminder_rows(conn))
+    clock.advance(days=1)
+    assert Dispatcher(app, clock).run().sent == 0
+
+
+def test_unconfirmed_policy_settings() -> None:
+    """As written in the config file: one value for both channels, or per channel over the
+    defaults; FHIR and the worklist confirm, so they take no policy."""
+
+    def parse(value: object) -> RemindersSettings:
+        return RemindersSettings.model_validate({"unconfirmed": value})
+
+    assert RemindersSettings().unconfirmed == {"email": "assume_sent", "webhook": "resend"}
+    assert parse("resend").unconfirmed == {"email": "resend", "webhook": "resend"}
+    assert parse({"webhook": "assume_sent"}).unconfirmed == {"email": "assume_sent", "webhook": "assume_sent"}
+    assert parse({}).unconfirmed_policy("fhir") == "resend"  # never asked: FHIR confirms
+    for wrong in ({"fhir": "resend"}, {"email": "twice"}, "never"):
+        with pytest.raises(ValidationError, match="unconfirmed"):
+            parse(wrong)
 
 
 def test_email_killed_process_is_recovered(
@@ -164,9 +231,56 @@ def test_email_killed_process_is_recovered(
     clock.advance(seconds=app.settings.scheduler.lock_ttl_seconds + 60)
     report = Dispatcher(app, clock).run()
     assert (report.settled, report.sent) == (1, 1)
-    ids = [m["Message-ID"] for m in smtp_server.messages]
-    assert len(ids) == 2 and len(set(ids)) == 1
-    assert [r.status for r in send_rows(app)] == ["sent"]
+    assert len(smtp_server.messages) == 1  # recovered without a duplicate
+    assert [(r.status, r.provider_id) for r in send_rows(app)] == [("sent", UNCONFIRMED)]
+
+
+def test_lost_dispatch_lock_stops_sending(
+    reminder_app: Callable[..., tuple[App, Feed]], smtp_server: SmtpSink, db_url: str
+) -> None:
+    """The lease lapses mid-run (a stalled send) and another process takes it: the run stops
+    before its next send instead of racing the new holder."""
+    app, feed = reminder_app(db_url, **reminder_config(smtp_server))
+    for n in (1, 2, 3):
+        feed.patient(f"pat-{n}", email=f"p{n}@example.invalid")
+        feed.surgery(str(n), f"pat-{n}", date(2025, 1, 6), date(2025, 1, 9))
+    feed.ingest()
+    clock = at_local(DUE, 9, TZ)
+    ttl = app.settings.scheduler.lock_ttl_seconds
+    real = build_channels(app.settings.reminders, clock)["email"]
+    thief = LeaseLock(app.engine, "reminders", ttl, clock, owner="other-host:1:thief")
+
+    class StallsThenLosesLease:
+        name: ClassVar[str] = "email"
+        can_confirm: ClassVar[bool] = False
+
+        def can_reach(self, msg: Message) -> bool:
+            return real.can_reach(msg)
+
+        def send(self, msg: Message) -> str:
+            provider = real.send(msg)
+            clock.advance(seconds=ttl + 1)  # this send took longer than the lease...
+            assert thief.acquire()  # ...and another dispatcher took the lapsed lease
+            return provider
+
+        def confirm(self, msg: Message) -> str | None:
+            return real.confirm(msg)
+
+    report = Dispatcher(app, clock, {"email": StallsThenLosesLease()}).run()
+    assert report.lock_lost and report.sent == 1
+    assert len(smtp_server.messages) == 1
+    with app.engine.connect() as conn:
+        attempts = conn.execute(text("SELECT sum(attempts) FROM reminders")).scalar_one()
+        holder = conn.execute(text("SELECT owner FROM job_locks WHERE name = 'reminders'")).scalar_one()
+    assert attempts == 1  # the other two were not even claimed
+    assert holder == thief.owner  # leaving did not release the new holder's lease
+
+    # While the new holder has it, nobody else sends; once it is done, the rest go out.
+    assert Dispatcher(app, clock).run().locked
+    thief.release()
+    again = Dispatcher(app, clock).run()
+    assert (again.sent, again.lock_lost) == (2, False)
+    assert len(smtp_server.messages) == 3
 
 
 # -- webhook -------------------------------------------------------------------------------------
@@ -248,10 +362,14 @@ def test_failures_back_off_then_surface(
 # -- FHIR ----------------------------------------------------------------------------------------
 
 
-def fhir_count(server: FhirTestServer, identifier: str | None = None) -> int:
+def fhir_resources(server: FhirTestServer, rtype: str, identifier: str | None = None) -> list[dict[str, Any]]:
     params = {"identifier": identifier} if identifier else {}
-    bundle = requests.get(f"{server.base_url}/CommunicationRequest", params=params, timeout=30).json()
-    return len(bundle.get("entry") or [])
+    bundle = requests.get(f"{server.base_url}/{rtype}", params=params, timeout=30).json()
+    return [e["resource"] for e in bundle.get("entry") or []]
+
+
+def fhir_count(server: FhirTestServer, identifier: str | None = None) -> int:
+    return len(fhir_resources(server, "CommunicationRequest", identifier))
 
 
 def test_fhir_communication_request_confirmed_after_crash(
@@ -260,7 +378,7 @@ def test_fhir_communication_request_confirmed_after_crash(
     app, feed = reminder_app(**reminder_config(channels=["fhir"], fhir={"base_url": fhir.base_url}))
     one_case(feed)
     clock = at_local(DUE, 9, TZ)
-    real = build_channels(app.settings.reminders)
+    real = build_channels(app.settings.reminders, clock)
     with pytest.raises(Crash):
         Dispatcher(app, clock, {"fhir": crash_after_send(real["fhir"])}).run()
     assert fhir_count(fhir) == 1
@@ -283,6 +401,8 @@ def test_fhir_communication_request_confirmed_after_crash(
     assert cr["about"][0]["reference"] == "Procedure/proc-1"
     assert cr["status"] == "active"
     assert cr["occurrencePeriod"] == {"start": "2025-04-09", "end": "2025-07-08"}
+    # Stamped with the dispatcher's clock (09:00 Chicago on the due date), not the wall clock.
+    assert datetime.fromisoformat(cr["authoredOn"]) == datetime(2025, 4, 9, 14, tzinfo=UTC)
     ident = cr["identifier"][0]
     assert ident["system"] == "urn:spine-registry-adapter:reminder" and "proc-1" not in ident["value"]
 
@@ -296,6 +416,50 @@ def test_fhir_communication_request_confirmed_after_crash(
     )
     assert again.status_code == 200
     assert fhir_count(fhir, msg_key) == 1
+
+
+def test_fhir_task_created_once_and_confirmed_after_crash(
+    reminder_app: Callable[..., tuple[App, Feed]], fhir: FhirTestServer
+) -> None:
+    """``fhir.resource: Task`` on the real FHIR server: conditional create, confirm by search."""
+    app, feed = reminder_app(
+        **reminder_config(channels=["fhir"], fhir={"base_url": fhir.base_url, "resource": "Task"})
+    )
+    one_case(feed)
+    clock = at_local(DUE, 9, TZ)
+    real = build_channels(app.settings.reminders, clock)
+    with pytest.raises(Crash):
+        Dispatcher(app, clock, {"fhir": crash_after_send(real["fhir"])}).run()
+    [task] = fhir_resources(fhir, "Task")
+    assert fhir_resources(fhir, "CommunicationRequest") == []
+
+    fhir.clear_requests()
+    clock.advance(hours=1)
+    report = Dispatcher(app, clock).run()
+    assert (report.settled, report.sent) == (1, 1)
+    assert [(r["method"], r["url"].split("?")[0]) for r in fhir.requests()] == [("GET", "/Task")]
+    [row] = send_rows(app)
+    assert (row.status, row.provider_id) == ("sent", task["id"])
+    assert len(fhir_resources(fhir, "Task")) == 1
+
+    assert (task["status"], task["intent"], task["priority"]) == ("requested", "order", "routine")
+    assert task["for"] == {"reference": "Patient/pat-1"}
+    assert task["focus"] == {"reference": "Procedure/proc-1"}
+    assert task["restriction"]["period"] == {"end": "2025-07-08"}
+    assert "three-month" in task["description"]
+    assert datetime.fromisoformat(task["authoredOn"]) == datetime(2025, 4, 9, 14, tzinfo=UTC)
+    ident = task["identifier"][0]
+    assert ident["system"] == "urn:spine-registry-adapter:reminder" and "proc-1" not in ident["value"]
+    key = f"{ident['system']}|{ident['value']}"
+    assert [t["id"] for t in fhir_resources(fhir, "Task", key)] == [task["id"]]
+
+    # Attempt 2 a week later is a second Task with its own identifier, stamped a week later.
+    clock.set(at_local(DUE + timedelta(days=7), 9, TZ).now())
+    assert Dispatcher(app, clock).run().sent == 1
+    tasks = fhir_resources(fhir, "Task")
+    assert len(tasks) == 2 and len({t["identifier"][0]["value"] for t in tasks}) == 2
+    second = next(t for t in tasks if t["id"] != task["id"])
+    assert datetime.fromisoformat(second["authoredOn"]) == datetime(2025, 4, 16, 14, tzinfo=UTC)
 
 
 # -- SMTP with TLS and authentication -------------------------------------------------------------

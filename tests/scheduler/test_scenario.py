@@ -308,3 +308,51 @@ def test_worklist_channel_and_send_now(
         ).scalar_one()
     # An early send does not pull the rest of the plan forward: attempt 3 stays on its date.
     assert str(nxt)[:10] == "2025-04-23"
+
+
+def test_cancelled_procedure_stops_reminders(
+    make_app: Callable[..., App], smtp_server: SmtpSink, tmp_path: Path
+) -> None:
+    """A feed whose site mapping keeps not-done procedures as cases (the bundled one removes
+    them): the procedure status itself cancels what is pending, per
+    ``reminders.cancel_procedure_statuses``."""
+    import shutil
+
+    from mappings import engine as mapping_engine
+
+    views = tmp_path / "site-mappings"
+    shutil.copytree(mapping_engine.BUNDLED, views)
+    procedure_yaml = views / "procedure.yaml"
+    bundled_rule = "status = 'entered-in-error' or status = 'not-done'"
+    assert bundled_rule in procedure_yaml.read_text()
+    procedure_yaml.write_text(procedure_yaml.read_text().replace(bundled_rule, "status = 'entered-in-error'"))
+    app = make_app(sources=[], mappings={"directory": str(views)}, reminders=reminder_config(smtp_server))
+    assert app.settings.reminders.cancel_procedure_statuses == ("entered-in-error", "not-done", "cancelled")
+    feed = Feed(tmp_path / "feed", app)
+    for n in ("1", "2"):
+        feed.patient(f"pat-{n}", email=f"p{n}@example.invalid")
+        feed.surgery(n, f"pat-{n}", D(2025, 1, 6), D(2025, 1, 9))
+    feed.ingest()
+    clock = at_local(D(2025, 4, 9), 10, TZ)
+    dispatcher = Dispatcher(app, clock)
+    assert dispatcher.run().sent == 2  # 90d attempt 1 for both
+
+    # The hospital marks surgery 1 not done; surgery 2 "stopped" (not a cancelling status).
+    feed.surgery("1", "pat-1", D(2025, 1, 6), D(2025, 1, 9), status="not-done")
+    feed.surgery("2", "pat-2", D(2025, 1, 6), D(2025, 1, 9), status="stopped")
+    feed.ingest()
+    with app.engine.connect() as conn:
+        cases = {p: st for p, st in conn.execute(text("SELECT procedure_id, status FROM cases"))}
+    assert cases == {"proc-1": "active", "proc-2": "active"}  # the case stays; its procedure does not
+    for day in days(D(2025, 4, 10), D(2025, 5, 10)):
+        clock.set(at_local(day, 10, TZ).now())
+        dispatcher.run()
+
+    final = statuses(app)
+    assert final[("proc-1", "90d")] == ("cancelled", 1, "procedure_not-done")
+    assert final[("proc-1", "1y")] == ("cancelled", 0, "procedure_not-done")
+    assert final[("proc-2", "90d")][:2] == ("sent", 3)
+    sent = sends_by_timepoint(app)
+    assert sent[("proc-1", "90d")] == [D(2025, 4, 9)]  # nothing after the status change
+    assert sent[("proc-2", "90d")] == [D(2025, 4, 9), D(2025, 4, 16), D(2025, 4, 23)]
+    assert len(smtp_server.messages) == 4
