@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from adapters.base import SourceContext  # noqa: E402
 from adapters.files import FilesSource  # noqa: E402
 from registry_adapter import logs  # noqa: E402
-from registry_adapter.app import build_app  # noqa: E402
-from registry_adapter.config import parse_settings  # noqa: E402
+from registry_adapter.app import App, build_app  # noqa: E402
+from registry_adapter.config import Settings, parse_settings  # noqa: E402
 from registry_adapter.pipeline import Pipeline  # noqa: E402
 
 CODES = [
@@ -128,7 +128,7 @@ def main() -> None:
         size = path.stat().st_size
         print(f"{n:,} Procedures, {size / n:,.0f} bytes each, {size / 1e6:.0f} MB NDJSON; one core\n")
 
-        def settings(validation: str, db: str) -> object:
+        def settings(validation: str, db: str) -> Settings:
             return parse_settings(
                 {
                     "site": {"id": "bench", "timezone": "America/Chicago", "pseudonym_key": "bench"},
@@ -139,7 +139,7 @@ def main() -> None:
                 }
             )
 
-        app = build_app(settings("off", "map.db"))  # type: ignore[arg-type]
+        app = build_app(settings("off", "map.db"))
         mapping = app.mappings["Procedure"]
         site = app.site
 
@@ -161,11 +161,12 @@ def main() -> None:
             ("off", "3. pipeline into SQLite, validation off"),
             ("warn", "4. pipeline into SQLite, R4B validation (warn)"),
         ):
-            papp = build_app(settings(validation, f"pipe-{validation}.db"))  # type: ignore[arg-type]
+            papp = build_app(settings(validation, f"pipe-{validation}.db"))
             papp.upgrade_db()
             m = n if validation == "off" else min(n, 10_000)
 
-            def pipe(papp=papp, m=m) -> None:  # type: ignore[no-untyped-def]
+            # Defaults bind this iteration's app and size (a closure would see the last ones).
+            def pipe(papp: App = papp, m: int = m) -> None:
                 src_dir = tmp / f"src-{m}"
                 if not src_dir.exists():
                     src_dir.mkdir()

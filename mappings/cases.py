@@ -102,6 +102,7 @@ def assemble_cases(
                     " no procedure that can anchor a case was received for the same day and stay",
                     field="code",
                     value=", ".join(codes)[:200],
+                    rule="index_procedure",
                 )
                 for p in members:
                     if p.staging_id is not None:

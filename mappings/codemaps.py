@@ -22,7 +22,11 @@ BUNDLED = Path(__file__).with_name("codemaps")
 
 
 class CodeMapError(Exception):
-    """A code map file is invalid; the message gives file and line."""
+    """A code map file is invalid; each problem (one a line) gives file and line."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 def normalise(system: str, code: str) -> str:
@@ -184,18 +188,33 @@ def load_codemap(manifest: Path) -> CodeMap:
         systems=systems,
         aliases=aliases,
         value_columns=dict(meta["values"]),
-        scope=[_scope_rule(r, f"{manifest}: scope[{i}]") for i, r in enumerate(meta.get("scope") or [])],
+        scope=[],
         table=manifest.with_name(str(meta["table"])),
     )
-    _load_table(cmap)
+    # Every problem of the manifest's scope and of the table is reported at once, so staff
+    # fix a file in one round instead of one error per run of ``mappings check``.
+    problems: list[str] = []
+    for i, raw in enumerate(meta.get("scope") or []):
+        try:
+            cmap.scope.append(_scope_rule(raw, f"{manifest}: scope[{i}]"))
+        except CodeMapError as exc:
+            problems.extend(exc.problems)
+    try:
+        _load_table(cmap)
+    except CodeMapError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise CodeMapError(*problems)
     return cmap
 
 
 def _load_table(cmap: CodeMap) -> None:
+    """Read the CSV; raises one CodeMapError listing every bad row (file:line each)."""
     try:
         handle = cmap.table.open(newline="", encoding="utf-8")
     except OSError as exc:
         raise CodeMapError(f"{cmap.table}: cannot read code map table: {exc.strerror}") from None
+    problems: list[str] = []
     with handle:
         reader = csv.DictReader(handle)
         required = {"system", "code", *cmap.value_columns}
@@ -204,32 +223,52 @@ def _load_table(cmap: CodeMap) -> None:
             raise CodeMapError(f"{cmap.table}:1: missing columns {', '.join(sorted(missing))}")
         seen: dict[tuple[str, str, str], int] = {}
         for row in reader:
-            line = reader.line_num
-            where = f"{cmap.table}:{line}"
-            system = (row.get("system") or "").strip()
-            if system not in cmap.systems:
-                raise CodeMapError(f"{where}: unknown system {system!r} (declare it under systems:)")
-            code = normalise(system, row.get("code") or "")
-            if not code:
-                raise CodeMapError(f"{where}: empty code")
-            match = (row.get("match") or "exact").strip() or "exact"
-            if match not in ("exact", "prefix", "pattern"):
-                raise CodeMapError(f"{where}: match must be exact, prefix or pattern, got {match!r}")
-            ident = (system, code, match)
-            if ident in seen:
-                raise CodeMapError(
-                    f"{where}: duplicate code {display_code(system, code)} (first at line {seen[ident]})"
-                )
-            seen[ident] = line
-            values = {c: _coerce(c, spec, row.get(c) or "", where) for c, spec in cmap.value_columns.items()}
-            entry = Entry(system, code, match, values, line)
-            if match == "exact":
-                cmap.exact[(system, code)] = entry
-            elif match == "pattern":
+            try:
+                entry = _entry(cmap, row, reader.line_num, seen)
+            except CodeMapError as exc:
+                problems.extend(exc.problems)
+                continue
+            if entry.match == "exact":
+                cmap.exact[(entry.system, entry.code)] = entry
+            elif entry.match == "pattern":
                 cmap.patterns.append(entry)
             else:
                 cmap.prefixes.append(entry)
         cmap.prefixes.sort(key=lambda e: -len(e.code))
+    if problems:
+        raise CodeMapError(*problems)
+
+
+def _entry(
+    cmap: CodeMap, row: dict[str, str | None], line: int, seen: dict[tuple[str, str, str], int]
+) -> Entry:
+    """One CSV row as an Entry; ``seen`` (code → first line) finds duplicates."""
+    where = f"{cmap.table}:{line}"
+    system = (row.get("system") or "").strip()
+    if system not in cmap.systems:
+        raise CodeMapError(f"{where}: unknown system {system!r} (declare it under systems:)")
+    code = normalise(system, row.get("code") or "")
+    if not code:
+        raise CodeMapError(f"{where}: empty code")
+    match = (row.get("match") or "exact").strip() or "exact"
+    if match not in ("exact", "prefix", "pattern"):
+        raise CodeMapError(f"{where}: match must be exact, prefix or pattern, got {match!r}")
+    ident = (system, code, match)
+    if ident in seen:
+        raise CodeMapError(
+            f"{where}: duplicate code {display_code(system, code)} (first at line {seen[ident]})"
+        )
+    seen[ident] = line
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for column, spec in cmap.value_columns.items():
+        try:
+            values[column] = _coerce(column, spec, row.get(column) or "", where)
+        except CodeMapError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise CodeMapError(*problems)
+    return Entry(system, code, match, values, line)
 
 
 def append_code(cmap: CodeMap, system: str, code: str, values: dict[str, Any], note: str = "") -> None:
@@ -274,7 +313,7 @@ def load_codemaps(*directories: Path | None, problems: list[str] | None = None) 
             except CodeMapError as exc:
                 if problems is None:
                     raise
-                problems.append(str(exc))
+                problems.extend(exc.problems)
                 continue
             maps[cmap.name] = cmap
     return maps

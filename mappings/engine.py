@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -61,7 +61,11 @@ Targets = Mapping[str, Iterable[str | ColumnLike]]
 
 
 class MappingFileError(Exception):
-    """A mapping file is invalid; the message names file, key and (when known) line."""
+    """A mapping file is invalid; each problem (one a line) names file, line and key."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 class _Spec(BaseModel):
@@ -205,82 +209,114 @@ class RegistryMapping:
         self.name = spec.name
         self.origin = origin
         self.target = spec.registry.target
+        # Every problem of the file is collected (file:line: key: reason), then raised together.
+        self._problems: list[tuple[int, str]] = []  # (line, message)
         view = dict(spec.view)
         view.setdefault("resourceType", "ViewDefinition")
         view.setdefault("name", spec.name)
+        columns: set[str] | None = None
+        self.resource_type = str(view.get("resource", ""))
         try:
             self.view: CompiledView = compile_view(view, origin=origin)
         except ViewDefinitionError as exc:
-            raise MappingFileError(f"{origin}: view: {exc}") from None
-        self.resource_type = self.view.resource
-        columns = {c.name for c in self.view.columns}
+            # The view compiler stops at its first problem; the registry part is still checked.
+            self._view_problem(str(exc))
+        else:
+            self.resource_type = self.view.resource
+            columns = {c.name for c in self.view.columns}
         self.fields: dict[str, FieldSpec] = {}
         for name, fspec in spec.registry.fields.items():
             fs = FieldSpec(column=fspec) if isinstance(fspec, str) else fspec
-            if fs.column not in columns:
-                raise MappingFileError(
-                    f"{origin}: registry.fields.{name}: no view column named {fs.column!r}"
+            loc: tuple[str | int, ...] = ("registry", "fields", name)
+            if columns is not None and fs.column not in columns:
+                self._problem(
+                    (*loc, "column") if isinstance(fspec, FieldSpec) else loc,
+                    f"no view column named {fs.column!r}",
                 )
             if fs.convert and fs.convert not in CONVERTERS:
-                raise MappingFileError(
-                    f"{origin}: registry.fields.{name}: unknown conversion {fs.convert!r} "
-                    f"(known: {', '.join(sorted(CONVERTERS))})"
+                self._problem(
+                    (*loc, "convert"),
+                    f"unknown conversion {fs.convert!r} (known: {', '.join(sorted(CONVERTERS))})",
                 )
+                fs = fs.model_copy(update={"convert": None})
             self.fields[name] = fs
         self.translations: list[tuple[TranslateSpec, CodeMap]] = []
         for i, tspec in enumerate(spec.registry.translate):
-            where = f"{origin}: registry.translate[{i}]"
-            if tspec.column not in columns:
-                raise MappingFileError(f"{where}: no view column named {tspec.column!r}")
+            loc = ("registry", "translate", i)
+            if columns is not None and tspec.column not in columns:
+                self._problem((*loc, "column"), f"no view column named {tspec.column!r}")
             cmap = codemaps.get(tspec.codemap)
             if cmap is None:
-                raise MappingFileError(
-                    f"{where}: unknown code map {tspec.codemap!r} (known: {', '.join(sorted(codemaps))})"
+                self._problem(
+                    (*loc, "codemap"),
+                    f"unknown code map {tspec.codemap!r} (known: {', '.join(sorted(codemaps))})",
                 )
+                continue
             used = {*tspec.into.values(), *tspec.collect.values(), *tspec.pick_where}
             used |= {k for cond in tspec.any.values() for k in cond}
             if tspec.pick_max:
                 used.add(tspec.pick_max)
             unknown = used - set(cmap.value_columns)
             if unknown:
-                raise MappingFileError(
-                    f"{where}: code map {cmap.name} has no column {', '.join(sorted(unknown))}"
-                )
+                self._problem(loc, f"code map {cmap.name} has no column {', '.join(sorted(unknown))}")
             self.translations.append((tspec, cmap))
         self.excludes = [
-            (self._compile_rule(x.when, f"{origin}: registry.exclude[{i}].when"), x)
+            (self._compile_rule(x.when, ("registry", "exclude", i, "when")), x)
             for i, x in enumerate(spec.registry.exclude)
         ]
         self.rules = [
-            (self._compile_rule(r.when, f"{origin}: registry.rules[{i}].when"), r)
+            (self._compile_rule(r.when, ("registry", "rules", i, "when")), r)
             for i, r in enumerate(spec.registry.rules)
         ]
-        for hook in spec.registry.derive:
+        for i, hook in enumerate(spec.registry.derive):
             if hook not in _HOOKS:
-                raise MappingFileError(
-                    f"{origin}: registry.derive: unknown hook {hook!r} (known: {', '.join(sorted(_HOOKS))})"
+                self._problem(
+                    ("registry", "derive", i), f"unknown hook {hook!r} (known: {', '.join(sorted(_HOOKS))})"
                 )
-        self.hooks = [(h, _HOOKS[h]) for h in spec.registry.derive]
+        self.hooks = [(h, _HOOKS[h]) for h in spec.registry.derive if h in _HOOKS]
         self._codes: dict[tuple[int, str, str], _Coded] = {}
         # Fields resolved once (converter function, allowed values as a set) for the hot loop.
         self._field_plan = [
             (name, fs, CONVERTERS[fs.convert] if fs.convert else None, _allowed_set(fs.allowed))
             for name, fs in self.fields.items()
         ]
+        self._converted = tuple(name for name, fs in self.fields.items() if fs.convert)
         # Column → maximum length, for the columns whose length is known.
         self.max_lengths: dict[str, int] = {}
         # Columns that cannot hold NULL: emptying one of them fails the record.
         self.not_null: set[str] = set()
         if targets is not None:
             self._check_target(targets)
+        if self._problems:
+            # In file order, so staff can work down the file.
+            raise MappingFileError(*(text for _, text in sorted(self._problems, key=lambda p: p[0])))
+
+    def _problem(self, loc: tuple[str | int, ...], reason: str) -> None:
+        """Record one problem as ``file:line: key.path: reason``."""
+        self._add(loc, f"{_dotted(loc)}: {reason}")
+
+    def _view_problem(self, message: str) -> None:
+        """A ViewDefinitionError reads ``origin: select[0].column[2] 'name': reason``: find the
+        key path in it, so the line of the offending part of the view can be given."""
+        text = message.removeprefix(f"{self.origin}: ")
+        found = _VIEW_WHERE.match(text)
+        parts = _VIEW_PART.findall(found.group(1)) if found else []
+        loc = ("view", *(int(index) if index else key for key, index in parts))
+        shown = text if text.startswith("view") else f"view.{text}"
+        self._add(loc, shown)
+
+    def _add(self, loc: tuple[str | int, ...], text: str) -> None:
+        line = _line_of(Path(self.origin), loc)
+        self._problems.append((int(line[1:]) if line else 0, f"{self.origin}{line}: {text}"))
 
     def _check_target(self, targets: Targets) -> None:
         """Every field the mapping produces must be a column of its target table."""
         if self.target not in targets:
-            raise MappingFileError(
-                f"{self.origin}: registry.target: unknown table {self.target!r} "
-                f"(known: {', '.join(sorted(targets))})"
+            self._problem(
+                ("registry", "target"),
+                f"unknown table {self.target!r} (known: {', '.join(sorted(targets))})",
             )
+            return
         names: set[str] = set()
         for col in targets[self.target]:
             if isinstance(col, str):
@@ -292,22 +328,22 @@ class RegistryMapping:
                 self.max_lengths[col.name] = length
             if getattr(col, "nullable", True) is False:
                 self.not_null.add(col.name)
-        produced = set(self.fields)
-        for tspec, _ in self.translations:
-            produced |= set(tspec.into) | set(tspec.any) | set(tspec.collect)
-            produced |= {f for f in (tspec.codes_into, tspec.code_into) if f}
-        missing = produced - names
-        if missing:
-            raise MappingFileError(
-                f"{self.origin}: table {self.target} has no column {', '.join(sorted(missing))}"
-            )
+        produced: dict[str, tuple[str | int, ...]] = {f: ("registry", "fields", f) for f in self.fields}
+        for i, tspec in enumerate(self.spec.registry.translate):
+            made = {*tspec.into, *tspec.any, *tspec.collect}
+            made |= {f for f in (tspec.codes_into, tspec.code_into) if f}
+            produced.update({f: ("registry", "translate", i) for f in made if f not in produced})
+        for name in sorted(set(produced) - names):
+            self._problem(produced[name], f"table {self.target} has no column {name}")
+        # Only what this mapping writes can be too long: skip the table's other columns per record.
+        self.max_lengths = {k: v for k, v in self.max_lengths.items() if k in produced}
 
-    @staticmethod
-    def _compile_rule(expr: str, where: str) -> Callable[[Any], list[Any]]:
+    def _compile_rule(self, expr: str, loc: tuple[str | int, ...]) -> Callable[[Any], list[Any]]:
         try:
             return compile_path(expr)
         except Exception as exc:
-            raise MappingFileError(f"{where}: {exc}") from None
+            self._problem(loc, str(exc))
+            return _never
 
     # -- mapping -----------------------------------------------------------------------
 
@@ -316,7 +352,7 @@ class RegistryMapping:
         try:
             return self._map(resource, ctx)
         except Exception as exc:  # last resort (e.g. a code map lookup): one record, not the batch
-            issue = _internal_error(f"mapping {self.name}", self.resource_type, exc)
+            issue = _internal_error(f"mapping {self.name}", self.resource_type, exc, rule="mapping")
             return MappingResult("failed", self.target, {}, [issue])
 
     def _map(self, resource: Mapping[str, Any], ctx: SiteContext) -> MappingResult:
@@ -324,13 +360,16 @@ class RegistryMapping:
             rows = self.view.rows(resource if isinstance(resource, dict) else dict(resource))
         except ViewEvaluationError as exc:
             # Its message names the column or where clause, never a value from the resource.
-            issue = Issue("mapping.view_failed", f"view {self.name}: {exc}", field=self.resource_type)
+            issue = Issue(
+                "mapping.view_failed", f"view {self.name}: {exc}", field=self.resource_type, rule="view"
+            )
             return MappingResult("failed", self.target, {}, [issue])
         except Exception as exc:  # a resource the view cannot walk: report it, never crash the batch
             issue = Issue(
                 "mapping.view_failed",
                 f"view {self.name} failed: {type(exc).__name__}",
                 field=self.resource_type,
+                rule="view",
             )
             return MappingResult("failed", self.target, {}, [issue])
         if not rows:
@@ -356,6 +395,7 @@ class RegistryMapping:
                             "mapping.required_missing",
                             f"{self.resource_type}: required {name} ({fs.column}) is missing",
                             field=name,
+                            rule="required",
                         )
                     )
                     fatal = True
@@ -366,14 +406,19 @@ class RegistryMapping:
                     value = [conv(v, ctx) for v in value] if value.__class__ is list else conv(value, ctx)
                 except ConversionError as exc:
                     issues.append(
-                        Issue(exc.code, f"{self.resource_type}: {name} ({fs.column}) {exc}", field=name)
+                        Issue(
+                            exc.code,
+                            f"{self.resource_type}: {name} ({fs.column}) {exc}",
+                            field=name,
+                            rule=f"convert:{fs.convert}",
+                        )
                     )
                     fatal = fatal or fs.required
                     out[name] = fs.default
                     continue
                 except Exception as exc:
                     where = f"{self.resource_type}: {name} (conversion {fs.convert})"
-                    issues.append(_internal_error(where, name, exc))
+                    issues.append(_internal_error(where, name, exc, rule=f"convert:{fs.convert}"))
                     fatal = True
                     out[name] = fs.default
                     continue
@@ -386,6 +431,7 @@ class RegistryMapping:
                         f"{self.resource_type}: {name} {shown} is not one of "
                         f"{', '.join(map(str, fs.allowed or ()))}",
                         field=name,
+                        rule="allowed",
                         value=code,
                     )
                 )
@@ -393,14 +439,16 @@ class RegistryMapping:
             out[name] = value
         fatal = self._check_lengths(out, issues) or fatal
 
-        as_fhir = _row_for_fhirpath(out) if self.excludes or self.rules else {}
+        as_fhir = self._row_for_fhirpath(out) if self.excludes or self.rules else {}
         for i, (check, _exclude) in enumerate(self.excludes):
             try:
                 if _truthy(check, as_fhir):
                     return MappingResult("excluded", self.target, out, [])
             except Exception as exc:
                 issues.append(
-                    _internal_error(f"{self.resource_type}: exclude rule {i}", f"exclude[{i}]", exc)
+                    _internal_error(
+                        f"{self.resource_type}: exclude rule {i}", f"exclude[{i}]", exc, rule=f"exclude[{i}]"
+                    )
                 )
                 fatal = True
 
@@ -409,7 +457,12 @@ class RegistryMapping:
                 broken = _truthy(check, as_fhir)
             except Exception as exc:
                 issues.append(
-                    _internal_error(f"{self.resource_type}: rule {rule.code}", rule.field or rule.code, exc)
+                    _internal_error(
+                        f"{self.resource_type}: rule {rule.code}",
+                        rule.field or rule.code,
+                        exc,
+                        rule=rule.code,
+                    )
                 )
                 fatal = True
                 continue
@@ -429,13 +482,29 @@ class RegistryMapping:
             try:
                 found = hook(resource, out, ctx)
             except Exception as exc:
-                issues.append(_internal_error(f"{self.resource_type}: hook {hook_name}", hook_name, exc))
+                issues.append(
+                    _internal_error(
+                        f"{self.resource_type}: hook {hook_name}", hook_name, exc, rule=f"derive:{hook_name}"
+                    )
+                )
                 fatal = True
                 continue
-            issues.extend(found)
+            # A hook's issues name the hook as their rule unless the hook named a finer one.
+            issues.extend(i if i.rule else replace(i, rule=f"derive:{hook_name}") for i in found)
             fatal = fatal or any(i.severity != "warning" for i in found)
 
         return MappingResult("failed" if fatal else "mapped", self.target, out, issues)
+
+    def _row_for_fhirpath(self, out: dict[str, Any]) -> dict[str, Any]:
+        """The row as rules see it: dates become ISO strings, so FHIRPath comparisons on them
+        behave as on FHIR data. Only converters make date objects (view columns are JSON values,
+        code-map values are text, numbers or booleans), so only converted fields are looked at."""
+        row = out.copy()
+        for name in self._converted:
+            value = row.get(name)
+            if isinstance(value, date):
+                row[name] = value.isoformat()
+        return row
 
     def _check_lengths(self, out: dict[str, Any], issues: list[Issue]) -> bool:
         """Empty the strings longer than their column; True when that fails the record.
@@ -520,6 +589,7 @@ class RegistryMapping:
                         ),
                         field=tspec.column,
                         value=f"{coded.system}|{raw_code.strip()}"[:200],
+                        rule=f"translate:{cmap.name}",
                     )
                 )
         if tspec.scope and not in_scope:
@@ -552,15 +622,32 @@ class RegistryMapping:
                         _format(tspec.none_picked.message, codes=listed, codemap=cmap.name),
                         field=tspec.column,
                         value=listed[:200],
+                        rule=f"translate:{cmap.name}",
                     )
                 )
             return "unresolved"
         return "ok"
 
 
-def _internal_error(where: str, field_name: str, exc: Exception) -> Issue:
+# Where a ViewDefinitionError happened: "select[0].column[2]", "where[1]", "constant[0]", ...
+_VIEW_WHERE = re.compile(r"((?:[A-Za-z]+)(?:\[\d+\]|\.[A-Za-z]+)*)")
+_VIEW_PART = re.compile(r"([A-Za-z]+)|\[(\d+)\]")
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _never(_row: Any) -> list[Any]:
+    """Stands in for a rule whose expression did not compile (the file is rejected anyway)."""
+    return []
+
+
+def _internal_error(where: str, field_name: str, exc: Exception, *, rule: str) -> Issue:
     # The exception's text may quote the value it choked on, so only its type is reported.
-    return Issue("mapping.internal_error", f"{where} failed: {type(exc).__name__}", field=field_name)
+    return Issue(
+        "mapping.internal_error", f"{where} failed: {type(exc).__name__}", field=field_name, rule=rule
+    )
 
 
 def _truthy(check: Callable[[Any], list[Any]], row: Mapping[str, Any]) -> bool:
@@ -584,11 +671,6 @@ def _is_allowed(value: Any, allowed: frozenset[Any] | tuple[Any, ...]) -> bool:
         return False
 
 
-def _row_for_fhirpath(row: Mapping[str, Any]) -> dict[str, Any]:
-    # Dates become ISO strings so FHIRPath comparisons on them behave as on FHIR data.
-    return {k: (v.isoformat() if isinstance(v, date) else v) for k, v in row.items()}
-
-
 def load_spec(path: Path) -> MappingSpec:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -605,14 +687,14 @@ def load_spec(path: Path) -> MappingSpec:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
             lines.append(f"{path}{_line_of(path, err['loc'])}: {loc}: {err['msg']}")
-        raise MappingFileError("\n".join(lines)) from None
+        raise MappingFileError(*lines) from None
 
 
 def _line_of(path: Path, loc: tuple[Any, ...]) -> str:
     """Best-effort line number of a key path, so staff can jump to the mistake."""
     try:
         node = yaml.compose(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
+    except (OSError, yaml.YAMLError):  # a mapping built from a spec in memory has no file
         return ""
     for part in loc:
         if isinstance(node, yaml.MappingNode):
@@ -654,7 +736,7 @@ def load_mappings(
         except MappingFileError as exc:
             if problems is None:
                 raise
-            problems.append(str(exc))
+            problems.extend(exc.problems)
             continue
         out[mapping.resource_type] = mapping
     return out

@@ -367,6 +367,7 @@ class Pipeline:
                         f"registry rows of this record could not be stored ({type(exc.orig).__name__}); "
                         "check values against column sizes",
                         field=one.row.resource_type,
+                        rule="store",
                     )
                 ],
                 one.mapping_name,
@@ -446,6 +447,7 @@ class Pipeline:
                 "mapping.internal_error",
                 f"mapping failed unexpectedly ({type(exc).__name__})",
                 field=row.resource_type,
+                rule="mapping",
             )
             return Prepared(row, "failed", [issue], "internal", remove=True)
 
@@ -465,7 +467,7 @@ class Pipeline:
         try:
             resource = orjson.loads(row.raw)
         except orjson.JSONDecodeError:
-            issue = Issue("intake.malformed_json", "staged content is not valid JSON")
+            issue = Issue("intake.malformed_json", "staged content is not valid JSON", rule="intake")
             return Prepared(row, "invalid", [issue], "intake", remove=True)
         issues: list[Issue] = []
         if self.strictness != "off":

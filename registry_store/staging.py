@@ -391,7 +391,7 @@ def stage_errors(conn: Connection, source: str, errors: Iterable[RecordError]) -
             resource_type=rtype,
             resource_id=rid,
             mapping="intake",
-            issues=[Issue(code=err.code, field=err.field or "", message=err.message)],
+            issues=[Issue(code=err.code, field=err.field or "", message=err.message, rule="intake")],
         )
         counts.invalid += 1
     return counts

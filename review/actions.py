@@ -163,8 +163,7 @@ def add_code_and_reprocess(
                 after=added,
             )
         # The App compiled mappings against the old tables: rebuild both before re-mapping.
-        app.__dict__.pop("mappings", None)
-        app.__dict__.pop("codemaps", None)
+        app.reload_mappings_if_changed()
         try:
             done = _reprocess_locked(app, user, cause_id, summary["counts"]["open"])
         except ActionError as exc:
@@ -184,17 +183,14 @@ def reprocess_cause(app: App, user: CurrentUser, cause_id: str) -> dict[str, Any
         raise ActionError("this cause has no open records to re-process")
     with _CODEMAP_LOCK:
         # Pick up code-map files edited outside the UI since the mappings were compiled.
-        app.__dict__.pop("mappings", None)
-        app.__dict__.pop("codemaps", None)
+        app.reload_mappings_if_changed()
         return _reprocess_locked(app, user, cause_id, summary["counts"]["open"])
 
 
 def _reprocess_locked(app: App, user: CurrentUser, cause_id: str, open_before: int) -> dict[str, Any]:
     """Re-map the cause's records and audit the outcome, failure included (caller holds the lock)."""
-    try:
-        selected, counts = Pipeline(app).reprocess(cause_id=cause_id)
-    except Exception as exc:
-        # Recorded with the error's class only: driver messages may quote patient values.
+
+    def audited(after: dict[str, Any]) -> None:
         with app.engine.begin() as conn:
             audit.record(
                 conn,
@@ -202,27 +198,27 @@ def _reprocess_locked(app: App, user: CurrentUser, cause_id: str, open_before: i
                 action="cause.reprocess",
                 target=f"cause:{cause_id}",
                 before={"open_errors": open_before},
-                after={"outcome": "failed", "error": type(exc).__name__},
+                after=after,
             )
+
+    try:
+        selected, counts = Pipeline(app).reprocess(cause_id=cause_id)
+    except Exception as exc:
+        # Recorded with the error's class only: driver messages may quote patient values.
+        audited({"outcome": "failed", "error": type(exc).__name__})
         raise ActionError(
             f"re-processing failed ({type(exc).__name__}); the records are unchanged or pending: "
             "re-process the cause again"
         ) from exc
-    with app.engine.begin() as conn:
-        result = {
-            "reprocessed": selected,
-            "mapped": counts.mapped,
-            "failed": counts.failed,
-            "open_errors": open_error_count(conn, cause_id),
-        }
-        audit.record(
-            conn,
-            username=user.username,
-            action="cause.reprocess",
-            target=f"cause:{cause_id}",
-            before={"open_errors": open_before},
-            after={"outcome": "done", **result},
-        )
+    with app.engine.connect() as conn:
+        open_after = open_error_count(conn, cause_id)
+    result = {
+        "reprocessed": selected,
+        "mapped": counts.mapped,
+        "failed": counts.failed,
+        "open_errors": open_after,
+    }
+    audited({"outcome": "done", **result})
     return result
 
 

@@ -12,10 +12,12 @@ import pytest
 from sqlalchemy import text
 
 from adapters.base import Checkpoint, Item, Record, SourceContext
+from adapters.files import FilesSource
 from mappings.convert import CONVERTERS
 from mappings.engine import _HOOKS, BUNDLED, MappingFileError, load_mappings
 from registry_adapter.app import TARGET_TABLES, App, target_columns
 from registry_adapter.pipeline import Pipeline
+from tests.conftest import SAMPLE_FEED
 
 CPT = "http://www.ama-assn.org/go/cpt"
 
@@ -83,11 +85,34 @@ def test_required_fields_and_allowed_values(sqlite_app: App) -> None:
     del res["performedDateTime"]
     r = m.map(res, sqlite_app.site)
     assert r.disposition == "failed" and [i.code for i in r.issues] == ["mapping.required_missing"]
-    assert r.issues[0].field == "surgery_date"
+    assert (r.issues[0].field, r.issues[0].rule) == ("surgery_date", "required")
     bad = m.map(_proc(["63047"], status="done"), sqlite_app.site)
-    assert [(i.code, i.value) for i in bad.issues] == [("mapping.value_not_allowed", "done")]
+    assert [(i.code, i.value, i.rule) for i in bad.issues] == [
+        ("mapping.value_not_allowed", "done", "allowed")
+    ]
     partial = m.map(_proc(["63047"], performedDateTime="2025-03"), sqlite_app.site)
-    assert [i.code for i in partial.issues] == ["value.partial_date"]
+    assert [(i.code, i.rule) for i in partial.issues] == [("value.partial_date", "convert:local_date")]
+    unmapped = m.map(_proc(["22899"]), sqlite_app.site)
+    assert [(i.code, i.rule) for i in unmapped.issues] == [
+        ("codemap.unmapped_code", "translate:spine-procedures")
+    ]
+    warned = m.map(_proc(["22633"], status="on-hold"), sqlite_app.site)
+    assert [(i.rule, i.severity) for i in warned.issues] == [("procedure.not_completed", "warning")]
+
+
+def test_sample_feed_error_rows_name_the_rule_that_failed(sqlite_app: App) -> None:
+    Pipeline(sqlite_app).ingest(FilesSource("sample", [SAMPLE_FEED]), SourceContext())
+    with sqlite_app.engine.connect() as conn:
+        rows = conn.execute(text("SELECT code, rule FROM mapping_errors")).all()
+    # Every failure the engine and case assembly report in the sample feed, by its rule.
+    assert {(code, rule) for code, rule in rows if not code.startswith("intake.")} == {
+        ("codemap.unmapped_code", "translate:spine-procedures"),  # CPT 22899
+        ("codemap.unmapped_code", "translate:spine-diagnoses"),  # ICD-10-CM M48.9
+        ("mapping.required_missing", "required"),
+        ("prom.unknown_instrument", "derive:prom_score"),
+        ("case.no_index_procedure", "index_procedure"),
+    }
+    assert all(rule for _code, rule in rows), rows  # intake errors too (rule "intake")
 
 
 def test_entered_in_error_is_excluded_and_warnings_do_not_fail(sqlite_app: App) -> None:
@@ -145,39 +170,95 @@ def _copy(tmp_path: Path) -> Path:
         (
             "    surgeon: {column: surgeon_ref, convert: reference_id}",
             "    surgeon: {column: surgeon, convert: reference_id}",
-            "registry.fields.surgeon: no view column named 'surgeon'",
+            "registry.fields.surgeon.column: no view column named 'surgeon'",
         ),
-        ("      codemap: spine-procedures", "      codemap: spine-procs", "unknown code map 'spine-procs'"),
+        (
+            "      codemap: spine-procedures",
+            "      codemap: spine-procs",
+            "registry.translate[0].codemap: unknown code map 'spine-procs'",
+        ),
         (
             "    patient_id: {column: patient_ref, convert: reference_id, required: true}",
             "    patient_id: {column: patient_ref, convert: to_uuid, required: true}",
-            "unknown conversion 'to_uuid'",
+            "registry.fields.patient_id.convert: unknown conversion 'to_uuid'",
         ),
         (
             "        - {name: status, path: status, type: code}",
             '        - {name: status, path: "status.where(", type: code}',
-            "view:",
+            "view.select[0].column[1] 'status': unexpected end of expression",
         ),
-        ("  target: procedures", "  target: operations", "unknown table 'operations'"),
+        ("  target: procedures", "  target: operations", "registry.target: unknown table 'operations'"),
         (
             "    surgeon: {column: surgeon_ref, convert: reference_id}",
             "    surgeon_name: {column: surgeon_ref}",
-            "table procedures has no column surgeon_name",
+            "registry.fields.surgeon_name: table procedures has no column surgeon_name",
         ),
-        ("      pick_max: rank", "      pick_max: rank\n      speed: fast", "procedure.yaml:"),
+        (
+            "      when: \"status = 'preparation' or status = 'on-hold' or status = 'stopped'\"",
+            "      when: \"status = = 'on-hold'\"",
+            "registry.rules[0].when: unexpected '='",
+        ),
+        (
+            "      pick_max: rank",
+            "      pick_max: rank\n      speed: fast",
+            "registry.translate.0.speed: Extra",
+        ),
     ],
 )
-def test_mapping_file_errors_name_file_and_key(
+def test_mapping_file_errors_name_file_line_and_key(
     sqlite_app: App, tmp_path: Path, old: str, new: str, message: str
 ) -> None:
     folder = _copy(tmp_path)
     path = folder / "procedure.yaml"
     text = path.read_text()
     assert old in text
-    path.write_text(text.replace(old, new))
+    changed = text.replace(old, new)
+    path.write_text(changed)
+    # The line staff must edit: the (last) line the broken text is on.
+    line = changed[: changed.index(new) + len(new)].count("\n") + 1
     with pytest.raises(MappingFileError) as err:
         load_mappings(sqlite_app.codemaps, folder, target_columns())
-    assert "procedure.yaml" in str(err.value) and message in str(err.value)
+    assert err.value.problems == [str(err.value)]
+    assert str(err.value).startswith(f"{path}:{line}: {message}")
+
+
+def test_mappings_check_reports_every_problem_of_a_file_with_its_line(
+    sqlite_app: App, tmp_path: Path
+) -> None:
+    folder = _copy(tmp_path)
+    path = folder / "condition.yaml"
+    lines = path.read_text().splitlines()
+    broken = {
+        "        - {name: recorded, path: recordedDate, type: dateTime}": (
+            '        - {name: recorded, path: "recordedDate.", type: dateTime}',
+            "view.select[0].column[5] 'recorded': ",
+        ),
+        "      codemap: spine-diagnoses": (
+            "      codemap: diagnoses",
+            "registry.translate[0].codemap: unknown code map",
+        ),
+        "    - {when: \"verification_status = 'entered-in-error' or verification_status = 'refuted'\", "
+        "reason: not a diagnosis}": (
+            '    - {when: "verification_status = ", reason: not a diagnosis}',
+            "registry.exclude[0].when: ",
+        ),
+        "    recorded_date: {column: recorded, convert: local_date}": (
+            "    recorded_date: {column: recorded, convert: day}",
+            "registry.fields.recorded_date.convert: unknown conversion 'day'",
+        ),
+    }
+    expected = []
+    for old, (new, message) in broken.items():
+        n = lines.index(old)
+        lines[n] = new
+        expected.append(f"{path}:{n + 1}: {message}")
+    path.write_text("\n".join(lines) + "\n")
+    problems: list[str] = []
+    mappings = load_mappings(sqlite_app.codemaps, folder, target_columns(), problems=problems)
+    assert "Condition" not in mappings and "Procedure" in mappings  # the other files still load
+    assert len(problems) == len(expected), problems
+    for want in expected:
+        assert any(p.startswith(want) for p in problems), (want, problems)
 
 
 # -- map() never raises; what cannot be mapped is an Issue that never quotes patient data ------
