@@ -85,6 +85,8 @@ def aware_datetime(value: Any, ctx: SiteContext) -> datetime:
 
 def reference_id(value: Any, _ctx: SiteContext) -> str:
     """``Patient/123`` (or a full URL, or a versioned reference) → ``123``."""
+    if value.__class__ is str and value[-1:].isalnum() and value[:1].isalnum() and "/_history/" not in value:
+        return value.rsplit("/", 1)[-1]  # the common, clean case: no trimming needed
     # Anything but a string (e.g. a Reference with only a display name) identifies nothing.
     text = value.strip() if isinstance(value, str) else ""
     if "/_history/" in text:

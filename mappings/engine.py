@@ -177,6 +177,20 @@ def _format(template: str, **values: Any) -> str:
         return template
 
 
+# "" and [] are missing values; 0 and False are values.
+_EMPTY_KINDS = (str, list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Translated:
+    """One translation's outcome for a set of codings: what it writes, reports and says."""
+
+    verdict: str
+    delta: dict[str, Any]
+    issues: tuple[Issue, ...]
+    defaults: tuple[str, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class _Coded:
     """One (system, code) as a translation sees it, computed once per distinct code."""
@@ -275,6 +289,7 @@ class RegistryMapping:
                 )
         self.hooks = [(h, _HOOKS[h]) for h in spec.registry.derive if h in _HOOKS]
         self._codes: dict[tuple[int, str, str], _Coded] = {}
+        self._translated: dict[tuple[Any, ...], _Translated] = {}
         # Fields resolved once (converter function, allowed values as a set) for the hot loop.
         self._field_plan = [
             (name, fs, CONVERTERS[fs.convert] if fs.convert else None, _allowed_set(fs.allowed))
@@ -283,6 +298,7 @@ class RegistryMapping:
         self._converted = tuple(name for name, fs in self.fields.items() if fs.convert)
         # Column → maximum length, for the columns whose length is known.
         self.max_lengths: dict[str, int] = {}
+        self._length_checks: tuple[tuple[str, int], ...] = ()
         # Columns that cannot hold NULL: emptying one of them fails the record.
         self.not_null: set[str] = set()
         if targets is not None:
@@ -337,6 +353,7 @@ class RegistryMapping:
             self._problem(produced[name], f"table {self.target} has no column {name}")
         # Only what this mapping writes can be too long: skip the table's other columns per record.
         self.max_lengths = {k: v for k, v in self.max_lengths.items() if k in produced}
+        self._length_checks = tuple(self.max_lengths.items())
 
     def _compile_rule(self, expr: str, loc: tuple[str | int, ...]) -> Callable[[Any], list[Any]]:
         try:
@@ -380,7 +397,7 @@ class RegistryMapping:
 
         fatal = False
         for ti, (tspec, _cmap) in enumerate(self.translations):
-            verdict = self._translate(ti, src.get(tspec.column), out, issues)
+            verdict = self._translate_cached(ti, src.get(tspec.column), out, issues)
             if verdict == "out_of_scope":
                 return MappingResult("out_of_scope", self.target, out, [])
             fatal = fatal or verdict == "unresolved"
@@ -388,7 +405,7 @@ class RegistryMapping:
             value = src.get(fs.column)
             if value.__class__ is list and not fs.collection:
                 value = next((v for v in value if v is not None and v != ""), None)
-            if value is None or value == "" or value == []:
+            if value is None or (not value and value.__class__ in _EMPTY_KINDS):
                 if fs.required:
                     issues.append(
                         Issue(
@@ -513,9 +530,9 @@ class RegistryMapping:
         any other is a warning and the row keeps its default. The value is never quoted.
         """
         fatal = False
-        for name, limit in self.max_lengths.items():
+        for name, limit in self._length_checks:
             value = out.get(name)
-            if not isinstance(value, str) or len(value) <= limit:
+            if value.__class__ is not str or len(value) <= limit:
                 continue
             fs = self.fields.get(name)
             failing = name == "id" or name in self.not_null or (fs is not None and fs.required)
@@ -560,6 +577,33 @@ class RegistryMapping:
             if len(self._codes) < 100_000:
                 self._codes[key] = hit
         return hit
+
+    def _translate_cached(self, ti: int, codings: Any, out: dict[str, Any], issues: list[Issue]) -> str:
+        """``_translate``, remembered per set of (system, code) pairs: a translation depends on
+        nothing else, and feeds repeat the same few code combinations record after record."""
+        items = codings if codings.__class__ is list else [codings]
+        key: tuple[Any, ...] = (ti, *[(c.get("system"), c.get("code")) for c in items if c.__class__ is dict])
+        try:
+            done = self._translated.get(key)
+        except TypeError:  # a system or code that is not a string (malformed input)
+            return self._translate(ti, codings, out, issues)
+        if done is None:
+            delta: dict[str, Any] = {}
+            found: list[Issue] = []
+            verdict = self._translate(ti, codings, delta, found)
+            # An unresolved translation only defaults its fields (setdefault): it must not
+            # overwrite what an earlier translation of the record wrote there.
+            defaults = tuple(self.translations[ti][0].into) if verdict == "unresolved" else ()
+            done = _Translated(verdict, delta, tuple(found), defaults)
+            if len(self._translated) < 10_000:
+                self._translated[key] = done
+        for name, value in done.delta.items():
+            if name in done.defaults:
+                out.setdefault(name, value)
+            else:
+                out[name] = value.copy() if value.__class__ is list else value
+        issues.extend(done.issues)
+        return done.verdict
 
     def _translate(self, ti: int, codings: Any, out: dict[str, Any], issues: list[Issue]) -> str:
         tspec, cmap = self.translations[ti]
