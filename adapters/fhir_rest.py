@@ -35,7 +35,7 @@ deletion is detected; a resource set to ``entered-in-error`` arrives as an ordin
 A malformed page (not JSON, not a Bundle) is staged as an error and stops only its resource
 type (or, patient-scoped, its patient): that type's watermark stays at its last good page and
 the other types go on. After yielding everything else, ``read`` raises
-:class:`SyncIncomplete`, so the pipeline records the run as failed (what was committed stays)
+:class:`SyncIncomplete`, so the pipeline records the run as partial (what was committed stays)
 and the next run resumes the stopped parts.
 
 Referenced Patients and Encounters (``subject``/``patient``/``encounter``) that were not
@@ -123,7 +123,7 @@ class SyncIncomplete(SourceIncomplete):
     """Some resource types or patients stopped at a malformed page; everything else was read.
 
     Raised only after the source has yielded (and checkpointed) all it could, so the pipeline
-    keeps what was committed and records the run as failed with this message; the next run
+    keeps and maps what was committed and records the run as partial with this message; the next run
     resumes the stopped parts from their last good page.
     """
 
@@ -186,7 +186,7 @@ class FhirRestSource:
     # ------------------------------------------------------------------ entry point
     def read(self, ctx: SourceContext) -> Iterator[Item]:
         """Yield everything readable; then raise :class:`SyncIncomplete` if a malformed page
-        stopped a resource type or patient, so the run is recorded as failed, not succeeded."""
+        stopped a resource type or patient, so the run is recorded as partial, not succeeded."""
         types = tuple(t for t in self.cfg.resource_types
                       if not ctx.resource_types or t in ctx.resource_types)
         run = _Run(self, ctx, types)

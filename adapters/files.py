@@ -186,7 +186,7 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
             else:
                 yield from read_document(stream, name)
     except (OSError, EOFError) as exc:  # EOFError: a gzip file cut short
-        reason = getattr(exc, "strerror", None) or exc or type(exc).__name__
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         yield RecordError(name, "intake.unreadable_file", f"cannot read file: {reason}")
 
 

@@ -33,7 +33,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from adapters.base import Record
@@ -206,13 +205,7 @@ def seed_unlisted_cause(app: App, n: int) -> str:
         for i in range(0, n, CHUNK):
             stage_records(conn, "bench", records[i : i + CHUNK])
     Pipeline(app).map_pending(["bench"])
-    with app.engine.connect() as conn:
-        found = conn.execute(
-            select(ERRORS.c.cause_id)
-            .where(ERRORS.c.value == "cpt|22899", ERRORS.c.status == "open")
-            .group_by(ERRORS.c.cause_id)
-        ).scalars()
-        return str(next(iter(found)))
+    return cause_id("codemap.unmapped_code", "procedure", "cpt|22899")
 
 
 def time_fix_action(app: App, n: int) -> None:

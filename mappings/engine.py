@@ -188,7 +188,6 @@ class _Translated:
     verdict: str
     delta: dict[str, Any]
     issues: tuple[Issue, ...]
-    defaults: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +297,6 @@ class RegistryMapping:
         self._converted = tuple(name for name, fs in self.fields.items() if fs.convert)
         # Column → maximum length, for the columns whose length is known.
         self.max_lengths: dict[str, int] = {}
-        self._length_checks: tuple[tuple[str, int], ...] = ()
         # Columns that cannot hold NULL: emptying one of them fails the record.
         self.not_null: set[str] = set()
         if targets is not None:
@@ -353,7 +351,6 @@ class RegistryMapping:
             self._problem(produced[name], f"table {self.target} has no column {name}")
         # Only what this mapping writes can be too long: skip the table's other columns per record.
         self.max_lengths = {k: v for k, v in self.max_lengths.items() if k in produced}
-        self._length_checks = tuple(self.max_lengths.items())
 
     def _compile_rule(self, expr: str, loc: tuple[str | int, ...]) -> Callable[[Any], list[Any]]:
         try:
@@ -530,7 +527,7 @@ class RegistryMapping:
         any other is a warning and the row keeps its default. The value is never quoted.
         """
         fatal = False
-        for name, limit in self._length_checks:
+        for name, limit in self.max_lengths.items():
             value = out.get(name)
             if value.__class__ is not str or len(value) <= limit:
                 continue
@@ -591,14 +588,14 @@ class RegistryMapping:
             delta: dict[str, Any] = {}
             found: list[Issue] = []
             verdict = self._translate(ti, codings, delta, found)
-            # An unresolved translation only defaults its fields (setdefault): it must not
-            # overwrite what an earlier translation of the record wrote there.
-            defaults = tuple(self.translations[ti][0].into) if verdict == "unresolved" else ()
-            done = _Translated(verdict, delta, tuple(found), defaults)
+            done = _Translated(verdict, delta, tuple(found))
             if len(self._translated) < 10_000:
                 self._translated[key] = done
+        # An unresolved translation only defaults its fields (setdefault): it must not
+        # overwrite what an earlier translation of the record wrote there.
+        defaults = self.translations[ti][0].into if done.verdict == "unresolved" else {}
         for name, value in done.delta.items():
-            if name in done.defaults:
+            if name in defaults:
                 out.setdefault(name, value)
             else:
                 out[name] = value.copy() if value.__class__ is list else value

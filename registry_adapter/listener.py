@@ -15,7 +15,6 @@ from contextlib import suppress
 
 import structlog
 
-from adapters.hl7v2.config import site_directory, use_directory
 from adapters.hl7v2.mllp import MLLPListener
 from registry_adapter.app import App
 from registry_adapter.config import MllpSource
@@ -23,12 +22,6 @@ from registry_adapter.pipeline import Pipeline
 from registry_store.hl7_sink import StagingSink
 
 log = structlog.get_logger(__name__)
-
-
-def use_site_v2_mappings(app: App) -> None:
-    """Point v2 header checks and conversion at the site's ``<mappings.directory>/hl7v2/``
-    (if it has one) for this process."""
-    use_directory(site_directory(app.settings.mappings.directory))
 
 
 def tls_context(cfg: MllpSource) -> ssl.SSLContext | None:
@@ -80,8 +73,6 @@ async def serve(
 ) -> None:
     """Listen until ``stop`` is set or SIGTERM/SIGINT arrives; then drain and convert."""
     stop = stop or asyncio.Event()
-    # The header check (accepted versions and types) and conversion read the site's v2 files.
-    use_site_v2_mappings(app)
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

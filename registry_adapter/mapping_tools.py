@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 
 from adapters.hl7v2.check import check_directory
-from adapters.hl7v2.config import MAPPINGS_DIR, site_directory
 from mappings.codemaps import load_codemaps
 from mappings.engine import MappingFileError, RegistryMapping, load_mappings, load_spec
 from registry_adapter.app import App, target_columns
@@ -27,7 +26,8 @@ def check_all(app: App) -> tuple[list[str], dict[str, int]]:
     except Exception as exc:  # instrument loader errors name file and key
         problems.append(str(exc))
     # The v2 files this site's conversion reads (its own hl7v2/ folder, else the bundled one).
-    v2_problems, v2_counts = check_directory(site_directory(app.settings.mappings.directory) or MAPPINGS_DIR)
+    # The folder build_app chose for this site (its own hl7v2/, else the bundled one).
+    v2_problems, v2_counts = check_directory()
     problems += v2_problems
     counts = {
         "code maps": len(codemaps),

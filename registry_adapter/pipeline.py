@@ -312,8 +312,9 @@ class Pipeline:
 
     # -- mapping ------------------------------------------------------------------------
 
-    def map_pending(self, sources: Iterable[str] | None = None) -> RunCounts:
-        """Map every pending staged record, a batch per transaction.
+    def map_pending(self, sources: Iterable[str] | None = None, where: Any = None) -> RunCounts:
+        """Map every pending staged record (of ``sources``, matching ``where``), a batch per
+        transaction.
 
         Each batch is read, then mapped and converted (pure CPU: v2 parsing costs ~20 ms a
         message) with no write lock held, so the MLLP listener keeps acknowledging; only the
@@ -332,6 +333,8 @@ class Pipeline:
             )
             if names is not None:
                 query = query.where(STAGING.c.source.in_(names))
+            if where is not None:
+                query = query.where(where)
             with self.app.engine.connect() as conn:
                 batch = conn.execute(query).all()
             if not batch:
@@ -558,39 +561,13 @@ class Pipeline:
                 cond.append(STAGING.c.id.in_(ids))
             # Input that never parsed stays invalid: re-mapping cannot fix it.
             cond.append(STAGING.c.content_type != "application/octet-stream")
-            marked = update(STAGING).where(and_(*cond)).values(status="pending")
-            if cause_id is None:
-                selected = int(conn.execute(marked).rowcount or 0)
-            else:
-                todo = sorted(conn.execute(marked.returning(STAGING.c.id)).scalars())
-                selected = len(todo)
+            # The cause's records carry the mark's time, as do the records their conversion
+            # stages (HL7 v2 → FHIR): mapping "pending since then" covers both, and nothing else.
+            marked = update(STAGING).where(and_(*cond)).values(status="pending", updated_at=started)
+            selected = int(conn.execute(marked).rowcount or 0)
         if cause_id is None:
             return selected, self.map_pending()
-        counts = RunCounts()
-        done: set[int] = set()
-        while todo:
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                with self.app.engine.connect() as conn:
-                    batch = conn.execute(
-                        select(*_MAP_COLUMNS)
-                        .where(STAGING.c.id.in_(chunk), STAGING.c.status == "pending")
-                        .order_by(STAGING.c.id)
-                    ).all()
-                done.update(chunk)
-                self._map_batch(batch, counts)
-            # Records staged by converting these (HL7 v2 → FHIR) since we started.
-            with self.app.engine.connect() as conn:
-                todo = sorted(
-                    i
-                    for i in conn.execute(
-                        select(STAGING.c.id).where(
-                            STAGING.c.status == "pending", STAGING.c.updated_at >= started
-                        )
-                    ).scalars()
-                    if i not in done
-                )
-        return selected, counts
+        return selected, self.map_pending(where=STAGING.c.updated_at >= started)
 
 
 def stats(app: App) -> dict[str, int]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Result
 from sqlalchemy.engine.url import make_url
 from sqlmodel import SQLModel
 
@@ -57,10 +57,12 @@ def upsert(
     rows: Sequence[dict[str, Any]],
     keys: Sequence[str],
     update: Sequence[str] | None = None,
-) -> None:
-    """Insert ``rows`` or update the existing rows with the same ``keys``."""
+    returning: Sequence[Any] = (),
+) -> Result[Any] | None:
+    """Insert ``rows`` or update the existing rows with the same ``keys`` (``update=[]``: leave
+    them). With ``returning`` columns, the result names the rows written (not those left)."""
     if not rows:
-        return
+        return None
     tbl: Table = table if isinstance(table, Table) else table.__table__  # type: ignore[attr-defined]
     dialect = postgresql if is_postgres(conn) else sqlite
     stmt = dialect.insert(tbl)
@@ -69,4 +71,7 @@ def upsert(
         stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in cols})
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+    if returning:
+        return conn.execute(stmt.returning(*returning), list(rows))
     conn.execute(stmt, list(rows))
+    return None

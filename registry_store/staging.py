@@ -27,12 +27,11 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from adapters.base import Record, RecordError
 from adapters.hl7v2.header import message_digest
-from registry_store.db import is_postgres, upsert
+from registry_store.db import upsert
 from registry_store.models import MappingError, StagedRecord
 from registry_store.timeutil import utcnow
 
@@ -160,16 +159,10 @@ def insert_new_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[in
     if not rows:
         return []
     identities = [(r["source"], r["resource_type"], r["resource_id"]) for r in rows]
-    stmt = (
-        (postgresql if is_postgres(conn) else sqlite)
-        .insert(STAGING)
-        .on_conflict_do_nothing(index_elements=list(IDENTITY))
-    )
     # RETURNING names the rows that landed: only the others need a second look (the common
     # case, no other writer, costs no extra query; the MLLP listener's ACK latency is this).
-    result = conn.execute(
-        stmt.returning(STAGING.c.source, STAGING.c.resource_type, STAGING.c.resource_id), list(rows)
-    )
+    result = upsert(conn, STAGING, rows, keys=IDENTITY, update=[], returning=[STAGING.c[k] for k in IDENTITY])
+    assert result is not None
     landed = {(r.source, r.resource_type, r.resource_id) for r in result}
     if len(set(identities)) == len(identities):
         unsure = [i for i, key in enumerate(identities) if key not in landed]

@@ -153,15 +153,14 @@ def add_code_and_reprocess(
             "code": target.code,
             "values": {k: v for k, v in values.items() if k in cmap.value_columns},
         }
-        with app.engine.begin() as conn:
-            audit.record(
-                conn,
-                username=user.username,
-                action="codemap.add_code",
-                target=f"cause:{cause_id}",
-                before={"open_errors": summary["counts"]["open"]},
-                after=added,
-            )
+        audit.record_alone(
+            app.engine,
+            username=user.username,
+            action="codemap.add_code",
+            target=f"cause:{cause_id}",
+            before={"open_errors": summary["counts"]["open"]},
+            after=added,
+        )
         # The App compiled mappings against the old tables: rebuild both before re-mapping.
         app.reload_mappings_if_changed()
         try:
@@ -191,15 +190,14 @@ def _reprocess_locked(app: App, user: CurrentUser, cause_id: str, open_before: i
     """Re-map the cause's records and audit the outcome, failure included (caller holds the lock)."""
 
     def audited(after: dict[str, Any]) -> None:
-        with app.engine.begin() as conn:
-            audit.record(
-                conn,
-                username=user.username,
-                action="cause.reprocess",
-                target=f"cause:{cause_id}",
-                before={"open_errors": open_before},
-                after=after,
-            )
+        audit.record_alone(
+            app.engine,
+            username=user.username,
+            action="cause.reprocess",
+            target=f"cause:{cause_id}",
+            before={"open_errors": open_before},
+            after=after,
+        )
 
     try:
         selected, counts = Pipeline(app).reprocess(cause_id=cause_id)

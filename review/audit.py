@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from registry_store.models import AuditEntry
 from registry_store.timeutil import utcnow
@@ -32,3 +32,10 @@ def record(
             after=after or {},
         )
     )
+
+
+def record_alone(engine: Engine, **entry: Any) -> None:
+    """Write one entry in a transaction of its own: for what must be on record even if the
+    work that follows fails (or that changed nothing in the database, like an export)."""
+    with engine.begin() as conn:
+        record(conn, **entry)

@@ -13,7 +13,7 @@ same argon2 verification), so neither the lock nor the account's existence can b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -22,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from registry_store.models import User
-from registry_store.timeutil import utcnow
+from registry_store.timeutil import as_utc, utcnow
 from review import audit
 
 USERS = User.__table__  # type: ignore[attr-defined]
@@ -124,7 +124,7 @@ def list_users(engine: Engine) -> list[dict[str, Any]]:
         rows = [dict(r._mapping) for r in conn.execute(query)]
     for row in rows:
         for key in ("created_at", "last_login_at", "locked_until"):
-            row[key] = _aware(row[key])
+            row[key] = as_utc(row[key])
     return rows
 
 
@@ -152,7 +152,8 @@ def authenticate(
     if row is None:
         return None
     now = utcnow()
-    if _aware(row.locked_until) is not None and _aware(row.locked_until) > now:  # type: ignore[operator]
+    locked_until = as_utc(row.locked_until)
+    if locked_until is not None and locked_until > now:
         # Attempts during the lock neither count nor extend it: the lock ends on time.
         return None
     if not matched:
@@ -217,8 +218,3 @@ def load_user(conn: Connection, user_id: Any, session_version: Any = 0) -> Curre
     return CurrentUser(int(row.id), row.username, row.role, int(row.session_version or 0))
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, case, desc, exists, func, or_, select
@@ -27,6 +27,7 @@ from registry_store.models import (
     Reminder,
 )
 from registry_store.staging import STAGING
+from registry_store.timeutil import as_utc as as_utc  # re-exported for the pages
 from scheduler.channels.worklist import worklist_rows
 from scheduler.queries import SCHEDULE_COLUMNS, unconfirmed_flag, with_case_and_patient
 
@@ -566,8 +567,3 @@ def store_counts(conn: Connection) -> dict[str, Any]:
     }
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -184,14 +184,14 @@ class RemindersSettings(_Strict):
     @classmethod
     def _unconfirmed_per_channel(cls, value: object) -> object:
         if isinstance(value, str):  # one policy for every channel that cannot confirm
-            return {"email": value, "webhook": value}
+            return dict.fromkeys(get_args(UnconfirmableChannel), value)
         if isinstance(value, dict):
             return {**_default_unconfirmed(), **value}
         return value
 
     def unconfirmed_policy(self, channel: str) -> UnconfirmedPolicy:
         """What to do with a crashed send on ``channel`` (only asked for channels that cannot confirm)."""
-        return next((policy for name, policy in self.unconfirmed.items() if name == channel), "resend")
+        return self.unconfirmed.get(cast(UnconfirmableChannel, channel), "resend")
 
     @model_validator(mode="after")
     def _channels_configured(self) -> RemindersSettings:

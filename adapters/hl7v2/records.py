@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from adapters.base import Record, RecordError
 from adapters.hl7v2.convert import convert_message
 from adapters.hl7v2.files import FileMessageError, iter_messages
-from adapters.hl7v2.header import HeaderCheckError, read_header
+from adapters.hl7v2.header import HeaderCheckError, MessageHeader, read_header
 from registry_store.errors import Issue
 
 HL7_TYPE = "HL7v2Message"
@@ -49,13 +49,16 @@ def reused_control_id_issue(facility: str, control_id: str) -> Issue:
     )
 
 
-def reused_control_id(raw: bytes, identity: str) -> Issue | None:
+def reused_control_id(header: MessageHeader | None, raw: bytes, identity: str) -> Issue | None:
     """The warning for a staged message whose identity is not its own ``facility|MSH-10``
-    (``staging.place_raw_message`` put it beside another message with that control id)."""
-    try:
-        header = read_header(raw, versions=(), message_types=())
-    except HeaderCheckError:
-        return None
+    (``staging.place_raw_message`` put it beside another message with that control id).
+
+    ``header``: the one conversion already read, if it got that far; else MSH is read here."""
+    if header is None:
+        try:
+            header = read_header(raw, versions=(), message_types=())
+        except HeaderCheckError:
+            return None
     if identity == message_identity(header.sending_facility, header.control_id):
         return None
     return reused_control_id_issue(header.sending_facility, header.control_id)
@@ -126,7 +129,7 @@ def convert_staged(raw: bytes, identity: str, tz: ZoneInfo) -> Converted:
     for resource in result.resources:
         out.records.append(Record(resource, origin=f"hl7v2 {identity}"))
     out.deleted.extend(result.deleted)
-    reused = reused_control_id(raw, identity)
+    reused = reused_control_id(result.header, raw, identity)
     if reused is not None:
         # Re-issued on every conversion so re-mapping keeps the warning open, not resolved.
         out.issues.append(reused)

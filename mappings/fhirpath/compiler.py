@@ -222,15 +222,8 @@ class Compiler:
         if op == "=":
             return Compiled(self.equal(node, lf, rf), kind)
         if op == "|":
-            distinct = ops.distinct
-
-            def union(this: list[Any], env: Env) -> list[Any]:
-                both = lf(this, env) + rf(this, env)
-                # Usually one side is empty and the other a single value
-                # (``performed.ofType(dateTime) | performed.ofType(Period).start``).
-                return both if len(both) < 2 else distinct(both)
-
-            return Compiled(union)
+            union = ops.union
+            return Compiled(lambda this, env: union(lf(this, env), rf(this, env)))
         binary = _BINARY.get(op)
         if binary is None:
             raise self.error(f"operator {op!r} is not supported", node)
@@ -305,19 +298,8 @@ class Compiler:
         test = self.member_literal(node)
         if test is None:
             return equal_literal
-        name = test[0]
-
-        def equal_member(this: list[Any], env: Env) -> list[Any]:
-            # One element holding a string: the whole comparison is ``==``.
-            if len(this) == 1:
-                item = this[0]
-                if item.__class__ is dict:
-                    value = item.get(name)
-                    if value.__class__ is str:
-                        return [value == expected]
-            return equal_literal(this, env)
-
-        return equal_member
+        # One element holding a string: the whole comparison is a one-text set lookup.
+        return _member_in(test[0], frozenset((test[1],)), equal_literal)
 
 
 def _and_fn(lf: Fn, rf: Fn) -> Fn:

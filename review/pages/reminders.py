@@ -94,14 +94,13 @@ async def export(request: Request) -> Response:
     tab = choice(request, "status", REMINDER_TABS, "due")
     today = site_today(app)
     masked = masked_for(request, user)
-    with app.engine.begin() as conn:
-        audit.record(
-            conn,
-            username=user.username,
-            action="reminders.export",
-            target=f"reminders:{tab}",
-            after={"status": tab, "contacts_masked": masked, "date": today.isoformat()},
-        )
+    audit.record_alone(
+        app.engine,
+        username=user.username,
+        action="reminders.export",
+        target=f"reminders:{tab}",
+        after={"status": tab, "contacts_masked": masked, "date": today.isoformat()},
+    )
 
     def rows() -> Iterator[str]:
         if tab == "worklist":

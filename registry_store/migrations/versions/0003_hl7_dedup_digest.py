@@ -11,7 +11,8 @@ is recomputed the new way; otherwise an identical resend would be staged a secon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -32,7 +33,8 @@ _STAGING = sa.table(
 )
 
 
-def upgrade() -> None:
+def _rehash(digest: Callable[[bytes], str]) -> None:
+    """Set every staged v2 message's content_hash to ``digest`` of its raw bytes."""
     conn = op.get_bind()
     last = 0
     while True:  # in batches by id: a large store must not be read into memory at once
@@ -46,22 +48,15 @@ def upgrade() -> None:
             break
         conn.execute(
             sa.update(_STAGING).where(_STAGING.c.id == sa.bindparam("row_id")),
-            [{"row_id": r.id, "content_hash": message_digest(bytes(r.raw))} for r in rows],
+            [{"row_id": r.id, "content_hash": digest(bytes(r.raw))} for r in rows],
         )
         last = rows[-1].id
 
 
+def upgrade() -> None:
+    _rehash(message_digest)
+
+
 def downgrade() -> None:
     # The old byte-for-byte hash: exactly what dedup compared before.
-    import hashlib
-
-    conn = op.get_bind()
-    rows = conn.execute(
-        sa.select(_STAGING.c.id, _STAGING.c.raw).where(_STAGING.c.content_type == "application/hl7-v2")
-    ).all()
-    for r in rows:
-        conn.execute(
-            sa.update(_STAGING)
-            .where(_STAGING.c.id == r.id)
-            .values(content_hash=hashlib.sha256(bytes(r.raw)).hexdigest())
-        )
+    _rehash(lambda raw: hashlib.sha256(raw).hexdigest())
