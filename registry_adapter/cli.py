@@ -72,7 +72,30 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, dict[str, int]], None]]:
         yield update
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """The command group; feature modules' commands join it when it is first asked for them.
+
+    Not at import: ``scheduler.cli`` imports this module, so registering here at import time
+    would find it half-initialised (without ``COMMANDS``) whenever it was imported first.
+    """
+
+    _plugins_loaded = False
+
+    def _load_plugins(self) -> None:
+        if not self._plugins_loaded:
+            self._plugins_loaded = True
+            _register_plugin_commands()
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load_plugins()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugins()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config",
@@ -538,8 +561,6 @@ def _register_plugin_commands() -> None:
         for command in getattr(module, "COMMANDS", []):
             cli.add_command(command)
 
-
-_register_plugin_commands()
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from registry_store.models import (
 )
 from registry_store.staging import STAGING
 from registry_store.timeutil import as_utc as as_utc  # re-exported for the pages
-from scheduler.channels.worklist import worklist_rows
+from scheduler.channels.worklist import worklist_query
 from scheduler.queries import SCHEDULE_COLUMNS, unconfirmed_flag, with_case_and_patient
 
 AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
@@ -444,19 +444,19 @@ def _reminder_query(tab: str, today: date) -> Select[Any]:
     return query
 
 
+def _tab_query(tab: str, today: date) -> Select[Any]:
+    # The worklist is the scheduler's own query, so the page, its CSV and the CLI's export
+    # can never disagree on what is on it.
+    return worklist_query() if tab == "worklist" else _reminder_query(tab, today)
+
+
 def reminders_page(conn: Connection, tab: str, today: date, page: int, size: int) -> Page:
-    if tab == "worklist":
-        # The scheduler's own list (one query, bounded by open time points with attempts);
-        # paged here so the page and the CLI export can never disagree on what is on it.
-        rows = worklist_rows(conn)
-        page = max(1, min(page, max(1, -(-len(rows) // size))))
-        return Page(rows[(page - 1) * size : page * size], len(rows), page, size)
-    return _paged(conn, _reminder_query(tab, today), page, size)
+    return _paged(conn, _tab_query(tab, today), page, size)
 
 
 def reminders_all(conn: Connection, tab: str, today: date) -> Iterator[dict[str, Any]]:
-    """Every reminder of a tab, streamed (the CSV export of tabs other than the worklist)."""
-    result = conn.execution_options(stream_results=True, yield_per=1000).execute(_reminder_query(tab, today))
+    """Every reminder of a tab, streamed (the CSV export)."""
+    result = conn.execution_options(stream_results=True, yield_per=1000).execute(_tab_query(tab, today))
     for row in result:
         yield {**row._mapping, "unconfirmed": bool(row.unconfirmed)}
 
@@ -477,7 +477,9 @@ def reminder_counts(conn: Connection, today: date) -> dict[str, int]:
     ).scalar_one()
     return {
         "due": int(due),
-        "worklist": len(worklist_rows(conn)),
+        "worklist": int(
+            conn.execute(select(func.count()).select_from(worklist_query().order_by(None).subquery())).scalar_one()
+        ),
         **counts,
         "all": sum(counts.values()),
     }

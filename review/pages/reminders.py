@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import io
-import os
-import tempfile
 from collections.abc import Iterator
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -20,7 +16,7 @@ from review import audit
 from review.queries import REMINDER_TABS, reminder_counts, reminders_all, reminders_page
 from review.raw_view import MASK
 from review.web import choice, masked_for, page_arg, registry, render, require
-from scheduler.channels.worklist import COLUMNS, export_csv
+from scheduler.channels.worklist import csv_row, csv_writer
 
 # Columns holding contact details: masked for the roles that see raw resources masked.
 CONTACT_COLUMNS = ("mrn", "phone", "email")
@@ -63,31 +59,6 @@ async def reminders(request: Request) -> Response:
     )
 
 
-def worklist_csv(app: App, masked: bool) -> str:
-    """The coordinator worklist exactly as ``registry-adapter reminders worklist --csv`` writes it.
-
-    ``export_csv`` writes a file: it goes to a private temporary file (mode 0600) that is
-    removed at once; contacts are then masked for roles that may not see them.
-    """
-    fd, name = tempfile.mkstemp(prefix="worklist-", suffix=".csv")
-    os.close(fd)
-    path = Path(name)
-    try:
-        with app.engine.connect() as conn:
-            export_csv(conn, path)
-        text = path.read_bytes().decode("utf-8")  # as written: keep the CSV's \r\n line ends
-    finally:
-        path.unlink(missing_ok=True)
-    if not masked:
-        return text
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(reader.fieldnames or COLUMNS))
-    writer.writeheader()
-    writer.writerows(mask_contacts(row, True) for row in reader)
-    return out.getvalue()
-
-
 async def export(request: Request) -> Response:
     user = require(request)
     app = registry(request)
@@ -103,16 +74,13 @@ async def export(request: Request) -> Response:
     )
 
     def rows() -> Iterator[str]:
-        if tab == "worklist":
-            yield worklist_csv(app, masked)
-            return
-        # Every tab has the worklist export's columns, so coordinators get one file layout.
+        # Every tab has the worklist export's columns, so coordinators get one file layout;
+        # the worklist tab's file is the CLI's (export_csv), byte for byte.
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
+        writer = csv_writer(buf)
         with app.engine.connect() as conn:
             for n, row in enumerate(reminders_all(conn, tab, today), 1):
-                writer.writerow({k: "" if v is None else v for k, v in mask_contacts(row, masked).items()})
+                writer.writerow(csv_row(mask_contacts(row, masked)))
                 if n % _CHUNK_ROWS == 0:
                     yield buf.getvalue()
                     buf.seek(0)

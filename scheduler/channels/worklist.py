@@ -12,10 +12,11 @@ patient data.
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.engine import Connection
 
 from scheduler.channels.base import Message
@@ -57,9 +58,10 @@ class WorklistChannel:
         return "worklist"
 
 
-def worklist_rows(conn: Connection) -> list[dict[str, Any]]:
+def worklist_query() -> Select[Any]:
+    """What a coordinator should act on, oldest due first (the review UI pages it in SQL)."""
     unconfirmed = unconfirmed_flag()
-    query = (
+    return (
         select(
             REMINDERS.c.id.label("reminder_id"),
             REMINDERS.c.case_id,
@@ -91,14 +93,25 @@ def worklist_rows(conn: Connection) -> list[dict[str, Any]]:
         )
         .order_by(REMINDERS.c.due_date, REMINDERS.c.id)
     )
-    return [{**r._mapping, "unconfirmed": bool(r.unconfirmed)} for r in conn.execute(query)]
+
+
+def worklist_rows(conn: Connection) -> list[dict[str, Any]]:
+    return [{**r._mapping, "unconfirmed": bool(r.unconfirmed)} for r in conn.execute(worklist_query())]
+
+
+def csv_writer(fh: IO[str]) -> csv.DictWriter[str]:
+    """A writer in the worklist's columns, header written (every reminder CSV has this layout)."""
+    writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    return writer
+
+
+def csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: "" if row.get(k) is None else row[k] for k in COLUMNS}
 
 
 def export_csv(conn: Connection, path: Path) -> int:
     rows = worklist_rows(conn)
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row[k] is None else row[k]) for k in COLUMNS})
+        csv_writer(fh).writerows(csv_row(row) for row in rows)
     return len(rows)
