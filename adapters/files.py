@@ -132,6 +132,29 @@ def read_ndjson(
         yield from _record_or_error(obj, origin, body)
 
 
+def _parser_reason(exc: Exception) -> str:
+    """The parser's reason without the excerpt of the input it appends (yajl quotes the bytes
+    around the error, as a ``bytes`` repr: a dump of whatever the file held, patient data
+    included)."""
+    reason = exc.args[0] if exc.args else exc
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    return str(reason).strip().splitlines()[0][:200] if str(reason).strip() else type(exc).__name__
+
+
+def _is_binary(head: bytes) -> bool:
+    """Not UTF-8 text: a NUL byte, or bytes that are not UTF-8 (an image or a zip sent by
+    mistake; FHIR JSON is UTF-8 by definition). A character cut at the end of ``head`` does
+    not count."""
+    if b"\0" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start < len(head) - 3
+    return False
+
+
 def read_document(stream: IO[bytes], name: str) -> Iterator[Record | RecordError]:
     """A pretty-printed JSON document: a Bundle (entries streamed) or one resource."""
     found = False
@@ -143,7 +166,8 @@ def read_document(stream: IO[bytes], name: str) -> Iterator[Record | RecordError
         yield RecordError(
             name,
             "intake.malformed_json",
-            f"invalid JSON after {'entries were read' if found else 'the start'}: {exc}"[:300],
+            f"{name}: invalid JSON after {'entries were read' if found else 'the start'} "
+            f"({_parser_reason(exc)})",
         )
         return
     if found:
@@ -173,7 +197,9 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
             while not first.strip():  # NDJSON may start with blank lines
                 first = stream.readline(DEFAULT_MAX_RECORD_BYTES + 1)
                 if not first:
-                    return  # an empty file holds no records
+                    # Said, not skipped: a file sent empty is usually an export that failed.
+                    yield RecordError(name, "intake.empty_file", f"{name} is empty; no records in it")
+                    return
             stream.seek(0)
             if looks_like_hl7v2(first):
                 # Staff import what hospitals send; v2 files are recognised by content.
@@ -181,13 +207,23 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
 
                 yield from records_from_file(path, name)
                 return
+            # After the v2 check: v2 files may be Latin-1 (MSH-18); FHIR JSON is UTF-8 only.
+            if _is_binary(stream.read(8192)):
+                yield RecordError(
+                    name,
+                    "intake.binary_file",
+                    f"{name} is not UTF-8 text (a binary file, or text in another encoding): "
+                    "not FHIR JSON/NDJSON or HL7 v2; skipped",
+                )
+                return
+            stream.seek(0)
             if _looks_like_ndjson(first):
                 yield from read_ndjson(stream, name)
             else:
                 yield from read_document(stream, name)
     except (OSError, EOFError) as exc:  # EOFError: a gzip file cut short
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        yield RecordError(name, "intake.unreadable_file", f"cannot read file: {reason}")
+        yield RecordError(name, "intake.unreadable_file", f"cannot read {name}: {reason}")
 
 
 def iter_paths(paths: Iterable[Path], patterns: Iterable[str] = ("**/*",)) -> Iterator[Path]:

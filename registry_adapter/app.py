@@ -27,7 +27,7 @@ from mappings.convert import SiteContext
 from mappings.engine import RegistryMapping, load_mappings
 from registry_adapter.config import Settings
 from registry_store import migrate
-from registry_store.db import make_engine
+from registry_store.db import make_engine, reported_unavailable
 from registry_store.models import Condition, Encounter, Patient, Procedure, PromResponse
 
 # Registry tables a mapping may write to, by the name mapping files use.
@@ -152,10 +152,11 @@ class App:
     def upgrade_db(self) -> None:
         migrate.upgrade(self.engine)
 
-    def ensure_db(self) -> None:
-        """Bring the schema to the current version (idempotent; cheap when already there)."""
-        if migrate.current_revision(self.engine) != migrate.head_revision(self.engine):
-            migrate.upgrade(self.engine)
+    def check_db(self) -> None:
+        """Connect and check the schema is current (``DatabaseUnavailable`` /
+        ``SchemaNotCurrent`` otherwise); changes nothing, only ``db upgrade`` migrates."""
+        with reported_unavailable(self.engine.url):
+            migrate.require_current(self.engine)
 
 
 def build_app(settings: Settings, db_url: str | None = None) -> App:

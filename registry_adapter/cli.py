@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from datetime import time as dt_time
@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import select
 
 from adapters.base import SourceContext
 from mappings.codemaps import CodeMapError
@@ -25,6 +26,10 @@ from registry_adapter.app import App, build_app
 from registry_adapter.config import ConfigError, load_settings
 from registry_adapter.pipeline import Pipeline, RunResult, SourceBusy, describe_failure, stats
 from registry_adapter.queries import list_cases, list_causes, list_errors, list_runs
+from registry_store.db import DatabaseUnavailable, reported_unavailable
+from registry_store.errors import ERRORS
+from registry_store.migrate import SchemaNotCurrent
+from registry_store.staging import STAGING
 
 console = Console(stderr=True, soft_wrap=True)
 # soft_wrap: long lines stay whole when output goes to a file or a pipe.
@@ -42,8 +47,9 @@ class Ctx:
         if self._app is None:
             settings = load_settings(self.config_path)
             logs.configure(settings.logging.format, settings.logging.level)
-            self._app = build_app(settings, self.db)
-            self._app.ensure_db()
+            app = build_app(settings, self.db)
+            app.check_db()
+            self._app = app
         return self._app
 
 
@@ -85,6 +91,7 @@ class _Cli(click.Group):
         if not self._plugins_loaded:
             self._plugins_loaded = True
             _register_plugin_commands()
+            _accept_global_options_after(self)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         self._load_plugins()
@@ -110,11 +117,91 @@ def cli(ctx: click.Context, config: Path | None, db: str | None) -> None:
     ctx.obj = Ctx(config, db)
 
 
+def _set_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Ctx).config_path = value
+
+
+def _set_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Ctx).db = value
+
+
+def _accept_global_options_after(group: click.Group) -> None:
+    """Give every command ``--config``/``--db`` too, so they work after the command name
+    (``registry-adapter stats --db ...``) as well as before it; the value lands in the same
+    ``Ctx``, which builds the App only when a command first asks for it."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_global_options_after(command)
+            continue
+        if any("--config" in param.opts for param in command.params):
+            continue
+        command.params += [
+            click.Option(
+                ["--config"],
+                type=click.Path(path_type=Path),
+                expose_value=False,
+                callback=_set_config,
+                help="Configuration file (as before the command).",
+            ),
+            click.Option(
+                ["--db"],
+                metavar="URL",
+                expose_value=False,
+                callback=_set_db,
+                help="Database URL (as before the command).",
+            ),
+        ]
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A table on a terminal; tab-separated lines (header first) anywhere else, so a file or
+    a pipe gets every value whole, never a column cut to the terminal's width."""
+    if out.is_terminal:
+        table = Table()
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        out.print(table)
+        return
+    for row in (columns, *rows):
+        click.echo("\t".join(" ".join(("" if v is None else str(v)).split()) for v in row))
+
+
+def require_known(option: str, given: Iterable[str], valid: Iterable[str]) -> None:
+    """A usage error (exit 2) listing the valid values when a value of ``option`` is not one
+    of them; for options whose values come from the config or the database, which
+    ``click.Choice`` cannot know when the command line is parsed."""
+    known = sorted(set(valid))
+    unknown = [v for v in given if v not in known]
+    if unknown:
+        shown = ", ".join(known[:30]) + (f" … ({len(known) - 30} more)" if len(known) > 30 else "")
+        raise click.BadParameter(
+            f"unknown {', '.join(unknown)}; valid: {shown or 'none (nothing to choose from yet)'}",
+            param_hint=f"'{option}'",
+        )
+
+
+def _mapped_types(app: App) -> set[str]:
+    return {m.resource_type for m in app.mappings.values()}
+
+
+def _require_known_cause(app: App, cause_id: str | None) -> None:
+    if cause_id is None:
+        return
+    with app.engine.connect() as conn:
+        causes = conn.execute(select(ERRORS.c.cause_id).distinct()).scalars().all()
+    require_known("--cause", [cause_id], causes)
+
+
 def _summary(result: RunResult, app: App) -> None:
     c = result.counts
     out.print(
         f"[bold]{result.source}[/]: {result.outcome} in {result.seconds:.1f}s — received {c.received:,}, "
-        f"new {c.staged_new:,}, updated {c.staged_updated:,}, unchanged {c.unchanged:,}, "
+        f"invalid {c.invalid:,}, new {c.staged_new:,}, updated {c.staged_updated:,}, "
+        f"unchanged {c.unchanged:,}, "
         f"deleted {c.deleted:,}; mapped {c.mapped:,}, failed {c.failed:,}, "
         f"out of scope {c.out_of_scope:,}, excluded {c.excluded:,}"
     )
@@ -176,7 +263,9 @@ def _fhir_instant(since: date | datetime, tz: ZoneInfo) -> str:
     help="Only changes since this date (site-local midnight) or date-time (ISO 8601; without an "
     "offset it is site-local time).",
 )
-@click.option("--type", "types", multiple=True, help="Only these resource types (repeatable).")
+@click.option(
+    "--type", "types", multiple=True, help="Only these resource types (repeatable; those the mappings read)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run results as JSON.")
 @pass_ctx
 def sync(
@@ -192,6 +281,7 @@ def sync(
     from registry_adapter.sources import build_source
 
     app = obj.app
+    require_known("--type", types, _mapped_types(app))
     since_instant = _fhir_instant(since, app.settings.site.tz) if since is not None else None
     configs = (
         [app.settings.source(source_name)]
@@ -254,7 +344,7 @@ def sync(
     show_default=True,
     help="Source name the records are filed under.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the run result as JSON.")
 @pass_ctx
 def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) -> None:
     """Load FHIR NDJSON / Bundle files or folders (e.g. a file a hospital sent)."""
@@ -265,6 +355,9 @@ def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) 
         result = Pipeline(app, progress).ingest(
             import_source(source_name, list(paths)), SourceContext(full=True), kind="import"
         )
+    # Invalid input (binary, empty, unreadable, malformed) is staged as errors: when that is
+    # all there was, the import did not do its job and a script must see that.
+    nothing_accepted = result.counts.received - result.counts.invalid <= 0
     if as_json:
         _emit_json(
             {
@@ -274,9 +367,17 @@ def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) 
                 **result.counts.as_dict(),
             }
         )
-        return
-    _summary(result, app)
-    _report(app)
+    else:
+        _summary(result, app)
+        _report(app)
+    if nothing_accepted:
+        why = (
+            f"{result.counts.invalid:,} invalid input(s) (see `errors causes`)"
+            if result.counts.invalid
+            else "no records found"
+        )
+        console.print(f"[red]✗[/] nothing accepted: {why}", highlight=False)
+        sys.exit(1)
 
 
 @cli.command()
@@ -284,7 +385,7 @@ def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) 
 @click.option("--cause", "cause_id", help="Only records with an open error of this cause.")
 @click.option("--source", "source_name", help="Only records of this source.")
 @click.option("--all", "everything", is_flag=True, help="Every staged record, not only failed ones.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_ctx
 def reprocess(
     obj: Ctx,
@@ -296,6 +397,11 @@ def reprocess(
 ) -> None:
     """Map staged records again after fixing a mapping or code map (default: failed ones)."""
     app = obj.app
+    if resource_type is not None:
+        with app.engine.connect() as conn:
+            staged = conn.execute(select(STAGING.c.resource_type).distinct()).scalars().all()
+        require_known("--type", [resource_type], {*staged, *_mapped_types(app)})
+    _require_known_cause(app, cause_id)
     with _progress(not as_json) as progress:
         selected, counts = Pipeline(app, progress).reprocess(
             resource_type=resource_type, cause_id=cause_id, source=source_name, everything=everything
@@ -311,7 +417,7 @@ def reprocess(
 
 
 @cli.command("stats")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_ctx
 def stats_cmd(obj: Ctx, as_json: bool) -> None:
     """Counts of what the registry store holds."""
@@ -319,10 +425,7 @@ def stats_cmd(obj: Ctx, as_json: bool) -> None:
     if as_json:
         _emit_json(data)
         return
-    table = Table(show_header=False)
-    for key, value in data.items():
-        table.add_row(key.replace("_", " "), f"{value:,}")
-    out.print(table)
+    print_table(("what", "count"), [(key.replace("_", " "), value) for key, value in data.items()])
 
 
 @cli.group()
@@ -331,30 +434,32 @@ def cases() -> None:
 
 
 @cases.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per case.")
+@click.option("--limit", type=int, default=None, help="At most this many cases.")
 @click.option("--include-removed", is_flag=True, help="Also cases whose procedure was withdrawn.")
 @pass_ctx
 def cases_list(obj: Ctx, as_json: bool, limit: int | None, include_removed: bool) -> None:
+    """Cases with module, category, surgery and discharge dates and diagnoses."""
     with obj.app.engine.connect() as conn:
         rows = list_cases(conn, limit=limit, include_removed=include_removed)
     if as_json:
         _emit_json(rows)
         return
-    table = Table()
-    for col in ("procedure", "patient", "module", "category", "surgery", "discharge", "diagnoses"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["procedure_id"],
-            r["patient_id"],
-            r["module"] or "",
-            r["category"] or "",
-            r["surgery_date"],
-            r["discharge_date"] or "",
-            ", ".join(r["diagnoses"]),
-        )
-    out.print(table)
+    print_table(
+        ("procedure", "patient", "module", "category", "surgery", "discharge", "diagnoses"),
+        [
+            (
+                r["procedure_id"],
+                r["patient_id"],
+                r["module"],
+                r["category"],
+                r["surgery_date"],
+                r["discharge_date"],
+                ", ".join(r["diagnoses"]),
+            )
+            for r in rows
+        ],
+    )
 
 
 @cli.group()
@@ -363,34 +468,29 @@ def errors() -> None:
 
 
 @errors.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--cause", "cause_id", help="Only errors of this cause.")
-@click.option("--limit", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per error.")
+@click.option("--cause", "cause_id", help="Only errors of this cause (an id from `errors causes`).")
+@click.option("--limit", type=int, default=None, help="At most this many errors.")
 @pass_ctx
 def errors_list(obj: Ctx, as_json: bool, cause_id: str | None, limit: int | None) -> None:
+    """Open mapping errors: record, code, field, offending value and message."""
+    _require_known_cause(obj.app, cause_id)
     with obj.app.engine.connect() as conn:
         rows = list_errors(conn, cause_id=cause_id, limit=limit)
     if as_json:
         _emit_json(rows)
         return
-    table = Table()
-    for col in ("cause", "type", "id", "code", "field", "value", "message"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(
-            r["cause_id"],
-            r["resource_type"],
-            r["resource_id"],
-            r["code"],
-            r["field"],
-            r["value"] or "",
-            r["message"],
-        )
-    out.print(table)
+    print_table(
+        ("cause", "type", "id", "code", "field", "value", "message"),
+        [
+            [r[k] for k in ("cause_id", "resource_type", "resource_id", "code", "field", "value", "message")]
+            for r in rows
+        ],
+    )
 
 
 @errors.command("causes")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per cause.")
 @pass_ctx
 def errors_causes(obj: Ctx, as_json: bool) -> None:
     """Open errors grouped by cause: fix one cause, clear many records."""
@@ -408,31 +508,30 @@ def runs() -> None:
 
 
 @runs.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+@click.option("--limit", type=int, default=20, show_default=True, help="The latest this many runs.")
 @pass_ctx
 def runs_list(obj: Ctx, as_json: bool, limit: int) -> None:
+    """Recent sync and import runs with outcome and counts."""
     with obj.app.engine.connect() as conn:
         rows = list_runs(conn, limit=limit)
     if as_json:
         _emit_json(rows)
         return
-    table = Table()
-    for col in ("run", "source", "kind", "started", "outcome", "received", "mapped", "failed"):
-        table.add_column(col)
-    for r in rows:
-        c = r["counts"] or {}
-        table.add_row(
-            str(r["id"]),
-            r["source"],
-            r["kind"],
-            r["started_at"][:19],
-            r["outcome"],
-            str(c.get("received", "")),
-            str(c.get("mapped", "")),
-            str(c.get("failed", "")),
-        )
-    out.print(table)
+    print_table(
+        ("run", "source", "kind", "started", "outcome", "received", "mapped", "failed"),
+        [
+            (
+                r["id"],
+                r["source"],
+                r["kind"],
+                r["started_at"][:19],
+                r["outcome"],
+                *((r["counts"] or {}).get(k) for k in ("received", "mapped", "failed")),
+            )
+            for r in rows
+        ],
+    )
 
 
 @cli.command()
@@ -471,7 +570,7 @@ def mappings_check(obj: Ctx) -> None:
         console.print(f"[red]✗[/] {escape(problem)}", highlight=False)
     summary = ", ".join(f"{v:,} {k}" for k, v in counts.items())
     if problems:
-        console.print(f"{len(problems)} problem(s); checked {summary}")
+        out.print(f"{len(problems)} problem(s); checked {summary}")
         sys.exit(1)
     out.print(f"all good: {summary}")
 
@@ -521,15 +620,17 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+@click.option("--revision", default="head", show_default=True, help="Migrate to this revision.")
 @click.pass_obj
 def db_upgrade(obj: Ctx, revision: str) -> None:
     """Apply schema migrations (safe to run again)."""
     from registry_store import migrate
 
     settings = load_settings(obj.config_path)
+    logs.configure(settings.logging.format, settings.logging.level)
     app = build_app(settings, obj.db)
-    before = migrate.current_revision(app.engine)
+    with reported_unavailable(app.engine.url):
+        before = migrate.current_revision(app.engine)
     migrate.upgrade(app.engine, revision)
     after = migrate.current_revision(app.engine)
     out.print(f"database at revision {after}" + ("" if before != after else " (already current)"))
@@ -538,10 +639,13 @@ def db_upgrade(obj: Ctx, revision: str) -> None:
 @db.command("current")
 @click.pass_obj
 def db_current(obj: Ctx) -> None:
+    """The database's schema revision and the one this code needs."""
     from registry_store import migrate
 
     app = build_app(load_settings(obj.config_path), obj.db)
-    out.print(f"current {migrate.current_revision(app.engine)} · head {migrate.head_revision(app.engine)}")
+    with reported_unavailable(app.engine.url):
+        current = migrate.current_revision(app.engine)
+    out.print(f"current {current} · head {migrate.head_revision(app.engine)}")
 
 
 def _register_plugin_commands() -> None:
@@ -577,6 +681,9 @@ def main() -> None:
         sys.exit(2)
     except (MappingFileError, CodeMapError) as exc:
         console.print(f"[red]mapping error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except (DatabaseUnavailable, SchemaNotCurrent) as exc:
+        console.print(f"[red]database error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted; committed work is kept and the next run resumes")

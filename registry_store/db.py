@@ -7,28 +7,89 @@ shared/reference/libraries.md, section 3.4).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Result
-from sqlalchemy.engine.url import make_url
+from sqlalchemy.engine.url import URL, make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlmodel import SQLModel
 
 
-def make_engine(url: str) -> Engine:
+class DatabaseUnavailable(Exception):
+    """The configured database cannot be used: a bad URL, a missing driver, a refused
+    connection or an unknown role. The message names host, port and database, never the
+    password, so it can be printed and logged as it is."""
+
+
+def describe(url: URL) -> str:
+    """Where ``url`` points, for messages: host, port, database and user, never the password."""
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite database {url.database or ':memory:'}"
+    port = url.port or (5432 if url.get_backend_name() == "postgresql" else "default port")
+    user = f" as user {url.username}" if url.username else ""
+    return f"database {url.database!r} on {url.host or 'localhost'}:{port}{user}"
+
+
+def parse_url(url: str | URL) -> URL:
+    """``url`` as a URL object; a malformed one is reported without echoing it (it may hold
+    the password)."""
+    if isinstance(url, URL):
+        return url
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):
+        raise DatabaseUnavailable(
+            "the database URL is not valid (expected e.g. postgresql://user:password@host:5432/db "
+            "or sqlite:///path/registry.db; special characters in the password must be %-encoded)"
+        ) from None
+
+
+@contextmanager
+def reported_unavailable(url: URL) -> Iterator[None]:
+    """Turn a failed connection into :class:`DatabaseUnavailable` naming where it went.
+
+    Only the driver's reason is kept ("Connection refused", "password authentication failed
+    for user ..."): the place is said once, by :func:`describe`, and hints below it are noise.
+    """
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        # psycopg: 'connection failed: connection to server at "h", port p failed: FATAL:  why'
+        reason = first.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+        if url.password:
+            reason = reason.replace(str(url.password), "***")
+        raise DatabaseUnavailable(f"cannot connect to {describe(url)}: {reason}") from None
+
+
+def make_engine(url: str | URL) -> Engine:
     """An engine for ``url``; SQLite gets WAL and a busy timeout so readers never block sync.
+
+    ``url`` stays a URL object throughout: ``str(URL)`` masks the password as ``***``, so a
+    string round trip would lose it.
 
     ``hide_parameters``: a failed statement's error must not quote the values it tried to
     bind, which are patient data; errors end up in logs and in sync_runs.
     """
-    parsed = make_url(url)
+    parsed = parse_url(url)
+    try:
+        return _create(parsed)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise DatabaseUnavailable(
+            f"no database driver for {parsed.drivername!r} ({describe(parsed)}): {exc}"
+        ) from None
+
+
+def _create(parsed: URL) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -43,8 +104,8 @@ def make_engine(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         # Plain postgresql:// means psycopg 3 here, the driver we ship.
-        url = str(parsed.set(drivername="postgresql+psycopg"))
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
 
 
 def is_postgres(engine: Engine | Connection) -> bool:

@@ -45,7 +45,9 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("username")
-@click.option("--role", type=click.Choice(ROLES), default="viewer", show_default=True)
+@click.option(
+    "--role", type=click.Choice(ROLES), default="viewer", show_default=True, help="What the user may do."
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @pass_ctx
 def users_add(obj: Ctx, username: str, role: str, password_stdin: bool) -> None:
@@ -73,7 +75,7 @@ def users_passwd(obj: Ctx, username: str, password_stdin: bool) -> None:
 
 @users.command("set")
 @click.argument("username")
-@click.option("--role", type=click.Choice(ROLES), default=None)
+@click.option("--role", type=click.Choice(ROLES), default=None, help="Change the user's role.")
 @click.option("--disable/--enable", "disabled", default=None, help="Lock or unlock the account.")
 @pass_ctx
 def users_set(obj: Ctx, username: str, role: str | None, disabled: bool | None) -> None:

@@ -10,11 +10,10 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy import ColumnElement, and_, select, update
 
 from registry_adapter.app import App
-from registry_adapter.cli import Ctx, pass_ctx
+from registry_adapter.cli import Ctx, pass_ctx, print_table, require_known
 from scheduler.clock import Clock, FixedClock, SystemClock
 from scheduler.dispatcher import Dispatcher
 from scheduler.planner import PlanningError, check_configuration, plan_reminders
@@ -112,7 +111,7 @@ def reminders() -> None:
 @reminders.command("plan")
 @_as_of_option
 @click.option("--dry-run", is_flag=True, help="Count what planning would change; save nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_ctx
 def plan_cmd(obj: Ctx, as_of: str | None, dry_run: bool, as_json: bool) -> None:
     """Plan (or re-plan) every case's time points; safe to run any time."""
@@ -129,12 +128,14 @@ def plan_cmd(obj: Ctx, as_of: str | None, dry_run: bool, as_json: bool) -> None:
     )
 
 
+# Stored statuses (models.Reminder.status), and the baseline's planned ones (planner).
+REMINDER_STATUSES = ("scheduled", "sent", "completed", "expired", "cancelled", "open", "missing")
+
+
 @reminders.command("list")
 @_as_of_option
-@click.option(
-    "--status", help="Only this status (scheduled, sent, completed, expired, cancelled, open, missing)."
-)
-@click.option("--timepoint", help="Only this time point (e.g. 90d, 1y, baseline).")
+@click.option("--status", type=click.Choice(REMINDER_STATUSES), help="Only reminders with this status.")
+@click.option("--timepoint", help="Only this time point (one of proms.timepoints, e.g. 90d, 1y, baseline).")
 @click.option(
     "--due", is_flag=True, help="Only time points whose next reminder is due (what send --due sends)."
 )
@@ -145,6 +146,8 @@ def list_cmd(
 ) -> None:
     """Time points with due date, window, status and attempts (as planned now, nothing is saved)."""
     app = _checked_app(obj)
+    if timepoint is not None:
+        require_known("--timepoint", [timepoint], app.settings.proms.timepoints)
     today = Dispatcher(app, _clock(app, as_of)).today()
     # Planned inside a transaction that is rolled back: the listing is current without a
     # read-only command writing anything.
@@ -156,9 +159,7 @@ def list_cmd(
     if as_json:
         _emit_json(rows)
         return
-    table = Table()
-    for col in ("procedure", "timepoint", "due", "window", "status", "attempts", "next", "note"):
-        table.add_column(col)
+    table = []
     for r in rows:
         note = (
             (r["unconfirmed"] and "an attempt is unconfirmed (process crashed while sending): check")
@@ -167,7 +168,7 @@ def list_cmd(
             or (r["completed_response_id"] and f"response {r['completed_response_id']}")
             or ""
         )
-        table.add_row(
+        table.append((
             r["procedure_id"],
             r["timepoint"],
             r["due_date"],
@@ -176,8 +177,8 @@ def list_cmd(
             str(r["attempts"]),
             r["next_attempt_on"] or "",
             note,
-        )
-    out.print(table)
+        ))
+    print_table(("procedure", "timepoint", "due", "window", "status", "attempts", "next", "note"), table)
 
 
 @reminders.command("send")
@@ -185,7 +186,7 @@ def list_cmd(
 @click.option("--case", "case_id", help="Send this case's next reminders now, even before their date.")
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send and save nothing.")
 @_as_of_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was (or would be) sent as JSON.")
 @pass_ctx
 def send_cmd(
     obj: Ctx, due: bool, case_id: str | None, dry_run: bool, as_of: str | None, as_json: bool

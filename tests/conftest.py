@@ -45,6 +45,22 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
+def write_config_file(tmp: Path, *, migrate: bool = True, **overrides: Any) -> Path:
+    """``tmp/config.yaml`` from :func:`base_config`; with ``migrate`` its database is brought
+    to the current schema first, as an operator runs ``db upgrade`` before anything else
+    (commands refuse an unmigrated database)."""
+    import yaml
+
+    data = base_config(tmp, **overrides)
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    if migrate:
+        app = build_app(parse_settings(data))
+        app.upgrade_db()
+        app.engine.dispose()
+    return path
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     try:

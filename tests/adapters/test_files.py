@@ -89,7 +89,8 @@ def test_gzip_ndjson_and_single_resource_documents(tmp_path: Path) -> None:
     assert [i.resource["id"] for i in read_file(single)] == ["p3"]
     empty = tmp_path / "empty.ndjson"
     empty.write_text("\n\n")
-    assert list(read_file(empty)) == []
+    [nothing] = read_file(empty)
+    assert isinstance(nothing, RecordError) and nothing.code == "intake.empty_file"
 
 
 def test_oversized_line_is_skipped_with_an_error(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import ROOT, SAMPLE_FEED, base_config
+from tests.conftest import ROOT, SAMPLE_FEED, base_config, write_config_file
 
 EXE = str(Path(sys.executable).with_name("registry-adapter"))
 
@@ -33,10 +33,8 @@ def run(
     return proc
 
 
-def write_config(tmp: Path, **overrides: Any) -> Path:
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp, **overrides)))
-    return path
+def write_config(tmp: Path, *, migrate: bool = True, **overrides: Any) -> Path:
+    return write_config_file(tmp, migrate=migrate, **overrides)
 
 
 def test_help_lists_the_commands() -> None:
@@ -94,7 +92,7 @@ def test_import_files_and_the_human_summary(tmp_path: Path) -> None:
 
 
 def test_db_override_and_upgrade(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path)
+    cfg = write_config(tmp_path, migrate=False)
     other = tmp_path / "elsewhere.db"
     assert "database at revision" in run("--db", f"sqlite:///{other}", "db", "upgrade", config=cfg).stdout
     assert "already current" in run("--db", f"sqlite:///{other}", "db", "upgrade", config=cfg).stdout
@@ -137,6 +135,7 @@ def test_the_demo_runs_from_the_example_config(tmp_path: Path) -> None:
     (work / "examples").mkdir(parents=True)
     shutil.copy(ROOT / "config.example.yaml", work / "config.example.yaml")
     shutil.copytree(SAMPLE_FEED, work / "examples" / "sample-feed")
+    run("db", "upgrade", config=work / "config.example.yaml", cwd=work)  # as `make demo` does
     out = run("sync", "--full", config=work / "config.example.yaml", cwd=work).stdout
     assert "40 cases" in out and "Open mapping errors by cause" in out
     assert (work / "var" / "registry.db").exists() and (work / "var" / "pseudonym.key").exists()

@@ -14,8 +14,9 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from registry_adapter.app import App
+from registry_adapter.app import App, build_app
 from registry_adapter.cli import cli
+from registry_adapter.config import parse_settings
 from registry_adapter.pipeline import Pipeline, stats
 from registry_adapter.queries import list_cases
 from registry_adapter.sources import build_source
@@ -158,6 +159,9 @@ def test_sync_since_is_a_site_local_fhir_instant(
         ],
     )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    migrated = build_app(parse_settings(config))
+    migrated.upgrade_db()
+    migrated.engine.dispose()
 
     result = CliRunner().invoke(
         cli, ["--config", str(tmp_path / "config.yaml"), "sync", "--json", "--since", since]

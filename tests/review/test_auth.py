@@ -19,7 +19,7 @@ from review.app import SESSION_COOKIE, create_app
 from review.auth import USERS, UserError, add_user, set_password, set_user
 from review.queries import AUDIT
 from review.settings import ReviewSettings
-from tests.conftest import base_config
+from tests.conftest import base_config, write_config_file
 from tests.review.conftest import PASSWORDS, TOKEN, csrf_of, login
 
 Client = Callable[[str | None], TestClient]
@@ -228,10 +228,7 @@ def test_add_user_checks(review_app: App) -> None:
 
 
 def test_users_add_command_reads_the_password_from_stdin(tmp_path: Path) -> None:
-    import yaml
-
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(base_config(tmp_path)))
+    config = write_config_file(tmp_path)
     runner = CliRunner()
     result = runner.invoke(
         cli,

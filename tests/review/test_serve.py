@@ -13,10 +13,9 @@ from pathlib import Path
 from urllib.error import URLError
 
 import pytest
-import yaml
 
 from registry_adapter.app import App
-from tests.conftest import ROOT, base_config
+from tests.conftest import ROOT, write_config_file
 
 
 def _free_port() -> int:
@@ -26,8 +25,7 @@ def _free_port() -> int:
 
 
 def test_serve_answers_healthz_and_login(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(base_config(tmp_path)))
+    config = write_config_file(tmp_path)
     port = _free_port()
     cli = Path(sys.executable).with_name("registry-adapter")
     proc = subprocess.Popen(

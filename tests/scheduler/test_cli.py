@@ -13,14 +13,12 @@ import yaml
 from click.testing import CliRunner, Result
 
 from registry_adapter.cli import cli
-from tests.conftest import base_config
+from tests.conftest import write_config_file
 from tests.scheduler.conftest import SmtpSink, reminder_config
 
 
-def write_config(tmp_path: Path, **overrides: Any) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path, **overrides)))
-    return path
+def write_config(tmp_path: Path, *, migrate: bool = True, **overrides: Any) -> Path:
+    return write_config_file(tmp_path, migrate=migrate, **overrides)
 
 
 def run(config: Path, *args: str) -> Result:
@@ -125,7 +123,8 @@ def test_configuration_mistakes_are_reported_by_key(tmp_path: Path) -> None:
     config = write_config(tmp_path, reminders={"remind": ["6w"]})
     result = CliRunner().invoke(cli, ["--config", str(config), "run", "--no-services"])
     assert result.exit_code == 2 and "unknown time points ['6w']" in result.output
-    config = write_config(tmp_path, reminders={"enabled": True, "channels": ["email"]})
+    # Not migrated: the configuration cannot even be read, so no database is known.
+    config = write_config(tmp_path, migrate=False, reminders={"enabled": True, "channels": ["email"]})
     result = CliRunner().invoke(cli, ["--config", str(config), "reminders", "list"])
     assert result.exit_code != 0 and "link.token_secret" in str(result.exception or result.output)
 
