@@ -168,16 +168,18 @@ def list_cmd(
             or (r["completed_response_id"] and f"response {r['completed_response_id']}")
             or ""
         )
-        table.append((
-            r["procedure_id"],
-            r["timepoint"],
-            r["due_date"],
-            f"{r['window_start']} – {r['window_end']}",
-            r["status"],
-            str(r["attempts"]),
-            r["next_attempt_on"] or "",
-            note,
-        ))
+        table.append(
+            (
+                r["procedure_id"],
+                r["timepoint"],
+                r["due_date"],
+                f"{r['window_start']} – {r['window_end']}",
+                r["status"],
+                r["attempts"],
+                r["next_attempt_on"],
+                note,
+            )
+        )
     print_table(("procedure", "timepoint", "due", "window", "status", "attempts", "next", "note"), table)
 
 
