@@ -27,7 +27,7 @@ from mappings.convert import SiteContext
 from mappings.engine import RegistryMapping, load_mappings
 from registry_adapter.config import Settings
 from registry_store import migrate
-from registry_store.db import make_engine, reported_unavailable
+from registry_store.db import make_engine, parse_url, reported_unavailable
 from registry_store.models import Condition, Encounter, Patient, Procedure, PromResponse
 
 # Registry tables a mapping may write to, by the name mapping files use.
@@ -85,7 +85,11 @@ class App:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.db_url)
+        url = parse_url(self.db_url)
+        password = self.settings.database.password_value()
+        if password is not None and url.password is None and url.get_backend_name() != "sqlite":
+            url = url.set(password=password)  # a URL object takes it as it is, no encoding
+        return make_engine(url)
 
     def mapping_files_fingerprint(self) -> str:
         """Digest of every file code maps and mappings are loaded from (bundled and site)."""

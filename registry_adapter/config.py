@@ -79,6 +79,21 @@ class SiteConfig(_Strict):
 
 class DatabaseConfig(_Strict):
     url: str = "sqlite:///var/registry.db"
+    # The password apart from the URL, exactly as it is: in the URL, "@ : / %" must be
+    # %-encoded; here they need not be. Used when the URL itself carries no password.
+    password: str | None = None
+    password_file: Path | None = None
+
+    def password_value(self) -> str | None:
+        if self.password:
+            return self.password
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"database.password_file: cannot read {self.password_file}: {reason}") from None
 
 
 class LoggingConfig(_Strict):

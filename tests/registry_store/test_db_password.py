@@ -79,3 +79,19 @@ def test_cli_with_the_password_from_env(role_url: str, scram: ScramCluster, tmp_
     assert f"database 'registry' on 127.0.0.1:{scram.port} as user {ROLE}" in line
     assert f'password authentication failed for user "{ROLE}"' in line
     assert "not%" not in wrong.stderr and "not%it@all" not in wrong.stderr
+
+
+def test_cli_with_the_password_as_it_is(role_url: str, scram: ScramCluster, tmp_path: Path) -> None:
+    """``database.password`` (or ``password_file``) takes the password unencoded."""
+    from tests.registry_adapter.test_cli import run, write_config
+
+    url = f"postgresql://{ROLE}@127.0.0.1:{scram.port}/registry"
+    cfg = write_config(tmp_path, migrate=False, database={"url": url, "password": "${REGISTRY_DB_PASSWORD}"})
+    env = {"REGISTRY_DB_PASSWORD": PASSWORD}
+    assert "database at revision" in run("db", "upgrade", config=cfg, env=env).stdout
+    assert run("stats", "--json", config=cfg, env=env).returncode == 0
+    secret = tmp_path / "db-password"
+    secret.write_text(PASSWORD + "\n")
+    from_file = write_config(tmp_path, migrate=False, database={"url": url, "password_file": str(secret)})
+    current = run("db", "current", config=from_file)
+    assert "current " in current.stdout and PASSWORD not in current.stdout + current.stderr
