@@ -117,6 +117,9 @@ def test_installed_without_extras_the_web_ui_names_its_extra(venv: Path, workdir
     assert lines == [
         "Error: `registry-adapter serve` needs the 'web' extra: pip install 'spine-registry-adapter[web]'"
     ]
+    # The daemon looks at the UI's service module whether or not the UI is enabled.
+    probe = _run([str(venv / "bin/python"), "-c", "import review.service, scheduler.daemon"], cwd=workdir)
+    assert probe.returncode == 0, probe.stderr
     # fhirpathpy is a test/bench dependency only.
     probe = _run([str(venv / "bin/python"), "-c", "import fhirpathpy"], cwd=workdir)
     assert probe.returncode != 0 and "No module named 'fhirpathpy'" in probe.stderr

@@ -177,3 +177,55 @@ def test_text_output_gives_one_line_per_check_and_a_fix(tmp_path: Path) -> None:
     assert "✗ database: schema at revision none" in result.stdout
     assert "fix: run `registry-adapter db upgrade`" in result.stdout
     assert "1 check(s) failed" in result.stdout
+
+
+def _local_config(tmp_path: Path, **overrides: Any) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path, **overrides)))
+    return config
+
+
+def test_listening_mllp_port_and_webhook_host_pass_without_a_byte_sent(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_server(("127.0.0.1", 0)) as hook:
+        mllp_port, hook_port = listener.getsockname()[1], hook.getsockname()[1]
+        config = _local_config(
+            tmp_path,
+            sources=[{"name": "adt", "type": "mllp", "host": "127.0.0.1", "port": mllp_port}],
+            reminders={
+                "enabled": True,
+                "channels": ["webhook"],
+                "webhook": {"url": f"http://127.0.0.1:{hook_port}/sms", "signing_secret": "w" * 32},
+                "link": {"token_secret": "t" * 40},
+            },
+        )
+        _, checks = _doctor(config)
+        hook.settimeout(5)
+        conn, _ = hook.accept()
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(1024) == b""  # connected and closed: no HTTP request, no message
+    assert checks[f"adt: MLLP port 127.0.0.1:{mllp_port}"]["status"] == "pass"
+    assert "listening" in checks[f"adt: MLLP port 127.0.0.1:{mllp_port}"]["detail"]
+    assert checks[f"webhook 127.0.0.1:{hook_port}"]["status"] == "pass"
+
+
+def test_unreachable_webhook_and_low_disk_space_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry_adapter import doctor
+
+    # Free space cannot be used up for a test: the required minimum is raised above any disk.
+    monkeypatch.setattr(doctor, "MIN_FREE_BYTES", 2**62)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        config = _local_config(
+            tmp_path,
+            reminders={
+                "enabled": True,
+                "channels": ["webhook"],
+                "webhook": {"url": f"http://127.0.0.1:{port}/sms", "signing_secret": "w" * 32},
+                "link": {"token_secret": "t" * 40},
+            },
+        )
+        _, checks = _doctor(config)
+    assert checks[f"webhook 127.0.0.1:{port}"]["status"] == "fail"
+    assert checks["disk space"]["status"] == "fail" and "free space" in checks["disk space"]["fix"]
