@@ -210,6 +210,15 @@ class _Fhir:
         )
 
 
+def _json(resp: requests.Response) -> dict[str, Any]:
+    """The JSON object of a response; empty for anything else (an HTML error page, ...)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _unreachable(check: str, exc: Exception) -> Result:
     return _fail(check, f"no answer: {type(exc).__name__}", "check base_url, DNS, firewall and proxy")
 
@@ -223,7 +232,7 @@ def _capability(
         resp = fhir.get("metadata", auth)
     except requests.RequestException as exc:
         return [_unreachable(check, exc)], None
-    body = resp.json() if resp.headers.get("Content-Type", "").find("json") >= 0 else {}
+    body = _json(resp)
     if resp.status_code in (401, 403):
         answer = f"GET metadata answered {resp.status_code}"
         return [_fail(check, answer, "configure auth: for this source")], None
@@ -264,8 +273,8 @@ def _auth(fhir: _Fhir) -> tuple[list[Result], requests.auth.AuthBase | None]:
     results: list[Result] = []
     try:
         resp = fhir.get(".well-known/smart-configuration")
-        found = resp.status_code == 200 and "token_endpoint" in resp.json()
-    except (requests.RequestException, ValueError):
+        found = resp.status_code == 200 and "token_endpoint" in _json(resp)
+    except requests.RequestException:
         found = False
     if found:
         results.append(_ok(smart, "token endpoint advertised"))
@@ -302,7 +311,7 @@ def _searches(fhir: _Fhir, auth: requests.auth.AuthBase | None, types: Iterable[
         except requests.RequestException as exc:
             yield _unreachable(check, exc)
             continue
-        if resp.status_code == 200 and resp.json().get("resourceType") == "Bundle":
+        if resp.status_code == 200 and _json(resp).get("resourceType") == "Bundle":
             yield _ok(check, "one-record search answered")
         elif resp.status_code in (401, 403):
             yield _fail(check, f"answered {resp.status_code}", "grant this client read access to the type")
