@@ -219,8 +219,15 @@ def _json(resp: requests.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+_SET_CREDENTIAL = "set the environment variable the source's auth: names (e.g. in secrets.env)"
+
+
 def _unreachable(check: str, exc: Exception) -> Result:
-    return _fail(check, f"no answer: {type(exc).__name__}", "check base_url, DNS, firewall and proxy")
+    return _fail(
+        check,
+        f"no answer: {type(exc).__name__}",
+        "check base_url, DNS, firewall, proxy and the CA bundle (http.verify)",
+    )
 
 
 def _capability(
@@ -269,7 +276,11 @@ def _auth(fhir: _Fhir) -> tuple[list[Result], requests.auth.AuthBase | None]:
     smart, token = fhir.check("SMART configuration"), fhir.check("token request")
     if auth_cfg.method not in ("client_credentials", "smart_backend"):
         reason = f"auth method {auth_cfg.method} needs no token"
-        return [_skip(smart, reason), _skip(token, reason)], _plain_auth(fhir)
+        try:
+            plain = make_auth(auth_cfg, fhir.base, fhir.http)
+        except AuthError as exc:  # a credential's environment variable is not set
+            return [_skip(smart, reason), _fail(token, str(exc), _SET_CREDENTIAL)], None
+        return [_skip(smart, reason), _skip(token, reason)], plain
     results: list[Result] = []
     try:
         resp = fhir.get(".well-known/smart-configuration")
@@ -294,13 +305,6 @@ def _auth(fhir: _Fhir) -> tuple[list[Result], requests.auth.AuthBase | None]:
         return results, None
     results.append(_ok(token, f"access token granted for scope {auth_cfg.scope}"))
     return results, auth
-
-
-def _plain_auth(fhir: _Fhir) -> requests.auth.AuthBase | None:
-    try:
-        return make_auth(fhir.cfg.auth, fhir.base, fhir.http)
-    except AuthError:
-        return None  # the search check reports the 401
 
 
 def _searches(fhir: _Fhir, auth: requests.auth.AuthBase | None, types: Iterable[str]) -> Iterator[Result]:
@@ -357,8 +361,7 @@ def check_fhir_sources(doc: Doctor) -> Iterator[Result]:
                     "the CapabilityStatement declares no $export",
                     "enable Bulk Data on the server, or use a fhir_rest source",
                 )
-        if auth is not None or src.settings.auth.method == "none":
-            yield from _searches(fhir, auth, src.settings.resource_types)
+        yield from _searches(fhir, auth, src.settings.resource_types)
 
 
 # -- listeners and outbound channels ----------------------------------------------------------

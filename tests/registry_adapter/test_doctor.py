@@ -229,3 +229,32 @@ def test_unreachable_webhook_and_low_disk_space_fail(tmp_path: Path, monkeypatch
         _, checks = _doctor(config)
     assert checks[f"webhook 127.0.0.1:{port}"]["status"] == "fail"
     assert checks["disk space"]["status"] == "fail" and "free space" in checks["disk space"]["fix"]
+
+
+def test_missing_credential_and_unreachable_server_are_named(
+    tmp_path: Path, fhir: FhirTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DOC_TOKEN", raising=False)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}/fhir"
+        config = _local_config(
+            tmp_path,
+            sources=[
+                {
+                    "name": "ehr",
+                    "type": "fhir_rest",
+                    "base_url": fhir.base_url,
+                    "resource_types": ["Patient"],
+                    "auth": {"method": "bearer", "token_env": "DOC_TOKEN"},
+                },
+                {"name": "old", "type": "fhir_rest", "base_url": down, "resource_types": ["Patient"]},
+            ],
+        )
+        _, checks = _doctor(config)
+    assert checks["ehr: token request"]["status"] == "fail"
+    assert "DOC_TOKEN" in checks["ehr: token request"]["detail"]
+    assert "environment variable" in checks["ehr: token request"]["fix"]
+    assert not any(k.startswith("ehr: search") for k in checks)  # one cause, one line
+    assert checks["old: CapabilityStatement"]["status"] == "fail"
+    assert "no answer" in checks["old: CapabilityStatement"]["detail"]
