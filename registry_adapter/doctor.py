@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from importlib.metadata import packages_distributions, version
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -45,6 +46,7 @@ from registry_adapter.config import (
     Settings,
     load_settings,
 )
+from registry_adapter.extras import DISTRIBUTION
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -89,7 +91,31 @@ def _skip(check: str, detail: str) -> Result:
     return Result(check, "skip", detail)
 
 
-# -- configuration, database, host ------------------------------------------------------------
+# -- installation, configuration, database, host ----------------------------------------------
+
+
+def check_installation(doc: Doctor) -> Iterator[Result]:
+    """No other distribution installs one of our top-level packages into this environment.
+
+    ``adapters`` and ``scheduler`` are also PyPI projects; pip lets the one installed last
+    overwrite the other's files without a warning (docs/install.md, "Package names").
+    """
+    owners = packages_distributions()
+    ours = sorted(name for name, dists in owners.items() if DISTRIBUTION in dists)
+    if not ours:
+        yield _skip("installation", f"{DISTRIBUTION} is not installed (running from a source tree)")
+        return
+    clashes = {name: sorted(set(owners[name]) - {DISTRIBUTION}) for name in ours}
+    clashes = {name: others for name, others in clashes.items() if others}
+    if clashes:
+        shared = "; ".join(f"`{name}` also from {', '.join(others)}" for name, others in clashes.items())
+        yield _fail(
+            "installation",
+            f"packages shared with other distributions: {shared}",
+            "install the adapter into a virtual environment of its own (docs/install.md)",
+        )
+        return
+    yield _ok("installation", f"{DISTRIBUTION} {version(DISTRIBUTION)}; packages {', '.join(ours)}")
 
 
 def check_configuration(doc: Doctor) -> Iterator[Result]:
@@ -448,6 +474,7 @@ def check_sftp(doc: Doctor) -> Iterator[Result]:
 
 
 CHECKS: list[Check] = [
+    check_installation,
     check_configuration,
     check_database,
     check_disk_space,

@@ -8,6 +8,7 @@ the checkout by accident.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -137,3 +138,37 @@ def test_installed_without_extras_an_enabled_ui_stops_the_daemon_with_one_line(
         "Error: the review web UI (review.enabled: true) needs the 'web' extra: "
         "pip install 'spine-registry-adapter[web]'"
     )
+
+
+def _stand_in_wheel(name: str, out: Path) -> Path:
+    """A distribution shipping a top-level package ``name``, as the PyPI project of that name
+    does (``adapters``: AdapterHub; ``scheduler``); those are not in the local index."""
+    src = out / f"src-{name}"
+    (src / name).mkdir(parents=True)
+    (src / name / "__init__.py").write_text(f'"""Stand-in for the PyPI project {name}."""\n')
+    (src / "pyproject.toml").write_text(
+        f'[project]\nname = "{name}"\nversion = "9.9"\n[tool.setuptools]\npackages = ["{name}"]\n'
+    )
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(src)], cwd=out)
+    assert built.returncode == 0, built.stderr[-3000:]
+    [whl] = out.glob(f"{name}-9.9-*.whl")
+    return whl
+
+
+def test_doctor_reports_pypi_projects_sharing_our_package_names(wheel: Path, tmp_path: Path) -> None:
+    # A shared environment: the adapter, then PyPI's `adapters` and `scheduler` beside it.
+    shared = tmp_path / "shared"
+    assert _run([sys.executable, "-m", "venv", str(shared)], cwd=tmp_path).returncode == 0
+    others = [_stand_in_wheel(name, tmp_path) for name in ("adapters", "scheduler")]
+    for whl in (wheel, *others):
+        installed = _run([str(shared / "bin/pip"), "install", "--quiet", str(whl)], cwd=tmp_path)
+        assert installed.returncode == 0, installed.stderr[-3000:]
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "config.yaml").write_text("site: {}\n")
+    doctor = _cli(shared, tmp_path, "doctor", "--json")
+    [installation] = [r for r in json.loads(doctor.stdout) if r["check"] == "installation"]
+    assert installation["status"] == "fail"
+    assert "`adapters` also from adapters" in installation["detail"]
+    assert "`scheduler` also from scheduler" in installation["detail"]
+    assert "virtual environment of its own" in installation["fix"]
