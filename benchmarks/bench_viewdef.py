@@ -187,8 +187,11 @@ def _single(values: list[Any]) -> Any:
 def fhirpathpy_paths() -> list[tuple[str, Callable[..., list[Any]]]]:
     """The view's columns through fhirpathpy; the SQL-on-FHIR key functions, which fhirpathpy
     lacks, are added through its user invocation table."""
-    import fhirpathpy
-    from fhirpathpy.models import models
+    try:
+        import fhirpathpy
+        from fhirpathpy.models import models
+    except ModuleNotFoundError:
+        sys.exit("the fhirpathpy peer needs the 'bench' extra: pip install -e '.[bench]'")
 
     def reference_key(inputs: list[Any], type_info: Any = None) -> list[Any]:
         out = []

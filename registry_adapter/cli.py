@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -637,15 +638,36 @@ def db_upgrade(obj: Ctx, revision: str) -> None:
 
 
 @db.command("current")
+@click.option("--check", is_flag=True, help="Exit 1 unless the schema is at head (health checks).")
 @click.pass_obj
-def db_current(obj: Ctx) -> None:
+def db_current(obj: Ctx, check: bool) -> None:
     """The database's schema revision and the one this code needs."""
     from registry_store import migrate
 
     app = build_app(load_settings(obj.config_path), obj.db)
     with reported_unavailable(app.engine.url):
         current = migrate.current_revision(app.engine)
-    out.print(f"current {current} · head {migrate.head_revision(app.engine)}")
+    head = migrate.head_revision(app.engine)
+    out.print(f"current {current} · head {head}")
+    if check and current != head:
+        sys.exit(1)
+
+
+@db.command("downgrade")
+@click.option("--revision", required=True, help="Revision to go back to (see docs/operations.md).")
+@click.pass_obj
+def db_downgrade(obj: Ctx, revision: str) -> None:
+    """Undo schema migrations, before reinstalling an older version (back up first)."""
+    from registry_store import migrate
+
+    app = build_app(load_settings(obj.config_path), obj.db)
+    migrate.downgrade(app.engine, revision)
+    out.print(f"database at revision {migrate.current_revision(app.engine)}")
+
+
+# Commands of plugin modules that need an optional extra: listed, and naming the extra when
+# run, even where the extra is not installed and the module cannot be imported.
+_OPTIONAL_COMMANDS = {"review.cli": ("serve", "users")}
 
 
 def _register_plugin_commands() -> None:
@@ -655,19 +677,28 @@ def _register_plugin_commands() -> None:
     """
     import importlib
 
-    for module_name in ("scheduler.cli", "review.cli", "adapters.hl7v2.cli"):
+    from registry_adapter.extras import extra_for, unavailable_command
+
+    for module_name in ("scheduler.cli", "review.cli", "adapters.hl7v2.cli", "registry_adapter.doctor"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name == module_name:
                 continue  # that feature is not built yet
-            raise
+            extra = extra_for(exc)
+            if extra is None:
+                raise
+            for name in _OPTIONAL_COMMANDS.get(module_name, ()):
+                cli.add_command(unavailable_command(name, extra))
+            continue
         for command in getattr(module, "COMMANDS", []):
             cli.add_command(command)
 
 
-
 def main() -> None:
+    # Everything this process creates (SQLite store, work folders, exports, keys) may hold
+    # patient data or secrets: owner-only files (0600) and folders (0700).
+    os.umask(0o077)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

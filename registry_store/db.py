@@ -7,6 +7,7 @@ shared/reference/libraries.md, section 3.4).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,7 +89,11 @@ def make_engine(url: str | URL) -> Engine:
 def _create(parsed: URL) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # The store holds patient data: owner-only whatever the umask (SQLite gives its
+            # -wal/-shm files the mode of the database file).
+            path = Path(parsed.database).expanduser()
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         engine = create_engine(parsed, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")

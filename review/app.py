@@ -93,7 +93,7 @@ def create_app(app: App, host: str | None = None) -> Starlette:
         Middleware(SecurityHeaders),
         Middleware(
             SessionMiddleware,
-            secret_key=settings.secret(app.db_url),
+            secret_key=settings.secret(),
             session_cookie=SESSION_COOKIE,
             max_age=settings.session_max_age,
             same_site="lax",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-
-import uvicorn
+from typing import TYPE_CHECKING
 
 from registry_adapter.app import App
-from review.app import create_app
+from registry_adapter.extras import MissingExtra, extra_for
+
+if TYPE_CHECKING:
+    import uvicorn
 
 START_TIMEOUT = 30.0
 
@@ -21,13 +23,24 @@ class ReviewService:
     name = "review"
 
     def __init__(self, app: App, host: str | None = None, port: int | None = None):
+        # Imported here: the daemon looks at this module whether or not the UI is enabled, and
+        # without the web extra only an enabled UI is an error.
+        try:
+            import uvicorn
+
+            from review.app import create_app
+        except ModuleNotFoundError as exc:
+            extra = extra_for(exc)
+            if extra is None:
+                raise
+            raise MissingExtra("the review web UI (review.enabled: true)", extra) from None
         settings = app.settings.review
         self.host = host or settings.host
         self.port = port or settings.port
         config = uvicorn.Config(
             create_app(app, self.host), host=self.host, port=self.port, proxy_headers=True
         )
-        self._server = uvicorn.Server(config)
+        self._server: uvicorn.Server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property

@@ -22,9 +22,12 @@ class ReviewSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     # The cookie-signing secret: from ${ENV_VAR}, or session_secret_file. Neither set: a random
-    # secret is created once in a file beside the SQLite database (or under ./var/).
+    # secret is created once in session_key_file.
     session_secret: str | None = Field(default=None, min_length=32)
     session_secret_file: Path | None = None
+    # Where the generated secret is kept; relative to the config file (never the current
+    # directory, which differs between a shell, cron and the service).
+    session_key_file: Path = Path("review-session.key")
     # Secure cookies need HTTPS in front of the UI (a reverse proxy). auto: secure unless the UI
     # listens on a loopback address (127.0.0.1, ::1, localhost), where plain HTTP is the normal
     # single-host use; true/false force it either way. A TLS proxy on the same host forwarding
@@ -45,13 +48,16 @@ class ReviewSettings(_Strict):
             return self.secure_cookies
         return not is_loopback(host or self.host)
 
-    def secret(self, db_url: str) -> str:
+    def secret(self) -> str:
         """The session secret; a generated one lives in a file readable by its owner only."""
         if self.session_secret:
             return self.session_secret
-        path = self.session_secret_file or default_secret_path(db_url)
+        path = self.session_secret_file or self.session_key_file
+        if not path.is_absolute():
+            # Only settings built without a config file get here (the loader resolves it).
+            raise ValueError(f"review.session_key_file {path} must be an absolute path")
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:  # another process created it first: use theirs
@@ -62,12 +68,6 @@ class ReviewSettings(_Strict):
         if len(value) < 32:
             raise ValueError(f"review session secret in {path} is shorter than 32 characters")
         return value
-
-
-def default_secret_path(db_url: str) -> Path:
-    if db_url.startswith("sqlite:///") and ":memory:" not in db_url:
-        return Path(db_url.removeprefix("sqlite:///")).parent / "review-session.key"
-    return Path("var") / "review-session.key"
 
 
 def is_loopback(host: str) -> bool:

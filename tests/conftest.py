@@ -36,6 +36,8 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "database": {"url": f"sqlite:///{tmp / 'registry.db'}"},
         "logging": {"format": "json", "level": "WARNING"},
         "sources": [{"name": "sample", "type": "files", "path": str(SAMPLE_FEED)}],
+        # Settings built without a config file have no folder to keep a generated key beside.
+        "review": {"session_key_file": str(tmp / "review-session.key")},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):

@@ -603,6 +603,7 @@ const server = http.createServer(async (req, res) => {
       await readBody(req);
       return send(res, 401, outcome('login', 'missing, invalid or expired bearer token'), { 'WWW-Authenticate': 'Bearer realm="fhir"' });
     }
+    if (url.pathname === '/metadata' && req.method === 'GET') return send(res, 200, capabilityStatement());
     const m = /^\/bulk-status\/([\w-]+)$/.exec(url.pathname);
     if (m) return exportStatus(req, res, m[1]);
     const f = /^\/bulk-files\/([\w-]+)\/([\w.-]+)$/.exec(url.pathname);
@@ -612,6 +613,18 @@ const server = http.createServer(async (req, res) => {
     if (!res.headersSent) send(res, 500, outcome('exception', `test server error: ${e.message}`));
   }
 });
+
+// What the server supports (GET /metadata): FHIR R4 search and Bulk Data $export.
+function capabilityStatement() {
+  const types = ['Patient', 'Encounter', 'Procedure', 'Condition', 'Observation', 'QuestionnaireResponse', 'Group'];
+  const exportOp = { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export' };
+  return {
+    resourceType: 'CapabilityStatement', status: 'active', date: '2026-01-01', kind: 'instance', fhirVersion: '4.0.1',
+    format: ['json'], instantiates: ['http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data'],
+    rest: [{ mode: 'server', operation: [exportOp],
+      resource: types.map((type) => ({ type, interaction: [{ code: 'read' }, { code: 'search-type' }] })) }],
+  };
+}
 
 const port = Number(process.argv[2] ?? process.env.FHIR_TEST_PORT ?? 0);
 server.keepAliveTimeout = 30000;

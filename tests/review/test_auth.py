@@ -8,13 +8,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from registry_adapter.app import App
 from registry_adapter.cli import cli
-from registry_adapter.config import ConfigError, parse_settings
+from registry_adapter.config import ConfigError, load_settings, parse_settings
 from review.app import SESSION_COOKIE, create_app
 from review.auth import USERS, UserError, add_user, set_password, set_user
 from review.queries import AUDIT
@@ -250,14 +251,29 @@ def test_users_add_command_reads_the_password_from_stdin(tmp_path: Path) -> None
     assert again.exit_code != 0
 
 
-def test_session_secret_is_generated_once_beside_the_database(tmp_path: Path) -> None:
-    settings = ReviewSettings()
-    db_url = f"sqlite:///{tmp_path / 'db' / 'registry.db'}"
-    first = settings.secret(db_url)
-    assert first == settings.secret(db_url)
-    key = tmp_path / "db" / "review-session.key"
+def test_session_secret_is_generated_once_beside_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "etc" / "config.yaml"
+    config.parent.mkdir()
+    data = base_config(tmp_path / "data")
+    del data["review"]  # the default: review-session.key beside the config file
+    config.write_text(yaml.safe_dump(data))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(config).review
+    first = settings.secret()
+    assert first == settings.secret()
+    key = config.parent / "review-session.key"
     assert key.read_text().strip() == first
     assert key.stat().st_mode & 0o077 == 0
+    assert not any(elsewhere.iterdir()) and not (tmp_path / "data").exists()
+
+
+def test_session_key_file_is_never_relative_to_the_current_directory() -> None:
+    with pytest.raises(ValueError, match="must be an absolute path"):
+        ReviewSettings().secret()
 
 
 def test_session_secret_file_key_is_read_by_the_config_loader(tmp_path: Path) -> None:
