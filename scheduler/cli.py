@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, and_, select, update
 from registry_adapter.app import App
 from registry_adapter.cli import Ctx, pass_ctx
 from scheduler.clock import Clock, FixedClock, SystemClock
-from scheduler.dispatcher import Dispatcher
+from scheduler.dispatcher import Dispatcher, no_send_in_flight
 from scheduler.planner import PlanningError, check_configuration, plan_reminders
 from scheduler.queries import (
     CASES,
@@ -148,8 +148,9 @@ def list_cmd(
     today = Dispatcher(app, _clock(app, as_of)).today()
     # Planned inside a transaction that is rolled back: the listing is current without a
     # read-only command writing anything.
-    # --due: what ``send --due`` would send today, before quiet hours and the daily cap.
-    due_filter = due_now(today, app.settings.reminders.max_attempts) if due else []
+    # --due: what ``send --due`` would send today, before quiet hours and the daily cap (a
+    # time point whose failed send awaits its retry gets no new attempt).
+    due_filter = [*due_now(today, app.settings.reminders.max_attempts), no_send_in_flight()] if due else []
     with rolled_back(app.engine) as conn:
         plan_reminders(conn, app.settings, today)
         rows = reminder_rows(conn, status=status, timepoint=timepoint, where=due_filter)
@@ -211,6 +212,7 @@ def send_cmd(
         f"{verb} {count:,} reminders as of {report.as_of}"
         + (" — quiet hours, nothing sent" if report.quiet_hours and not dry_run else "")
         + (f"; {report.capped:,} held back by the daily cap" if report.capped else "")
+        + (f"; {report.held_today:,} already reminded today" if report.held_today else "")
         + (f"; {report.retrying:,} failed and will be retried" if report.retrying else "")
         + (f"; {report.failed:,} failed for good (see reminders list)" if report.failed else "")
         + (f"; {report.unreachable:,} unreachable (on the worklist)" if report.unreachable else "")
