@@ -12,8 +12,8 @@ Each send has an idempotency key (case, time point, attempt, channel; unique in
 
 A crash between 1 and 3 leaves a ``pending`` row with no error (``tries`` 1). The next
 dispatch settles such rows before anything new (the dispatch lock guarantees no other
-dispatcher is still working on them; a dead holder's lease lapses after
-``scheduler.lock_ttl_seconds``):
+dispatcher is still working on them; a dead holder's lease is taken over at once on its
+host, or once it is not renewed for ``scheduler.lock_ttl_seconds`` elsewhere):
 
 - a channel that can confirm (FHIR: search by the identifier; worklist) is asked, and the
   message is sent only if it did not arrive: exactly once;
