@@ -60,6 +60,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import ColumnElement, exists, func, select, update
@@ -112,7 +113,7 @@ def no_send_in_flight() -> ColumnElement[bool]:
 class SentToday:
     """Which attempt of each time point went out today (site-local day): at most one per day."""
 
-    def __init__(self, conn: Connection, today: date, tz: Any) -> None:
+    def __init__(self, conn: Connection, today: date, tz: ZoneInfo) -> None:
         start, end = local_day_bounds(today, tz)
         self._attempts: dict[int, int] = {
             r.reminder_id: r.attempt
@@ -203,7 +204,9 @@ class Dispatcher:
             with rolled_back(self.app.engine) as conn:
                 report.planned = plan_reminders(conn, self.settings, today).as_dict()
                 sent_today = SentToday(conn, today, self.tz)
-                due = [r for r in self._due(conn, today, case_id) if sent_today.allows(r.id, r.attempts + 1)]
+                candidates = self._due(conn, today, case_id)
+                due = [r for r in candidates if sent_today.allows(r.id, r.attempts + 1)]
+                report.held_today = len(candidates) - len(due)
                 report.capped = max(0, len(due) - self._cap_left(conn, today))
                 report.items = [self._describe(r, self._pick(r)[1]) for r in due[: len(due) - report.capped]]
             report.quiet_hours = self._quiet(now)

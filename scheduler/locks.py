@@ -11,9 +11,9 @@ Each lease names its holder (host, pid) and carries a heartbeat: the holder rene
 ttl/3 seconds from a background thread. A lease may be taken over at once when its holder
 is gone:
 
-- dead: the holder ran on this host and its process no longer exists (``kill -9``, OOM
-  killer, power cut of a container), or it carries this process's pid but was taken by an
-  earlier process that had the same pid (containers restart as pid 1);
+- dead: the holder ran on this host (host name and PID namespace) and its process no
+  longer exists (``kill -9``, OOM killer), or it carries this process's pid but was taken
+  by an earlier process that had the same pid (containers restart as pid 1);
 - stale: no heartbeat for ``ttl`` seconds (a holder on another host that died or hangs).
 
 A live holder on another host is only ever judged by its heartbeat, since its pid means
@@ -43,7 +43,17 @@ from scheduler.clock import Clock, SystemClock
 log = structlog.get_logger(__name__)
 LOCKS = JobLock.__table__  # type: ignore[attr-defined]
 
-HOST = socket.gethostname()
+
+def _host_identity() -> str:
+    """This host as leases record it: the host name, plus the PID namespace on Linux, so two
+    containers sharing a host name (host networking) never judge each other's pids."""
+    try:
+        return f"{socket.gethostname()}#pidns:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
+
+
+HOST = _host_identity()
 # Owner tokens used by this process: a lease with our host and pid but another token was
 # left by an earlier process that had the same pid.
 _OUR_OWNERS: set[str] = set()
@@ -238,8 +248,11 @@ def job_lock(
 
     def renew_loop() -> None:
         while not stop.wait(max(1.0, ttl_seconds / 3)):
-            if not lock.renew():
-                return
+            try:
+                if not lock.renew():
+                    return
+            except Exception as exc:  # database busy or gone for a moment: beat again next time
+                log.warning("lock.heartbeat_failed", lock=name, error=type(exc).__name__)
 
     beat = threading.Thread(target=renew_loop, name=f"lock-{name}", daemon=True)
     if heartbeat:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,11 @@ from registry_adapter.pipeline import Pipeline, SourceBusy
 from registry_adapter.sources import build_source
 from scheduler import jobs
 from scheduler.daemon import Daemon
-from scheduler.locks import LeaseLock
+from scheduler.locks import HOST, LeaseLock
 from tests.conftest import base_config
 from tests.scheduler.test_daemon import watch
 
 ROOT = Path(__file__).resolve().parents[2]
-HOST = socket.gethostname()
 
 # The nightly job in a real process, stopped inside the sync (after the run row and both
 # leases were committed) until it is killed.
@@ -132,7 +132,8 @@ def test_busy_source_names_its_holder(make_app: Callable[..., App]) -> None:
     holder = LeaseLock(app.engine, "sync:sample", 90)
     assert holder.acquire()
     [source_cfg] = app.settings.sources
-    with pytest.raises(SourceBusy, match=rf"pid {os.getpid()} on host {HOST}, lease expires 20\d\d-"):
+    holder_and_expiry = rf"pid {os.getpid()} on host {re.escape(HOST)}, lease expires 20\d\d-"
+    with pytest.raises(SourceBusy, match=holder_and_expiry):
         Pipeline(app).ingest(build_source(source_cfg, app))
     holder.release()
 
@@ -157,3 +158,30 @@ def test_locks_release_refuses_a_live_holder_unless_forced(
     assert forced.exit_code == 0, forced.output
     assert leases(app) == {} and run_outcomes(app) == ["interrupted"]
     assert not holder.renew()  # the holder learns it lost the lease
+
+
+def test_lease_of_an_earlier_process_with_our_pid_is_taken_over(make_app: Callable[..., App]) -> None:
+    """Containers restart as pid 1: a lease left with our host and pid, by an owner this
+    process never used, is from the process before us. One from another host waits for its
+    heartbeat to go stale."""
+    app = make_app()
+    with app.engine.begin() as conn:
+        for name, host, pid in (("nightly", HOST, os.getpid()), ("sync:sample", "other-host", 1)):
+            conn.execute(
+                text(
+                    "INSERT INTO job_locks (name, owner, acquired_at, expires_at, host, pid, heartbeat_at) "
+                    "VALUES (:name, :owner, :now, :later, :host, :pid, :now)"
+                ),
+                {
+                    "name": name,
+                    "owner": f"{host}:{pid}:before",
+                    "now": datetime.now(UTC),
+                    "later": datetime.now(UTC) + timedelta(seconds=60),
+                    "host": host,
+                    "pid": pid,
+                },
+            )
+    nightly = LeaseLock(app.engine, "nightly", 90)
+    assert nightly.acquire()
+    assert nightly.took_over is not None and nightly.took_over.owner == f"{HOST}:{os.getpid()}:before"
+    assert not LeaseLock(app.engine, "sync:sample", 90).acquire()
