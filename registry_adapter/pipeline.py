@@ -191,10 +191,10 @@ class Pipeline:
         A lease per source keeps a manual sync and the nightly job (or two adapter processes
         on one database) from pulling the same feed at once; the loser gets ``SourceBusy``.
         """
-        from scheduler.locks import holders, job_lock
+        from scheduler.locks import holders, job_lock, sync_lock_name
 
         ttl = self.app.settings.scheduler.lock_ttl_seconds
-        name = f"sync:{source.name}"
+        name = sync_lock_name(source.name)
         with job_lock(self.app.engine, name, ttl, heartbeat=True) as lock:
             if lock is None:
                 held_by = (

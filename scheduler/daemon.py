@@ -16,9 +16,9 @@ libraries.md section 4 decide how jobs are registered:
 
 APScheduler does not coordinate schedulers sharing a job store, so each job also takes a
 database lease (scheduler/locks.py): two daemons on one PostgreSQL database never run the
-same job at once. SIGTERM/SIGINT stop the daemon cleanly: services stop, running jobs finish. After a
-``kill -9`` the next start finds the dead process's leases: its sync runs are marked
-``interrupted`` and an interrupted nightly run is run again at once.
+same job at once. SIGTERM/SIGINT stop the daemon cleanly: services stop, running jobs
+finish. After a ``kill -9`` the next start finds the dead process's leases: its sync runs
+are marked ``interrupted`` and an interrupted nightly run is run again at once.
 
 Other background services (the MLLP listener, the review web UI) plug in as
 :class:`Service` objects: pass them to :class:`Daemon`, or let ``run`` find them through

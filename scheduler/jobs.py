@@ -19,14 +19,13 @@ from apscheduler.triggers.cron import CronTrigger
 
 from registry_adapter.app import App
 from scheduler.clock import Clock, SystemClock
-from scheduler.locks import Holder, holders, job_lock, release_holder
+from scheduler.locks import SYNC_LOCK_PREFIX, Holder, holders, job_lock, release_holder
 
 log = structlog.get_logger(__name__)
 
 NIGHTLY_JOB = "nightly-sync"
 DISPATCH_JOB = "reminders-dispatch"
 NIGHTLY_LOCK = "nightly"
-SYNC_LOCK_PREFIX = "sync:"
 
 
 @dataclass

@@ -59,6 +59,14 @@ HOST = _host_identity()
 _OUR_OWNERS: set[str] = set()
 
 
+SYNC_LOCK_PREFIX = "sync:"
+
+
+def sync_lock_name(source: str) -> str:
+    """The lease that keeps two processes from syncing ``source`` at once."""
+    return f"{SYNC_LOCK_PREFIX}{source}"
+
+
 def default_owner() -> str:
     owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     _OUR_OWNERS.add(owner)
