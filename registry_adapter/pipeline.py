@@ -149,6 +149,22 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
+def mark_runs_interrupted(conn: Connection, source: str) -> int:
+    """Runs of ``source`` still ``running`` become ``interrupted``. Call only while holding
+    the source's sync lease (or knowing its holder is dead): then no live process runs them."""
+    return int(
+        conn.execute(
+            update(RUNS)
+            .where(RUNS.c.source == source, RUNS.c.outcome == "running")
+            .values(
+                outcome="interrupted",
+                finished_at=utcnow(),
+                error="interrupted: the process running it stopped (killed or crashed)",
+            )
+        ).rowcount
+    )
+
+
 def load_state(conn: Connection, source: str) -> dict[str, Any]:
     row = conn.execute(select(STATES.c.state).where(STATES.c.source == source)).first()
     return dict(row.state) if row else {}
@@ -175,17 +191,25 @@ class Pipeline:
         A lease per source keeps a manual sync and the nightly job (or two adapter processes
         on one database) from pulling the same feed at once; the loser gets ``SourceBusy``.
         """
-        from scheduler.locks import job_lock
+        from scheduler.locks import holders, job_lock, sync_lock_name
 
         ttl = self.app.settings.scheduler.lock_ttl_seconds
-        with job_lock(self.app.engine, f"sync:{source.name}", ttl, heartbeat=True) as lock:
+        name = sync_lock_name(source.name)
+        with job_lock(self.app.engine, name, ttl, heartbeat=True) as lock:
             if lock is None:
-                raise SourceBusy(f"source {source.name} is being synced by another process; try again later")
+                held_by = (
+                    "; ".join(h.describe() for h in holders(self.app.engine, name)) or "lease just released"
+                )
+                raise SourceBusy(
+                    f"source {source.name} is being synced by another process ({held_by}); try again later"
+                )
             return self._ingest(source, ctx, kind=kind, map_now=map_now)
 
     def _ingest(self, source: Source, ctx: SourceContext | None, *, kind: str, map_now: bool) -> RunResult:
         engine = self.app.engine
         with engine.begin() as conn:
+            # We hold the source's lease: a run still "running" was left by a dead holder.
+            mark_runs_interrupted(conn, source.name)
             state = load_state(conn, source.name)
             run_id = int(
                 conn.execute(

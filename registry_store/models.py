@@ -271,6 +271,10 @@ class JobLock(SQLModel, table=True):
     owner: str = Field(max_length=200)
     acquired_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
+    # The holder: a lease whose process is gone (same host, pid dead) is taken over at once.
+    host: str | None = Field(default=None, max_length=255)
+    pid: int | None = None
+    heartbeat_at: datetime | None = None
 
 
 class User(SQLModel, table=True):

@@ -1,4 +1,4 @@
-"""``registry-adapter reminders ...`` and ``registry-adapter run`` (plugged into the main CLI)."""
+"""``registry-adapter reminders ...``, ``locks ...`` and ``run`` (plugged into the main CLI)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, and_, select, update
 from registry_adapter.app import App
 from registry_adapter.cli import Ctx, pass_ctx, print_table, require_known
 from scheduler.clock import Clock, FixedClock, SystemClock
-from scheduler.dispatcher import Dispatcher
+from scheduler.dispatcher import Dispatcher, no_send_in_flight
 from scheduler.planner import PlanningError, check_configuration, plan_reminders
 from scheduler.queries import (
     CASES,
@@ -151,8 +151,9 @@ def list_cmd(
     today = Dispatcher(app, _clock(app, as_of)).today()
     # Planned inside a transaction that is rolled back: the listing is current without a
     # read-only command writing anything.
-    # --due: what ``send --due`` would send today, before quiet hours and the daily cap.
-    due_filter = due_now(today, app.settings.reminders.max_attempts) if due else []
+    # --due: what ``send --due`` would send today, before quiet hours and the daily cap (a
+    # time point whose failed send awaits its retry gets no new attempt).
+    due_filter = [*due_now(today, app.settings.reminders.max_attempts), no_send_in_flight()] if due else []
     with rolled_back(app.engine) as conn:
         plan_reminders(conn, app.settings, today)
         rows = reminder_rows(conn, status=status, timepoint=timepoint, where=due_filter)
@@ -214,6 +215,7 @@ def send_cmd(
         f"{verb} {count:,} reminders as of {report.as_of}"
         + (" — quiet hours, nothing sent" if report.quiet_hours and not dry_run else "")
         + (f"; {report.capped:,} held back by the daily cap" if report.capped else "")
+        + (f"; {report.held_today:,} already reminded today" if report.held_today else "")
         + (f"; {report.retrying:,} failed and will be retried" if report.retrying else "")
         + (f"; {report.failed:,} failed for good (see reminders list)" if report.failed else "")
         + (f"; {report.unreachable:,} unreachable (on the worklist)" if report.unreachable else "")
@@ -264,6 +266,66 @@ def opt_out_cmd(obj: Ctx, patient_id: str, source_name: str | None, undo: bool) 
     )
 
 
+@click.group()
+def locks() -> None:
+    """Job and sync leases: who holds which (host, pid, heartbeat); release a stuck one."""
+
+
+@locks.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One object per lease.")
+@pass_ctx
+def locks_list_cmd(obj: Ctx, as_json: bool) -> None:
+    """Leases held now, with their holder and whether it is alive, dead or stale."""
+    from scheduler.locks import holders
+
+    now = SystemClock().now()
+    rows = [h.as_dict(now) for h in holders(obj.app.engine)]
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        out.print("no leases held")
+        return
+    table = Table()
+    for col in ("lease", "host", "pid", "heartbeat", "expires", "state"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["host"] or "",
+            str(r["pid"] or ""),
+            r["heartbeat_at"] or "",
+            r["expires_at"],
+            r["state"],
+        )
+    out.print(table)
+
+
+@locks.command("release")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Release it even though its holder looks alive.")
+@pass_ctx
+def locks_release_cmd(obj: Ctx, name: str, force: bool) -> None:
+    """Release lease NAME (e.g. nightly, sync:ehr). Dead or stale holders are taken over
+    automatically; this is for the rare manual case."""
+    from scheduler.jobs import abandon
+    from scheduler.locks import holders
+
+    found = holders(obj.app.engine, name)
+    if not found:
+        raise click.UsageError(f"no lease named {name!r} is held (see: registry-adapter locks list)")
+    [holder] = found
+    state = holder.gone(SystemClock().now())
+    if state is None and not force:
+        raise click.UsageError(
+            f"lease {name} is held by a live process ({holder.describe()}); "
+            "stop that process, or pass --force if you are sure it no longer works on it"
+        )
+    if not abandon(obj.app, holder):
+        raise click.UsageError(f"lease {name} changed hands meanwhile; nothing released")
+    out.print(f"released lease {name} ({holder.describe()}; holder {state or 'alive, forced'})")
+
+
 @click.command("run")
 @click.option("--no-services", is_flag=True, help="Only the scheduler; no MLLP listener or web UI.")
 @pass_ctx
@@ -276,4 +338,4 @@ def run_command(obj: Ctx, no_services: bool) -> None:
     raise SystemExit(Daemon(app, services).run_forever())
 
 
-COMMANDS = [reminders, run_command]
+COMMANDS = [reminders, locks, run_command]

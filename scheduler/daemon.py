@@ -16,7 +16,9 @@ libraries.md section 4 decide how jobs are registered:
 
 APScheduler does not coordinate schedulers sharing a job store, so each job also takes a
 database lease (scheduler/locks.py): two daemons on one PostgreSQL database never run the
-same job at once. SIGTERM/SIGINT stop the daemon cleanly: services stop, running jobs finish.
+same job at once. SIGTERM/SIGINT stop the daemon cleanly: services stop, running jobs
+finish. After a ``kill -9`` the next start finds the dead process's leases: its sync runs
+are marked ``interrupted`` and an interrupted nightly run is run again at once.
 
 Other background services (the MLLP listener, the review web UI) plug in as
 :class:`Service` objects: pass them to :class:`Daemon`, or let ``run`` find them through
@@ -182,6 +184,10 @@ class Daemon:
         # Paused: the stored jobs are visible for ensure_jobs before any of them is processed.
         self.scheduler.start(paused=True)
         outcome = self.ensure_jobs()
+        if jobs.recover_abandoned(self.app):
+            # The nightly run was killed mid-way; APScheduler already counted it as done.
+            self.scheduler.modify_job(jobs.NIGHTLY_JOB, next_run_time=datetime.now(UTC))
+            outcome[jobs.NIGHTLY_JOB] = "re-run (interrupted)"
         for job in self.scheduler.get_jobs():
             log.info(
                 "job.registered",

@@ -12,8 +12,8 @@ Each send has an idempotency key (case, time point, attempt, channel; unique in
 
 A crash between 1 and 3 leaves a ``pending`` row with no error (``tries`` 1). The next
 dispatch settles such rows before anything new (the dispatch lock guarantees no other
-dispatcher is still working on them; a dead holder's lease lapses after
-``scheduler.lock_ttl_seconds``):
+dispatcher is still working on them; a dead holder's lease is taken over at once on its
+host, or once it is not renewed for ``scheduler.lock_ttl_seconds`` elsewhere):
 
 - a channel that can confirm (FHIR: search by the identifier; worklist) is asked, and the
   message is sent only if it did not arrive: exactly once;
@@ -32,9 +32,22 @@ only moves ``attempts`` from n-1 to n): a duplicate can only come from a crash a
 from retrying an error after which the receiver had in fact accepted the message (a timeout
 on the answer), and it always carries the same key.
 
-Failures (ChannelError) stay ``pending`` with the error and are retried by later runs after
-1, 3, 7, ... x ``retry_backoff_minutes`` (measured from the claim), then become ``failed``
-and surface in ``reminders.last_error`` (and on the coordinator worklist).
+Failures (ChannelError) stay ``pending`` with the error and are retried, as the same attempt
+and with the same key, by later runs after 1, 3, 7, ... x ``retry_backoff_minutes`` (measured
+from the claim), then become ``failed`` and surface in ``reminders.last_error`` (and on the
+coordinator worklist).
+
+Outages (SMTP server or gateway down for days) must not pile up reminders that all go out in
+the same minute when it comes back, so:
+
+- no new attempt is claimed for a time point while one of its sends is still pending: the
+  failing attempt is retried instead, and the next one follows the schedule counted from the
+  last attempt actually sent (the planner's ``next_attempt_on``);
+- a time point gets at most one message per site-local day: once an attempt went out today,
+  neither a retry of another attempt nor a new one is sent before tomorrow (the channels of
+  one attempt, ``channel_mode: all``, still go out together);
+- of several pending attempts of one time point on one channel (a backlog claimed by an
+  older version during an outage) only the newest is sent; the older ones are cancelled.
 
 Quiet hours stop all sending; the daily cap limits attempts started per site-local day.
 Only one dispatcher runs at a time per database (the ``reminders`` job lock). The lease is
@@ -47,9 +60,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.engine import Connection
 
 from registry_adapter.app import App
@@ -91,6 +105,33 @@ MESSAGE_COLUMNS = (
 )
 
 
+def no_send_in_flight() -> ColumnElement[bool]:
+    """The reminder has no pending send: a failing attempt is retried, never overtaken."""
+    return ~exists().where(SENDS.c.reminder_id == REMINDERS.c.id, SENDS.c.status == "pending")
+
+
+class SentToday:
+    """Which attempt of each time point went out today (site-local day): at most one per day."""
+
+    def __init__(self, conn: Connection, today: date, tz: ZoneInfo) -> None:
+        start, end = local_day_bounds(today, tz)
+        self._attempts: dict[int, int] = {
+            r.reminder_id: r.attempt
+            for r in conn.execute(
+                select(SENDS.c.reminder_id, SENDS.c.attempt)
+                .where(SENDS.c.status == "sent", SENDS.c.sent_at >= start, SENDS.c.sent_at < end)
+                .order_by(SENDS.c.sent_at)
+            )
+        }
+
+    def allows(self, reminder_id: int, attempt: int) -> bool:
+        """Nothing went out today for this time point, or only this attempt (on another channel)."""
+        return self._attempts.get(reminder_id, attempt) == attempt
+
+    def add(self, reminder_id: int, attempt: int) -> None:
+        self._attempts[reminder_id] = attempt
+
+
 @dataclass
 class DispatchReport:
     as_of: str
@@ -106,6 +147,8 @@ class DispatchReport:
     failed: int = 0
     unreachable: int = 0
     capped: int = 0
+    # Due, but this time point already got a message today (one per site-local day).
+    held_today: int = 0
     items: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -160,7 +203,10 @@ class Dispatcher:
         if dry_run:
             with rolled_back(self.app.engine) as conn:
                 report.planned = plan_reminders(conn, self.settings, today).as_dict()
-                due = self._due(conn, today, case_id)
+                sent_today = SentToday(conn, today, self.tz)
+                candidates = self._due(conn, today, case_id)
+                due = [r for r in candidates if sent_today.allows(r.id, r.attempts + 1)]
+                report.held_today = len(candidates) - len(due)
                 report.capped = max(0, len(due) - self._cap_left(conn, today))
                 report.items = [self._describe(r, self._pick(r)[1]) for r in due[: len(due) - report.capped]]
             report.quiet_hours = self._quiet(now)
@@ -179,15 +225,22 @@ class Dispatcher:
             if self._quiet(now) and case_id is None:
                 report.quiet_hours = True
                 return report
-            if self._settle_pending(now, report, lock):
+            with self.app.engine.connect() as conn:
+                sent_today = SentToday(conn, today, self.tz)
+            if self._settle_pending(now, report, lock, sent_today):
                 with self.app.engine.connect() as conn:
                     due = self._due(conn, today, case_id)
                     left = self._cap_left(conn, today)
+                # A new attempt differs from any sent today: held until tomorrow.
+                allowed = [r for r in due if sent_today.allows(r.id, r.attempts + 1)]
+                report.held_today += len(due) - len(allowed)
+                due = allowed
                 report.capped = max(0, len(due) - left)
                 for row in due[:left]:
                     if not self._still_ours(lock, report):
                         break
                     self._attempt(row, now, today, report)
+                    sent_today.add(row.id, row.attempts + 1)
         log.info(
             "reminders.dispatched",
             sent=report.sent,
@@ -196,6 +249,7 @@ class Dispatcher:
             failed=report.failed,
             unreachable=report.unreachable,
             capped=report.capped,
+            held_today=report.held_today,
             lock_lost=report.lock_lost,
         )
         return report
@@ -225,9 +279,13 @@ class Dispatcher:
 
     def _due(self, conn: Connection, today: date, case_id: str | None) -> list[Any]:
         if case_id is None:
-            conditions = due_now(today, self.rs.max_attempts)
+            conditions = [*due_now(today, self.rs.max_attempts), no_send_in_flight()]
         else:
-            conditions = [*sendable(today, self.rs.max_attempts), REMINDERS.c.case_id == case_id]
+            conditions = [
+                *sendable(today, self.rs.max_attempts),
+                no_send_in_flight(),
+                REMINDERS.c.case_id == case_id,
+            ]
         query = (
             select(*MESSAGE_COLUMNS)
             .select_from(with_case_and_patient())
@@ -339,7 +397,8 @@ class Dispatcher:
         report: DispatchReport,
         *,
         confirm_first: bool,
-    ) -> None:
+    ) -> bool:
+        """Deliver (or confirm) one send and record the outcome; True when it is sent."""
         provider: str | None = None
         error: str | None = None
         try:
@@ -382,7 +441,7 @@ class Dispatcher:
                     timepoint=msg.timepoint,
                     reminder_id=msg.reminder_id,
                 )
-                return
+                return True
             give_up = tries >= self.rs.max_tries
             conn.execute(
                 update(SENDS)
@@ -406,8 +465,11 @@ class Dispatcher:
             gave_up=give_up,
             error=error,
         )
+        return False
 
-    def _settle_pending(self, now: datetime, report: DispatchReport, lock: LeaseLock) -> bool:
+    def _settle_pending(
+        self, now: datetime, report: DispatchReport, lock: LeaseLock, sent_today: SentToday
+    ) -> bool:
         """Finish sends a crashed run left pending, and retry failed ones whose backoff is over.
 
         False when the lease was lost on the way (the run must stop)."""
@@ -431,20 +493,30 @@ class Dispatcher:
                     .order_by(SENDS.c.id)
                 )
             )
+        newest: dict[tuple[int, str], int] = {}
         for row in rows:
+            key = (row.id, row.send_channel)
+            newest[key] = max(newest.get(key, 0), row.send_attempt)
+        for row in rows:
+            superseded = row.send_attempt < newest[(row.id, row.send_channel)]
             crashed = row.error is None
-            if not crashed and now < _aware(row.send_created_at) + backoff * (2**row.tries - 1):
-                continue
+            if not superseded and not crashed:
+                if now < _aware(row.send_created_at) + backoff * (2**row.tries - 1):
+                    continue
+                if not sent_today.allows(row.id, row.send_attempt):
+                    report.held_today += 1
+                    continue
             if not self._still_ours(lock, report):
                 return False
             channel = self.channels.get(row.send_channel)
             msg = self._message(row, row.send_attempt, row.send_channel)
-            if channel is None or row.status not in ACTIVE:
-                why = (
-                    "channel no longer configured"
-                    if channel is None
-                    else f"time point {row.status} meanwhile"
-                )
+            if superseded or channel is None or row.status not in ACTIVE:
+                if superseded:
+                    why = f"superseded by attempt {newest[(row.id, row.send_channel)]}"
+                elif channel is None:
+                    why = "channel no longer configured"
+                else:
+                    why = f"time point {row.status} meanwhile"
                 with self.app.engine.begin() as conn:
                     conn.execute(
                         update(SENDS)
@@ -458,6 +530,7 @@ class Dispatcher:
             with self.app.engine.begin() as conn:
                 conn.execute(update(SENDS).where(SENDS.c.id == row.send_id).values(tries=row.tries + 1))
             log.info("reminders.settling", send_id=row.send_id, channel=channel.name, crashed=crashed)
-            self._deliver(row.send_id, row.tries + 1, channel, msg, now, report, confirm_first=crashed)
+            if self._deliver(row.send_id, row.tries + 1, channel, msg, now, report, confirm_first=crashed):
+                sent_today.add(row.id, row.send_attempt)
             report.settled += 1
         return True

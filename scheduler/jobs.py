@@ -19,12 +19,13 @@ from apscheduler.triggers.cron import CronTrigger
 
 from registry_adapter.app import App
 from scheduler.clock import Clock, SystemClock
-from scheduler.locks import job_lock
+from scheduler.locks import SYNC_LOCK_PREFIX, Holder, holders, job_lock, release_holder
 
 log = structlog.get_logger(__name__)
 
 NIGHTLY_JOB = "nightly-sync"
 DISPATCH_JOB = "reminders-dispatch"
+NIGHTLY_LOCK = "nightly"
 
 
 @dataclass
@@ -62,6 +63,41 @@ def refresh_mappings(app: App, job: str) -> None:
         log.error("job.mappings_reload_failed", job=job, error=str(exc)[:2000])
 
 
+def abandon(app: App, holder: Holder) -> bool:
+    """Release a lease whose holder is gone; a sync lease's run left ``running`` becomes
+    ``interrupted``. False when the holder no longer held it (someone took it meanwhile)."""
+    from registry_adapter.pipeline import mark_runs_interrupted
+
+    if not release_holder(app.engine, holder):
+        return False
+    if holder.name.startswith(SYNC_LOCK_PREFIX):
+        with app.engine.begin() as conn:
+            runs = mark_runs_interrupted(conn, holder.name.removeprefix(SYNC_LOCK_PREFIX))
+        log.warning("sync.interrupted_runs", lock=holder.name, runs=runs, holder_pid=holder.pid)
+    return True
+
+
+def recover_abandoned(app: App, clock: Clock | None = None) -> bool:
+    """Clean up after processes that died holding leases (``kill -9`` mid-sync); True when
+    the nightly job was among them, so it must run again.
+
+    Sync leases of gone holders are released and their runs marked ``interrupted``; the
+    nightly lease stays until the re-run takes it over, so a second crash before the re-run
+    still leaves the sign that one is owed."""
+    now = (clock or SystemClock()).now()
+    rerun = False
+    for holder in holders(app.engine):
+        why = holder.gone(now)
+        if why is None:
+            continue
+        log.warning("lock.abandoned", lock=holder.name, host=holder.host, pid=holder.pid, reason=why)
+        if holder.name == NIGHTLY_LOCK:
+            rerun = True
+        elif holder.name.startswith(SYNC_LOCK_PREFIX):
+            abandon(app, holder)
+    return rerun
+
+
 def nightly() -> None:
     """Sync every configured source (each maps and assembles its cases), map what other
     intake (the MLLP listener) staged, then re-plan reminders."""
@@ -73,7 +109,7 @@ def nightly() -> None:
 
     rt = _bound()
     app = rt.app
-    with job_lock(app.engine, "nightly", app.settings.scheduler.lock_ttl_seconds, heartbeat=True) as lock:
+    with job_lock(app.engine, NIGHTLY_LOCK, app.settings.scheduler.lock_ttl_seconds) as lock:
         if lock is None:
             log.info("job.skipped", job=NIGHTLY_JOB, reason="another process holds the lock")
             return

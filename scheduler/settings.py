@@ -242,5 +242,6 @@ class SchedulerSettings(_Strict):
     misfire_grace_seconds: int = Field(default=12 * 3600, ge=1)
     # APScheduler's job table in the registry database.
     jobstore_table: str = "apscheduler_jobs"
-    # Lease of the job locks; renewed while a job runs, so only a dead process lets it lapse.
-    lock_ttl_seconds: int = Field(default=900, ge=10)
+    # Job lock leases: the holder renews its lease (heartbeat) every third of this; a lease
+    # not renewed for this long is stale and taken over (a dead holder on this host at once).
+    lock_ttl_seconds: int = Field(default=90, ge=10)
