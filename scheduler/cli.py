@@ -88,6 +88,9 @@ def reminder_rows(
             REMINDERS.c.last_error,
             REMINDERS.c.cancel_reason,
             REMINDERS.c.completed_response_id,
+            REMINDERS.c.anchor,
+            REMINDERS.c.note,
+            CASES.c.status_reason.label("case_status_reason"),
             unconfirmed_flag(),
         )
         .select_from(REMINDERS.join(CASES, CASES.c.id == REMINDERS.c.case_id))
@@ -157,19 +160,23 @@ def list_cmd(
         _emit_json(rows)
         return
     table = Table()
-    for col in ("procedure", "timepoint", "due", "window", "status", "attempts", "next", "note"):
+    for col in ("procedure", "timepoint", "anchor", "due", "window", "status", "attempts", "next", "note"):
         table.add_column(col)
     for r in rows:
         note = (
             (r["unconfirmed"] and "an attempt is unconfirmed (process crashed while sending): check")
             or r["last_error"]
-            or r["cancel_reason"]
+            or (
+                r["cancel_reason"] and " — ".join(filter(None, (r["cancel_reason"], r["case_status_reason"])))
+            )
+            or r["note"]
             or (r["completed_response_id"] and f"response {r['completed_response_id']}")
             or ""
         )
         table.add_row(
             r["procedure_id"],
             r["timepoint"],
+            r["anchor"] or "",
             r["due_date"],
             f"{r['window_start']} – {r['window_end']}",
             r["status"],
