@@ -23,10 +23,10 @@ new one started with the same ``_since``.
 
 Deletions at the source: besides ``deleted`` files (only incremental exports have them), a
 complete *full* system-level export read in one run ends with an ``Inventory`` per exported
-type (the ids it holds), and the pipeline marks staged records missing from it deleted. Not
-for types narrowed by ``_typeFilter``, patient/group exports (a patient leaving the group is
-not a deletion), exports with unreadable lines or short files, or one resumed after a crash
-(the ids read before it are not kept).
+type (the ids it holds), and the pipeline marks staged records missing from it deleted
+(also one a ``_typeFilter`` no longer selects). Not for patient/group exports (a patient
+leaving the group is not a deletion), exports with unreadable lines or short files, or one
+resumed after a crash (the ids read before it are not kept).
 """
 
 from __future__ import annotations
@@ -224,12 +224,12 @@ class FhirBulkSource:
 
     def inventories(self, job: Mapping[str, Any], manifest: Mapping[str, Any],
                     ids: Mapping[str, set[str]]) -> Iterator[Inventory]:
-        """What a complete full export holds, per exported type without a ``_typeFilter``."""
-        filtered = {f.split("?", 1)[0] for f in self.cfg.type_filters}
+        """What a complete full export holds, per exported type. A resource a ``_typeFilter``
+        no longer selects (e.g. its code left the spine code set) counts as gone too: it is
+        no longer registry data."""
         types = job.get("types") or sorted({str(o.get("type")) for o in manifest.get("output") or []})
         for rtype in types:
-            if rtype not in filtered:
-                yield Inventory(rtype, frozenset(ids.get(rtype, ())), origin=f"full export {rtype}")
+            yield Inventory(rtype, frozenset(ids.get(rtype, ())), origin=f"full export {rtype}")
 
     def _cancel(self, status_url: str) -> None:
         """DELETE on the status URL: cancels a running export or frees a finished one."""

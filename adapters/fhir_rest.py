@@ -28,7 +28,8 @@ State (``Checkpoint.state``)::
 
 Deletions: a complete read by type (``sync --full``, or the first sync) ends with an
 ``Inventory`` per type, the ids the server still has (found by search or as references); the
-pipeline marks staged records of the type that are missing from it deleted at the source. No
+pipeline marks staged records of the type that are missing from it deleted at the source
+(also one the type's ``search_params`` no longer select: it left the registry's scope). No
 inventory is given when any type stopped or its result set shifted (a row may have been
 skipped), nor in patient-scoped mode (patients leave a cohort without being deleted).
 Optionally, ``detect_deletes`` also reads type-level ``[Type]/_history?_since=`` after an
@@ -211,6 +212,7 @@ class FhirRestSource:
                 for rtype in types:
                     yield Inventory(rtype, frozenset(run.ids.get(rtype, ())),
                                     origin=f"{url_path(self.base)}/{rtype} complete search")
+                yield run.checkpoint("complete read: ids compared with what is staged")
         if run.stopped:
             raise SyncIncomplete(run.stopped)
 
