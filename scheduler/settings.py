@@ -147,7 +147,7 @@ class RemindersSettings(_Strict):
             warnings.warn(
                 "reminders.cancel_procedure_statuses is no longer used (such procedures withdraw"
                 " their case); remove it from the configuration",
-                DeprecationWarning,
+                FutureWarning,  # shown to operators by default, unlike DeprecationWarning
                 stacklevel=2,
             )
         return data

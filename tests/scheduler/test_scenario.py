@@ -350,6 +350,6 @@ def test_not_done_procedure_withdraws_its_case_and_says_why(
 
 
 def test_old_cancel_procedure_statuses_key_still_loads(make_app: Callable[..., App]) -> None:
-    with pytest.warns(DeprecationWarning, match="cancel_procedure_statuses"):
+    with pytest.warns(FutureWarning, match="cancel_procedure_statuses"):
         app = make_app(sources=[], reminders={"cancel_procedure_statuses": ["not-done"]})
     assert not hasattr(app.settings.reminders, "cancel_procedure_statuses")
