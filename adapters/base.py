@@ -68,6 +68,16 @@ class Deleted:
 
 
 @dataclass(frozen=True, slots=True)
+class Inventory:
+    """Every id the source still holds for a resource type, from a complete read (a full
+    sync or export): staged records of the type that are not listed were deleted there."""
+
+    resource_type: str
+    resource_ids: frozenset[str]
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Everything yielded so far may be committed together with ``state``.
 
@@ -79,7 +89,7 @@ class Checkpoint:
     progress: str | None = None
 
 
-Item = Record | RecordError | Deleted | Checkpoint
+Item = Record | RecordError | Deleted | Inventory | Checkpoint
 
 
 @dataclass(slots=True)

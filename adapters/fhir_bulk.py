@@ -20,6 +20,13 @@ fewer lines than the manifest's ``count``, the errors are recorded and ``_since`
 advanced, so the next export asks for the same window again (staging ignores what it already
 has). When an output file has expired (404/410), the export is dropped from the state and a
 new one started with the same ``_since``.
+
+Deletions at the source: besides ``deleted`` files (only incremental exports have them), a
+complete *full* system-level export read in one run ends with an ``Inventory`` per exported
+type (the ids it holds), and the pipeline marks staged records missing from it deleted
+(also one a ``_typeFilter`` no longer selects). Not for patient/group exports (a patient
+leaving the group is not a deletion), exports with unreadable lines or short files, or one
+resumed after a crash (the ids read before it are not kept).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import structlog
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
 from adapters.auth import AuthConfig, make_auth
-from adapters.base import Checkpoint, Deleted, Item, Record, RecordError, SourceContext
+from adapters.base import Checkpoint, Deleted, Inventory, Item, Record, RecordError, SourceContext
 from adapters.http import (
     BODY_READ_ERRORS,
     RETRY_STATUSES,
@@ -183,8 +190,16 @@ class FhirBulkSource:
         outputs = [(o, "output") for o in manifest.get("output") or []] + \
                   [(o, "deleted") for o in manifest.get("deleted") or []] + \
                   [(o, "error") for o in manifest.get("error") or []]
+        # Ids per type, kept only when this run reads the whole of a full system export.
+        ids: dict[str, set[str]] | None = (
+            {} if self.cfg.level == "system" and job.get("since_used") is None and not job["files"] else None
+        )
         for n, (entry, kind) in enumerate(outputs):
-            yield from self.process_file(state, job, n, entry, kind, needs_token)
+            for item in self.process_file(state, job, n, entry, kind, needs_token):
+                if ids is not None and isinstance(item, Record):
+                    res = item.resource
+                    ids.setdefault(str(res.get("resourceType")), set()).add(str(res.get("id")))
+                yield item
         status_url = job["status_url"]
         files = job["files"].values()
         unread = sum(f.get("bad", 0) for f in files)
@@ -201,9 +216,20 @@ class FhirBulkSource:
         else:
             final = {"since": manifest.get("transactionTime") or state.get("since")}
             progress = f"export done: {len(outputs)} files"
+            if ids is not None:
+                yield from self.inventories(job, manifest, ids)
         yield Checkpoint(state=final, progress=progress)
         # The pipeline has committed the final state by now; tell the server it can clean up.
         self._cancel(status_url)
+
+    def inventories(self, job: Mapping[str, Any], manifest: Mapping[str, Any],
+                    ids: Mapping[str, set[str]]) -> Iterator[Inventory]:
+        """What a complete full export holds, per exported type. A resource a ``_typeFilter``
+        no longer selects (e.g. its code left the spine code set) counts as gone too: it is
+        no longer registry data."""
+        types = job.get("types") or sorted({str(o.get("type")) for o in manifest.get("output") or []})
+        for rtype in types:
+            yield Inventory(rtype, frozenset(ids.get(rtype, ())), origin=f"full export {rtype}")
 
     def _cancel(self, status_url: str) -> None:
         """DELETE on the status URL: cancels a running export or frees a finished one."""
@@ -240,7 +266,8 @@ class FhirBulkSource:
                                   f"{resp.status_code} without Content-Location")
         log.info("fhir_bulk.kicked_off", source=self.name, level=self.cfg.level,
                  incremental=since is not None)
-        return {"status_url": location, "since_used": since, "manifest": None, "files": {}}
+        return {"status_url": location, "since_used": since, "manifest": None, "files": {},
+                "types": list(types)}
 
     def poll(self, state: dict[str, Any], job: dict[str, Any]
              ) -> Generator[Item, None, dict[str, Any] | None]:

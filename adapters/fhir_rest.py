@@ -26,11 +26,17 @@ State (``Checkpoint.state``)::
     {"types": {"Procedure": {"watermark": "2026-...Z"}, ...},
      "patients": {"watermark": "...", "cohort": [ids], "run": {...}}}   # patient-scoped mode
 
-Deletions: with ``detect_deletes`` the source reads type-level ``[Type]/_history?_since=``
-after the type's search and yields ``Deleted`` for DELETE entries (HAPI, Azure and Google
-servers support it; Medplum has instance-level history only, and its in-memory repository
-forgets deleted resources, so the test server adds type-level history). Without it no
-deletion is detected; a resource set to ``entered-in-error`` arrives as an ordinary update.
+Deletions: a complete read by type (``sync --full``, or the first sync) ends with an
+``Inventory`` per type, the ids the server still has (found by search or as references); the
+pipeline marks staged records of the type that are missing from it deleted at the source
+(also one the type's ``search_params`` no longer select: it left the registry's scope). No
+inventory is given when any type stopped or its result set shifted (a row may have been
+skipped), nor in patient-scoped mode (patients leave a cohort without being deleted).
+Optionally, ``detect_deletes`` also reads type-level ``[Type]/_history?_since=`` after an
+incremental search and yields ``Deleted`` for DELETE entries (HAPI, Azure and Google servers
+support it; Medplum has instance-level history only, so the test server adds type-level
+history); a server that refuses it (4xx/501) is logged once per type and the sync goes on,
+relying on the next full sync. A resource set to ``entered-in-error`` arrives as an update.
 
 A malformed page (not JSON, not a Bundle) is staged as an error and stops only its resource
 type (or, patient-scoped, its patient): that type's watermark stays at its last good page and
@@ -59,6 +65,7 @@ from adapters.auth import AuthConfig, make_auth
 from adapters.base import (
     Checkpoint,
     Deleted,
+    Inventory,
     Item,
     JSONDict,
     Record,
@@ -66,7 +73,14 @@ from adapters.base import (
     SourceContext,
     SourceIncomplete,
 )
-from adapters.http import HttpConfig, get_with_body_retry, make_session, raise_for_fhir, url_path
+from adapters.http import (
+    FhirHttpError,
+    HttpConfig,
+    get_with_body_retry,
+    make_session,
+    raise_for_fhir,
+    url_path,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -194,6 +208,11 @@ class FhirRestSource:
             yield from run.patient_scoped(self.cfg.patient_scoped)
         else:
             yield from run.by_type()
+            if run.complete and not run.stopped:
+                for rtype in types:
+                    yield Inventory(rtype, frozenset(run.ids.get(rtype, ())),
+                                    origin=f"{url_path(self.base)}/{rtype} complete search")
+                yield run.checkpoint("complete read: ids compared with what is staged")
         if run.stopped:
             raise SyncIncomplete(run.stopped)
 
@@ -250,6 +269,10 @@ class _Run:
         self.known_refs: set[str] = set()  # "Type/id" yielded or already looked up
         self.counts: dict[str, int] = {}
         self.stopped: dict[str, str] = {}  # what stopped at a malformed page -> page origin
+        self.ids: dict[str, set[str]] = {}  # type -> ids yielded in this run
+        # Every type read without a _lastUpdated filter and no result set shifted: the ids
+        # yielded are all the server has (see Inventory).
+        self.complete = True
 
     # ------------------------------------------------------------------ helpers
     def since_for(self, watermark: str | None) -> tuple[str, str] | None:
@@ -297,6 +320,7 @@ class _Run:
                 continue
             self.seen.add(key)
             self.known_refs.add(ref)
+            self.ids.setdefault(resource["resourceType"], set()).add(str(resource.get("id")))
             self.counts[resource["resourceType"]] = self.counts.get(resource["resourceType"], 0) + 1
             yield Record(resource=resource, origin=origin)
 
@@ -338,6 +362,7 @@ class _Run:
             tstate = types_state.setdefault(rtype, {})
             previous = tstate.get("watermark")
             since = self.since_for(previous)
+            self.complete = self.complete and since is None
             url = self.src.search_url(rtype, self.search_params(since),
                                       self.cfg.search_params.get(rtype, ""))
             high: str | None = previous
@@ -369,6 +394,7 @@ class _Run:
                             # A resource we already had came back newer: the server pages by
                             # offset over a live result set, so a row may have been skipped.
                             shifted = True
+                            self.complete = False
                             log.warning("fhir_rest.result_set_shifted", type=rtype,
                                         page=page.number)
                     yield from self.records(page)
@@ -406,6 +432,17 @@ class _Run:
     def deletions(self, rtype: str, since: str) -> Iterator[Item]:
         params = {"_since": since, "_count": str(self.cfg.page_size)}
         url = f"{self.src.base}/{rtype}/_history?{urlencode(params)}"
+        try:
+            yield from self._history_deletions(url)
+        except FhirHttpError as exc:
+            if exc.status >= 500 and exc.status != 501:
+                raise
+            # Type-level history is optional in FHIR; a server without it must not fail the
+            # source: deletions are then found by the next full sync (Inventory).
+            log.warning("fhir_rest.history_unsupported", source=self.src.name, type=rtype,
+                        status=exc.status)
+
+    def _history_deletions(self, url: str) -> Iterator[Item]:
         for page in self.src.pages(url):
             for i, entry in enumerate(page.bundle.get("entry") or []):
                 request = entry.get("request") if isinstance(entry, Mapping) else None

@@ -9,6 +9,16 @@ placed on a case and time point by their completion date.
 A case id is ``source:anchor procedure id`` when the case is first made, and then stays: if a
 higher-ranked code of the same surgery arrives later, the case is re-anchored under its old id,
 because reminders and audit history point at it.
+
+Only surgeries that happened anchor a case: a Procedure in ``preparation`` (planned; the v2
+helper emits it for A05/A14, class P and future PR1) or dated after the day assembly runs is
+left out until it is performed. A case no longer produced is kept (reminders point at it):
+``withdrawn`` with a reason when its procedure was deleted at the source or marked
+entered-in-error / not-done, or withdrawn by hand (``cases withdraw``); otherwise
+``removed`` (e.g. the procedure moved to another day, which makes a new case).
+
+Time points anchored on the discharge fall back to the surgery date when the stay has no
+discharge date or one before the surgery; such cases carry a warning for review.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from datetime import date
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Connection, Row
 
@@ -25,6 +36,7 @@ from mappings.codemaps import CodeMap, display_code
 from registry_store.db import upsert
 from registry_store.errors import CASE_SCOPE, ERRORS, Issue, replace_errors
 from registry_store.models import Case, Condition, Encounter, Patient, Procedure, PromResponse
+from registry_store.staging import STAGING
 from registry_store.timeutil import utcnow
 
 CASES = Case.__table__  # type: ignore[attr-defined]
@@ -35,8 +47,49 @@ PROMS = PromResponse.__table__  # type: ignore[attr-defined]
 PATIENTS = Patient.__table__  # type: ignore[attr-defined]
 
 
+# Procedure statuses of surgeries that have not happened (yet): never a case anchor.
+PLANNED_STATUSES = ("preparation",)
+DELETED_AT_SOURCE = "deleted at source"
+MANUAL_PREFIX = "withdrawn by "
+
+
 def case_id(source: str, procedure_id: str) -> str:
     return f"{source}:{procedure_id}"
+
+
+def discharge_anchor(surgery: date, discharge: date | None) -> tuple[date, str]:
+    """The date discharge-anchored time points count from, and which it is.
+
+    A missing discharge, or one before the surgery (a data error), falls back to the surgery
+    date, visibly (``surgery_fallback``), rather than putting the time point before surgery.
+    """
+    if discharge is not None and discharge >= surgery:
+        return discharge, "discharge"
+    return surgery, "surgery_fallback"
+
+
+def _anchor_issue(enc: Row[Any] | None, surgery: date) -> Issue | None:
+    """A warning for a case whose discharge-anchored time points fall back to the surgery."""
+    discharge = enc.discharge_date if enc is not None else None
+    if discharge is not None and discharge >= surgery:
+        return None
+    if discharge is not None:
+        return Issue(
+            "case.discharge_before_surgery",
+            "the stay's discharge date is before the surgery date; time points anchored on"
+            " the discharge count from the surgery date instead",
+            field="discharge_date",
+            rule="discharge_anchor",
+            severity="warning",
+        )
+    return Issue(
+        "case.no_discharge",
+        ("the stay has no discharge date" if enc is not None else "the surgery has no stay (encounter)")
+        + "; time points anchored on the discharge count from the surgery date until it arrives",
+        field="discharge_date",
+        rule="discharge_anchor",
+        severity="warning",
+    )
 
 
 def _chunks(items: list[Any], size: int = 400) -> Iterable[list[Any]]:
@@ -60,11 +113,14 @@ def assemble_cases(
     patient_ids: Iterable[str],
     diagnoses_map: CodeMap,
     timepoints: Mapping[str, Any],
+    today: date | None = None,
 ) -> int:
-    """Rebuild the cases of these patients; returns how many cases are active for them."""
+    """Rebuild the cases of these patients as of ``today`` (the site-local date assembly runs;
+    default: the host's today); returns how many cases are active for them."""
     patients = sorted(set(patient_ids))
     if not patients:
         return 0
+    today = today or date.today()
     procs = _by_patient(conn, PROCS, source, patients)
     conds = _by_patient(conn, CONDS, source, patients)
     encounter_ids = sorted({p.encounter_id for rows in procs.values() for p in rows if p.encounter_id})
@@ -72,27 +128,42 @@ def assemble_cases(
     for chunk in _chunks(encounter_ids):
         for enc_row in conn.execute(select(ENCS).where(ENCS.c.source == source, ENCS.c.id.in_(chunk))):
             encounters[enc_row.id] = enc_row
-    existing: dict[str, str] = {}
+    existing: dict[str, Any] = {}  # case id -> its row
     # The active case of each surgery group (patient, encounter or "", surgery date).
     active: dict[tuple[str, str, date], str] = {}
+    # Surgeries a coordinator withdrew by hand: not made into a case again.
+    held: set[tuple[str, str, date]] = set()
     for chunk in _chunks(patients):
         for r in conn.execute(
             select(
-                CASES.c.id, CASES.c.status, CASES.c.patient_id, CASES.c.encounter_id, CASES.c.surgery_date
+                CASES.c.id,
+                CASES.c.status,
+                CASES.c.status_reason,
+                CASES.c.procedure_id,
+                CASES.c.patient_id,
+                CASES.c.encounter_id,
+                CASES.c.surgery_date,
             ).where(CASES.c.source == source, CASES.c.patient_id.in_(chunk))
         ):
-            existing[r.id] = r.status
+            existing[r.id] = r
+            group = (r.patient_id, r.encounter_id or "", r.surgery_date)
             if r.status == "active":
-                active.setdefault((r.patient_id, r.encounter_id or "", r.surgery_date), r.id)
+                active.setdefault(group, r.id)
+            elif (r.status_reason or "").startswith(MANUAL_PREFIX):
+                held.add(group)
     now = utcnow()
     rows: list[dict[str, Any]] = []
-    orphans: dict[int, tuple[str, Issue]] = {}
+    flagged: dict[int, tuple[str, Issue]] = {}
     for patient in patients:
         groups: dict[tuple[str, date], list[Row[Any]]] = defaultdict(list)
         for proc in procs.get(patient, []):
+            if proc.status in PLANNED_STATUSES or proc.surgery_date > today:
+                continue  # not performed (yet): no case, no orphan error
             groups[(proc.encounter_id or "", proc.surgery_date)].append(proc)
         by_id = {c.id: c for c in conds.get(patient, [])}
         for (enc_id, surgery_date), members in groups.items():
+            if (patient, enc_id, surgery_date) in held:
+                continue
             index = [p for p in members if p.role == "index"]
             if not index:
                 codes = sorted({c.rsplit("|", 1)[-1] for p in members for c in p.codes})
@@ -106,11 +177,14 @@ def assemble_cases(
                 )
                 for p in members:
                     if p.staging_id is not None:
-                        orphans[p.staging_id] = (p.id, issue)
+                        flagged[p.staging_id] = (p.id, issue)
                 continue
             index.sort(key=lambda p: (-p.rank, p.id))
             anchor = index[0]
             enc: Row[Any] | None = encounters.get(enc_id) if enc_id else None
+            anchor_issue = _anchor_issue(enc, surgery_date)
+            if anchor_issue is not None and anchor.staging_id is not None:
+                flagged[anchor.staging_id] = (anchor.id, anchor_issue)
             diag_cats, diag_codes = _diagnoses(members, enc_id, by_id, diagnoses_map)
             rows.append(
                 {
@@ -131,19 +205,73 @@ def assemble_cases(
                     "revision": any(p.revision for p in members),
                     "instrumented": any(p.instrumented for p in members),
                     "status": "active",
+                    "status_reason": None,
                     "updated_at": now,
                 }
             )
     _assign_ids(source, rows)
     upsert(conn, CASES, rows, keys=["id"])
     produced = {r["id"] for r in rows}
-    gone = sorted(cid for cid, status in existing.items() if status == "active" and cid not in produced)
-    if gone:
-        # Kept, not deleted: reminders and audit history point at cases.
-        conn.execute(update(CASES).where(CASES.c.id.in_(gone)).values(status="removed", updated_at=now))
+    gone = [c for cid, c in sorted(existing.items()) if c.status == "active" and cid not in produced]
+    # Kept, not deleted: reminders and audit history point at cases.
+    for case, (status, reason) in zip(gone, _why_gone(conn, source, gone), strict=True):
+        conn.execute(
+            update(CASES)
+            .where(CASES.c.id == case.id)
+            .values(status=status, status_reason=reason, updated_at=now)
+        )
     _assign_proms(conn, source, patients, timepoints)
-    _report_orphans(conn, source, [p for rows_ in procs.values() for p in rows_], orphans)
+    _report_case_issues(conn, source, [p for rows_ in procs.values() for p in rows_], flagged)
     return len(rows)
+
+
+def _why_gone(conn: Connection, source: str, gone: list[Row[Any]]) -> list[tuple[str, str | None]]:
+    """Status and reason for cases no longer produced, from their anchor's staged record."""
+    staged: dict[str, Row[Any]] = {}
+    for chunk in _chunks(sorted({c.procedure_id for c in gone})):
+        for r in conn.execute(
+            select(STAGING.c.resource_id, STAGING.c.status, STAGING.c.raw).where(
+                STAGING.c.source == source,
+                STAGING.c.resource_type == "Procedure",
+                STAGING.c.resource_id.in_(chunk),
+            )
+        ):
+            staged[r.resource_id] = r
+    out: list[tuple[str, str | None]] = []
+    for case in gone:
+        rec = staged.get(case.procedure_id)
+        if rec is not None and rec.status == "deleted":
+            out.append(("withdrawn", DELETED_AT_SOURCE))
+        elif rec is not None and rec.status == "excluded":
+            out.append(("withdrawn", f"procedure {_procedure_status(rec.raw)}"))
+        else:
+            out.append(("removed", None))
+    return out
+
+
+def _procedure_status(raw: bytes) -> str:
+    """The status of a staged Procedure (an excluded one: entered-in-error or not-done)."""
+    try:
+        status = orjson.loads(raw).get("status")
+    except (orjson.JSONDecodeError, AttributeError):
+        status = None
+    return str(status)[:40] if status else "excluded"
+
+
+def withdraw_case(
+    conn: Connection, case: str, *, by: str, reason: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Withdraw a case by hand (the surgery is not a registry case); the caller audits it.
+
+    Returns the case's status and reason before and after. Case assembly leaves a surgery
+    withdrawn this way alone, even when its procedures are sent again.
+    """
+    row = conn.execute(select(CASES.c.status, CASES.c.status_reason).where(CASES.c.id == case)).first()
+    if row is None:
+        raise LookupError(f"no case with id {case}")
+    after = {"status": "withdrawn", "status_reason": f"{MANUAL_PREFIX}{by}: {reason}"[:500]}
+    conn.execute(update(CASES).where(CASES.c.id == case).values(**after, updated_at=utcnow()))
+    return {"status": row.status, "status_reason": row.status_reason}, after
 
 
 def _assign_ids(source: str, rows: list[dict[str, Any]]) -> None:
@@ -162,10 +290,11 @@ def _assign_ids(source: str, rows: list[dict[str, Any]]) -> None:
             taken.add(cid)
 
 
-def _report_orphans(
+def _report_case_issues(
     conn: Connection, source: str, procs: list[Row[Any]], orphans: Mapping[int, tuple[str, Issue]]
 ) -> None:
-    """Open case-assembly errors for procedures that anchor nothing; resolve the rest."""
+    """Open case-assembly errors (procedures that anchor nothing) and warnings (no usable
+    discharge) on the procedures they concern; resolve the rest."""
     had_errors: dict[int, str] = {}
     ids = [p.id for p in procs]
     for chunk in _chunks(ids):
@@ -268,8 +397,8 @@ def _assign_proms(conn: Connection, source: str, patients: list[str], timepoints
         for case in cases.get(person[(resp.source, resp.patient_id)], []):
             for name, tp in timepoints.items():
                 anchor = case.surgery_date
-                if tp.anchor == "discharge" and case.discharge_date is not None:
-                    anchor = case.discharge_date
+                if tp.anchor == "discharge":
+                    anchor, _ = discharge_anchor(case.surgery_date, case.discharge_date)
                 offset = (resp.completion_date - anchor).days
                 if tp.window_start_days <= offset <= tp.window_end_days:
                     distance = abs(offset - tp.due_days)

@@ -463,6 +463,31 @@ def cases_list(obj: Ctx, as_json: bool, limit: int | None, include_removed: bool
     )
 
 
+@cases.command("withdraw")
+@click.argument("case_id")
+@click.option("--reason", required=True, help="Why the surgery is not a registry case (audited).")
+@click.option("--by", "by", default=None, help="Who withdraws it (default: the operating-system user).")
+@pass_ctx
+def cases_withdraw(obj: Ctx, case_id: str, reason: str, by: str | None) -> None:
+    """Withdraw a case by hand: it leaves the registry and its open reminders are cancelled."""
+    import getpass
+
+    from mappings.cases import withdraw_case
+    from review import audit
+    from scheduler.dispatcher import Dispatcher
+
+    who = by or getpass.getuser()
+    with obj.app.engine.begin() as conn:
+        try:
+            before, after = withdraw_case(conn, case_id, by=who, reason=reason)
+        except LookupError as exc:
+            raise click.UsageError(str(exc)) from None
+        target = f"case:{case_id}"
+        audit.record(conn, username=who, action="case.withdraw", target=target, before=before, after=after)
+    counts = Dispatcher(obj.app).plan()
+    out.print(f"case {case_id} withdrawn ({counts.updated} time points re-planned)")
+
+
 @cli.group()
 def errors() -> None:
     """Mapping errors, one per record and problem, grouped into causes."""

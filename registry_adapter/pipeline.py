@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from adapters.base import (
     Checkpoint,
     Deleted,
+    Inventory,
     Record,
     RecordError,
     Source,
@@ -232,6 +234,7 @@ class Pipeline:
         records: list[Record] = []
         errors: list[RecordError] = []
         deletions: list[Deleted] = []
+        inventories: list[Inventory] = []
         log.info("sync.start", source=source.name, run_id=run_id, kind=kind)
 
         def flush(checkpoint: Checkpoint | None) -> None:
@@ -240,6 +243,12 @@ class Pipeline:
                 staged.add(stage_errors(conn, source.name, errors))
                 for gone in deletions:
                     self._delete(conn, source.name, gone.resource_type, gone.resource_id)
+                for inventory in inventories:
+                    # After this batch's records are staged (they are on the inventory too).
+                    missing = self._missing_from(conn, source.name, inventory)
+                    for rid in missing:
+                        self._delete(conn, source.name, inventory.resource_type, rid)
+                    counts.deleted += len(missing)
                 if checkpoint is not None:
                     _save_state(conn, source.name, dict(checkpoint.state))
             counts.staged_new += staged.inserted
@@ -251,6 +260,7 @@ class Pipeline:
             records.clear()
             errors.clear()
             deletions.clear()
+            inventories.clear()
 
         outcome, failure = "succeeded", None
         final_state: dict[str, Any] = dict(state)
@@ -277,6 +287,8 @@ class Pipeline:
                         errors.append(item)
                     elif isinstance(item, Deleted):
                         deletions.append(item)
+                    elif isinstance(item, Inventory):
+                        inventories.append(item)
                     elif isinstance(item, Checkpoint):
                         flush(item)
                         final_state = dict(item.state)
@@ -325,6 +337,20 @@ class Pipeline:
                 **counts.as_dict(),
             )
         return RunResult(run_id, source.name, outcome, counts, seconds, final_state, failure)
+
+    def _missing_from(self, conn: Connection, source: str, inventory: Inventory) -> list[str]:
+        """Ids of staged records of the inventory's type that the source no longer has."""
+        staged = conn.execute(
+            select(STAGING.c.resource_id).where(
+                STAGING.c.source == source,
+                STAGING.c.resource_type == inventory.resource_type,
+                STAGING.c.status.notin_(["deleted", "invalid"]),
+            )
+        ).scalars()
+        missing = sorted(set(staged) - inventory.resource_ids)
+        if missing:
+            log.info("sync.deleted_at_source", source=source, type=inventory.resource_type, n=len(missing))
+        return missing
 
     def _delete(self, conn: Connection, source: str, rtype: str, rid: str) -> set[str]:
         staging_id = mark_deleted(conn, source, rtype, rid)
@@ -548,8 +574,9 @@ class Pipeline:
     def _assemble(self, conn: Connection, touched: dict[str, set[str]]) -> int:
         total = 0
         dmap = self.app.codemaps["spine-diagnoses"]
+        today = datetime.now(self.app.settings.site.tz).date()  # procedures after it are planned
         for source, patients in touched.items():
-            total += assemble_cases(conn, source, patients, dmap, self.app.settings.proms.timepoints)
+            total += assemble_cases(conn, source, patients, dmap, self.app.settings.proms.timepoints, today)
         return total
 
     # -- re-processing ------------------------------------------------------------------

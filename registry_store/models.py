@@ -168,7 +168,11 @@ class Case(SQLModel, table=True):
     diagnosis_codes: list[str] = _json_field([])
     revision: bool = False
     instrumented: bool = False
+    # active | removed (no longer produced by the source data) | withdrawn (see status_reason)
     status: str = Field(default="active", max_length=16)
+    # Why a case is not active: "procedure entered-in-error", "deleted at source",
+    # "withdrawn by NAME: reason".
+    status_reason: str | None = Field(default=None, max_length=500)
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -238,6 +242,10 @@ class Reminder(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     completed_response_id: str | None = Field(default=None, max_length=256)
     cancel_reason: str | None = Field(default=None, max_length=64)
+    # What the due date counts from: surgery | discharge | surgery_fallback (no usable discharge).
+    anchor: str | None = Field(default=None, max_length=24)
+    # Why the due date moved after attempts went out (shown with the attempts).
+    note: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

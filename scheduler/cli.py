@@ -87,6 +87,9 @@ def reminder_rows(
             REMINDERS.c.last_error,
             REMINDERS.c.cancel_reason,
             REMINDERS.c.completed_response_id,
+            REMINDERS.c.anchor,
+            REMINDERS.c.note,
+            CASES.c.status_reason.label("case_status_reason"),
             unconfirmed_flag(),
         )
         .select_from(REMINDERS.join(CASES, CASES.c.id == REMINDERS.c.case_id))
@@ -165,7 +168,10 @@ def list_cmd(
         note = (
             (r["unconfirmed"] and "an attempt is unconfirmed (process crashed while sending): check")
             or r["last_error"]
-            or r["cancel_reason"]
+            or (
+                r["cancel_reason"] and " — ".join(filter(None, (r["cancel_reason"], r["case_status_reason"])))
+            )
+            or r["note"]
             or (r["completed_response_id"] and f"response {r['completed_response_id']}")
             or ""
         )
@@ -173,6 +179,7 @@ def list_cmd(
             (
                 r["procedure_id"],
                 r["timepoint"],
+                r["anchor"] or "",
                 r["due_date"],
                 f"{r['window_start']} – {r['window_end']}",
                 r["status"],
@@ -181,7 +188,8 @@ def list_cmd(
                 note,
             )
         )
-    print_table(("procedure", "timepoint", "due", "window", "status", "attempts", "next", "note"), table)
+    columns = ("procedure", "timepoint", "anchor", "due", "window", "status", "attempts", "next", "note")
+    print_table(columns, table)
 
 
 @reminders.command("send")
@@ -286,19 +294,10 @@ def locks_list_cmd(obj: Ctx, as_json: bool) -> None:
     if not rows:
         out.print("no leases held")
         return
-    table = Table()
-    for col in ("lease", "host", "pid", "heartbeat", "expires", "state"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["name"],
-            r["host"] or "",
-            str(r["pid"] or ""),
-            r["heartbeat_at"] or "",
-            r["expires_at"],
-            r["state"],
-        )
-    out.print(table)
+    print_table(
+        ("lease", "host", "pid", "heartbeat", "expires", "state"),
+        ((r["name"], r["host"], r["pid"], r["heartbeat_at"], r["expires_at"], r["state"]) for r in rows),
+    )
 
 
 @locks.command("release")

@@ -7,14 +7,19 @@ changed, so it runs before every dispatch and after every sync:
 
 - due date = anchor + ``due_days``, window = anchor + [``window_start_days``, ``window_end_days``],
   in whole calendar days (dates, never timestamps, so DST and leap days cannot shift them);
-  the anchor is the discharge date for ``anchor: discharge`` (surgery date when unknown);
+  the anchor is the discharge date for ``anchor: discharge`` (the surgery date, recorded as
+  ``surgery_fallback``, when the discharge is unknown or before the surgery);
+- a due date that moves after attempts went out (the discharge arrived later) gets a note
+  saying so; the next attempt counts from the new due date;
 - attempt k goes out on ``first + (k-1) * repeat_every_days`` (first = due date minus
   ``first_reminder_days_before``, not before the window opens), never sooner than
   ``repeat_every_days`` after the previous one actually went out, up to ``max_attempts``,
   while the window is open;
 - status precedence: completed > cancelled > expired/missing > sent > scheduled. A response
   in the window completes the time point whenever it came (even before the first reminder);
-  death, opt-out, a cancelled procedure or a removed case cancel what is still open. Sent
+  opt-out or a withdrawn/removed case cancel what is still open; a death cancels what was
+  still open on the date of death (a window that had closed before stays expired/missing, so
+  completeness reports keep showing the missing data). Sent
   attempts stay in ``reminder_sends`` as history.
 
 The planner never writes ``attempts``/``last_sent_at`` (the dispatcher owns them) and updates a
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,14 +40,14 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from mappings.cases import discharge_anchor
 from registry_adapter.config import Settings, TimepointWindow
 from registry_store.db import is_postgres
-from registry_store.models import Case, Patient, Procedure, PromResponse, Reminder
+from registry_store.models import Case, Patient, PromResponse, Reminder
 from registry_store.timeutil import utcnow
 
 CASES = Case.__table__  # type: ignore[attr-defined]
 PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-PROCS = Procedure.__table__  # type: ignore[attr-defined]
 PROMS = PromResponse.__table__  # type: ignore[attr-defined]
 REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
 
@@ -57,6 +62,7 @@ _PLANNED_FIELDS = (
     "next_attempt_on",
     "completed_response_id",
     "cancel_reason",
+    "anchor",
 )
 
 
@@ -71,8 +77,8 @@ class CaseFacts:
     surgery_date: date
     discharge_date: date | None
     case_status: str = "active"
-    procedure_status: str | None = None
     deceased: bool = False
+    deceased_date: date | None = None
     opted_out: bool = False
 
 
@@ -94,6 +100,7 @@ class TimepointPlan:
     next_attempt_on: date | None = None
     completed_response_id: str | None = None
     cancel_reason: str | None = None
+    anchor: str = "surgery"
 
 
 @dataclass
@@ -114,15 +121,15 @@ class PlanCounts:
         }
 
 
-def anchor_date(tp: TimepointWindow, surgery: date, discharge: date | None) -> date:
-    # Same rule as case assembly's PROM placement (mappings/cases.py): discharge falls back
-    # to the surgery date when the stay has no discharge date yet.
-    return discharge if tp.anchor == "discharge" and discharge is not None else surgery
+def anchor_date(tp: TimepointWindow, surgery: date, discharge: date | None) -> tuple[date, str]:
+    """The date a time point counts from and its kind (``surgery``, ``discharge`` or
+    ``surgery_fallback``); the same rule as case assembly's PROM placement."""
+    return discharge_anchor(surgery, discharge) if tp.anchor == "discharge" else (surgery, "surgery")
 
 
 def window(tp: TimepointWindow, surgery: date, discharge: date | None) -> tuple[date, date, date]:
     """Due date, window start, window end (inclusive), as calendar-day offsets."""
-    a = anchor_date(tp, surgery, discharge)
+    a, _ = anchor_date(tp, surgery, discharge)
     return (
         a + timedelta(days=tp.due_days),
         a + timedelta(days=tp.window_start_days),
@@ -187,12 +194,15 @@ def completing_response(
     return counting[0].id
 
 
-def cancel_reason(facts: CaseFacts, cancel_statuses: tuple[str, ...]) -> str | None:
+def cancel_reason(facts: CaseFacts, window_end: date) -> str | None:
+    """Why a time point whose window ends on ``window_end`` is cancelled, if it is.
+
+    A death cancels only time points still open on the date of death; one whose window had
+    already closed stays expired/missing. Without a date of death every open one is cancelled.
+    """
     if facts.case_status != "active":
         return f"case_{facts.case_status}"
-    if facts.procedure_status in cancel_statuses:
-        return f"procedure_{facts.procedure_status}"
-    if facts.deceased:
+    if facts.deceased and (facts.deceased_date is None or facts.deceased_date <= window_end):
         return "deceased"
     if facts.opted_out:
         return "opted_out"
@@ -212,17 +222,19 @@ def plan_timepoint(
 ) -> TimepointPlan:
     rs = settings.reminders
     due, start, end = window(tp, facts.surgery_date, facts.discharge_date)
+    _, anchor = anchor_date(tp, facts.surgery_date, facts.discharge_date)
+    plan = TimepointPlan(name, due, start, end, "scheduled", anchor=anchor)
     instruments = rs.instruments.get(facts.module or "default", rs.instruments.get("default", ()))
     done = completing_response(responses, instruments, rs.complete_when, start, end, today)
     if done is not None:
-        return TimepointPlan(name, due, start, end, "completed", completed_response_id=done)
-    reason = cancel_reason(facts, rs.cancel_procedure_statuses)
+        return replace(plan, status="completed", completed_response_id=done)
+    reason = cancel_reason(facts, end)
     if reason is not None:
-        return TimepointPlan(name, due, start, end, "cancelled", cancel_reason=reason)
+        return replace(plan, status="cancelled", cancel_reason=reason)
     if name not in rs.remind:
-        return TimepointPlan(name, due, start, end, "missing" if today > end else "open")
+        return replace(plan, status="missing" if today > end else "open")
     if today > end:
-        return TimepointPlan(name, due, start, end, "expired")
+        return replace(plan, status="expired")
     nxt = next_attempt_on(
         due=due,
         window_start=start,
@@ -233,7 +245,7 @@ def plan_timepoint(
         every_days=rs.repeat_every_days,
         max_attempts=rs.max_attempts,
     )
-    return TimepointPlan(name, due, start, end, "sent" if last_sent_day else "scheduled", next_attempt_on=nxt)
+    return replace(plan, status="sent" if last_sent_day else "scheduled", next_attempt_on=nxt)
 
 
 def check_configuration(settings: Settings, instrument_ids: Iterable[str] | None = None) -> None:
@@ -265,13 +277,16 @@ def local_day(at: datetime | None, tz: ZoneInfo) -> date | None:
 
 def _load_facts(conn: Connection) -> tuple[list[CaseFacts], dict[str, tuple[str, str]]]:
     patients = {
-        (r.source, r.id): (r.deceased, r.opted_out)
+        (r.source, r.id): r
         for r in conn.execute(
-            select(PATIENTS.c.source, PATIENTS.c.id, PATIENTS.c.deceased, PATIENTS.c.opted_out)
+            select(
+                PATIENTS.c.source,
+                PATIENTS.c.id,
+                PATIENTS.c.deceased,
+                PATIENTS.c.deceased_date,
+                PATIENTS.c.opted_out,
+            )
         )
-    }
-    proc_status = {
-        (r.source, r.id): r.status for r in conn.execute(select(PROCS.c.source, PROCS.c.id, PROCS.c.status))
     }
     facts: list[CaseFacts] = []
     owners: dict[str, tuple[str, str]] = {}
@@ -287,7 +302,7 @@ def _load_facts(conn: Connection) -> tuple[list[CaseFacts], dict[str, tuple[str,
             CASES.c.status,
         ).order_by(CASES.c.id)
     ):
-        deceased, opted_out = patients.get((c.source, c.patient_id), (False, False))
+        p = patients.get((c.source, c.patient_id))
         facts.append(
             CaseFacts(
                 case_id=c.id,
@@ -295,9 +310,9 @@ def _load_facts(conn: Connection) -> tuple[list[CaseFacts], dict[str, tuple[str,
                 surgery_date=c.surgery_date,
                 discharge_date=c.discharge_date,
                 case_status=c.status,
-                procedure_status=proc_status.get((c.source, c.procedure_id)),
-                deceased=bool(deceased),
-                opted_out=bool(opted_out),
+                deceased=bool(p and (p.deceased or p.deceased_date)),
+                deceased_date=p.deceased_date if p else None,
+                opted_out=bool(p and p.opted_out),
             )
         )
         owners[c.id] = (c.source, c.patient_id)
@@ -348,6 +363,8 @@ def plan_reminders(conn: Connection, settings: Settings, today: date) -> PlanCou
             )
             counts.by_status[plan.status] = counts.by_status.get(plan.status, 0) + 1
             values = {k: getattr(plan, k) for k in _PLANNED_FIELDS}
+            if row is not None:
+                values["note"] = moved_note(row, plan, tz)
             if row is None:
                 inserts.append(
                     {"case_id": f.case_id, "timepoint": name, **values, "created_at": now, "updated_at": now}
@@ -373,6 +390,20 @@ def plan_reminders(conn: Connection, settings: Settings, today: date) -> PlanCou
         _insert_new(conn, inserts)
         counts.created += len(inserts)
     return counts
+
+
+def moved_note(row: Any, plan: TimepointPlan, tz: ZoneInfo) -> str | None:
+    """A note when the due date moved after attempts went out (e.g. the discharge arrived and
+    replaced the surgery-date fallback), so an attempt dated before the new due date is
+    explained; the note stays once written (the attempts it explains stay in history)."""
+    if row.note or not row.attempts or row.due_date == plan.due_date:
+        return row.note
+    last = local_day(row.last_sent_at, tz)
+    return (
+        f"due date moved from {row.due_date.isoformat()} to {plan.due_date.isoformat()}"
+        f" (anchor: {plan.anchor}) after {row.attempts} attempt(s) sent"
+        + (f", the last on {last.isoformat()}" if last else "")
+    )[:500]
 
 
 def _update_if_changed(

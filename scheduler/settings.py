@@ -8,6 +8,7 @@ Secrets (SMTP password, webhook secret, link-token secret, FHIR bearer token) co
 from __future__ import annotations
 
 import re
+import warnings
 from datetime import time
 from pathlib import Path
 from typing import Literal, cast, get_args
@@ -135,6 +136,22 @@ def _default_instruments() -> dict[str, tuple[str, ...]]:
 
 class RemindersSettings(_Strict):
     enabled: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed_keys(cls, data: object) -> object:
+        # cancel_procedure_statuses was removed: an entered-in-error / not-done procedure now
+        # withdraws its case (with the reason), which cancels its reminders. Old configs load.
+        if isinstance(data, dict) and "cancel_procedure_statuses" in data:
+            data = {k: v for k, v in data.items() if k != "cancel_procedure_statuses"}
+            warnings.warn(
+                "reminders.cancel_procedure_statuses is no longer used (such procedures withdraw"
+                " their case); remove it from the configuration",
+                FutureWarning,  # shown to operators by default, unlike DeprecationWarning
+                stacklevel=2,
+            )
+        return data
+
     # Time points (names from proms.timepoints) that get reminders; the others (baseline) are
     # tracked only: completed, open or missing.
     remind: tuple[str, ...] = ("90d", "1y")
@@ -149,10 +166,6 @@ class RemindersSettings(_Strict):
     # without one); any: one of them is enough, all: each of them is needed.
     instruments: dict[str, tuple[str, ...]] = Field(default_factory=_default_instruments)
     complete_when: Literal["any", "all"] = "any"
-    # Anchor procedure statuses that cancel reminders (entered-in-error / not-done procedures
-    # are normally excluded by the mapping, which removes the case; this also covers feeds
-    # where they arrive otherwise).
-    cancel_procedure_statuses: tuple[str, ...] = ("entered-in-error", "not-done", "cancelled")
     quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
     # Reminder attempts started per site-local day; the rest wait for the next day.
     daily_cap: int = Field(default=500, ge=1)

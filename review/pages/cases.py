@@ -45,13 +45,22 @@ def _tracked_timepoints(app: App) -> tuple[str, ...]:
     return tuple(tp for tp in app.settings.proms.timepoints if tp not in remind)
 
 
+# What a reminder's due date counts from (reminders.anchor, set by the planner).
+ANCHOR_LABELS = {
+    "surgery": "surgery",
+    "discharge": "discharge",
+    "surgery_fallback": "surgery (no usable discharge date)",
+}
+
+
 async def case(request: Request) -> Response:
     user = require(request)
     with registry(request).engine.connect() as conn:
         detail = case_detail(conn, request.path_params["case_id"])
     if detail is None:
         raise HTTPException(404)
-    return render(request, "case.html", {"section": "cases", **detail, "masked": masked_for(request, user)})
+    context = {"section": "cases", **detail, "anchor_labels": ANCHOR_LABELS}
+    return render(request, "case.html", {**context, "masked": masked_for(request, user)})
 
 
 ROUTES = [

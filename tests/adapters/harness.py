@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from adapters.base import Checkpoint, Deleted, Record, RecordError, Source, SourceContext
+from adapters.base import Checkpoint, Deleted, Inventory, Record, RecordError, Source, SourceContext
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Committed:
     records: list[Record] = field(default_factory=list)
     errors: list[RecordError] = field(default_factory=list)
     deleted: list[Deleted] = field(default_factory=list)
+    inventories: list[Inventory] = field(default_factory=list)
     state: Mapping[str, Any] = field(default_factory=dict)
     progress: list[str] = field(default_factory=list)
     crashes: list[BaseException] = field(default_factory=list)
@@ -42,7 +43,7 @@ def run_once(source: Source, into: Committed, ctx: SourceContext | None = None,
     """One run from ``into.state``; True when the source finished without raising."""
     ctx = ctx or SourceContext(state=into.state)
     ctx.state = into.state
-    pending: list[Record | RecordError | Deleted] = []
+    pending: list[Record | RecordError | Deleted | Inventory] = []
     into.runs += 1
     seen = 0
     try:
@@ -53,6 +54,8 @@ def run_once(source: Source, into: Committed, ctx: SourceContext | None = None,
                         into.records.append(p)
                     elif isinstance(p, RecordError):
                         into.errors.append(p)
+                    elif isinstance(p, Inventory):
+                        into.inventories.append(p)
                     else:
                         into.deleted.append(p)
                 pending = []

@@ -344,6 +344,9 @@ def test_deleted_files_become_deletions(fhir: FhirTestServer, proxy: BulkProxy,
     assert all(d.origin.startswith("deleted-file") and " entry " in d.origin
                for d in second.deleted)
     assert second.resource_keys() == ["QuestionnaireResponse/qr-1"] and not second.errors
+    # Only a full export lists what the server holds (Inventory); an incremental one cannot.
+    assert {i.resource_type for i in first.inventories} >= {"Procedure", "Condition"}
+    assert not second.inventories
     assert second.state["since"] > first.state["since"]
     fetched = [r for r in proxy.log if r["url"].startswith("/bulk-deleted/")]
     assert [r["status"] for r in fetched] == [200, 200]  # one file per type

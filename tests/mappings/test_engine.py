@@ -194,7 +194,7 @@ def _copy(tmp_path: Path) -> Path:
             "registry.fields.surgeon_name: table procedures has no column surgeon_name",
         ),
         (
-            "      when: \"status = 'preparation' or status = 'on-hold' or status = 'stopped'\"",
+            "      when: \"status = 'on-hold' or status = 'stopped'\"",
             "      when: \"status = = 'on-hold'\"",
             "registry.rules[0].when: unexpected '='",
         ),

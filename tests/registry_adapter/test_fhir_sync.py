@@ -113,7 +113,8 @@ def test_full_then_incremental_sync_from_a_real_fhir_server(
         assert (
             second.counts.staged_new == 1 and second.counts.staged_updated == 1 and second.counts.deleted == 1
         )
-        assert cases["proc-0002"]["status"] == "removed"
+        gone = cases["proc-0002"]
+        assert (gone["status"], gone["status_reason"]) == ("withdrawn", "deleted at source")
         assert stats(app)["cases"] == 40
         if overlap:
             # The window brought everything back; none of it was staged again or changed.
@@ -127,7 +128,7 @@ def test_full_then_incremental_sync_from_a_real_fhir_server(
     assert third.counts.staged_new == 0 and third.counts.staged_updated == 0
     if kind == "fhir_rest":
         assert _staged_identities(app) == (staged_first + 1, distinct_first + 1)
-        assert stats(app)["cases"] == 40 and _cases(app)["proc-0002"]["status"] == "removed"
+        assert stats(app)["cases"] == 40 and _cases(app)["proc-0002"]["status"] == "withdrawn"
         if overlap:  # the window re-read everything once more, all of it unchanged
             assert third.counts.unchanged == third.counts.received == staged_first
 

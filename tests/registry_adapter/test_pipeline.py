@@ -175,7 +175,8 @@ def test_cancelled_and_deleted_procedures_remove_their_cases(app: App) -> None:
     assert "proc-0001" not in cases and "proc-0002" not in cases
     with app.engine.connect() as conn:
         removed = {
-            r.procedure_id: r.status for r in conn.execute(select(CASES).where(CASES.c.status != "active"))
+            r.procedure_id: (r.status, r.status_reason)
+            for r in conn.execute(select(CASES).where(CASES.c.status != "active"))
         }
         staged = dict(
             conn.execute(
@@ -184,7 +185,10 @@ def test_cancelled_and_deleted_procedures_remove_their_cases(app: App) -> None:
                 )
             ).all()
         )
-    assert removed == {"proc-0001": "removed", "proc-0002": "removed"}
+    assert removed == {
+        "proc-0001": ("withdrawn", "procedure entered-in-error"),
+        "proc-0002": ("withdrawn", "deleted at source"),
+    }
     assert staged == {"proc-0001": "excluded", "proc-0002": "deleted"}
     # The PROMs of a removed case no longer point at it.
     with app.engine.connect() as conn:
@@ -251,10 +255,11 @@ def test_strict_validation_keeps_but_does_not_map(make_app: Callable[..., App], 
     assert {code for code, _ in _causes(strict)} == {"validation.invalid_element"}
     warn = make_app(f"sqlite:///{tmp_path / 'warn.db'}", mappings={"validation": "warn"})
     _sync(warn, folder)
-    assert stats(warn)["procedures"] == 1 and stats(warn)["errors_open"] == 1
+    # +1 open warning each: the surgery has no stay, so no discharge date (case.no_discharge).
+    assert stats(warn)["procedures"] == 1 and stats(warn)["errors_open"] == 2
     off = make_app(f"sqlite:///{tmp_path / 'off.db'}", mappings={"validation": "off"})
     _sync(off, folder)
-    assert stats(off)["procedures"] == 1 and stats(off)["errors_open"] == 0
+    assert stats(off)["procedures"] == 1 and stats(off)["errors_open"] == 1
 
 
 def test_an_ignored_cause_stays_ignored_for_new_records(app: App) -> None:

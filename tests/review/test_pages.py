@@ -116,6 +116,37 @@ def test_case_detail_shows_procedures_diagnoses_proms_and_reminders(
     assert client_for("vera").get("/cases/sample:nope").status_code == 404
 
 
+def test_case_page_shows_why_it_was_withdrawn_and_what_reminders_count_from(
+    client_for: Client, review_app: App
+) -> None:
+    note = "due date moved from 2024-06-13 to 2024-06-17 (anchor: discharge) after 1 attempt(s) sent"
+    with review_app.engine.begin() as conn:
+        conn.execute(
+            CASES.update()
+            .where(CASES.c.id == "sample:proc-0001")
+            .values(status="withdrawn", status_reason="withdrawn by Dana: consent withdrawn")
+        )
+        for tp, anchor, extra in (("90d", "discharge", {"note": note}), ("1y", "surgery_fallback", {})):
+            conn.execute(
+                REMINDERS.insert().values(
+                    case_id="sample:proc-0001",
+                    timepoint=tp,
+                    due_date=date(2024, 6, 17),
+                    window_start=date(2024, 5, 18),
+                    window_end=date(2024, 9, 15),
+                    status="cancelled",
+                    cancel_reason="case_withdrawn",
+                    attempts=1,
+                    anchor=anchor,
+                    **extra,
+                )
+            )
+    page = html.unescape(client_for("vera").get("/cases/sample:proc-0001").text)
+    assert "withdrawn by Dana: consent withdrawn" in page
+    assert "Counts from" in page and "surgery (no usable discharge date)" in page
+    assert note in page and "case_withdrawn" in page
+
+
 NARRATIVE_SECRETS = ("Kim Mockridge lives at 12 Elm Row", "Featherstonehaugh", "2031-04-05", "calls before 9")
 
 

@@ -175,3 +175,35 @@ def test_list_due_is_what_send_due_would_send(synced: Path) -> None:
         json.loads(run(synced, "reminders", "list", "--due", "--timepoint", "1y", "--json", *as_of).output)
         == []
     )
+
+
+def test_cases_withdraw_is_audited_cancels_reminders_and_lists_anchors(synced: Path) -> None:
+    cases = json.loads(run(synced, "cases", "list", "--json").output)
+    case = next(c for c in cases if c["procedure_id"] == "proc-0003")
+    assert run(synced, "reminders", "plan", "--as-of", "2024-07-01").exit_code == 0
+    missing = run(synced, "cases", "withdraw", "no-such-case", "--reason", "x")
+    assert missing.exit_code != 0 and "no case with id no-such-case" in missing.output
+    done = run(synced, "cases", "withdraw", case["case_id"], "--reason", "consent withdrawn", "--by", "Dana")
+    assert done.exit_code == 0, done.output
+
+    def listed() -> dict[str, Any]:
+        rows = json.loads(run(synced, "cases", "list", "--json", "--include-removed").output)
+        return next(c for c in rows if c["case_id"] == case["case_id"])
+
+    assert listed()["status"] == "withdrawn"
+    assert listed()["status_reason"] == "withdrawn by Dana: consent withdrawn"
+    # A later sync does not bring the case back.
+    assert run(synced, "sync", "--full", "--json").exit_code == 0
+    assert listed()["status"] == "withdrawn"
+    rows = json.loads(run(synced, "reminders", "list", "--json", "--as-of", "2024-07-01").output)
+    mine = [r for r in rows if r["case_id"] == case["case_id"]]
+    assert mine and all(r["status"] != "scheduled" for r in mine)
+    assert any(r["cancel_reason"] == "case_withdrawn" for r in mine)
+    # Every row says what its due date counts from.
+    assert {r["anchor"] for r in rows} <= {"surgery", "discharge", "surgery_fallback"}
+    assert {r["anchor"] for r in rows if r["timepoint"] == "1y"} == {"surgery"}
+    with sqlite3.connect(synced.parent / "registry.db") as db:
+        entry = db.execute("SELECT username, action, target, after FROM audit_log").fetchall()
+        status = db.execute("SELECT status FROM cases WHERE id = ?", (case["case_id"],)).fetchone()
+    assert status == ("withdrawn",)
+    assert [(u, a, t) for u, a, t, _ in entry] == [("Dana", "case.withdraw", f"case:{case['case_id']}")]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text, update
 
 from registry_adapter.app import App
@@ -150,7 +151,10 @@ def test_year_of_reminders(
     assert final[("proc-d", "90d")] == ("cancelled", 1, "deceased")
     assert final[("proc-d", "1y")] == ("cancelled", 0, "deceased")
     assert final[("proc-e", "90d")] == ("cancelled", 0, "opted_out")
-    assert final[("proc-f", "1y")] == ("cancelled", 0, "case_removed")
+    assert final[("proc-f", "1y")] == ("cancelled", 0, "case_withdrawn")
+    with app.engine.connect() as conn:
+        why = conn.execute(text("SELECT status_reason FROM cases WHERE procedure_id = 'proc-f'")).scalar_one()
+    assert why == "procedure entered-in-error"
 
     # The SMTP server received exactly these messages, one per send, each once.
     total = sum(len(v) for v in expected.values())
@@ -310,25 +314,13 @@ def test_worklist_channel_and_send_now(
     assert str(nxt)[:10] == "2025-04-23"
 
 
-def test_cancelled_procedure_stops_reminders(
-    make_app: Callable[..., App], smtp_server: SmtpSink, tmp_path: Path
+def test_not_done_procedure_withdraws_its_case_and_says_why(
+    reminder_app: Callable[..., tuple[App, Feed]], smtp_server: SmtpSink
 ) -> None:
-    """A feed whose site mapping keeps not-done procedures as cases (the bundled one removes
-    them): the procedure status itself cancels what is pending, per
-    ``reminders.cancel_procedure_statuses``."""
-    import shutil
-
-    from mappings import engine as mapping_engine
-
-    views = tmp_path / "site-mappings"
-    shutil.copytree(mapping_engine.BUNDLED, views)
-    procedure_yaml = views / "procedure.yaml"
-    bundled_rule = "status = 'entered-in-error' or status = 'not-done'"
-    assert bundled_rule in procedure_yaml.read_text()
-    procedure_yaml.write_text(procedure_yaml.read_text().replace(bundled_rule, "status = 'entered-in-error'"))
-    app = make_app(sources=[], mappings={"directory": str(views)}, reminders=reminder_config(smtp_server))
-    assert app.settings.reminders.cancel_procedure_statuses == ("entered-in-error", "not-done", "cancelled")
-    feed = Feed(tmp_path / "feed", app)
+    """A procedure set to not-done withdraws its case (with the reason), which cancels what is
+    pending; a stopped one stays a case. (``reminders.cancel_procedure_statuses`` is gone:
+    with the bundled mapping it never fired, the case was silently "removed".)"""
+    app, feed = reminder_app(**reminder_config(smtp_server))
     for n in ("1", "2"):
         feed.patient(f"pat-{n}", email=f"p{n}@example.invalid")
         feed.surgery(n, f"pat-{n}", D(2025, 1, 6), D(2025, 1, 9))
@@ -337,22 +329,27 @@ def test_cancelled_procedure_stops_reminders(
     dispatcher = Dispatcher(app, clock)
     assert dispatcher.run().sent == 2  # 90d attempt 1 for both
 
-    # The hospital marks surgery 1 not done; surgery 2 "stopped" (not a cancelling status).
     feed.surgery("1", "pat-1", D(2025, 1, 6), D(2025, 1, 9), status="not-done")
     feed.surgery("2", "pat-2", D(2025, 1, 6), D(2025, 1, 9), status="stopped")
     feed.ingest()
     with app.engine.connect() as conn:
-        cases = {p: st for p, st in conn.execute(text("SELECT procedure_id, status FROM cases"))}
-    assert cases == {"proc-1": "active", "proc-2": "active"}  # the case stays; its procedure does not
+        rows = conn.execute(text("SELECT procedure_id, status, status_reason FROM cases"))
+        cases = {p: (st, why) for p, st, why in rows}
+    assert cases == {"proc-1": ("withdrawn", "procedure not-done"), "proc-2": ("active", None)}
     for day in days(D(2025, 4, 10), D(2025, 5, 10)):
         clock.set(at_local(day, 10, TZ).now())
         dispatcher.run()
 
     final = statuses(app)
-    assert final[("proc-1", "90d")] == ("cancelled", 1, "procedure_not-done")
-    assert final[("proc-1", "1y")] == ("cancelled", 0, "procedure_not-done")
+    assert final[("proc-1", "90d")] == ("cancelled", 1, "case_withdrawn")
+    assert final[("proc-1", "1y")] == ("cancelled", 0, "case_withdrawn")
     assert final[("proc-2", "90d")][:2] == ("sent", 3)
     sent = sends_by_timepoint(app)
-    assert sent[("proc-1", "90d")] == [D(2025, 4, 9)]  # nothing after the status change
-    assert sent[("proc-2", "90d")] == [D(2025, 4, 9), D(2025, 4, 16), D(2025, 4, 23)]
+    assert sent[("proc-1", "90d")] == [D(2025, 4, 9)]  # history kept, nothing after the change
     assert len(smtp_server.messages) == 4
+
+
+def test_old_cancel_procedure_statuses_key_still_loads(make_app: Callable[..., App]) -> None:
+    with pytest.warns(FutureWarning, match="cancel_procedure_statuses"):
+        app = make_app(sources=[], reminders={"cancel_procedure_statuses": ["not-done"]})
+    assert not hasattr(app.settings.reminders, "cancel_procedure_statuses")
