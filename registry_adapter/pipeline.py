@@ -324,6 +324,10 @@ class Pipeline:
         counts = RunCounts()
         names = list(sources) if sources is not None else None
         last_id = 0
+        # A converted v2 message re-stages records it updates (an A08's Procedure) at their old,
+        # lower staging ids: after such a batch, one more pass from the start maps them (one:
+        # what that pass converts again was re-staged meanwhile and waits for the next run).
+        converted, restarted = False, False
         while True:
             query = (
                 select(*_MAP_COLUMNS)
@@ -338,13 +342,17 @@ class Pipeline:
             with self.app.engine.connect() as conn:
                 batch = conn.execute(query).all()
             if not batch:
-                break
+                if not converted or restarted:
+                    break
+                last_id, restarted = 0, True
+                continue
             last_id = batch[-1].id
-            self._map_batch(batch, counts)
+            converted |= self._map_batch(batch, counts)
         return counts
 
-    def _map_batch(self, batch: Sequence[Any], counts: RunCounts) -> None:
-        """Map one batch of staged rows: prepare outside any transaction, write in one."""
+    def _map_batch(self, batch: Sequence[Any], counts: RunCounts) -> bool:
+        """Map one batch of staged rows: prepare outside any transaction, write in one.
+        Returns whether it converted v2 messages (which stage records)."""
         prepared = [self._prepare(row) for row in batch]
         try:
             with self.app.engine.begin() as conn:
@@ -353,6 +361,7 @@ class Pipeline:
             for one in prepared:
                 counts.add(self._write_alone(one))
         self.progress("mapping", counts.as_dict())
+        return any(one.converted is not None and one.converted.records for one in prepared)
 
     def _write_alone(self, one: Prepared) -> RunCounts:
         try:

@@ -86,14 +86,19 @@ def _condition(cond: Any, at: str, cfg: HL7Config) -> list[str]:
         return [f"{at} must be a mapping"]
     if "any" in cond:
         return [p for i, c in enumerate(cond["any"] or []) for p in _condition(c, f"{at}.any[{i}]", cfg)]
+    if "messages" in cond:
+        unknown = [m for m in cond["messages"] or [] if m not in cfg.messages]
+        return [f"{at}.messages: {m!r} is not a message type in messages.yaml" for m in unknown]
     if "field" not in cond:
         return [f"{at} needs a field"]
     problems = _paths(str(cond["field"]), f"{at}.field", cfg)
     for key in ("in_table", "not_in_table"):
         if key in cond and cond[key] not in cfg.tables:
             problems.append(f"{at}.{key}: {cond[key]!r} is not a table in code_systems.yaml")
-    if not {"in_table", "not_in_table", "equals"} & set(cond):
-        problems.append(f"{at} needs in_table, not_in_table or equals")
+    if "later_than" in cond:
+        problems += _paths(str(cond["later_than"]), f"{at}.later_than", cfg)
+    if not {"in_table", "not_in_table", "equals", "present", "later_than"} & set(cond):
+        problems.append(f"{at} needs in_table, not_in_table, equals, present or later_than")
     return problems
 
 
