@@ -31,14 +31,15 @@ from adapters.base import (
     SourceContext,
     SourceIncomplete,
 )
-from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged
+from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged, converted_origin
 from adapters.validation import validate
 from mappings.cases import assemble_cases
 from registry_adapter.app import TARGET_TABLES, App
 from registry_store.db import upsert
 from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
 from registry_store.models import SourceState, SyncRun
-from registry_store.staging import STAGING, mark_deleted, stage_errors, stage_records
+from registry_store.patient_merge import file_under_survivors, merge_patient
+from registry_store.staging import STAGING, mark_deleted, stage_errors, stage_records, staged_from
 from registry_store.timeutil import utcnow
 
 log = structlog.get_logger(__name__)
@@ -404,9 +405,8 @@ class Pipeline:
         for one in prepared:
             row = one.row
             if one.converted is not None:
-                stage_records(conn, row.source, one.converted.records)
-                for rtype, rid in one.converted.deleted:
-                    self._delete(conn, row.source, rtype, rid)
+                self._write_converted(conn, row, one)
+                touched[row.source] |= {p for pair in one.converted.merges for p in pair}
             if one.target is not None and one.out is not None:
                 writes[one.target].append(one.out)
                 person = one.out.get("patient_id") or (one.out["id"] if one.target == "patients" else None)
@@ -433,8 +433,9 @@ class Pipeline:
         for target, rows in writes.items():
             model = TARGET_TABLES[target]
             for source in {r["source"] for r in rows}:
-                ids_here = [r["id"] for r in rows if r["source"] == source]
-                touched[source] |= self._patients_of(conn, model, source, ids_here)
+                here = [r for r in rows if r["source"] == source]
+                touched[source] |= file_under_survivors(conn, source, here)
+                touched[source] |= self._patients_of(conn, model, source, [r["id"] for r in here])
             upsert(conn, model, rows, keys=["source", "id"])
         # Guarded by the content hash: a record re-staged meanwhile stays pending for the next
         # round instead of being marked done with what was mapped from its older content.
@@ -446,6 +447,24 @@ class Pipeline:
         )
         counts.cases += self._assemble(conn, touched)
         return counts
+
+    def _write_converted(self, conn: Connection, row: Any, one: Prepared) -> None:
+        """Stage what a v2 message converted into; delete what an earlier conversion of it
+        made and this one no longer does (ids from older identity rules, a PR1 removed);
+        carry out its patient merges (ADT^A40/A47) with a review entry of what moved."""
+        assert one.converted is not None
+        converted = one.converted
+        if not converted.failed:
+            made = {(r.resource["resourceType"], r.resource["id"]) for r in converted.records}
+            for rtype, rid in staged_from(conn, row.source, converted_origin(row.resource_id)):
+                if (rtype, rid) not in made:
+                    self._delete(conn, row.source, rtype, rid)
+        stage_records(conn, row.source, converted.records)
+        for rtype, rid in converted.deleted:
+            self._delete(conn, row.source, rtype, rid)
+        for merged, surviving in converted.merges:
+            report = merge_patient(conn, row.source, merged, surviving, staging_id=row.id)
+            one.issues = [*one.issues, report.issue()]
 
     def _prepare(self, row: Any) -> Prepared:
         """Map or convert one staged record. Pure (no database), and never raises."""

@@ -5,6 +5,7 @@ contact details, v2-to-FHIR IG code tables and message types recognised from MSH
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,96 @@ def test_an_unsupported_type_is_recognised_from_msh_9_before_parsing(tmp_path: P
     out = json.loads(run("import", "--json", str(path), config=cfg).stdout)
     assert out["out_of_scope"] == 1 and out["failed"] == 0
     assert query(tmp_path, "SELECT code FROM mapping_errors WHERE status = 'open'") == []
+
+
+ACTIVE = "SELECT id, patient_id FROM cases WHERE status = 'active'"
+
+
+def test_a40_merge_moves_records_cases_and_reminders_to_the_surviving_patient(tmp_path: Path) -> None:
+    surgery = message(msh("M1", "ADT^A03^ADT_A03", "20250310120000"), pid("MRN-OLD"),
+                      pv1("V-1", "20250301063000", discharge="20250305100000"),
+                      dg1("M48.062"), pr1("22630", "20250302081500"))
+    import_messages(tmp_path, "old.hl7", surgery)
+    run("reminders", "plan", "--json", "--as-of", "2025-03-10", config=tmp_path / "config.yaml")
+    ((case_id, old_patient),) = query(tmp_path, ACTIVE)
+    reminders = query(tmp_path, "SELECT id, case_id FROM reminders ORDER BY id")
+    assert reminders and {r[1] for r in reminders} == {case_id}
+
+    merge = message(msh("M2", "ADT^A40^ADT_A39", "20250401120000"), pid("MRN-NEW"),
+                    "MRG|MRN-OLD^^^SPINEHOSP^MR")
+    import_messages(tmp_path, "merge.hl7", merge)
+    (new_patient,) = {r[0] for r in query(tmp_path, "SELECT id FROM patients WHERE merged_into IS NULL")}
+    assert new_patient != old_patient
+    assert query(tmp_path, ACTIVE) == [(case_id, new_patient)]
+    for table in ("encounters", "procedures", "conditions"):
+        assert query(tmp_path, f"SELECT DISTINCT patient_id FROM {table}") == [(new_patient,)], table
+    assert query(tmp_path, "SELECT id, case_id FROM reminders ORDER BY id") == reminders
+    assert query(tmp_path, f"SELECT merged_into FROM patients WHERE id = '{old_patient}'") == [(new_patient,)]
+    (audit,) = query(tmp_path, "SELECT action, target, after FROM audit_log")
+    assert audit[0] == "patient.merge" and old_patient in audit[1]
+    assert json.loads(audit[2])["cases"] == [case_id]
+    (review,) = query(tmp_path, "SELECT severity, field, message FROM mapping_errors "
+                      "WHERE code = 'hl7.patient_merged' AND status = 'open'")
+    assert review[:2] == ("warning", "MRG-1")
+    assert case_id in review[2] and "1 procedures" in review[2] and "reminder" in review[2]
+
+    # A late message for the old identifier is filed under the surviving patient: no second case.
+    late = message(msh("M3", "ADT^A08^ADT_A01", "20250402120000"), pid("MRN-OLD"),
+                   pv1("V-1", "20250301063000", discharge="20250305100000"),
+                   dg1("M48.062"), pr1("22630", "20250302081500"))
+    import_messages(tmp_path, "late.hl7", late)
+    assert query(tmp_path, ACTIVE) == [(case_id, new_patient)]
+
+
+def test_a47_change_identifier_marks_the_old_identifier_merged(tmp_path: Path) -> None:
+    admit = message(msh("I1", "ADT^A01^ADT_A01"), pid("MRN-OLD"), pv1("V-1", "20250301063000"),
+                    pr1("22630", "20250302081500"))
+    change = message(msh("I2", "ADT^A47^ADT_A30", "20250305120000"), pid("MRN-NEW"),
+                     "MRG|MRN-OLD^^^SPINEHOSP^MR")
+    import_messages(tmp_path, "a47.hl7", admit, change)
+    merged = query(tmp_path, "SELECT id, merged_into FROM patients ORDER BY merged_into IS NULL")
+    assert len(merged) == 2 and merged[0][1] == merged[1][0]
+    assert query(tmp_path, "SELECT patient_id FROM procedures") == [(merged[1][0],)]
+
+
+def test_a02_transfer_updates_the_stay(tmp_path: Path) -> None:
+    admit = message(msh("X1", "ADT^A01^ADT_A01"), pid(), pv1("V-1", "20250301063000"))
+    transfer = message(msh("X2", "ADT^A02^ADT_A02", "20250302120000"), pid(),
+                       pv1("V-1", "20250301063000", klass="O"))
+    import_messages(tmp_path, "a02.hl7", admit, transfer)
+    assert query(tmp_path, "SELECT resource_id, status FROM staging WHERE resource_type = 'HL7v2Message' "
+                 "ORDER BY id") == [("SPINEHOSP|X1", "mapped"), ("SPINEHOSP|X2", "mapped")]
+    (enc,) = staged(tmp_path, "Encounter")
+    assert enc["class"]["code"] == "AMB"
+
+
+def test_reprocessing_staged_v2_messages_removes_records_of_older_identity_rules(tmp_path: Path) -> None:
+    """As the old rules left it: the A01 (surgery 03-01) and the A08 correcting it to 03-02
+    made two Procedures (the date was in the id), so two active cases. ``reprocess --type
+    HL7v2Message`` re-converts them; what they no longer make is deleted."""
+    admit = message(msh("C1", "ADT^A01^ADT_A01", "20250301120000"), pid(),
+                    pv1("V-1", "20250301063000"), pr1("22630", "20250301081500"))
+    corrected = message(msh("C2", "ADT^A08^ADT_A01", "20250303120000"), pid(),
+                        pv1("V-1", "20250301063000"), pr1("22630", "20250302081500"))
+    import_messages(tmp_path, "a01.hl7", admit)
+    import_messages(tmp_path, "a08.hl7", corrected)
+    (current,) = staged(tmp_path, "Procedure")
+    legacy = {**current, "id": "legacy-date-keyed-id", "performedDateTime": "2025-03-01T08:15:00-06:00"}
+    with sqlite3.connect(tmp_path / "registry.db") as db:
+        db.execute(
+            "INSERT INTO staging (source, resource_type, resource_id, content_type, content_hash, raw, "
+            "origin, status, received_at, updated_at) SELECT source, resource_type, ?, content_type, "
+            "'legacy', ?, 'hl7v2 SPINEHOSP|C1', 'pending', received_at, updated_at FROM staging "
+            "WHERE resource_type = 'Procedure'",
+            ("legacy-date-keyed-id", json.dumps(legacy).encode()),
+        )
+    cfg = tmp_path / "config.yaml"
+    run("reprocess", "--type", "Procedure", "--json", config=cfg)
+    assert [c[0] for c in active_cases(tmp_path)] == ["2025-03-01", "2025-03-02"]
+
+    run("reprocess", "--type", "HL7v2Message", "--json", config=cfg)
+    assert [c[0] for c in active_cases(tmp_path)] == ["2025-03-02"]
+    assert query(tmp_path, "SELECT id FROM procedures") == [(current["id"],)]
+    # Importing the old messages again leaves it so.
+    import_messages(tmp_path, "a01-again.hl7", admit, corrected)
+    assert [c[0] for c in active_cases(tmp_path)] == ["2025-03-02"]
