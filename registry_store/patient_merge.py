@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from registry_store.db import upsert
 from registry_store.errors import Issue
 from registry_store.models import (
+    AuditEntry,
     Case,
     Condition,
     Encounter,
@@ -34,6 +35,7 @@ from review import audit
 PATIENTS = Patient.__table__  # type: ignore[attr-defined]
 CASES = Case.__table__  # type: ignore[attr-defined]
 REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
 # Registry tables whose rows belong to a patient through ``patient_id``.
 PATIENT_ROWS = {
     "encounters": Encounter.__table__,  # type: ignore[attr-defined]
@@ -42,6 +44,7 @@ PATIENT_ROWS = {
     "prom_responses": PromResponse.__table__,  # type: ignore[attr-defined]
 }
 MERGED_ISSUE = "hl7.patient_merged"
+MERGE_ACTION = "patient.merge"
 # Who the audit log names for merges the hospital's ADT feed ordered.
 AUDIT_ACTOR = "hl7v2"
 # A chain A -> B -> C is followed this far (a loop A -> B -> A must not hang a batch).
@@ -107,6 +110,13 @@ def merge_patient(
                 select(func.count()).select_from(REMINDERS).where(REMINDERS.c.case_id.in_(report.cases))
             ).scalar_one()
         )
+    marked = conn.execute(
+        select(PATIENTS.c.merged_into).where(PATIENTS.c.source == source, PATIENTS.c.id == merged)
+    ).scalar()
+    if marked == surviving and not report.cases and not any(report.moved.values()):
+        # The same A40 converted again (reprocess): done and audited already; its review
+        # entry keeps listing what moved then.
+        return _audited(conn, report)
     upsert(conn, PATIENTS, [{"source": source, "id": merged, "merged_into": surviving}],
            keys=["source", "id"])
     # Patients merged into the merged one earlier now point at the survivor too.
@@ -118,12 +128,31 @@ def merge_patient(
     audit.record(
         conn,
         username=AUDIT_ACTOR,
-        action="patient.merge",
-        target=f"patient {source}:{merged}",
+        action=MERGE_ACTION,
+        target=_target(source, merged),
         before={"patient_id": merged, "staging_id": staging_id},
         after=report.as_dict(),
     )
     return report
+
+
+def _audited(conn: Connection, report: MergeReport) -> MergeReport:
+    """``report`` as the audit log recorded the merge when it was done."""
+    after = conn.execute(
+        select(AUDIT.c.after)
+        .where(AUDIT.c.action == MERGE_ACTION, AUDIT.c.target == _target(report.source, report.merged))
+        .order_by(AUDIT.c.id.desc())
+        .limit(1)
+    ).scalar()
+    if isinstance(after, dict):
+        report.moved = dict(after.get("moved") or {})
+        report.cases = list(after.get("cases") or [])
+        report.reminders = int(after.get("reminders") or 0)
+    return report
+
+
+def _target(source: str, merged: str) -> str:
+    return f"patient {source}:{merged}"[:300]
 
 
 def resolve(conn: Connection, source: str, patient_ids: Iterable[str]) -> dict[str, str]:

@@ -46,8 +46,10 @@ def _merge_chain(app: App) -> None:
         rows: list[dict[str, Any]] = [{"patient_id": "A"}, {"patient_id": "X"}]
         assert file_under_survivors(conn, "s", rows) == {"C"}
         assert rows == [{"patient_id": "C"}, {"patient_id": "X"}]
-        # A merge into oneself (a resent A40 after the fact) changes nothing.
+        # A merge into oneself, or one done already (an A40 re-converted), changes nothing.
         assert merge_patient(conn, "s", "C", "C").moved == {}
+        again = merge_patient(conn, "s", "B", "C")
+        assert (again.moved["procedures"], again.cases, again.reminders) == (1, ["s:p1"], 1)
         audits = [tuple(r) for r in conn.execute(select(AUDIT.c.action, AUDIT.c.target).order_by(AUDIT.c.id))]
     assert audits == [("patient.merge", "patient s:A"), ("patient.merge", "patient s:B")]
 
