@@ -86,9 +86,6 @@ def _condition(cond: Any, at: str, cfg: HL7Config) -> list[str]:
         return [f"{at} must be a mapping"]
     if "any" in cond:
         return [p for i, c in enumerate(cond["any"] or []) for p in _condition(c, f"{at}.any[{i}]", cfg)]
-    if "messages" in cond:
-        unknown = [m for m in cond["messages"] or [] if m not in cfg.messages]
-        return [f"{at}.messages: {m!r} is not a message type in messages.yaml" for m in unknown]
     if "field" not in cond:
         return [f"{at} needs a field"]
     problems = _paths(str(cond["field"]), f"{at}.field", cfg)

@@ -315,11 +315,10 @@ def _apply_rule(run: _Run, resource: JSON, rule: JSON, seg: Segment) -> None:
 
 
 def _condition(run: _Run, cond: JSON, seg: Segment) -> bool:
-    """``when:`` of resources.yaml: {field, in_table|not_in_table} or {any: [...]}."""
+    """``when:`` of resources.yaml: {field, in_table|not_in_table|equals|present|later_than}
+    or {any: [...]}."""
     if "any" in cond:
         return any(_condition(run, c, seg) for c in cond["any"])
-    if "messages" in cond:
-        return run.msg.header.message_type in cond["messages"]
     value = run.first_value(cond["field"], seg).upper()
     if "in_table" in cond:
         return value in run.table(cond["in_table"])
