@@ -33,14 +33,15 @@ from adapters.base import (
     SourceContext,
     SourceIncomplete,
 )
-from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged
+from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged, converted_origin
 from adapters.validation import validate
 from mappings.cases import assemble_cases
 from registry_adapter.app import TARGET_TABLES, App
 from registry_store.db import upsert
 from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
 from registry_store.models import SourceState, SyncRun
-from registry_store.staging import STAGING, mark_deleted, stage_errors, stage_records
+from registry_store.patient_merge import file_under_survivors, merge_patient
+from registry_store.staging import STAGING, mark_deleted, stage_errors, stage_records, staged_from
 from registry_store.timeutil import utcnow
 
 log = structlog.get_logger(__name__)
@@ -374,6 +375,10 @@ class Pipeline:
         counts = RunCounts()
         names = list(sources) if sources is not None else None
         last_id = 0
+        # A converted v2 message re-stages records it updates (an A08's Procedure) at their old,
+        # lower staging ids: after such a batch, one more pass from the start maps them (one:
+        # what that pass converts again was re-staged meanwhile and waits for the next run).
+        converted, restarted = False, False
         while True:
             query = (
                 select(*_MAP_COLUMNS)
@@ -388,13 +393,17 @@ class Pipeline:
             with self.app.engine.connect() as conn:
                 batch = conn.execute(query).all()
             if not batch:
-                break
+                if not converted or restarted:
+                    break
+                last_id, restarted = 0, True
+                continue
             last_id = batch[-1].id
-            self._map_batch(batch, counts)
+            converted |= self._map_batch(batch, counts)
         return counts
 
-    def _map_batch(self, batch: Sequence[Any], counts: RunCounts) -> None:
-        """Map one batch of staged rows: prepare outside any transaction, write in one."""
+    def _map_batch(self, batch: Sequence[Any], counts: RunCounts) -> bool:
+        """Map one batch of staged rows: prepare outside any transaction, write in one.
+        Returns whether it converted v2 messages (which stage records)."""
         prepared = [self._prepare(row) for row in batch]
         try:
             with self.app.engine.begin() as conn:
@@ -403,6 +412,7 @@ class Pipeline:
             for one in prepared:
                 counts.add(self._write_alone(one))
         self.progress("mapping", counts.as_dict())
+        return any(one.converted is not None and one.converted.records for one in prepared)
 
     def _write_alone(self, one: Prepared) -> RunCounts:
         try:
@@ -445,9 +455,8 @@ class Pipeline:
         for one in prepared:
             row = one.row
             if one.converted is not None:
-                stage_records(conn, row.source, one.converted.records)
-                for rtype, rid in one.converted.deleted:
-                    self._delete(conn, row.source, rtype, rid)
+                self._write_converted(conn, row, one)
+                touched[row.source] |= {p for pair in one.converted.merges for p in pair}
             if one.target is not None and one.out is not None:
                 writes[one.target].append(one.out)
                 person = one.out.get("patient_id") or (one.out["id"] if one.target == "patients" else None)
@@ -474,8 +483,9 @@ class Pipeline:
         for target, rows in writes.items():
             model = TARGET_TABLES[target]
             for source in {r["source"] for r in rows}:
-                ids_here = [r["id"] for r in rows if r["source"] == source]
-                touched[source] |= self._patients_of(conn, model, source, ids_here)
+                here = [r for r in rows if r["source"] == source]
+                touched[source] |= file_under_survivors(conn, source, here)
+                touched[source] |= self._patients_of(conn, model, source, [r["id"] for r in here])
             upsert(conn, model, rows, keys=["source", "id"])
         # Guarded by the content hash: a record re-staged meanwhile stays pending for the next
         # round instead of being marked done with what was mapped from its older content.
@@ -487,6 +497,24 @@ class Pipeline:
         )
         counts.cases += self._assemble(conn, touched)
         return counts
+
+    def _write_converted(self, conn: Connection, row: Any, one: Prepared) -> None:
+        """Stage what a v2 message converted into; delete what an earlier conversion of it
+        made and this one no longer does (ids from older identity rules, a PR1 removed);
+        carry out its patient merges (ADT^A40/A47) with a review entry of what moved."""
+        assert one.converted is not None
+        converted = one.converted
+        if not converted.failed:
+            made = {(r.resource["resourceType"], r.resource["id"]) for r in converted.records}
+            for rtype, rid in staged_from(conn, row.source, converted_origin(row.resource_id)):
+                if (rtype, rid) not in made:
+                    self._delete(conn, row.source, rtype, rid)
+        stage_records(conn, row.source, converted.records)
+        for rtype, rid in converted.deleted:
+            self._delete(conn, row.source, rtype, rid)
+        for merged, surviving in converted.merges:
+            report = merge_patient(conn, row.source, merged, surviving, staging_id=row.id)
+            one.issues = [*one.issues, report.issue()]
 
     def _prepare(self, row: Any) -> Prepared:
         """Map or convert one staged record. Pure (no database), and never raises."""

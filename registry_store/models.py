@@ -30,6 +30,9 @@ class StagedRecord(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("source", "resource_type", "resource_id", name="uq_staging_identity"),
         Index("ix_staging_status_type", "status", "resource_type"),
+        # What a staged v2 message converted into (origin "hl7v2 <message identity>"), found
+        # again when it is re-converted so records it no longer makes are deleted.
+        Index("ix_staging_source_origin", "source", "origin"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -76,6 +79,9 @@ class Patient(SQLModel, table=True):
     phone: str | None = Field(default=None, max_length=64)
     # Set by site staff (CLI / review UI); cancels and prevents PROM reminders.
     opted_out: bool = False
+    # ADT^A40/A47: this patient was merged into that one (same source), which took over its
+    # records, cases and reminders (registry_store/patient_merge.py).
+    merged_into: str | None = Field(default=None, max_length=256)
 
 
 class Encounter(SQLModel, table=True):

@@ -422,3 +422,14 @@ def mark_deleted(conn: Connection, source: str, resource_type: str, resource_id:
         return None
     conn.execute(update(STAGING).where(STAGING.c.id == row.id).values(status="deleted", updated_at=utcnow()))
     return int(row.id)
+
+
+def staged_from(conn: Connection, source: str, origin: str) -> list[tuple[str, str]]:
+    """(type, id) of the live records last staged from ``origin`` (e.g. what one HL7 v2
+    message converted into), so a re-conversion can tell which it no longer makes."""
+    rows = conn.execute(
+        select(STAGING.c.resource_type, STAGING.c.resource_id).where(
+            STAGING.c.source == source, STAGING.c.origin == origin[:ORIGIN_MAX], STAGING.c.status != "deleted"
+        )
+    )
+    return [(r.resource_type, r.resource_id) for r in rows]

@@ -92,8 +92,10 @@ def _condition(cond: Any, at: str, cfg: HL7Config) -> list[str]:
     for key in ("in_table", "not_in_table"):
         if key in cond and cond[key] not in cfg.tables:
             problems.append(f"{at}.{key}: {cond[key]!r} is not a table in code_systems.yaml")
-    if not {"in_table", "not_in_table", "equals"} & set(cond):
-        problems.append(f"{at} needs in_table, not_in_table or equals")
+    if "later_than" in cond:
+        problems += _paths(str(cond["later_than"]), f"{at}.later_than", cfg)
+    if not {"in_table", "not_in_table", "equals", "present", "later_than"} & set(cond):
+        problems.append(f"{at} needs in_table, not_in_table, equals, present or later_than")
     return problems
 
 

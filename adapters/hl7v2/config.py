@@ -112,7 +112,7 @@ def _message_rules(raw: dict[str, Any], where: str) -> dict[str, MessageRule]:
 def _check_resources(resources: dict[str, Any], tables: dict[str, Any], where: str) -> None:
     allowed = {
         "segment", "occurs", "id", "id_fallback", "elements", "delete_when", "messages",
-        "resourceType", "when",
+        "resourceType", "when", "id_name",
     }
     for name, spec in resources.items():
         at = f"{where}: resources.{name}"

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from adapters.hl7v2 import datatypes as dt
 from adapters.hl7v2.config import HL7Config, MessageRule, load_config
-from adapters.hl7v2.header import HeaderCheckError, MessageHeader
+from adapters.hl7v2.header import HeaderCheckError, MessageHeader, read_header
 from adapters.hl7v2.parse import HL7ParseError, ParsedMessage, Segment, parse
 
 JSON = dict[str, Any]
@@ -169,7 +169,11 @@ class _Run:
 
     def value(self, text: str, current: Segment | None) -> str:
         if text.startswith("@"):
-            return self.ids.get(text[1:], "")
+            # The id of that mapping's resource for this segment: the nearest preceding one
+            # (a PR1's Encounter is the PV1 of its own visit in a multi-visit BAR^P01).
+            if current is None:
+                return self.ids.get(text[1:], "")
+            return self.ref_id(text[1:], current) or ""
         path = field_path(text)
         reps = self.repetitions(path, current)
         if not reps:
@@ -248,7 +252,10 @@ def _apply_rule(run: _Run, resource: JSON, rule: JSON, seg: Segment) -> None:
         rid = run.ref_id(target, seg)
         if rid:
             rtype = run.cfg.resources[target].get("resourceType", target)
-            _set(resource, path, {"reference": f"{rtype}/{rid}"}, as_list)
+            ref: JSON = {"reference": f"{rtype}/{rid}"}
+            if rule.get("ref_key"):  # e.g. Patient.link {other: ref, type: replaced-by}
+                ref = {rule["ref_key"]: ref, **rule.get("with", {})}
+            _set(resource, path, ref, as_list)
         return
     if rule.get("as") == "qr_items":
         items = _qr_items(run, seg)
@@ -308,7 +315,8 @@ def _apply_rule(run: _Run, resource: JSON, rule: JSON, seg: Segment) -> None:
 
 
 def _condition(run: _Run, cond: JSON, seg: Segment) -> bool:
-    """``when:`` of resources.yaml: {field, in_table|not_in_table} or {any: [...]}."""
+    """``when:`` of resources.yaml: {field, in_table|not_in_table|equals|present|later_than}
+    or {any: [...]}."""
     if "any" in cond:
         return any(_condition(run, c, seg) for c in cond["any"])
     value = run.first_value(cond["field"], seg).upper()
@@ -316,7 +324,23 @@ def _condition(run: _Run, cond: JSON, seg: Segment) -> bool:
         return value in run.table(cond["in_table"])
     if "not_in_table" in cond:
         return value not in run.table(cond["not_in_table"])
+    if "equals" in cond:
+        return value == str(cond["equals"]).upper()
+    if "present" in cond:
+        return bool(value) == bool(cond["present"])
+    if "later_than" in cond:
+        return _later_day(value, run.first_value(cond["later_than"], seg))
     raise ValueError(f"resources.yaml: bad when condition {cond!r}")
+
+
+def _later_day(value: str, reference: str) -> bool:
+    """Whether HL7 date/time ``value`` falls on a later calendar day than ``reference``, at the
+    precision both have (a PR1-5 of 202504 is later than an MSH-7 of 20250304...). Times and
+    offsets are ignored: both are the sender's local wall-clock days."""
+    n = min(len(value), len(reference), 8)
+    if n < 4 or not (value[:n].isdigit() and reference[:n].isdigit()):
+        return False
+    return value[:n] > reference[:n]
 
 
 _QR_ANSWER = {"String": "valueString", "DateTime": "valueDateTime"}
@@ -373,7 +397,9 @@ def _resource_id(run: _Run, spec: JSON, name: str, seg: Segment) -> str | None:
             continue
         values = [run.first_value(k, seg) for k in keys]
         if all(v for k, v in zip(keys, values, strict=True) if not str(k).startswith("@")):
-            return dt.short_hash(name, *values)
+            # id_name: hash as another mapping does, so a merged patient's MRG-1 gives the id
+            # its PID-3 gave (the same patient).
+            return dt.short_hash(spec.get("id_name", name), *values)
     return None
 
 
@@ -432,6 +458,16 @@ def _convert_resources(run: _Run, rule: MessageRule, msg_type: str) -> None:
         run._segment = None
 
 
+def _unsupported(header: MessageHeader) -> ConversionIssue:
+    return ConversionIssue(
+        "hl7.unsupported_message",
+        f"MSH-9: message type {dt.printable(header.message_type)} is not converted "
+        "(not in mappings/hl7v2/messages.yaml)",
+        "MSH",
+        "MSH-9",
+    )
+
+
 def convert_parsed(
     msg: ParsedMessage, *, source: str, tz: ZoneInfo, cfg: HL7Config | None = None
 ) -> ConversionResult:
@@ -443,9 +479,7 @@ def convert_parsed(
     header = msg.header
     rule = cfg.messages.get(header.message_type)
     if rule is None:
-        run.issue("hl7.unsupported_message",
-                  f"message type {dt.printable(header.message_type)} is not converted "
-                  "(not in mappings/hl7v2/messages.yaml)", segment="MSH", fld="MSH-9")
+        result.errors.append(_unsupported(header))
         return result
     extra_msh = [s.position for s in msg.segments if s.name == "MSH"][1:]
     if extra_msh:
@@ -477,6 +511,14 @@ def convert_message(
     """
     cfg = cfg or load_config()
     try:
+        header = read_header(
+            raw.encode("utf-8") if isinstance(raw, str) else raw,
+            versions=cfg.versions, message_types=(), allowed_field_separators=cfg.field_separators,
+        )
+        if header.message_type not in cfg.messages:
+            # Recognised from MSH-9 alone: a message type we do not convert is not parsed, so
+            # its content (an unknown structure, a charset we cannot read) raises no errors.
+            return ConversionResult(source=source, header=header, errors=[_unsupported(header)])
         msg = parse(raw, cfg=cfg)
     except HeaderCheckError as exc:
         err = exc.error

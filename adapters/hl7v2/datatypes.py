@@ -238,7 +238,12 @@ def identifier(rep: Repetition, ctx: Context, rule: JSON) -> JSON | None:
         type_code = comp(rep, 5) or rule.get("type", "")
     if system:
         ident["system"] = system
-    if type_code:
+    fixed = rule.get("fixed_type")
+    if fixed:
+        # The segment says what the identifier is (PV1-19 is a visit number, whatever CX-5
+        # claims): V2-to-FHIR IG PV1[Encounter] map, PV1-19 -> identifier.type "VN".
+        ident["type"] = {"coding": [{"system": V2_0203, "code": fixed["code"]}], "text": fixed["text"]}
+    elif type_code:
         ident["type"] = {"coding": [{"system": V2_0203, "code": type_code}]}
     return ident
 
@@ -260,6 +265,57 @@ def human_name(rep: Repetition, ctx: Context, rule: JSON) -> JSON | None:
     if suffix:
         name["suffix"] = suffix
     return name if set(name) - {"use"} else None
+
+
+def address(rep: Repetition, ctx: Context, rule: JSON) -> JSON | None:
+    """XAD -> Address (V2-to-FHIR IG XAD[Address]: street and other designation are lines,
+    XAD-7 gives use and type through tables 0190)."""
+    out: JSON = {}
+    lines = [line for line in (comp(rep, 1, 1), comp(rep, 2)) if line]
+    if lines:
+        out["line"] = lines
+    for i, key in ((3, "city"), (9, "district"), (4, "state"), (5, "postalCode"), (6, "country")):
+        if comp(rep, i):
+            out[key] = comp(rep, i)
+    if not out:
+        return None
+    kind = comp(rep, 7).upper()
+    for table, key in (("address_use", "use"), ("address_type", "type")):
+        mapped = ctx.table(table).get(kind)
+        if mapped:
+            out[key] = mapped
+    return out
+
+
+def contact_point(rep: Repetition, ctx: Context, rule: JSON) -> JSON | None:
+    """XTN -> ContactPoint, after the V2-to-FHIR IG XTN[ContactPoint] map: e-mail (XTN-3
+    Internet/X.400, or no XTN-3 but an XTN-4) from XTN-4; a number from XTN-12, else XTN-5..8
+    composed, else XTN-1. ``use`` (rule) applies when XTN-2 is not valued (PID-13 home,
+    PID-14 work)."""
+    equipment = comp(rep, 3).upper()
+    system = ctx.table("contact_point_system").get(equipment)
+    if not equipment and comp(rep, 4):
+        system = "email"
+    if system == "email":
+        value = comp(rep, 4)
+    else:
+        parts = [p for p in (comp(rep, 5) and "+" + comp(rep, 5), comp(rep, 6), comp(rep, 7)) if p]
+        composed = " ".join(parts) if comp(rep, 7) else ""
+        if composed and comp(rep, 8):
+            composed += " X" + comp(rep, 8)
+        value = comp(rep, 12) or composed or comp(rep, 1)
+    if not value:
+        return None
+    out: JSON = {}
+    if system:
+        out["system"] = system
+    out["value"] = value
+    use = ctx.table("contact_point_use").get(comp(rep, 2).upper())
+    if use is None and not comp(rep, 2):
+        use = "mobile" if equipment == "CP" else rule.get("use")
+    if use:
+        out["use"] = use
+    return out
 
 
 def _practitioner(rep: Repetition, ctx: Context) -> str | None:
@@ -413,6 +469,8 @@ CONVERTERS: dict[str, Converter] = {
     "code": code,
     "Identifier": identifier,
     "HumanName": human_name,
+    "Address": address,
+    "ContactPoint": contact_point,
     "practitioner": practitioner,
     "performer": performer,
     "participant": participant,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from adapters.base import Record, RecordError
@@ -110,6 +111,9 @@ class Converted:
     records: list[Record] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
+    # (merged patient id, surviving patient id) of an ADT^A40/A47: the store moves the
+    # merged patient's records, cases and reminders (registry_store/patient_merge.py).
+    merges: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -122,12 +126,20 @@ class Converted:
         return bool(errors) and all(i.code == "hl7.unsupported_message" for i in errors)
 
 
+def converted_origin(identity: str) -> str:
+    """The staging origin of the FHIR records a v2 message converts into (no PHI)."""
+    return f"hl7v2 {identity}"
+
+
 def convert_staged(raw: bytes, identity: str, tz: ZoneInfo) -> Converted:
     """A staged v2 message → FHIR records (origin: the message identity, no PHI)."""
     result = convert_message(raw, source=identity, tz=tz)
     out = Converted()
     for resource in result.resources:
-        out.records.append(Record(resource, origin=f"hl7v2 {identity}"))
+        out.records.append(Record(resource, origin=converted_origin(identity)))
+        merged_into = _replaced_by(resource)
+        if merged_into is not None:
+            out.merges.append((resource["id"], merged_into))
     out.deleted.extend(result.deleted)
     reused = reused_control_id(result.header, raw, identity)
     if reused is not None:
@@ -145,3 +157,14 @@ def convert_staged(raw: bytes, identity: str, tz: ZoneInfo) -> Converted:
             )
         )
     return out
+
+
+def _replaced_by(resource: dict[str, Any]) -> str | None:
+    """The surviving patient's id when ``resource`` is a Patient marked ``replaced-by``."""
+    if resource.get("resourceType") != "Patient":
+        return None
+    for link in resource.get("link") or []:
+        ref = (link.get("other") or {}).get("reference", "")
+        if link.get("type") == "replaced-by" and ref.startswith("Patient/"):
+            return str(ref.removeprefix("Patient/"))
+    return None

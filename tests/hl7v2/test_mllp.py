@@ -274,3 +274,27 @@ def test_idle_connection_closed_after_timeout(sink: SQLiteSink) -> None:
         t0 = time.monotonic()
         assert s.recv(1024) == b""  # closed by the listener
         assert 0.2 < time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "ack_code", "err_code"),
+    [
+        ("ADT^A02^ADT_A02", "AA", None),   # transfer: updates the stay
+        ("ADT^A40^ADT_A39", "AA", None),   # merge patient
+        ("ADT^A47^ADT_A30", "AA", None),   # change identifier
+        ("ADT^A99^ADT_A01", "AR", "201"),  # an event we do not know stays rejected, with why
+    ],
+)
+def test_merge_and_transfer_events_are_accepted_unknown_events_rejected(
+    listener: ListenerThread, msg_type: str, ack_code: str, err_code: str | None
+) -> None:
+    with connect(listener.port) as s:
+        s.sendall(frame(make_message("EV1", msg_type=msg_type)))
+        ack = read_frame(s)
+    assert msa(ack)[1] == ack_code
+    e = err(ack)
+    if err_code is None:
+        assert e is None
+        return
+    assert e is not None and f"|{err_code}^" in e and "MSH-9" in ack.decode()
+    assert listener.sink.rows()[0][2:4] == ("rejected", "hl7.unsupported_message")

@@ -28,7 +28,7 @@ def test_a_message_staged_beside_another_with_its_control_id_is_converted_with_a
 
 
 def test_an_unsupported_type_with_a_reused_control_id_is_still_out_of_scope() -> None:
-    raw = make_message("R2", msg_type="ADT^A02^ADT_A02")  # a transfer: not converted
+    raw = make_message("R2", msg_type="ADT^A99^ADT_A01")  # not an event we convert
     out = convert_staged(raw, "FAC|R2#0123456789ab", CHICAGO)
     assert out.out_of_scope and not out.records
 
