@@ -551,7 +551,7 @@ def _register_plugin_commands() -> None:
     """
     import importlib
 
-    for module_name in ("scheduler.cli", "review.cli", "adapters.hl7v2.cli"):
+    for module_name in ("scheduler.cli", "review.cli", "adapters.hl7v2.cli", "mappings.prom_cli"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -415,7 +415,7 @@ def test_feed_health_shows_runs_acks_and_chart(client_for: Client, review_app: A
     assert "sample" in page.text and "succeeded" in page.text
     assert "MSG00002" in page.text and "AE 1" in page.text and "AA 1" in page.text
     assert "<svg" in page.text and 'class="bar-records"' in page.text
-    assert "265 received" in page.text  # tooltip of tonight's bar
+    assert "271 received" in page.text  # tooltip of tonight's bar
 
 
 def test_healthz_and_metrics_need_no_login(client_for: Client) -> None:
