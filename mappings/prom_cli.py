@@ -16,7 +16,6 @@ from registry_adapter.cli import Ctx, pass_ctx
 from registry_store.models import PromResponse
 
 PROMS = PromResponse.__table__  # type: ignore[attr-defined]
-out = Console(soft_wrap=True)
 
 
 def list_responses(conn: Connection, *, case_id: str | None = None) -> list[dict[str, Any]]:
@@ -89,7 +88,8 @@ def list_cmd(obj: Ctx, case_id: str | None, as_json: bool) -> None:
             r["status"],
             scores,
         )
-    out.print(table)
+    # Made here, not at import, so the terminal's current width ($COLUMNS) is used.
+    Console(soft_wrap=True).print(table)
 
 
 COMMANDS = [proms]

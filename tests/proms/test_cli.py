@@ -15,7 +15,8 @@ FIELDS = ["id", "patient_id", "case_id", "instrument", "timepoint", "authored", 
 
 
 def _run(config: Path, *args: str) -> str:
-    result = CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+    runner = CliRunner(env={"COLUMNS": "200"})  # wide enough that the table does not wrap
+    result = runner.invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -38,4 +39,4 @@ def test_proms_list_shows_stored_responses_scored_or_not(tmp_path: Path) -> None
     one_case = json.loads(_run(config, "proms", "list", "--case", "sample:proc-0001", "--json"))
     assert one_case and {r["case_id"] for r in one_case} == {"sample:proc-0001"}
     table = _run(config, "proms", "list", "--case", "sample:proc-0001")
-    assert "qr-0001-90d" in table and "scored" in table
+    assert "qr-0001-90d" in table and "scored" in table and f"odi {first['scores']['odi']:g}" in table

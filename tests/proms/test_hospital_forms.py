@@ -144,9 +144,6 @@ def test_one_problem_is_one_cause_and_causes_never_mix_instruments(sqlite_app: A
 
 
 @pytest.mark.parametrize("status", [["completed"], 5, {"value": "completed"}])
-def test_status_of_the_wrong_json_type_is_never_an_internal_error(
-    sqlite_app: App, status: Any
-) -> None:
+def test_status_of_the_wrong_json_type_is_never_an_internal_error(sqlite_app: App, status: Any) -> None:
     result = _map(sqlite_app, _odi([1] * 10, status=status))
     assert all(i.code != "mapping.internal_error" for i in result.issues), result.issues
-
