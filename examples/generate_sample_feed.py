@@ -3,8 +3,11 @@
 Everyone in it is made up: names come from a short list of obviously fictitious surnames, MRNs
 start with DEMO-. The feed exercises lumbar and cervical cases (one Procedure with several
 codings, and one Procedure per billed code), diagnoses by reasonReference, by encounter and
-inline, PROMs at baseline / 90 days / 1 year, out-of-scope records, and deliberate mapping
-errors so the review tools have something to show. Output is deterministic (fixed seed and
+inline, PROMs at baseline / 90 days / 1 year, PROM forms laid out the ways hospitals send them
+(the PACIO ODI answering with the statement text and its own total, NDI with LOINC answer codes,
+EQ-5D-5L with hyphenated linkIds, a vendor form with numeric linkIds that a site must teach, a
+form too incomplete to score), out-of-scope records, and deliberate mapping errors so the review
+tools have something to show. Output is deterministic (fixed seed and
 dates), so tests can rely on it.
 
     python examples/generate_sample_feed.py [--out examples/sample-feed] [--patients 40]
@@ -63,6 +66,7 @@ class Feed:
         self.rng = random.Random(seed)
         self.out: dict[str, list[dict[str, Any]]] = {}
         self.instruments = load_instruments()
+        self.stays: dict[int, tuple[str, date, date]] = {}  # n -> patient, surgery, discharge
 
     def add(self, resource: dict[str, Any]) -> dict[str, Any]:
         resource.setdefault("meta", {"versionId": "1", "lastUpdated": "2025-11-01T02:00:00Z"})
@@ -197,6 +201,7 @@ def build(patients: int, seed: int) -> Feed:
             feed.procedure(f"proc-{n:04d}", pid, eid, codes, surgery, cond_ids[:1], text=text)
         region_instrument = "odi" if lumbar else "ndi"
         discharge = surgery + timedelta(days=stay)
+        feed.stays[n] = (pid, surgery, discharge)
         if n % 2 == 0:
             feed.prom(
                 f"qr-{n:04d}-base",
@@ -237,6 +242,8 @@ def build(patients: int, seed: int) -> Feed:
                 discharge + timedelta(days=95),
             )
 
+    if patients >= 17:
+        hospital_layouts(feed)
     # Out of scope: not spine surgery, not a spine diagnosis.
     feed.procedure(
         "proc-knee-1", "pat-0001", None, ["27447"], date(2024, 9, 2), text="Total knee arthroplasty"
@@ -272,6 +279,107 @@ def build(patients: int, seed: int) -> Feed:
         }
     )
     return feed
+
+
+PACIO_ODI = "http://example.org/Questionnaire/OswestryDisabilityIndexQuestionnaire"
+PACIO_NDI = "http://example.org/fhir/Questionnaire/NeckDisabilityIndexQuestionnaire"
+VENDOR_BACK_FORM = "https://ehr.lakeside.example/Questionnaire/back-form-7"
+EQ5D_HYPHENATED = {
+    "mo": "mobility",
+    "sc": "self-care",
+    "ua": "usual-activities",
+    "pd": "pain-discomfort",
+    "ad": "anxiety-depression",
+    "eq_vas": "eq-vas",
+}
+
+
+def hospital_layouts(feed: Feed) -> None:
+    """PROMs as hospitals send them, on time points the regular loop leaves free.
+
+    Fixed answers (no random draws), so adding them leaves the rest of the feed unchanged.
+    """
+    odi, ndi = feed.instruments["odi"], feed.instruments["ndi"]
+
+    def qr(n: int, suffix: str, instrument: str, answers: dict[str, Any], when: date) -> dict[str, Any]:
+        return build_questionnaire_response(
+            feed.instruments[instrument],
+            answers,
+            qr_id=f"qr-{n:04d}-{suffix}",
+            patient_ref=f"Patient/{feed.stays[n][0]}",
+            authored=local_dt(when, 10),
+        )
+
+    # PACIO ODI layout: each section answered with the statement itself, plus the form's own
+    # total ("score", LOINC 97909-6) and category; sections 2, 1, 2, 1, 2, 2, 1, 2, 3, 2 = 36 %.
+    _, _, discharge = feed.stays[11]
+    levels = [2, 1, 2, 1, 2, 2, 1, 2, 3, 2]
+    items: list[dict[str, Any]] = [
+        {"linkId": f"odi-{i}", "text": item.text, "answer": [{"valueString": list(item.answer_map)[level]}]}
+        for i, (item, level) in enumerate(zip(odi.definition.items, levels, strict=True), 1)
+    ]
+    items.append({"linkId": "score", "answer": [{"valueDecimal": 36}]})
+    items.append({"linkId": "severity-category", "answer": [{"valueString": "Moderate disability"}]})
+    pacio = qr(11, "90d-pacio", "odi", {}, discharge + timedelta(days=92))
+    pacio.update(questionnaire=PACIO_ODI, item=items)
+    feed.add(pacio)
+
+    # NDI with LOINC answer codes (LA...) and no ordinalValue, and its own total (a percentage).
+    _, surgery, _ = feed.stays[6]
+    ndi_items: list[dict[str, Any]] = []
+    raw = 0.0
+    for i, item in enumerate(ndi.definition.items, 1):
+        code, value = next(iter(item.answer_map.items()))
+        raw += value
+        coding = {"system": "http://loinc.org", "code": code}
+        ndi_items.append({"linkId": f"ndi-{i}", "answer": [{"valueCoding": coding}]})
+    ndi_items.append({"linkId": "total-score", "answer": [{"valueDecimal": raw * 2}]})
+    loinc_ndi = qr(6, "1y-ndi-loinc", "ndi", {}, surgery + timedelta(days=370))
+    loinc_ndi.update(questionnaire=PACIO_NDI, item=ndi_items)
+    feed.add(loinc_ndi)
+
+    # EQ-5D-5L from a hospital form: hyphenated linkIds, a questionnaire URL nobody configured.
+    _, surgery, _ = feed.stays[12]
+    eq = qr(
+        12, "1y-eq-hyphen", "eq5d5l", {"mo": 2, "sc": 1, "ua": 3, "pd": 2, "ad": 1, "eq_vas": 75}, surgery
+    )
+    eq["authored"] = local_dt(surgery + timedelta(days=371), 10)
+    eq["questionnaire"] = "https://ehr.lakeside.example/Questionnaire/eq-5d-5l"
+    for item in eq["item"]:
+        item["linkId"] = EQ5D_HYPHENATED[_item_id(feed, "eq5d5l", item["linkId"])]
+    feed.add(eq)
+
+    # A vendor ODI form numbered 1-10 with its total as 11: unknown until the site teaches it
+    # (proms.instruments.odi.recognition.questionnaires in the config; see config.example.yaml).
+    _, _, discharge = feed.stays[14]
+    answers = {item.id: 2 for item in odi.definition.items}
+    vendor = qr(14, "90d-vendor", "odi", answers, discharge + timedelta(days=92))
+    vendor["questionnaire"] = VENDOR_BACK_FORM
+    for i, item in enumerate(vendor["item"], 1):
+        item["linkId"] = str(i)
+        item.pop("text", None)
+    vendor["item"].append({"linkId": "11", "answer": [{"valueDecimal": 40}]})
+    feed.add(vendor)
+
+    # Answered, but three sections left out: more than the one the ODI rules allow. Stored (the
+    # time point is complete, so no reminder) with a review error saying what is missing.
+    _, _, discharge = feed.stays[8]
+    partial = {item.id: (None if item.id in ("odi4", "odi6", "odi8") else 1) for item in odi.definition.items}
+    feed.add(qr(8, "90d-partial", "odi", partial, discharge + timedelta(days=92)))
+
+    # The hospital's own total under "odi-score", agreeing with the computed score (20 %).
+    _, _, discharge = feed.stays[17]
+    total = qr(
+        17, "90d-total", "odi", {item.id: 1 for item in odi.definition.items}, discharge + timedelta(days=92)
+    )
+    total["item"].append({"linkId": "odi-score", "answer": [{"valueDecimal": 20}]})
+    feed.add(total)
+
+
+def _item_id(feed: Feed, instrument: str, link_id: str) -> str:
+    found = feed.instruments[instrument].item_for(link_id)
+    assert found is not None, link_id
+    return found[0].id
 
 
 def write(feed: Feed, out: Path) -> None:

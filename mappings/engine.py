@@ -158,13 +158,21 @@ class MappingResult:
 
 Hook = Callable[[Mapping[str, Any], dict[str, Any], SiteContext], list[Issue]]
 _HOOKS: dict[str, Hook] = {}
+# Per hook: error codes that are for review only; the record is still stored (a PROM the
+# patient answered but that cannot be scored must still complete its time point).
+_REVIEW_ONLY: dict[str, frozenset[str]] = {}
 
 
-def register_hook(name: str) -> Callable[[Hook], Hook]:
-    """Make a Python function available to mapping files as ``derive: [name]``."""
+def register_hook(name: str, *, review_only: Iterable[str] = ()) -> Callable[[Hook], Hook]:
+    """Make a Python function available to mapping files as ``derive: [name]``.
+
+    Errors the hook returns stop the record from mapping, except those whose code is in
+    ``review_only``: they are listed for review while the record is stored.
+    """
 
     def deco(fn: Hook) -> Hook:
         _HOOKS[name] = fn
+        _REVIEW_ONLY[name] = frozenset(review_only)
         return fn
 
     return deco
@@ -505,7 +513,8 @@ class RegistryMapping:
                 continue
             # A hook's issues name the hook as their rule unless the hook named a finer one.
             issues.extend(i if i.rule else replace(i, rule=f"derive:{hook_name}") for i in found)
-            fatal = fatal or any(i.severity != "warning" for i in found)
+            keep = _REVIEW_ONLY.get(hook_name, frozenset())
+            fatal = fatal or any(i.severity != "warning" and i.code not in keep for i in found)
 
         return MappingResult("failed" if fatal else "mapped", self.target, out, issues)
 

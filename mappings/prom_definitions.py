@@ -69,10 +69,30 @@ class ItemDef(_Strict):
 
 
 class QuestionnaireRef(_Strict):
-    """A Questionnaire canonical URL (``url`` or ``url|version``) that identifies the instrument."""
+    """A Questionnaire canonical URL (``url`` or ``url|version``) that identifies the instrument.
+
+    ``link_ids`` teaches a vendor form whose linkIds say nothing ("1", "2", ...): form linkId ->
+    item id (or total output). They apply only to responses to this questionnaire, so one
+    site's numbering never leaks into another form.
+    """
 
     url: str
     reversed_ordinals: list[str] = Field(default_factory=list)
+    link_ids: dict[str, str] = Field(default_factory=dict)
+
+
+class TotalDef(_Strict):
+    """A total the hospital's form computes itself (e.g. ``odi-score``).
+
+    It is not an answer: it is kept beside the answers as ``<output>_reported`` and compared
+    with the score computed here; a difference larger than ``tolerance`` is a warning (forms
+    round, and some prorate missing items differently).
+    """
+
+    output: str
+    link_ids: list[str] = Field(default_factory=list)
+    codes: list[str] = Field(default_factory=list)
+    tolerance: float = Field(default=0.5, ge=0)
 
 
 class PanelCode(_Strict):
@@ -93,6 +113,7 @@ class Recognition(_Strict):
     # metadata such as an assessment date); they are skipped without an issue.
     ignore_link_ids: list[str] = Field(default_factory=list)
     ignore_codes: list[str] = Field(default_factory=list)
+    totals: list[TotalDef] = Field(default_factory=list)
 
 
 class _Step(_Strict):
@@ -197,6 +218,17 @@ class InstrumentDef(_Strict):
             if step.output in known:
                 raise ValueError(f"{where}: output name {step.output!r} is already used")
             known.add(step.output)
+        outputs = {step.output for step in self.scoring}
+        for total in self.recognition.totals:
+            if total.output not in outputs:
+                raise ValueError(f"recognition.totals: unknown score output {total.output!r}")
+        targets = set(item_ids) | outputs
+        for ref in self.recognition.questionnaires:
+            for link_id, target in ref.link_ids.items():
+                if target not in targets:
+                    raise ValueError(
+                        f"recognition: {ref.url} linkId {link_id!r} names unknown item {target!r}"
+                    )
         refs: list[list[str]] = [q.reversed_ordinals for q in self.recognition.questionnaires]
         refs += [p.reversed_ordinals for p in self.recognition.panel_codes]
         for names in refs:

@@ -19,6 +19,8 @@ ITEM_WEIGHT_URL = "http://hl7.org/fhir/StructureDefinition/itemWeight"
 _ORDINAL_URLS = (ORDINAL_VALUE_URL, ITEM_WEIGHT_URL)
 _LOINC_CODE = re.compile(r"^\d{1,7}-\d$")
 _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
+_LINK_ID_NOISE = re.compile(r"[-_\s]+")
+_SPACES = re.compile(r"\s+")
 
 JSON = dict[str, Any]
 
@@ -36,6 +38,16 @@ def walk_items(items: list[Any] | None) -> Iterator[JSON]:
         for answer in item.get("answer") or []:
             if isinstance(answer, dict):
                 yield from walk_items(answer.get("item"))
+
+
+def link_id_key(link_id: str) -> str:
+    """How linkIds are compared: hospitals write ``self-care``, ``Self_Care`` and ``SELF CARE``."""
+    return _LINK_ID_NOISE.sub("", link_id).casefold()
+
+
+def answer_text_key(text: str) -> str:
+    """How answer texts are compared: case, spacing and a closing full stop do not matter."""
+    return _SPACES.sub(" ", text).strip().rstrip(".").strip().casefold()
 
 
 def split_canonical(url: str) -> tuple[str, str | None]:
@@ -139,8 +151,9 @@ def read_answer(
         return RawAnswer(float(quantity["value"]), form_relative=True)
     text = answer.get("valueString")
     if isinstance(text, str):
-        if text in answer_codes:
-            return RawAnswer(answer_codes[text], form_relative=False)
+        known = answer_codes.get(text, answer_codes.get(answer_text_key(text)))
+        if known is not None:
+            return RawAnswer(known, form_relative=False)
         if _NUMBER.match(text.strip()):
             return RawAnswer(float(text), form_relative=True)
         # The text itself may be something the patient typed: do not quote it.
@@ -167,6 +180,8 @@ def answer_codes_for(definition: InstrumentDef, item: ItemDef) -> dict[str, floa
             {option.code: option.value for option in definition.answer_lists[item.answer_list]}
         )
     codes.update(item.answer_map)
+    # Answer texts (the PACIO ODI layout answers with the statement itself) match loosely.
+    codes.update({answer_text_key(text): value for text, value in item.answer_map.items()})
     return codes
 
 

@@ -110,15 +110,16 @@ def _run_step(
     if isinstance(step, LookupStep):
         return _lookup(step, values[step.source], issues)
     present = [values[name] for name in step.items if values[name] is not None]
-    missing = len(step.items) - len(present)
+    unanswered = [name for name in step.items if values[name] is None]
+    missing = len(unanswered)
     allowed = 0 if isinstance(step, DecrementsStep) else step.max_missing
     if missing > allowed:
         issues.append(
             ScoreIssue(
                 "prom.too_many_missing",
                 None,
-                f"{step.output}: {missing} of {len(step.items)} items unanswered, "
-                f"at most {allowed} allowed",
+                f"{step.output}: {missing} of {len(step.items)} items unanswered "
+                f"({', '.join(unanswered)}), at most {allowed} allowed",
             )
         )
         return None

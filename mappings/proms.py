@@ -19,6 +19,7 @@ in linkIds, ``item.definition`` or the contained Questionnaire's items), and fin
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime
@@ -31,6 +32,7 @@ from mappings.prom_definitions import (
     ItemDef,
     PanelCode,
     QuestionnaireRef,
+    TotalDef,
     apply_site_overrides,
     read_definition_files,
     validate_definition,
@@ -39,6 +41,7 @@ from mappings.prom_fhir import (
     ResponseIndex,
     answer_codes_for,
     build_response,
+    link_id_key,
     read_answer,
     split_canonical,
     walk_items,
@@ -67,20 +70,26 @@ class Instrument:
         self.definition = definition
         self._aliases: dict[str, tuple[ItemDef, bool]] = {}
         self._codes: dict[str, ItemDef] = {}
+        self._items = {item.id: item for item in definition.items}
         for item in definition.items:
-            # linkIds are compared case-insensitively: sites write "Global01" and "global01".
+            # linkIds are compared ignoring case, "-", "_" and spaces (see link_id_key).
             for link_id in item.link_ids:
-                self._aliases[link_id.casefold()] = (item, False)
+                self._aliases[link_id_key(link_id)] = (item, False)
             for link_id in item.reversed_link_ids:
-                self._aliases[link_id.casefold()] = (item, True)
+                self._aliases[link_id_key(link_id)] = (item, True)
             if item.loinc:
                 self._codes[item.loinc] = item
         self._answer_codes = {
             item.id: answer_codes_for(definition, item) for item in definition.items
         }
         recognition = definition.recognition
-        self._ignored_link_ids = {link_id.casefold() for link_id in recognition.ignore_link_ids}
+        self._ignored_link_ids = {link_id_key(link_id) for link_id in recognition.ignore_link_ids}
         self._ignored_codes = set(recognition.ignore_codes)
+        self._totals = {t.output: t for t in recognition.totals}
+        self._total_link_ids = {
+            link_id_key(link_id): total for total in recognition.totals for link_id in total.link_ids
+        }
+        self._total_codes = {code: total for total in recognition.totals for code in total.codes}
 
     def __repr__(self) -> str:
         return f"Instrument({self.id!r})"
@@ -133,9 +142,20 @@ class Instrument:
                 return panel
         return None
 
-    def item_for(self, link_id: str, codes: Iterable[str] = ()) -> tuple[ItemDef, bool] | None:
+    def form_link_ids(self, url: str | None) -> dict[str, str]:
+        """linkId key -> item id or total output, as taught for this questionnaire URL."""
+        ref = self.questionnaire_ref(url)
+        return {link_id_key(k): v for k, v in ref.link_ids.items()} if ref else {}
+
+    def item_for(
+        self, link_id: str, codes: Iterable[str] = (), form: Mapping[str, str] | None = None
+    ) -> tuple[ItemDef, bool] | None:
         """The item a response linkId answers, and whether its ordinals arrive reversed."""
-        found = self._aliases.get(link_id.casefold())
+        key = link_id_key(link_id)
+        taught = (form or {}).get(key)
+        if taught is not None and taught in self._items:
+            return self._items[taught], False
+        found = self._aliases.get(key)
         if found is not None:
             return found
         for code in codes:
@@ -151,11 +171,62 @@ class Instrument:
             if by_code:
                 item = next((self._codes[c] for c in codes if c in self._codes), None)
             else:
-                found = self._aliases.get(link_id.casefold())
+                found = self._aliases.get(link_id_key(link_id))
                 item = found[0] if found else None
             if item is not None:
                 matched.add(item.id)
         return len(matched)
+
+    def total_for(
+        self, link_id: str, codes: Iterable[str] = (), form: Mapping[str, str] | None = None
+    ) -> TotalDef | None:
+        """The score output a linkId carries when it is the form's own total, else None."""
+        key = link_id_key(link_id)
+        taught = (form or {}).get(key)
+        if taught is not None and taught in self._totals:
+            return self._totals[taught]
+        found = self._total_link_ids.get(key)
+        if found is not None:
+            return found
+        return next((self._total_codes[c] for c in codes if c in self._total_codes), None)
+
+    def reported_totals(self, qr: Mapping[str, Any]) -> dict[str, float]:
+        """Score output -> the total the hospital's form wrote (e.g. ``{"odi": 36.0}``)."""
+        index = ResponseIndex.of(qr)
+        form = self.form_link_ids(index.questionnaire)
+        reported: dict[str, float] = {}
+        for qr_item in walk_items(qr.get("item")):
+            link_id = qr_item.get("linkId")
+            if not isinstance(link_id, str):
+                continue
+            total = self.total_for(link_id, index.item_codes.get(link_id, frozenset()), form)
+            if total is None or total.output in reported:
+                continue
+            for answer in qr_item.get("answer") or []:
+                value = _plain_number(answer)
+                if value is not None:
+                    reported[total.output] = value
+                    break
+        return reported
+
+    def total_mismatches(
+        self, reported: Mapping[str, float], scores: Mapping[str, float | None]
+    ) -> list[ScoreIssue]:
+        """A warning for each reported total that the computed score does not confirm."""
+        issues = []
+        for output, value in reported.items():
+            computed = scores.get(output)
+            if computed is not None and abs(computed - value) > self._totals[output].tolerance:
+                issues.append(
+                    ScoreIssue(
+                        "prom.total_mismatch",
+                        output,
+                        f"{self.id}: the form's own {output} total {value:g} differs from the "
+                        f"computed {computed:g}",
+                        "warning",
+                    )
+                )
+        return issues
 
     # --- answers -------------------------------------------------------------------------
 
@@ -166,16 +237,19 @@ class Instrument:
         index = ResponseIndex.of(qr)
         issues: list[ScoreIssue] = []
         status = qr.get("status")
-        if status not in _SCORABLE_STATUSES:
+        if not isinstance(status, str) or status not in _SCORABLE_STATUSES:
             issues.append(
                 ScoreIssue(
                     "prom.not_completed",
                     None,
-                    f"{self.id}: response status {status!r} is not completed or amended",
+                    f"{self.id}: response status "
+                    f"{status if isinstance(status, str) else '(not a code)'!r} "
+                    "is not completed or amended",
                     "warning",
                 )
             )
         reversed_items = self._form_reversed_items(index)
+        form = self.form_link_ids(index.questionnaire)
         values: dict[str, Number | None] = dict.fromkeys(self.item_ids)
         seen: dict[str, str] = {}
         for qr_item in walk_items(qr.get("item")):
@@ -184,8 +258,10 @@ class Instrument:
                 continue
             answers = [a for a in qr_item.get("answer") or [] if isinstance(a, dict)]
             codes = index.item_codes.get(link_id, frozenset())
-            found = self.item_for(link_id, codes)
+            found = self.item_for(link_id, codes, form)
             if found is None:
+                if self.total_for(link_id, codes, form) is not None:
+                    continue  # the form's own total: compared with the score, not an answer
                 if answers and not self._ignored(link_id, codes):
                     issues.append(
                         ScoreIssue(
@@ -225,7 +301,7 @@ class Instrument:
         return reversed_items
 
     def _ignored(self, link_id: str, codes: Iterable[str]) -> bool:
-        return link_id.casefold() in self._ignored_link_ids or bool(
+        return link_id_key(link_id) in self._ignored_link_ids or bool(
             self._ignored_codes & set(codes)
         )
 
@@ -267,6 +343,29 @@ class Instrument:
 
     def score(self, answers: Mapping[str, Number | None]) -> PromScore:
         return compute_scores(self.definition, answers)
+
+
+def _plain_number(answer: object) -> float | None:
+    """A number written as valueDecimal / valueInteger / valueQuantity / numeric valueString."""
+    if not isinstance(answer, dict):
+        return None
+    for key in ("valueDecimal", "valueInteger"):
+        value = answer.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    quantity = answer.get("valueQuantity")
+    if isinstance(quantity, dict):
+        value = quantity.get("value")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    text = answer.get("valueString")
+    if isinstance(text, str):
+        try:
+            number = float(text.strip())
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
 
 
 class InstrumentRegistry:

@@ -704,7 +704,13 @@ def _register_plugin_commands() -> None:
 
     from registry_adapter.extras import extra_for, unavailable_command
 
-    for module_name in ("scheduler.cli", "review.cli", "adapters.hl7v2.cli", "registry_adapter.doctor"):
+    for module_name in (
+        "scheduler.cli",
+        "review.cli",
+        "adapters.hl7v2.cli",
+        "registry_adapter.doctor",
+        "mappings.prom_cli",
+    ):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

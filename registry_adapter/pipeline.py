@@ -34,7 +34,7 @@ from adapters.base import (
     SourceIncomplete,
 )
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged, converted_origin
-from adapters.validation import validate
+from adapters.validation import check, settle
 from mappings.cases import assemble_cases
 from registry_adapter.app import TARGET_TABLES, App
 from registry_store.db import upsert
@@ -552,14 +552,17 @@ class Pipeline:
             return Prepared(row, "invalid", [issue], "intake", remove=True)
         issues: list[Issue] = []
         if self.strictness != "off":
-            issues = validate(resource)
-            if issues and self.strictness == "strict":
+            # Wrong-typed primitives are left out of what the mapping sees (named in issues).
+            issues, resource = check(resource)
+            if self.strictness == "strict" and any(i.severity == "error" for i in issues):
                 return Prepared(row, "invalid", issues, "validation", remove=True)
         mapping = self.app.mappings.get(row.resource_type)
         if mapping is None:
             # Types we receive but do not map (Practitioner, Location, ...) are kept staged.
             return Prepared(row, "out_of_scope", issues, "")
         result = mapping.map(resource, self.app.site)
+        if result.disposition == "mapped":
+            issues = settle(issues)
         issues.extend(result.issues)
         if result.disposition == "mapped":
             out = {**result.row, "source": row.source, "id": row.resource_id, "staging_id": row.id}

@@ -110,6 +110,8 @@ def test_sample_feed_error_rows_name_the_rule_that_failed(sqlite_app: App) -> No
         ("codemap.unmapped_code", "translate:spine-diagnoses"),  # ICD-10-CM M48.9
         ("mapping.required_missing", "required"),
         ("prom.unknown_instrument", "derive:prom_score"),
+        ("prom.not_scorable", "prom:odi"),  # an ODI with three sections left out
+        ("prom.too_many_missing", "prom:odi"),
         ("case.no_index_procedure", "index_procedure"),
     }
     assert all(rule for _code, rule in rows), rows  # intake errors too (rule "intake")

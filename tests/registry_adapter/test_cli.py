@@ -47,7 +47,7 @@ def test_sync_then_json_listings(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     result = run("sync", "--json", config=cfg)
     (summary,) = json.loads(result.stdout)
-    assert summary["source"] == "sample" and summary["outcome"] == "succeeded" and summary["received"] == 265
+    assert summary["source"] == "sample" and summary["outcome"] == "succeeded" and summary["received"] == 271
     stats = json.loads(run("stats", "--json", config=cfg).stdout)
     for key in (
         "staged",

@@ -82,7 +82,7 @@ def test_full_then_incremental_sync_from_a_real_fhir_server(
     first = _sync(app)
     assert first.outcome == "succeeded", first
     s = stats(app)
-    assert (s["patients"], s["cases"], s["prom_responses"]) == (40, 40, 73)
+    assert (s["patients"], s["cases"], s["prom_responses"]) == (40, 40, 78)
     assert _cases(app)["proc-0001"]["category"] == "lumbar_discectomy"
     staged_first, distinct_first = _staged_identities(app)
     assert staged_first == distinct_first == first.counts.staged_new + first.counts.invalid

@@ -49,16 +49,16 @@ def _seed_causes(app: App, n: int) -> None:
 
 
 def test_causes_are_paged_in_order_and_filters_survive_paging(client_for: Client, review_app: App) -> None:
-    _seed_causes(review_app, 12)  # + 6 causes from the sample feed = 18, 5 per page
+    _seed_causes(review_app, 12)  # + 9 causes from the sample feed = 21, 5 per page
     client = client_for("vera")
     first = client.get("/causes")
-    assert "1–5 of 18" in first.text and "Page 1 of 4" in first.text
+    assert "1–5 of 21" in first.text and "Page 1 of 5" in first.text
     seen: list[str] = []
-    for page in range(1, 5):
+    for page in range(1, 6):
         seen += ROW.findall(client.get(f"/causes?page={page}").text)
-    assert len(seen) == 18 == len(set(seen))
+    assert len(seen) == 21 == len(set(seen))
     assert seen[0] == "6b3b8cb49b505af2"  # 3 records: the biggest cause comes first
-    assert "16–18 of 18" in client.get("/causes?page=99").text  # past the end: the last page
+    assert "21–21 of 21" in client.get("/causes?page=99").text  # past the end: the last page
 
     filtered = client.get("/causes?mapping=seeded&q=X00")
     assert "1–5 of 10" in filtered.text  # X000..X009
@@ -66,7 +66,7 @@ def test_causes_are_paged_in_order_and_filters_survive_paging(client_for: Client
     assert "1–5 of 12" in client.get("/causes?code=seed.unknown").text
     assert "No open mapping errors match" in client.get("/causes?q=nothing-like-this").text
     # Unknown filter values are dropped, not passed to SQL.
-    assert "1–5 of 18" in client.get("/causes?mapping=%27%3Bdrop&status=bogus").text
+    assert "1–5 of 21" in client.get("/causes?mapping=%27%3Bdrop&status=bogus").text
 
 
 def test_search_treats_like_wildcards_literally(client_for: Client, review_app: App) -> None:
@@ -446,14 +446,14 @@ def test_feed_health_shows_runs_acks_and_chart(client_for: Client, review_app: A
     assert "sample" in page.text and "succeeded" in page.text
     assert "MSG00002" in page.text and "AE 1" in page.text and "AA 1" in page.text
     assert "<svg" in page.text and 'class="bar-records"' in page.text
-    assert "265 received" in page.text  # tooltip of tonight's bar
+    assert "271 received" in page.text  # tooltip of tonight's bar
 
 
 def test_healthz_and_metrics_need_no_login(client_for: Client) -> None:
     client = client_for(None)
     assert client.get("/healthz").json() == {"status": "ok"}
     text = client.get("/metrics").text
-    assert 'registry_mapping_errors{status="open"} 9.0' in text
+    assert 'registry_mapping_errors{status="open"} 12.0' in text
     assert "registry_cases 40.0" in text
     assert 'registry_last_sync_success{source="sample"} 1.0' in text
     assert 'registry_staged_records{status="mapped"}' in text
