@@ -67,6 +67,7 @@ from adapters.base import (
     SourceIncomplete,
 )
 from adapters.http import HttpConfig, get_with_body_retry, make_session, raise_for_fhir, url_path
+from adapters.json_limits import describe_json_error
 
 log = structlog.get_logger(__name__)
 
@@ -209,8 +210,8 @@ class FhirRestSource:
             bundle = orjson.loads(resp.content)
         except orjson.JSONDecodeError as exc:
             raise MalformedPage("malformed-page",
-                                f"page {number} of {path} is not valid JSON ({exc.msg} at "
-                                f"char {exc.pos})", f"{path} page {number}") from None
+                                f"page {number} of {path} {describe_json_error(exc, resp.content)}",
+                                f"{path} page {number}") from None
         if not isinstance(bundle, dict) or bundle.get("resourceType") not in expect:
             raise MalformedPage("not-a-bundle",
                                 f"page {number} of {path} is not a {' or '.join(expect)}",

@@ -3,7 +3,9 @@
 Files are read a line or a Bundle entry at a time, so memory stays flat however large the
 file. A line that is not valid JSON becomes a ``RecordError`` naming file and line, and the
 rest of the file is still read. Files are recognised by content, not by extension, because
-hospitals send ``.json`` files that are NDJSON and ``.txt`` files that are Bundles.
+hospitals send ``.json`` files that are NDJSON and ``.txt`` files that are Bundles. A UTF-8
+byte order mark at the start (Windows tools write one) is skipped. Errors give positions and a
+generic reason, never the text around the error (``json_limits.describe_json_error``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ import orjson
 from adapters.base import Checkpoint, Item, Record, RecordError, SourceContext
 from adapters.hl7v2.files import is_gzip
 from adapters.hl7v2.records import looks_like_hl7v2
+from adapters.json_limits import (
+    TOO_DEEP_CODE,
+    UTF8_BOM,
+    describe_json_error,
+    is_too_deep_error,
+)
 
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
 
@@ -38,8 +46,10 @@ def _looks_like_ndjson(first_line: bytes) -> bool:
         return False
     try:
         orjson.loads(stripped)
-    except orjson.JSONDecodeError:
-        return False
+    except orjson.JSONDecodeError as exc:
+        # A first record too deep to parse is still a line of NDJSON: read it as one, so
+        # that line becomes its own error and the rest of the file is read.
+        return is_too_deep_error(exc)
     return True
 
 
@@ -124,31 +134,30 @@ def read_ndjson(
         except orjson.JSONDecodeError as exc:
             yield RecordError(
                 origin,
-                "intake.malformed_json",
-                f"{name} line {line_no}: invalid JSON ({exc.msg})",
+                TOO_DEEP_CODE if is_too_deep_error(exc) else "intake.malformed_json",
+                f"{name} line {line_no} {describe_json_error(exc, body)}",
                 raw=body,
             )
             continue
         yield from _record_or_error(obj, origin, body)
 
 
-def read_document(stream: IO[bytes], name: str) -> Iterator[Record | RecordError]:
-    """A pretty-printed JSON document: a Bundle (entries streamed) or one resource."""
-    found = False
+def read_document(stream: IO[bytes], name: str, start: int = 0) -> Iterator[Record | RecordError]:
+    """A pretty-printed JSON document: a Bundle (entries streamed) or one resource.
+
+    ``start``: where the JSON begins (after a byte order mark)."""
+    entries = 0
     try:
         for index, entry in enumerate(ijson.items(stream, "entry.item", use_float=True)):
-            found = True
+            entries += 1
             yield from _bundle_entries([entry], name, index)
-    except ijson.JSONError as exc:
-        yield RecordError(
-            name,
-            "intake.malformed_json",
-            f"invalid JSON after {'entries were read' if found else 'the start'}: {exc}"[:300],
-        )
+    except ijson.JSONError:
+        # ijson's message quotes the text around the error: say where instead.
+        yield RecordError(name, "intake.malformed_json", _document_error(stream, name, start, entries))
         return
-    if found:
+    if entries:
         return
-    stream.seek(0)
+    stream.seek(start)
     data = stream.read(DEFAULT_MAX_RECORD_BYTES + 1)
     if len(data) > DEFAULT_MAX_RECORD_BYTES:
         yield RecordError(name, "intake.record_too_large", "single resource file too large")
@@ -156,11 +165,25 @@ def read_document(stream: IO[bytes], name: str) -> Iterator[Record | RecordError
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        yield RecordError(name, "intake.malformed_json", f"invalid JSON ({exc.msg})", raw=data)
+        code = TOO_DEEP_CODE if is_too_deep_error(exc) else "intake.malformed_json"
+        yield RecordError(name, code, f"{name} {describe_json_error(exc, data)}", raw=data)
         return
     if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
         return  # an empty Bundle
     yield from _record_or_error(obj, name, data)
+
+
+def _document_error(stream: IO[bytes], name: str, start: int, entries: int) -> str:
+    """Where a document that ijson gave up on is broken, from orjson's position (documents up
+    to the record size limit; larger ones say how many entries were read before)."""
+    stream.seek(start)
+    data = stream.read(DEFAULT_MAX_RECORD_BYTES + 1)
+    if len(data) <= DEFAULT_MAX_RECORD_BYTES:
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            return f"{name} {describe_json_error(exc, data)}; {entries} entries read before it"
+    return f"{name} is not valid JSON after {entries} entries"
 
 
 def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record | RecordError]:
@@ -169,12 +192,14 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
     name = display_name or path.name
     try:
         with _open(path) as stream:
+            start = len(UTF8_BOM) if stream.read(len(UTF8_BOM)) == UTF8_BOM else 0
+            stream.seek(start)
             first = b""
             while not first.strip():  # NDJSON may start with blank lines
                 first = stream.readline(DEFAULT_MAX_RECORD_BYTES + 1)
                 if not first:
                     return  # an empty file holds no records
-            stream.seek(0)
+            stream.seek(start)
             if looks_like_hl7v2(first):
                 # Staff import what hospitals send; v2 files are recognised by content.
                 from adapters.hl7v2.records import records_from_file
@@ -184,7 +209,7 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
             if _looks_like_ndjson(first):
                 yield from read_ndjson(stream, name)
             else:
-                yield from read_document(stream, name)
+                yield from read_document(stream, name, start)
     except (OSError, EOFError) as exc:  # EOFError: a gzip file cut short
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         yield RecordError(name, "intake.unreadable_file", f"cannot read file: {reason}")

@@ -9,6 +9,7 @@ after a mapping or code map was fixed, without asking the hospital again.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import defaultdict
@@ -38,7 +39,14 @@ from registry_adapter.app import TARGET_TABLES, App
 from registry_store.db import upsert
 from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
 from registry_store.models import SourceState, SyncRun
-from registry_store.staging import STAGING, mark_deleted, stage_errors, stage_records
+from registry_store.staging import (
+    STAGING,
+    StageCounts,
+    mark_deleted,
+    serialised,
+    stage_errors,
+    stage_records,
+)
 from registry_store.timeutil import utcnow
 
 log = structlog.get_logger(__name__)
@@ -149,6 +157,23 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
+def _hash_origin(item: Record | RecordError | Deleted) -> str:
+    return hashlib.sha256(item.origin.encode()).hexdigest()[:16]
+
+
+def unstageable(item: Record | RecordError, exc: BaseException) -> RecordError:
+    """What is kept of a record staging failed on: its bytes and the error's class, never
+    the error's text (a driver's message may quote values)."""
+    if isinstance(item, Record):
+        raw = item.raw if item.raw is not None else serialised(item.resource)
+        rtype = item.resource.get("resourceType")
+        return RecordError(item.origin, "intake.unstageable",
+                           f"record could not be staged ({type(exc).__name__})",
+                           raw=raw, resource_type=rtype if isinstance(rtype, str) else None)
+    return RecordError(item.origin, "intake.unstageable",
+                       f"input could not be kept as an error ({type(exc).__name__})", raw=item.raw)
+
+
 def load_state(conn: Connection, source: str) -> dict[str, Any]:
     row = conn.execute(select(STATES.c.state).where(STATES.c.source == source)).first()
     return dict(row.state) if row else {}
@@ -211,13 +236,19 @@ class Pipeline:
         log.info("sync.start", source=source.name, run_id=run_id, kind=kind)
 
         def flush(checkpoint: Checkpoint | None) -> None:
-            with engine.begin() as conn:
-                staged = stage_records(conn, source.name, records)
-                staged.add(stage_errors(conn, source.name, errors))
-                for gone in deletions:
-                    self._delete(conn, source.name, gone.resource_type, gone.resource_id)
+            try:
+                with engine.begin() as conn:
+                    staged = self._stage_batch(conn, source.name, records, errors, deletions)
+                    if checkpoint is not None:
+                        _save_state(conn, source.name, dict(checkpoint.state))
+            except Exception as exc:
+                # One poison record must not stop the feed: stage the batch one by one, so
+                # that record becomes its own error and the rest (and the checkpoint) land.
+                log.warning("sync.batch_retried_alone", source=source.name, error=type(exc).__name__)
+                staged = self._stage_alone(source.name, records, errors, deletions)
                 if checkpoint is not None:
-                    _save_state(conn, source.name, dict(checkpoint.state))
+                    with engine.begin() as conn:
+                        _save_state(conn, source.name, dict(checkpoint.state))
             counts.staged_new += staged.inserted
             counts.staged_updated += staged.updated
             counts.unchanged += staged.unchanged
@@ -245,7 +276,7 @@ class Pipeline:
                                     "intake.invalid_identity",
                                     problem,
                                     field=problem.split(" ", 1)[0],
-                                    raw=item.raw or orjson.dumps(item.resource),
+                                    raw=item.raw or serialised(item.resource),
                                 )
                             )
                     elif isinstance(item, RecordError):
@@ -301,6 +332,52 @@ class Pipeline:
                 **counts.as_dict(),
             )
         return RunResult(run_id, source.name, outcome, counts, seconds, final_state, failure)
+
+    def _stage_batch(
+        self,
+        conn: Connection,
+        source: str,
+        records: Sequence[Record],
+        errors: Sequence[RecordError],
+        deletions: Sequence[Deleted],
+    ) -> StageCounts:
+        staged = stage_records(conn, source, records)
+        staged.add(stage_errors(conn, source, errors))
+        for gone in deletions:
+            self._delete(conn, source, gone.resource_type, gone.resource_id)
+        return staged
+
+    def _stage_alone(
+        self,
+        source: str,
+        records: Sequence[Record],
+        errors: Sequence[RecordError],
+        deletions: Sequence[Deleted],
+    ) -> StageCounts:
+        """Stage a batch that failed as a whole item by item; an item that fails again is
+        kept as that record's error (``intake.unstageable``, raw bytes kept)."""
+        staged = StageCounts()
+        items: list[Record | RecordError | Deleted] = [*records, *errors, *deletions]
+        for item in items:
+            try:
+                with self.app.engine.begin() as conn:
+                    staged.add(
+                        self._stage_batch(
+                            conn,
+                            source,
+                            [item] if isinstance(item, Record) else [],
+                            [item] if isinstance(item, RecordError) else [],
+                            [item] if isinstance(item, Deleted) else [],
+                        )
+                    )
+            except Exception as exc:
+                log.error("sync.record_unstageable", source=source, origin_hash=_hash_origin(item),
+                          error=type(exc).__name__)
+                if isinstance(item, Deleted):
+                    raise  # a deletion that cannot be applied must not be checkpointed past
+                with self.app.engine.begin() as conn:
+                    staged.add(stage_errors(conn, source, [unstageable(item, exc)]))
+        return staged
 
     def _delete(self, conn: Connection, source: str, rtype: str, rid: str) -> set[str]:
         staging_id = mark_deleted(conn, source, rtype, rid)
