@@ -39,18 +39,30 @@ def _open(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def _looks_like_ndjson(first_line: bytes) -> bool:
-    """NDJSON has a whole JSON object on its first line; a pretty-printed document does not."""
-    stripped = first_line.strip()
-    if not stripped.startswith(b"{"):
-        return False
-    try:
-        orjson.loads(stripped)
-    except orjson.JSONDecodeError as exc:
-        # A first record too deep to parse is still a line of NDJSON: read it as one, so
-        # that line becomes its own error and the rest of the file is read.
-        return is_too_deep_error(exc)
-    return True
+def _looks_like_ndjson(first_lines: list[bytes]) -> bool:
+    """NDJSON has a whole JSON object on its first line; a pretty-printed document does not.
+
+    When the first line is broken, the next lines decide: whole resources (objects with a
+    ``resourceType``) starting in the first column are NDJSON records, so one broken first
+    record does not turn a whole NDJSON file into one malformed document. (A Bundle written an
+    entry a line has ``{"resource": ...}`` lines, which are not resources.)
+    """
+    for number, line in enumerate(first_lines):
+        line = line.strip() if number == 0 else line
+        if not line.startswith(b"{"):
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            if is_too_deep_error(exc):  # a record too deep to parse is still a line of NDJSON
+                return True
+            continue
+        if number == 0 or (isinstance(obj, dict) and "resourceType" in obj):
+            return True
+    return False
+
+
+_SNIFF_LINES = 8
 
 
 def _record_or_error(obj: Any, origin: str, raw: bytes | None) -> Iterator[Record | RecordError]:
@@ -194,11 +206,16 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
         with _open(path) as stream:
             start = len(UTF8_BOM) if stream.read(len(UTF8_BOM)) == UTF8_BOM else 0
             stream.seek(start)
-            first = b""
-            while not first.strip():  # NDJSON may start with blank lines
-                first = stream.readline(DEFAULT_MAX_RECORD_BYTES + 1)
-                if not first:
-                    return  # an empty file holds no records
+            first_lines: list[bytes] = []
+            while len(first_lines) < _SNIFF_LINES:  # NDJSON may start with blank lines
+                line = stream.readline(DEFAULT_MAX_RECORD_BYTES + 1)
+                if not line:
+                    break
+                if line.strip():
+                    first_lines.append(line.rstrip(b"\r\n"))
+            if not first_lines:
+                return  # an empty file holds no records
+            first = first_lines[0]
             stream.seek(start)
             if looks_like_hl7v2(first):
                 # Staff import what hospitals send; v2 files are recognised by content.
@@ -206,7 +223,7 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
 
                 yield from records_from_file(path, name)
                 return
-            if _looks_like_ndjson(first):
+            if _looks_like_ndjson(first_lines):
                 yield from read_ndjson(stream, name)
             else:
                 yield from read_document(stream, name, start)

@@ -426,7 +426,7 @@ class Pipeline:
         try:
             with self.app.engine.begin() as conn:
                 counts.add(self._write(conn, prepared))
-        except DBAPIError:
+        except Exception:  # a database refusal, or a bug one record triggers: it fails alone
             for one in prepared:
                 counts.add(self._write_alone(one))
         self.progress("mapping", counts.as_dict())
@@ -438,22 +438,25 @@ class Pipeline:
         except DBAPIError as exc:
             # Only the driver's error class: its message may quote bound values (PHI).
             log.error("mapping.write_failed", staging_id=one.row.id, error=type(exc.orig).__name__)
-            failed = Prepared(
-                one.row,
-                "failed",
-                [
-                    Issue(
-                        "store.write_failed",
-                        f"registry rows of this record could not be stored ({type(exc.orig).__name__}); "
-                        "check values against column sizes",
-                        field=one.row.resource_type,
-                        rule="store",
-                    )
-                ],
-                one.mapping_name,
+            issue = Issue(
+                "store.write_failed",
+                f"registry rows of this record could not be stored ({type(exc.orig).__name__}); "
+                "check values against column sizes",
+                field=one.row.resource_type,
+                rule="store",
             )
-            with self.app.engine.begin() as conn:
-                return self._write(conn, [failed])
+            failed = Prepared(one.row, "failed", [issue], one.mapping_name)
+        except Exception as exc:  # a bug (e.g. in case assembly) this record triggers
+            log.error("mapping.internal_error", staging_id=one.row.id, error=type(exc).__name__)
+            issue = Issue(
+                "mapping.internal_error",
+                f"writing this record's registry rows failed unexpectedly ({type(exc).__name__})",
+                field=one.row.resource_type,
+                rule="mapping",
+            )
+            failed = Prepared(one.row, "failed", [issue], one.mapping_name, remove=True)
+        with self.app.engine.begin() as conn:
+            return self._write(conn, [failed])
 
     def _write(self, conn: Connection, prepared: Sequence[Prepared]) -> RunCounts:
         counts = RunCounts()

@@ -136,3 +136,13 @@ def test_invalid_utf8_is_named_as_such(tmp_path: Path) -> None:
     at = bad.index(b"\xfc")
     assert errors[0].message == f"a.ndjson line 2 is not valid UTF-8 at byte {at}"
     assert "surrogates" not in errors[0].message
+
+
+def test_broken_first_line_does_not_drop_the_whole_ndjson_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.ndjson"
+    broken = b'{"resourceType":"Patient","id":"p0",'
+    lines = [broken, orjson.dumps(_patient("p1")), orjson.dumps(_patient("p2"))]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    items = list(read_file(path))
+    assert [i.resource["id"] for i in items if isinstance(i, Record)] == ["p1", "p2"]
+    assert [i.origin for i in items if not isinstance(i, Record)] == ["a.ndjson:1"]
