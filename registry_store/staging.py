@@ -446,7 +446,7 @@ def error_identity(err: RecordError) -> tuple[str, str]:
     Derived from the bytes (or, with none, the origin) so the same bad line re-sent is
     recognised as the same record rather than piling up duplicates.
     """
-    basis = err.raw if err.raw is not None else err.origin.encode()
+    basis = err.raw if err.raw else err.origin.encode()
     # A type or id that does not fit its column is as unusable as none.
     rtype = err.resource_type if err.resource_type and len(err.resource_type) <= TYPE_MAX else UNPARSED
     rid = err.resource_id if err.resource_id and len(err.resource_id) <= ID_MAX else None
