@@ -177,3 +177,17 @@ def test_out_of_file_descriptors_is_logged_once_per_interval(tmp_path: Path) -> 
             c.close()
     assert out.count("hl7.mllp_accept_failed") == 1, out
     assert "out of system resource" not in out
+
+
+def test_listener_settings_reach_the_listener_and_counters_read_flat(sqlite_app: App) -> None:
+    from registry_adapter.listener import build_listener
+
+    cfg = MllpSource(type="mllp", name="m", max_connections=5, max_buffer_bytes=2048,
+                     allowed_senders=["EPIC|MAIN"])
+    listener = build_listener(sqlite_app, cfg, port=0)
+    assert (listener._max_connections, listener._max_buffer_bytes) == (5, 2048)
+    assert listener._allowed == {"EPIC|MAIN"} and listener._idle_timeout == 300
+    COUNTERS.acks["AR"] += 0  # a code seen at least once appears as acks_<code>
+    flat = COUNTERS.snapshot()
+    assert {"connections_open", "connections_refused", "oversize", "acks_undelivered"} <= set(flat)
+    assert all(isinstance(v, int) for v in flat.values()) and "acks_AR" in flat
