@@ -62,6 +62,7 @@ from adapters.http import (
     raise_for_fhir,
     url_path,
 )
+from adapters.json_limits import describe_json_error
 
 log = structlog.get_logger(__name__)
 
@@ -366,7 +367,7 @@ class FhirBulkSource:
             resource = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             return [RecordError(origin=origin, code="malformed-json",
-                                message=f"{origin}: not JSON ({exc.msg} at char {exc.pos})",
+                                message=f"{origin} {describe_json_error(exc, line)}",
                                 raw=line, resource_type=rtype or None)]
         if not isinstance(resource, dict):
             return [RecordError(origin=origin, code="not-a-resource",

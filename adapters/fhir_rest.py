@@ -81,6 +81,7 @@ from adapters.http import (
     raise_for_fhir,
     url_path,
 )
+from adapters.json_limits import describe_json_error
 
 log = structlog.get_logger(__name__)
 
@@ -228,8 +229,8 @@ class FhirRestSource:
             bundle = orjson.loads(resp.content)
         except orjson.JSONDecodeError as exc:
             raise MalformedPage("malformed-page",
-                                f"page {number} of {path} is not valid JSON ({exc.msg} at "
-                                f"char {exc.pos})", f"{path} page {number}") from None
+                                f"page {number} of {path} {describe_json_error(exc, resp.content)}",
+                                f"{path} page {number}") from None
         if not isinstance(bundle, dict) or bundle.get("resourceType") not in expect:
             raise MalformedPage("not-a-bundle",
                                 f"page {number} of {path} is not a {' or '.join(expect)}",

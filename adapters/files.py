@@ -3,7 +3,9 @@
 Files are read a line or a Bundle entry at a time, so memory stays flat however large the
 file. A line that is not valid JSON becomes a ``RecordError`` naming file and line, and the
 rest of the file is still read. Files are recognised by content, not by extension, because
-hospitals send ``.json`` files that are NDJSON and ``.txt`` files that are Bundles.
+hospitals send ``.json`` files that are NDJSON and ``.txt`` files that are Bundles. A UTF-8
+byte order mark at the start (Windows tools write one) is skipped. Errors give positions and a
+generic reason, never the text around the error (``json_limits.describe_json_error``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ import orjson
 from adapters.base import Checkpoint, Item, Record, RecordError, SourceContext
 from adapters.hl7v2.files import is_gzip
 from adapters.hl7v2.records import looks_like_hl7v2
+from adapters.json_limits import (
+    TOO_DEEP_CODE,
+    UTF8_BOM,
+    describe_json_error,
+    is_too_deep_error,
+)
 
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
 
@@ -31,16 +39,30 @@ def _open(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def _looks_like_ndjson(first_line: bytes) -> bool:
-    """NDJSON has a whole JSON object on its first line; a pretty-printed document does not."""
-    stripped = first_line.strip()
-    if not stripped.startswith(b"{"):
-        return False
-    try:
-        orjson.loads(stripped)
-    except orjson.JSONDecodeError:
-        return False
-    return True
+def _looks_like_ndjson(first_lines: list[bytes]) -> bool:
+    """NDJSON has a whole JSON object on its first line; a pretty-printed document does not.
+
+    When the first line is broken, the next lines decide: whole resources (objects with a
+    ``resourceType``) starting in the first column are NDJSON records, so one broken first
+    record does not turn a whole NDJSON file into one malformed document. (A Bundle written an
+    entry a line has ``{"resource": ...}`` lines, which are not resources.)
+    """
+    for number, line in enumerate(first_lines):
+        line = line.strip() if number == 0 else line
+        if not line.startswith(b"{"):
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            if is_too_deep_error(exc):  # a record too deep to parse is still a line of NDJSON
+                return True
+            continue
+        if number == 0 or (isinstance(obj, dict) and "resourceType" in obj):
+            return True
+    return False
+
+
+_SNIFF_LINES = 8
 
 
 def _record_or_error(obj: Any, origin: str, raw: bytes | None) -> Iterator[Record | RecordError]:
@@ -124,22 +146,12 @@ def read_ndjson(
         except orjson.JSONDecodeError as exc:
             yield RecordError(
                 origin,
-                "intake.malformed_json",
-                f"{name} line {line_no}: invalid JSON ({exc.msg})",
+                TOO_DEEP_CODE if is_too_deep_error(exc) else "intake.malformed_json",
+                f"{name} line {line_no} {describe_json_error(exc, body)}",
                 raw=body,
             )
             continue
         yield from _record_or_error(obj, origin, body)
-
-
-def _parser_reason(exc: Exception) -> str:
-    """The parser's reason without the excerpt of the input it appends (yajl quotes the bytes
-    around the error, as a ``bytes`` repr: a dump of whatever the file held, patient data
-    included)."""
-    reason = exc.args[0] if exc.args else exc
-    if isinstance(reason, bytes):
-        reason = reason.decode("utf-8", "replace")
-    return str(reason).strip().splitlines()[0][:200] if str(reason).strip() else type(exc).__name__
 
 
 def _is_binary(head: bytes) -> bool:
@@ -155,24 +167,22 @@ def _is_binary(head: bytes) -> bool:
     return False
 
 
-def read_document(stream: IO[bytes], name: str) -> Iterator[Record | RecordError]:
-    """A pretty-printed JSON document: a Bundle (entries streamed) or one resource."""
-    found = False
+def read_document(stream: IO[bytes], name: str, start: int = 0) -> Iterator[Record | RecordError]:
+    """A pretty-printed JSON document: a Bundle (entries streamed) or one resource.
+
+    ``start``: where the JSON begins (after a byte order mark)."""
+    entries = 0
     try:
         for index, entry in enumerate(ijson.items(stream, "entry.item", use_float=True)):
-            found = True
+            entries += 1
             yield from _bundle_entries([entry], name, index)
-    except ijson.JSONError as exc:
-        yield RecordError(
-            name,
-            "intake.malformed_json",
-            f"{name}: invalid JSON after {'entries were read' if found else 'the start'} "
-            f"({_parser_reason(exc)})",
-        )
+    except ijson.JSONError:
+        # ijson's message quotes the text around the error: say where instead.
+        yield RecordError(name, "intake.malformed_json", _document_error(stream, name, start, entries))
         return
-    if found:
+    if entries:
         return
-    stream.seek(0)
+    stream.seek(start)
     data = stream.read(DEFAULT_MAX_RECORD_BYTES + 1)
     if len(data) > DEFAULT_MAX_RECORD_BYTES:
         yield RecordError(name, "intake.record_too_large", "single resource file too large")
@@ -180,11 +190,25 @@ def read_document(stream: IO[bytes], name: str) -> Iterator[Record | RecordError
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        yield RecordError(name, "intake.malformed_json", f"invalid JSON ({exc.msg})", raw=data)
+        code = TOO_DEEP_CODE if is_too_deep_error(exc) else "intake.malformed_json"
+        yield RecordError(name, code, f"{name} {describe_json_error(exc, data)}", raw=data)
         return
     if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
         return  # an empty Bundle
     yield from _record_or_error(obj, name, data)
+
+
+def _document_error(stream: IO[bytes], name: str, start: int, entries: int) -> str:
+    """Where a document that ijson gave up on is broken, from orjson's position (documents up
+    to the record size limit; larger ones say how many entries were read before)."""
+    stream.seek(start)
+    data = stream.read(DEFAULT_MAX_RECORD_BYTES + 1)
+    if len(data) <= DEFAULT_MAX_RECORD_BYTES:
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            return f"{name} {describe_json_error(exc, data)}; {entries} entries read before it"
+    return f"{name} is not valid JSON after {entries} entries"
 
 
 def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record | RecordError]:
@@ -193,14 +217,21 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
     name = display_name or path.name
     try:
         with _open(path) as stream:
-            first = b""
-            while not first.strip():  # NDJSON may start with blank lines
-                first = stream.readline(DEFAULT_MAX_RECORD_BYTES + 1)
-                if not first:
-                    # Said, not skipped: a file sent empty is usually an export that failed.
-                    yield RecordError(name, "intake.empty_file", f"{name} is empty; no records in it")
-                    return
-            stream.seek(0)
+            start = len(UTF8_BOM) if stream.read(len(UTF8_BOM)) == UTF8_BOM else 0
+            stream.seek(start)
+            first_lines: list[bytes] = []
+            while len(first_lines) < _SNIFF_LINES:  # NDJSON may start with blank lines
+                line = stream.readline(DEFAULT_MAX_RECORD_BYTES + 1)
+                if not line:
+                    break
+                if line.strip():
+                    first_lines.append(line.rstrip(b"\r\n"))
+            if not first_lines:
+                # Said, not skipped: a file sent empty is usually an export that failed.
+                yield RecordError(name, "intake.empty_file", f"{name} is empty; no records in it")
+                return
+            first = first_lines[0]
+            stream.seek(start)
             if looks_like_hl7v2(first):
                 # Staff import what hospitals send; v2 files are recognised by content.
                 from adapters.hl7v2.records import records_from_file
@@ -208,7 +239,9 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
                 yield from records_from_file(path, name)
                 return
             # After the v2 check: v2 files may be Latin-1 (MSH-18); FHIR JSON is UTF-8 only.
-            if _is_binary(stream.read(8192)):
+            # What starts like JSON is read line by line instead, so a bad byte is reported
+            # with its line and position.
+            if not first.lstrip().startswith((b"{", b"[")) and _is_binary(stream.read(8192)):
                 yield RecordError(
                     name,
                     "intake.binary_file",
@@ -216,11 +249,11 @@ def read_file(path: Path, *, display_name: str | None = None) -> Iterator[Record
                     "not FHIR JSON/NDJSON or HL7 v2; skipped",
                 )
                 return
-            stream.seek(0)
-            if _looks_like_ndjson(first):
+            stream.seek(start)
+            if _looks_like_ndjson(first_lines):
                 yield from read_ndjson(stream, name)
             else:
-                yield from read_document(stream, name)
+                yield from read_document(stream, name, start)
     except (OSError, EOFError) as exc:  # EOFError: a gzip file cut short
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         yield RecordError(name, "intake.unreadable_file", f"cannot read {name}: {reason}")

@@ -421,8 +421,10 @@ class RegistryMapping:
                         )
                     )
                     fatal = True
-                out[name] = fs.default if fs.default is not None or not fs.collection else []
+                out[name] = _empty(fs)
                 continue
+            if fs.collection and value.__class__ is not list:
+                value = [value]  # one value where the view allows many: still a list column
             if conv is not None:
                 try:
                     value = [conv(v, ctx) for v in value] if value.__class__ is list else conv(value, ctx)
@@ -436,13 +438,13 @@ class RegistryMapping:
                         )
                     )
                     fatal = fatal or fs.required
-                    out[name] = fs.default
+                    out[name] = _empty(fs)
                     continue
                 except Exception as exc:
                     where = f"{self.resource_type}: {name} (conversion {fs.convert})"
                     issues.append(_internal_error(where, name, exc, rule=f"convert:{fs.convert}"))
                     fatal = True
-                    out[name] = fs.default
+                    out[name] = _empty(fs)
                     continue
             if allowed is not None and not _is_allowed(value, allowed):
                 code = value if isinstance(value, str) and _CODE_LIKE.fullmatch(value) else None
@@ -686,6 +688,12 @@ _VIEW_PART = re.compile(r"([A-Za-z]+)|\[(\d+)\]")
 
 def _dotted(loc: tuple[str | int, ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _empty(fs: FieldSpec) -> Any:
+    """A field's value when there is none (or it could not be converted): its default, and
+    for a collection an empty list, never None (case assembly iterates it)."""
+    return fs.default if fs.default is not None or not fs.collection else []
 
 
 def _never(_row: Any) -> list[Any]:

@@ -193,9 +193,17 @@ class MllpSource(_Strict):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # How often received messages are converted to FHIR and mapped (seconds).
     convert_every_seconds: float = Field(default=2.0, gt=0)
-    # Close a connection silent this long (seconds); unset: never (many senders hold one
-    # connection open for days).
-    idle_timeout_seconds: float | None = Field(default=None, gt=0)
+    # Close a connection silent this long (seconds); null: never. Senders that hold one
+    # connection for days reconnect when they next send.
+    idle_timeout_seconds: float | None = Field(default=300.0, gt=0)
+    # Connections at once; more are refused (closed at once, logged, counted).
+    max_connections: int = Field(default=64, ge=1)
+    # Bytes of half-received frames across all connections; the connection pushing past it
+    # is closed.
+    max_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # "MSH-3|MSH-4" pairs accepted ("*|MSH-4": any application of that facility); others get
+    # AR and are kept apart as rejected. Unset: every sender is accepted.
+    allowed_senders: list[str] | None = None
 
     @model_validator(mode="after")
     def _tls_pair(self) -> MllpSource:

@@ -34,7 +34,7 @@ def tls_context(cfg: MllpSource) -> ssl.SSLContext | None:
 
 
 def idle_timeout(cfg: MllpSource) -> float | None:
-    """Close connections silent this long (None: never, as many senders hold one for days)."""
+    """Close connections silent this long (None: never)."""
     return cfg.idle_timeout_seconds
 
 
@@ -46,6 +46,9 @@ def build_listener(app: App, cfg: MllpSource, *, port: int | None = None) -> MLL
         tls=tls_context(cfg),
         max_message_bytes=cfg.max_message_bytes,
         idle_timeout=idle_timeout(cfg),
+        max_connections=cfg.max_connections,
+        max_buffer_bytes=cfg.max_buffer_bytes,
+        allowed_senders=cfg.allowed_senders,
     )
 
 

@@ -9,6 +9,7 @@ after a mapping or code map was fixed, without asking the hospital again.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import defaultdict
@@ -41,7 +42,15 @@ from registry_store.db import upsert
 from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
 from registry_store.models import SourceState, SyncRun
 from registry_store.patient_merge import file_under_survivors, merge_patient
-from registry_store.staging import STAGING, mark_deleted, stage_errors, stage_records, staged_from
+from registry_store.staging import (
+    STAGING,
+    StageCounts,
+    mark_deleted,
+    serialised,
+    stage_errors,
+    stage_records,
+    staged_from,
+)
 from registry_store.timeutil import utcnow
 
 log = structlog.get_logger(__name__)
@@ -168,6 +177,23 @@ def mark_runs_interrupted(conn: Connection, source: str) -> int:
     )
 
 
+def _hash_origin(item: Record | RecordError | Deleted) -> str:
+    return hashlib.sha256(item.origin.encode()).hexdigest()[:16]
+
+
+def unstageable(item: Record | RecordError, exc: BaseException) -> RecordError:
+    """What is kept of a record staging failed on: its bytes and the error's class, never
+    the error's text (a driver's message may quote values)."""
+    if isinstance(item, Record):
+        raw = item.raw if item.raw is not None else serialised(item.resource)
+        rtype = item.resource.get("resourceType")
+        return RecordError(item.origin, "intake.unstageable",
+                           f"record could not be staged ({type(exc).__name__})",
+                           raw=raw, resource_type=rtype if isinstance(rtype, str) else None)
+    return RecordError(item.origin, "intake.unstageable",
+                       f"input could not be kept as an error ({type(exc).__name__})", raw=item.raw)
+
+
 def load_state(conn: Connection, source: str) -> dict[str, Any]:
     row = conn.execute(select(STATES.c.state).where(STATES.c.source == source)).first()
     return dict(row.state) if row else {}
@@ -239,25 +265,30 @@ class Pipeline:
         log.info("sync.start", source=source.name, run_id=run_id, kind=kind)
 
         def flush(checkpoint: Checkpoint | None) -> None:
-            with engine.begin() as conn:
-                staged = stage_records(conn, source.name, records)
-                staged.add(stage_errors(conn, source.name, errors))
-                for gone in deletions:
-                    self._delete(conn, source.name, gone.resource_type, gone.resource_id)
-                for inventory in inventories:
+            reconciled = 0
+            try:
+                with engine.begin() as conn:
+                    staged = self._stage_batch(conn, source.name, records, errors, deletions)
+                    reconciled = self._reconcile(conn, source.name, inventories)
+                    if checkpoint is not None:
+                        _save_state(conn, source.name, dict(checkpoint.state))
+            except Exception as exc:
+                # One poison record must not stop the feed: stage the batch one by one, so
+                # that record becomes its own error and the rest (and the checkpoint) land.
+                log.warning("sync.batch_retried_alone", source=source.name, error=type(exc).__name__)
+                staged = self._stage_alone(source.name, records, errors, deletions)
+                with engine.begin() as conn:
                     # After this batch's records are staged (they are on the inventory too).
-                    missing = self._missing_from(conn, source.name, inventory)
-                    for rid in missing:
-                        self._delete(conn, source.name, inventory.resource_type, rid)
-                    counts.deleted += len(missing)
+                    reconciled = self._reconcile(conn, source.name, inventories)
                 if checkpoint is not None:
-                    _save_state(conn, source.name, dict(checkpoint.state))
+                    with engine.begin() as conn:
+                        _save_state(conn, source.name, dict(checkpoint.state))
             counts.staged_new += staged.inserted
             counts.staged_updated += staged.updated
             counts.unchanged += staged.unchanged
             counts.stale += staged.stale
             counts.invalid += staged.invalid
-            counts.deleted += len(deletions)
+            counts.deleted += len(deletions) + reconciled
             records.clear()
             errors.clear()
             deletions.clear()
@@ -280,7 +311,7 @@ class Pipeline:
                                     "intake.invalid_identity",
                                     problem,
                                     field=problem.split(" ", 1)[0],
-                                    raw=item.raw or orjson.dumps(item.resource),
+                                    raw=item.raw or serialised(item.resource),
                                 )
                             )
                     elif isinstance(item, RecordError):
@@ -353,6 +384,62 @@ class Pipeline:
             log.info("sync.deleted_at_source", source=source, type=inventory.resource_type, n=len(missing))
         return missing
 
+    def _reconcile(self, conn: Connection, source: str, inventories: Sequence[Inventory]) -> int:
+        """Mark deleted what a complete inventory of the source no longer lists."""
+        deleted = 0
+        for inventory in inventories:
+            missing = self._missing_from(conn, source, inventory)
+            for rid in missing:
+                self._delete(conn, source, inventory.resource_type, rid)
+            deleted += len(missing)
+        return deleted
+
+    def _stage_batch(
+        self,
+        conn: Connection,
+        source: str,
+        records: Sequence[Record],
+        errors: Sequence[RecordError],
+        deletions: Sequence[Deleted],
+    ) -> StageCounts:
+        staged = stage_records(conn, source, records)
+        staged.add(stage_errors(conn, source, errors))
+        for gone in deletions:
+            self._delete(conn, source, gone.resource_type, gone.resource_id)
+        return staged
+
+    def _stage_alone(
+        self,
+        source: str,
+        records: Sequence[Record],
+        errors: Sequence[RecordError],
+        deletions: Sequence[Deleted],
+    ) -> StageCounts:
+        """Stage a batch that failed as a whole item by item; an item that fails again is
+        kept as that record's error (``intake.unstageable``, raw bytes kept)."""
+        staged = StageCounts()
+        items: list[Record | RecordError | Deleted] = [*records, *errors, *deletions]
+        for item in items:
+            try:
+                with self.app.engine.begin() as conn:
+                    staged.add(
+                        self._stage_batch(
+                            conn,
+                            source,
+                            [item] if isinstance(item, Record) else [],
+                            [item] if isinstance(item, RecordError) else [],
+                            [item] if isinstance(item, Deleted) else [],
+                        )
+                    )
+            except Exception as exc:
+                log.error("sync.record_unstageable", source=source, origin_hash=_hash_origin(item),
+                          error=type(exc).__name__)
+                if isinstance(item, Deleted):
+                    raise  # a deletion that cannot be applied must not be checkpointed past
+                with self.app.engine.begin() as conn:
+                    staged.add(stage_errors(conn, source, [unstageable(item, exc)]))
+        return staged
+
     def _delete(self, conn: Connection, source: str, rtype: str, rid: str) -> set[str]:
         staging_id = mark_deleted(conn, source, rtype, rid)
         if staging_id is not None:
@@ -408,7 +495,7 @@ class Pipeline:
         try:
             with self.app.engine.begin() as conn:
                 counts.add(self._write(conn, prepared))
-        except DBAPIError:
+        except Exception:  # a database refusal, or a bug one record triggers: it fails alone
             for one in prepared:
                 counts.add(self._write_alone(one))
         self.progress("mapping", counts.as_dict())
@@ -421,22 +508,25 @@ class Pipeline:
         except DBAPIError as exc:
             # Only the driver's error class: its message may quote bound values (PHI).
             log.error("mapping.write_failed", staging_id=one.row.id, error=type(exc.orig).__name__)
-            failed = Prepared(
-                one.row,
-                "failed",
-                [
-                    Issue(
-                        "store.write_failed",
-                        f"registry rows of this record could not be stored ({type(exc.orig).__name__}); "
-                        "check values against column sizes",
-                        field=one.row.resource_type,
-                        rule="store",
-                    )
-                ],
-                one.mapping_name,
+            issue = Issue(
+                "store.write_failed",
+                f"registry rows of this record could not be stored ({type(exc.orig).__name__}); "
+                "check values against column sizes",
+                field=one.row.resource_type,
+                rule="store",
             )
-            with self.app.engine.begin() as conn:
-                return self._write(conn, [failed])
+            failed = Prepared(one.row, "failed", [issue], one.mapping_name)
+        except Exception as exc:  # a bug (e.g. in case assembly) this record triggers
+            log.error("mapping.internal_error", staging_id=one.row.id, error=type(exc).__name__)
+            issue = Issue(
+                "mapping.internal_error",
+                f"writing this record's registry rows failed unexpectedly ({type(exc).__name__})",
+                field=one.row.resource_type,
+                rule="mapping",
+            )
+            failed = Prepared(one.row, "failed", [issue], one.mapping_name, remove=True)
+        with self.app.engine.begin() as conn:
+            return self._write(conn, [failed])
 
     def _write(self, conn: Connection, prepared: Sequence[Prepared]) -> RunCounts:
         counts = RunCounts()

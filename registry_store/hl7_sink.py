@@ -9,7 +9,8 @@ acknowledged (AA) and not staged twice; a control id reused for other content is
 message, staged beside the first as ``<identity>#<digest[:12]>`` with a warning
 (``hl7.reused_control_id``) so staff see it. Messages whose header cannot be accepted are kept too
 (``invalid`` with their error, identity ``rejected|sha256-...``; a resend of one is not staged
-twice), and every answer is logged in ``hl7_acks`` for the feed-health page. Rows are inserted
+twice), and every answer is logged in ``hl7_acks`` for the feed-health page (``delivered``
+false when the listener could not write it: ``ack_undelivered``). Rows are inserted
 with ``ON CONFLICT DO NOTHING``: should another process stage the same identity meanwhile, the
 message is placed again against what it wrote, never failing the batch. Conversion to FHIR
 happens later, in batches, in the pipeline.
@@ -23,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, update
 
 from adapters.hl7v2.header import message_digest
 from adapters.hl7v2.mllp import InboundMessage, StoreOutcome, StoreStatus
@@ -87,8 +88,19 @@ class StagingSink:
                     self._record_error(conn, items[pos].msg, ident)
                 elif ident != items[pos].ident:
                     self._record_reused(conn, items[pos].msg, ident)
-            conn.execute(ACKS.insert(), [self._ack(item) for item in items])
-        return [self._outcome(item, pos in stored) for pos, item in enumerate(items)]
+            ack_ids = conn.execute(
+                ACKS.insert().returning(ACKS.c.id, sort_by_parameter_order=True),
+                [self._ack(item) for item in items],
+            ).scalars().all()
+        return [
+            self._outcome(item, pos in stored, ack_id)
+            for pos, (item, ack_id) in enumerate(zip(items, ack_ids, strict=True))
+        ]
+
+    def ack_undelivered(self, ack_ids: Sequence[int]) -> None:
+        """The listener could not write these ACKs: the sender never saw them (and resends)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(ACKS).where(ACKS.c.id.in_(list(ack_ids))).values(delivered=False))
 
     def _stage_round(
         self,
@@ -135,10 +147,10 @@ class StagingSink:
         return _Message(msg, f"rejected|sha256-{digest[:40]}", digest, reason)
 
     @staticmethod
-    def _outcome(item: _Message, stored: bool) -> StoreOutcome:
+    def _outcome(item: _Message, stored: bool, ack_id: int) -> StoreOutcome:
         if item.reason is not None:
-            return StoreOutcome(StoreStatus.REJECTED, item.reason)
-        return StoreOutcome(StoreStatus.STORED if stored else StoreStatus.DUPLICATE)
+            return StoreOutcome(StoreStatus.REJECTED, item.reason, ack_id)
+        return StoreOutcome(StoreStatus.STORED if stored else StoreStatus.DUPLICATE, ack_id=ack_id)
 
     def _ack(self, item: _Message) -> dict[str, Any]:
         msg, err = item.msg, item.msg.header_error

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Column, Index, LargeBinary, Text, UniqueConstraint, true
 from sqlmodel import Field, SQLModel
 
 from registry_store.timeutil import utcnow
@@ -351,3 +351,5 @@ class Hl7Ack(SQLModel, table=True):
     ack_code: str = Field(max_length=2)
     error: str | None = Field(default=None, sa_column=Column(Text))
     staging_id: int | None = None
+    # False: the connection was lost before the ACK reached the sender, who will resend.
+    delivered: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default=true()))

@@ -3,7 +3,9 @@
 Records are keyed by ``(source, resource_type, resource_id)``. FHIR records: re-receiving
 identical content is a no-op; a changed record goes back to ``pending`` so the mapper picks it
 up; an older version arriving after a newer one (overlap windows) is ignored rather than
-overwriting newer data; within one batch the last occurrence of an identity wins. Raw messages
+overwriting newer data; within one batch the newest version of an identity wins (by
+``meta.lastUpdated``, then a numeric ``meta.versionId``; the last occurrence on a tie), so where
+batch boundaries fall never decides which version is kept. Raw messages
 (HL7 v2) are identified by their content apart from MSH-7 (``message_digest``: senders restamp
 the message time when they retransmit): a resend is a no-op, and a control id reused for other
 content is a different message, staged beside the first (``place_raw_message``), never lost.
@@ -11,6 +13,9 @@ A record sent again after its source deleted it goes back to ``pending`` (unless
 than the staged version: a replay from before the delete). ``meta.versionId``/``lastUpdated``
 that are not strings or do not fit their column are treated as absent; a type or id that is
 missing or does not fit is refused with a ValueError (the pipeline catches those earlier).
+A record that cannot be staged for any other reason (nested deeper than
+``adapters.json_limits.MAX_DEPTH``, content that cannot be hashed) becomes that record's
+error, kept as an ``invalid`` row like other unusable input: it never stops the batch.
 
 New rows are inserted with ``ON CONFLICT DO NOTHING``: when another process staged the same
 identity in the meantime, the row it wrote is read back and the record is decided again
@@ -20,6 +25,7 @@ against it (newer wins, or the message goes to its other identity), so neither r
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +37,7 @@ from sqlalchemy.engine import Connection
 
 from adapters.base import Record, RecordError
 from adapters.hl7v2.header import message_digest
+from adapters.json_limits import TOO_DEEP_CODE, TOO_DEEP_MESSAGE, too_deep
 from registry_store.db import upsert
 from registry_store.models import MappingError, StagedRecord
 from registry_store.timeutil import utcnow
@@ -115,6 +122,7 @@ class StagedRow(NamedTuple):
     content_hash: str
     last_updated: str | None
     status: str
+    version_id: str | None = None
 
 
 def staged_rows(
@@ -136,6 +144,7 @@ def staged_rows(
                     STAGING.c.content_hash,
                     STAGING.c.last_updated,
                     STAGING.c.status,
+                    STAGING.c.version_id,
                 ).where(
                     STAGING.c.source == source,
                     STAGING.c.resource_type == rtype,
@@ -144,7 +153,7 @@ def staged_rows(
             )
             for row in rows:
                 found[(rtype, row.resource_id)] = StagedRow(
-                    row.id, row.content_hash, row.last_updated, row.status
+                    row.id, row.content_hash, row.last_updated, row.status, row.version_id
                 )
     return found
 
@@ -213,6 +222,22 @@ def _parse_instant(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else None
 
 
+def _version_number(value: str | None) -> int | None:
+    # Servers number versions 1, 2, 3...; an opaque versionId says nothing about order.
+    return int(value) if value is not None and value.isdigit() and len(value) < 19 else None
+
+
+def is_older(new_updated: str | None, new_version: str | None, old_updated: str | None,
+             old_version: str | None) -> bool:
+    """Whether a version is older than one already seen: by ``meta.lastUpdated`` when both
+    have it and they differ, else by numeric ``meta.versionId``; unknown order is not older."""
+    new_ts, old_ts = _parse_instant(new_updated), _parse_instant(old_updated)
+    if new_ts and old_ts and new_ts != old_ts:
+        return new_ts < old_ts
+    new_v, old_v = _version_number(new_version), _version_number(old_version)
+    return new_v is not None and old_v is not None and new_v < old_v
+
+
 def _identity(rec: Record) -> tuple[str, str]:
     """A record's staging identity, or ValueError naming what is wrong (never the value).
 
@@ -261,45 +286,104 @@ class _Incoming:
     def digest(self) -> str:
         return str(self.values["content_hash"])
 
+    def older_than(self, other: _Incoming) -> bool:
+        return is_older(self.values["last_updated"], self.values["version_id"],
+                        other.values["last_updated"], other.values["version_id"])
+
     def identities(self) -> Collection[str]:
         return raw_message_identities(self.rid, self.digest) if self.raw_message else (self.rid,)
+
+
+class _Unstageable(Exception):
+    """A record that cannot be staged as a resource; ``error`` is what is staged instead."""
+
+    def __init__(self, error: RecordError):
+        super().__init__(error.message)
+        self.error = error
 
 
 def _incoming(rec: Record, rtype: str, rid: str, now: datetime) -> _Incoming:
     res = rec.resource
     meta = res.get("meta")
     raw = rec.raw if is_raw_message(rec) else None
-    values = {
-        "version_id": _meta_text(meta, "versionId", VERSION_MAX),
-        "last_updated": _meta_text(meta, "lastUpdated", LAST_UPDATED_MAX),
-        "content_type": rec.content_type,
-        "content_hash": message_digest(raw) if raw is not None else content_hash(res),
-        "raw": rec.raw if rec.raw is not None else orjson.dumps(res),
-        "origin": rec.origin[:ORIGIN_MAX],
-        "status": "pending",
-        "updated_at": now,
-    }
+    try:
+        if raw is None and too_deep(res):
+            raise _Unstageable(_record_error(rec, rtype, rid, TOO_DEEP_CODE, TOO_DEEP_MESSAGE))
+        values = {
+            "version_id": _meta_text(meta, "versionId", VERSION_MAX),
+            "last_updated": _meta_text(meta, "lastUpdated", LAST_UPDATED_MAX),
+            "content_type": rec.content_type,
+            "content_hash": message_digest(raw) if raw is not None else content_hash(res),
+            "raw": rec.raw if rec.raw is not None else orjson.dumps(res),
+            "origin": rec.origin[:ORIGIN_MAX],
+            "status": "pending",
+            "updated_at": now,
+        }
+    except _Unstageable:
+        raise
+    except Exception as exc:  # a poison record stops only itself
+        message = f"record could not be staged ({type(exc).__name__})"
+        raise _Unstageable(_record_error(rec, rtype, rid, "intake.unstageable", message)) from exc
     return _Incoming(rtype, rid, raw is not None, values)
+
+
+def _record_error(rec: Record, rtype: str, rid: str, code: str, message: str) -> RecordError:
+    """The error staged in place of ``rec``: its bytes as received when there are any.
+
+    Kept under an identity of its own (a hash of those bytes, see ``error_identity``), never
+    ``rid``: a poison copy must not overwrite a good version staged earlier.
+    """
+    return RecordError(f"{rec.origin} ({rtype}/{rid})"[:ORIGIN_MAX], code, message, field=rtype,
+                       raw=rec.raw if rec.raw is not None else serialised(rec.resource),
+                       resource_type=rtype)
+
+
+def serialised(resource: dict[str, Any]) -> bytes:
+    """A resource's JSON, to keep it raw when a source kept no bytes; never raises. A resource
+    too deep for orjson (255 levels) goes through the standard library's encoder, and one
+    too deep even for that is kept empty (its error still names it)."""
+    try:
+        return orjson.dumps(resource)
+    except TypeError:
+        try:
+            return json.dumps(resource).encode()
+        except (RecursionError, ValueError, TypeError):
+            return b""
 
 
 def stage_records(conn: Connection, source: str, records: Sequence[Record]) -> StageCounts:
     """Stage a batch of resources in the caller's transaction.
 
     Raises ValueError, before writing anything, for a record whose type or id is missing or
-    longer than its column.
+    longer than its column. Any other record that cannot be staged is kept as that record's
+    error (``stage_errors``) and the others are staged.
     """
     counts = StageCounts()
     if not records:
         return counts
     now = utcnow()
     batch: dict[tuple[str, ...], _Incoming] = {}
+    unstageable: list[RecordError] = []
     for index, rec in enumerate(records):
         rtype, rid = _identity(rec)
-        item = _incoming(rec, rtype, rid, now)
-        # FHIR: the last occurrence of an identity wins, as it would across batches. Raw
-        # messages each count: two with one control id may be two different messages.
-        batch[(rtype, rid, str(index)) if item.raw_message else (rtype, rid)] = item
+        try:
+            item = _incoming(rec, rtype, rid, now)
+        except _Unstageable as exc:
+            unstageable.append(exc.error)
+            continue
+        if item.raw_message:
+            # Raw messages each count: two with one control id may be two different messages.
+            batch[(rtype, rid, str(index))] = item
+            continue
+        earlier = batch.get((rtype, rid))
+        # FHIR: the newest version of an identity wins, as it does across batches.
+        if earlier is not None and item.older_than(earlier):
+            counts.stale += 1
+            continue
+        batch[(rtype, rid)] = item
     until_settled(lambda todo: _stage_round(conn, source, todo, counts, now), list(batch.values()))
+    if unstageable:
+        counts.add(stage_errors(conn, source, unstageable))
     return counts
 
 
@@ -329,20 +413,27 @@ def _stage_round(
             )
             inserted.append(item)
             # A later message of this batch with the same identity sees this one.
-            staged[(item.rtype, rid)] = StagedRow(None, item.digest, item.values["last_updated"], "pending")
+            staged[(item.rtype, rid)] = StagedRow(
+                None, item.digest, item.values["last_updated"], "pending", item.values["version_id"]
+            )
             continue
         if found.content_hash == item.digest and found.status != "deleted":
             counts.unchanged += 1
             continue
-        if not item.raw_message:
-            new_ts, old_ts = _parse_instant(item.values["last_updated"]), _parse_instant(found.last_updated)
-            if new_ts and old_ts and new_ts < old_ts:
+        if not item.raw_message and is_older(
+            item.values["last_updated"], item.values["version_id"], found.last_updated, found.version_id
+        ):
                 # Also when deleted since: an older version is a replay from before the delete.
                 counts.stale += 1
                 continue
         # Changed, or sent again after its source deleted it: back to pending.
         conn.execute(update(STAGING).where(STAGING.c.id == found.id).values(**item.values))
-        staged[(item.rtype, rid)] = found._replace(content_hash=item.digest, status="pending")
+        staged[(item.rtype, rid)] = found._replace(
+            content_hash=item.digest,
+            status="pending",
+            last_updated=item.values["last_updated"],
+            version_id=item.values["version_id"],
+        )
         counts.updated += 1
     lost = insert_new_rows(conn, inserts)
     counts.inserted += len(inserts) - len(lost)
@@ -355,7 +446,7 @@ def error_identity(err: RecordError) -> tuple[str, str]:
     Derived from the bytes (or, with none, the origin) so the same bad line re-sent is
     recognised as the same record rather than piling up duplicates.
     """
-    basis = err.raw if err.raw is not None else err.origin.encode()
+    basis = err.raw if err.raw else err.origin.encode()
     # A type or id that does not fit its column is as unusable as none.
     rtype = err.resource_type if err.resource_type and len(err.resource_type) <= TYPE_MAX else UNPARSED
     rid = err.resource_id if err.resource_id and len(err.resource_id) <= ID_MAX else None

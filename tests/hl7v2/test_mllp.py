@@ -185,7 +185,10 @@ def test_message_over_limit_nakked_and_connection_closed(sink: SQLiteSink) -> No
                 rest = s.recv(1024)
         except ConnectionResetError:
             pass
-        assert sink.rows() == []
+        # Only the header's worth is kept, as a rejected message, so feed health shows it.
+        [row] = sink.rows()
+        assert row[1:4] == ("HUGE", "rejected", "hl7.message_too_large")
+        assert len(row[4]) <= 4096 and big.startswith(row[4])
 
 
 def test_thousand_messages_over_twenty_connections(listener: ListenerThread) -> None:

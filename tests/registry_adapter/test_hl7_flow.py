@@ -206,7 +206,7 @@ def test_idle_timeout_from_the_listener_config(make_app: Callable[..., App]) -> 
 
     app = make_app()
     cfg = MllpSource(type="mllp", name="mllp", host="127.0.0.1", port=0)
-    assert idle_timeout(cfg) is None  # default: senders may hold a connection for days
+    assert idle_timeout(cfg) == 300  # on by default: an idle connection cannot be held forever
     # ``idle_timeout_seconds`` is the key the lead adds to MllpSource (registry_adapter/config.py).
     timed = cfg.model_copy(update={"idle_timeout_seconds": 0.3})
     message = bar_p01("IDLE01", "MRN-1", "V-1", "22633", "20250301081500").encode()
