@@ -61,7 +61,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 401:
         return RedirectResponse("/login", status_code=303)
-    titles = {403: "Not allowed", 404: "Not found", 405: "Not allowed"}
+    titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed"}
     title = titles.get(exc.status_code, "Something went wrong")
     return render(
         request,

@@ -439,3 +439,13 @@ def test_pages_send_security_headers(client_for: Client) -> None:
 @pytest.mark.parametrize("path", ["/causes/not-a-cause", "/causes/0123456789abcdef", "/cases/x:y"])
 def test_unknown_ids_are_404(client_for: Client, path: str) -> None:
     assert client_for("vera").get(path).status_code == 404
+
+
+@pytest.mark.parametrize("page", [str(10**40), "0", "-1", "abc", "²", "1000001"])
+@pytest.mark.parametrize("path", ["/causes", "/cases", "/reminders", "/audit"])
+def test_out_of_range_page_is_a_plain_400(client_for: Client, path: str, page: str) -> None:
+    client = client_for("adam")
+    response = client.get(path, params={"page": page})
+    assert response.status_code == 400
+    assert "page must be a whole number from 1 to 1,000,000." in response.text
+    assert "Traceback" not in response.text and "Overflow" not in response.text
