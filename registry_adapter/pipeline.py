@@ -34,6 +34,7 @@ from adapters.base import (
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged
 from adapters.validation import validate
 from mappings.cases import assemble_cases
+from registry_adapter import logs
 from registry_adapter.app import TARGET_TABLES, App
 from registry_store.db import upsert
 from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
@@ -208,7 +209,9 @@ class Pipeline:
         records: list[Record] = []
         errors: list[RecordError] = []
         deletions: list[Deleted] = []
-        log.info("sync.start", source=source.name, run_id=run_id, kind=kind)
+        # Every line logged during the run (library warnings too) carries its run_id.
+        bound = structlog.contextvars.bind_contextvars(run_id=run_id, source=source.name)
+        log.info("sync.start", kind=kind)
 
         def flush(checkpoint: Checkpoint | None) -> None:
             with engine.begin() as conn:
@@ -265,7 +268,7 @@ class Pipeline:
             except SourceIncomplete as exc:
                 # What the source yielded before stopping is complete: map it, say what stopped.
                 outcome, failure = "partial", describe_failure(exc)
-                log.warning("sync.partial", source=source.name, run_id=run_id)
+                log.warning("sync.partial", **logs.failure_fields(exc))
             flush(None)
             if map_now:
                 mapped = self.map_pending(sources=[source.name])
@@ -276,30 +279,26 @@ class Pipeline:
             raise
         except Exception as exc:
             outcome, failure = "failed", describe_failure(exc)
-            log.error("sync.failed", source=source.name, run_id=run_id, error=type(exc).__name__)
+            log.error("sync.failed", **logs.failure_fields(exc))
             raise
         finally:
-            seconds = time.monotonic() - started
-            with engine.begin() as conn:
-                conn.execute(
-                    update(RUNS)
-                    .where(RUNS.c.id == run_id)
-                    .values(
-                        finished_at=utcnow(),
-                        outcome=outcome,
-                        counts=counts.as_dict(),
-                        watermark=final_state,
-                        error=failure,
+            try:
+                seconds = time.monotonic() - started
+                with engine.begin() as conn:
+                    conn.execute(
+                        update(RUNS)
+                        .where(RUNS.c.id == run_id)
+                        .values(
+                            finished_at=utcnow(),
+                            outcome=outcome,
+                            counts=counts.as_dict(),
+                            watermark=final_state,
+                            error=failure,
+                        )
                     )
-                )
-            log.info(
-                "sync.finish",
-                source=source.name,
-                run_id=run_id,
-                outcome=outcome,
-                seconds=round(seconds, 2),
-                **counts.as_dict(),
-            )
+                log.info("sync.finish", outcome=outcome, seconds=round(seconds, 2), **counts.as_dict())
+            finally:
+                structlog.contextvars.reset_contextvars(**bound)
         return RunResult(run_id, source.name, outcome, counts, seconds, final_state, failure)
 
     def _delete(self, conn: Connection, source: str, rtype: str, rid: str) -> set[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -13,11 +15,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry_adapter.app import App
+from review.access_log import AccessLog
 from review.pages import audit_log, cases, errors, feeds, ops, reminders, session
 from review.pages.ops import metrics_registry
 from review.web import HERE, make_templates, render, require
 
 SESSION_COOKIE = "registry_review"
+# How uvicorn serves the UI (``serve`` and the daemon's service): AccessLog writes the access
+# log without query strings, and log_config=None leaves uvicorn's loggers to
+# registry_adapter.logs (JSON through structlog) instead of its own plain-text handlers.
+UVICORN_OPTIONS: dict[str, Any] = {"proxy_headers": True, "access_log": False, "log_config": None}
 _SECURITY_HEADERS = [
     # No script, style or image from anywhere but this server; no framing (clickjacking).
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
@@ -90,6 +97,7 @@ def create_app(app: App, host: str | None = None) -> Starlette:
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [
+        Middleware(AccessLog),
         Middleware(SecurityHeaders),
         Middleware(
             SessionMiddleware,

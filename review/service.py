@@ -12,7 +12,7 @@ import time
 import uvicorn
 
 from registry_adapter.app import App
-from review.app import create_app
+from review.app import UVICORN_OPTIONS, create_app
 
 START_TIMEOUT = 30.0
 
@@ -25,7 +25,7 @@ class ReviewService:
         self.host = host or settings.host
         self.port = port or settings.port
         config = uvicorn.Config(
-            create_app(app, self.host), host=self.host, port=self.port, proxy_headers=True
+            create_app(app, self.host), host=self.host, port=self.port, **UVICORN_OPTIONS
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

@@ -74,3 +74,41 @@ def test_daemon_finds_the_ui_only_when_enabled(make_app: Callable[..., App]) -> 
         service.stop()
     with pytest.raises(URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_access_log_is_json_without_query_strings(
+    review_app: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from registry_adapter import logs
+    from review.service import ReviewService
+
+    logs.configure("json", "INFO")
+    port = _free_port()
+    service = ReviewService(review_app, host="127.0.0.1", port=port)
+    service.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/cases?q=MRN-7654321", timeout=5) as page:
+            assert page.status == 200  # the login page, after the redirect
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nowhere?mrn=MRN-7654321", timeout=5)
+    finally:
+        service.stop()
+        _unconfigure_logs()
+    err = capsys.readouterr().err
+    assert "MRN-7654321" not in err
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # JSON, every one
+    requests = {(line["path"], line["status"]) for line in lines if line["event"] == "http.request"}
+    assert {("/cases", 303), ("/login", 200), ("/nowhere", 404)} <= requests
+    assert all(line["query"] == "[redacted]" for line in lines if line.get("path") in ("/cases", "/nowhere"))
+
+
+def _unconfigure_logs() -> None:
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
