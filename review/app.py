@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry_adapter.app import App
 from review.access_log import AccessLog
+from review.login_limits import ClientFailures, HashPool
 from review.pages import audit_log, cases, errors, feeds, ops, reminders, session
 from review.pages.ops import metrics_registry
 from review.web import HERE, make_templates, render, require
@@ -112,4 +113,8 @@ def create_app(app: App, host: str | None = None) -> Starlette:
     web.state.registry = app
     web.state.templates = make_templates(app)
     web.state.metrics = metrics_registry(app)
+    web.state.hash_pool = HashPool()
+    web.state.login_failures = ClientFailures(
+        settings.login_max_failures_per_client, settings.login_client_window_hours * 3600
+    )
     return web

@@ -34,6 +34,12 @@ class ReviewSettings(_Strict):
     # Consecutive wrong passwords that lock an account, and for how long.
     login_max_failures: int = Field(default=5, ge=1, le=100)
     login_lockout_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # Failed sign-ins one client address may make within login_client_window_hours (whatever
+    # the accounts); past it the address is refused without a password check and no longer
+    # counts against accounts, so a stranger cannot keep an account locked (behind a reverse
+    # proxy the address comes from X-Forwarded-For of the trusted proxy).
+    login_max_failures_per_client: int = Field(default=20, ge=1, le=10_000)
+    login_client_window_hours: int = Field(default=24, ge=1, le=7 * 24)
     # Roles that see raw resources masked (only codes, ids, statuses, references and dates
     # readable) and contact details hidden in lists and exports.
     mask_phi_for: tuple[Role, ...] = ("viewer",)

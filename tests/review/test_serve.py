@@ -112,3 +112,49 @@ def _unconfigure_logs() -> None:
         root.removeHandler(handler)
     logging.captureWarnings(False)
     structlog.reset_defaults()
+
+
+def test_healthz_answers_during_a_sign_in_flood(review_app: App) -> None:
+    """Password hashing runs in a small pool off the event loop: with forty sign-ins sent and
+    waiting, /healthz still answers before most of them. (Hashed on the loop, each sign-in
+    held it for one argon2 verification and /healthz came after all of them.)"""
+    import http.client
+    import select
+    from urllib.parse import urlencode
+
+    from review.service import ReviewService
+    from tests.review.conftest import PASSWORDS, csrf_of
+
+    port = _free_port()
+    service = ReviewService(review_app, host="127.0.0.1", port=port)
+    service.start()
+    flood: list[http.client.HTTPConnection] = []
+    try:
+        for _ in range(40):  # a session and CSRF token each; cheap, before the flood
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/login")
+            page = conn.getresponse()
+            cookie = page.headers["set-cookie"].split(";", 1)[0]
+            token = csrf_of(page.read().decode())
+            flood.append(conn)
+            body = urlencode({"username": "rita", "password": PASSWORDS["rita"], "csrf_token": token})
+            headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie}
+            conn.putrequest("POST", "/login")
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            flood[-1]._pending_body = body  # type: ignore[attr-defined]
+        for conn in flood:  # every sign-in sent before /healthz is asked
+            conn.send(conn._pending_body.encode())  # type: ignore[attr-defined]
+        health = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        health.request("GET", "/healthz")
+        answer = health.getresponse()
+        assert answer.status == 200
+        answered = [c for c in flood if c.sock is not None and select.select([c.sock], [], [], 0)[0]]
+        assert len(answered) < len(flood) // 2, f"{len(answered)} of {len(flood)} sign-ins came first"
+        statuses = [c.getresponse().status for c in flood]
+        assert statuses == [303] * len(flood)  # and every sign-in was served
+    finally:
+        for conn in flood:
+            conn.close()
+        service.stop()
