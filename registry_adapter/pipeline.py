@@ -34,7 +34,7 @@ from adapters.base import (
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged
 from adapters.validation import validate
 from mappings.cases import assemble_cases
-from registry_adapter import logs
+from registry_adapter import logs, metrics
 from registry_adapter.app import TARGET_TABLES, App
 from registry_store.db import upsert
 from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
@@ -296,6 +296,7 @@ class Pipeline:
                             error=failure,
                         )
                     )
+                metrics.observe_sync(source.name, outcome, seconds)
                 log.info("sync.finish", outcome=outcome, seconds=round(seconds, 2), **counts.as_dict())
             finally:
                 structlog.contextvars.reset_contextvars(**bound)

@@ -44,6 +44,9 @@ class ReviewSettings(_Strict):
     # readable) and contact details hidden in lists and exports.
     mask_phi_for: tuple[Role, ...] = ("viewer",)
     page_size: int = Field(default=50, ge=5, le=500)
+    # /healthz reports the nightly run down when the newest successful sync of a pulled
+    # source finished longer ago than this (a daily job, plus slack for a slow night).
+    health_nightly_max_age_hours: int = Field(default=26, ge=1)
 
     def cookies_secure(self, host: str | None = None) -> bool:
         """Whether session cookies get the Secure flag when the UI listens on ``host``."""
