@@ -44,6 +44,12 @@ class ReviewSettings(_Strict):
     # readable) and contact details hidden in lists and exports.
     mask_phi_for: tuple[Role, ...] = ("viewer",)
     page_size: int = Field(default=50, ge=5, le=500)
+    # Where an opened reminder link (GET /r/{token}; point reminders.link.url_template at
+    # https://<this UI>/r/{token}) sends the patient: a REDCap survey, the patient portal, ...
+    # Keys, most specific first: "<instrument>:<time point>" (e.g. "odi:90d"), "<time point>",
+    # "<instrument>", "default"; the instruments are those of the case's module
+    # (reminders.instruments). A URL may contain {timepoint} and {instrument}.
+    questionnaire_urls: dict[str, str] = Field(default_factory=dict)
     # /healthz reports the nightly run down when the newest successful sync of a pulled
     # source finished longer ago than this (a daily job, plus slack for a slow night).
     health_nightly_max_age_hours: int = Field(default=26, ge=1)
