@@ -19,7 +19,7 @@ import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
@@ -77,13 +77,17 @@ def url_for_log(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path
 
 
-def failure_fields(exc: BaseException) -> dict[str, str]:
+def failure_fields(exc: BaseException, endpoint: str | None = None) -> dict[str, str]:
     """``error`` (the type) and, when the failure or one it came from was a request, the
     ``url`` it went to: so a failure line says which server failed, without the message text
-    (third-party messages can quote request data)."""
+    (third-party messages can quote request data).
+
+    ``endpoint`` (a source's base URL) names the server when the exception knows only the
+    path it failed on (``FhirHttpError``), or nothing at all."""
     fields = {"error": type(exc).__name__}
     seen: set[int] = set()
     current: BaseException | None = exc
+    path: str | None = None
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         request = getattr(current, "request", None)  # requests / httpx exceptions
@@ -96,7 +100,13 @@ def failure_fields(exc: BaseException) -> dict[str, str]:
             port = getattr(current, "port", None)
             fields["host"] = f"{host}:{port}" if port else host
             return fields
+        found = getattr(current, "path", None)
+        if path is None and isinstance(found, str) and found.startswith("/"):
+            path = found
         current = current.__cause__ or current.__context__
+    if endpoint:
+        parts = urlsplit(endpoint)
+        fields["url"] = url_for_log(urlunsplit((parts.scheme, parts.netloc, path or parts.path, "", "")))
     return fields
 
 

@@ -150,6 +150,12 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
+def source_endpoint(source: Source) -> str | None:
+    """The base URL of a source that has one (FHIR REST and Bulk), for failure logs."""
+    base = getattr(getattr(source, "cfg", None), "base_url", None)
+    return str(base) if base else None
+
+
 def load_state(conn: Connection, source: str) -> dict[str, Any]:
     row = conn.execute(select(STATES.c.state).where(STATES.c.source == source)).first()
     return dict(row.state) if row else {}
@@ -268,7 +274,7 @@ class Pipeline:
             except SourceIncomplete as exc:
                 # What the source yielded before stopping is complete: map it, say what stopped.
                 outcome, failure = "partial", describe_failure(exc)
-                log.warning("sync.partial", **logs.failure_fields(exc))
+                log.warning("sync.partial", **logs.failure_fields(exc, source_endpoint(source)))
             flush(None)
             if map_now:
                 mapped = self.map_pending(sources=[source.name])
@@ -279,7 +285,7 @@ class Pipeline:
             raise
         except Exception as exc:
             outcome, failure = "failed", describe_failure(exc)
-            log.error("sync.failed", **logs.failure_fields(exc))
+            log.error("sync.failed", **logs.failure_fields(exc, source_endpoint(source)))
             raise
         finally:
             try:

@@ -122,3 +122,15 @@ def test_failed_sync_logs_the_url(make_app: Any, json_logs: pytest.CaptureFixtur
     [failed] = [line for line in _lines(json_logs) if line["event"] in ("sync.failed", "sync.partial")]
     assert failed["source"] == "ehr" and failed.get("run_id")
     assert f"127.0.0.1:{port}" in (failed.get("url") or failed.get("host") or "")
+
+
+def test_a_fhir_error_status_names_the_server_of_the_source() -> None:
+    from adapters.http import FhirHttpError
+
+    exc = FhirHttpError(503, "/fhir/Procedure", [])
+    fields = logs.failure_fields(exc, "https://user:pw@ehr.example.org:8443/fhir?_format=json")
+    assert fields == {"error": "FhirHttpError", "url": "https://ehr.example.org:8443/fhir/Procedure"}
+    assert logs.failure_fields(RuntimeError("x"), "https://ehr.example.org/fhir") == {
+        "error": "RuntimeError",
+        "url": "https://ehr.example.org/fhir",
+    }
