@@ -4,6 +4,9 @@ uvicorn's own access log writes the full request target, and ``/cases?q=<MRN>`` 
 medical record number in the log. This middleware logs one ``http.request`` event per
 request with the path only (query values can be patient data; paths carry ids only), so
 uvicorn runs with ``access_log=False``.
+
+Reminder links (``/r/{token}``) are opened by patients: neither the token (it names their
+reminder) nor their address is logged.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("review.access")
+PATIENT_LINKS = "/r/"
 
 
 class AccessLog:
@@ -36,11 +40,13 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_recording_status)
         finally:
-            client = scope.get("client")
+            path = str(scope.get("path", ""))
+            patient = path.startswith(PATIENT_LINKS)
+            client = None if patient else scope.get("client")
             log.info(
                 "http.request",
                 method=scope.get("method"),
-                path=scope.get("path"),
+                path=PATIENT_LINKS + "[token]" if patient else path,
                 query="[redacted]" if scope.get("query_string") else None,
                 status=status,
                 ms=round((time.perf_counter() - started) * 1000, 1),

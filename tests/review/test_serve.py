@@ -91,14 +91,18 @@ def test_access_log_is_json_without_query_strings(
             assert page.status == 200  # the login page, after the redirect
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nowhere?mrn=MRN-7654321", timeout=5)
+        with pytest.raises(urllib.error.HTTPError):  # a patient's reminder link
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/r/TOKEN-OF-A-PATIENT", timeout=5)
     finally:
         service.stop()
         _unconfigure_logs()
     err = capsys.readouterr().err
-    assert "MRN-7654321" not in err
+    assert "MRN-7654321" not in err and "TOKEN-OF-A-PATIENT" not in err
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # JSON, every one
     requests = {(line["path"], line["status"]) for line in lines if line["event"] == "http.request"}
-    assert {("/cases", 303), ("/login", 200), ("/nowhere", 404)} <= requests
+    assert {("/cases", 303), ("/login", 200), ("/nowhere", 404), ("/r/[token]", 404)} <= requests
+    [link] = [line for line in lines if line.get("path") == "/r/[token]"]
+    assert link["client"] is None  # nor the patient's address
     assert all(line["query"] == "[redacted]" for line in lines if line.get("path") in ("/cases", "/nowhere"))
 
 
