@@ -37,6 +37,7 @@ from adapters.base import (
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged, converted_origin
 from adapters.validation import check, settle
 from mappings.cases import assemble_cases
+from registry_adapter import logs, metrics
 from registry_adapter.app import TARGET_TABLES, App
 from registry_store.db import upsert
 from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
@@ -194,6 +195,12 @@ def unstageable(item: Record | RecordError, exc: BaseException) -> RecordError:
                        f"input could not be kept as an error ({type(exc).__name__})", raw=item.raw)
 
 
+def source_endpoint(source: Source) -> str | None:
+    """The base URL of a source that has one (FHIR REST and Bulk), for failure logs."""
+    base = getattr(getattr(source, "cfg", None), "base_url", None)
+    return str(base) if base else None
+
+
 def load_state(conn: Connection, source: str) -> dict[str, Any]:
     row = conn.execute(select(STATES.c.state).where(STATES.c.source == source)).first()
     return dict(row.state) if row else {}
@@ -262,7 +269,9 @@ class Pipeline:
         errors: list[RecordError] = []
         deletions: list[Deleted] = []
         inventories: list[Inventory] = []
-        log.info("sync.start", source=source.name, run_id=run_id, kind=kind)
+        # Every line logged during the run (library warnings too) carries its run_id.
+        bound = structlog.contextvars.bind_contextvars(run_id=run_id, source=source.name)
+        log.info("sync.start", kind=kind)
 
         def flush(checkpoint: Checkpoint | None) -> None:
             reconciled = 0
@@ -333,7 +342,7 @@ class Pipeline:
             except SourceIncomplete as exc:
                 # What the source yielded before stopping is complete: map it, say what stopped.
                 outcome, failure = "partial", describe_failure(exc)
-                log.warning("sync.partial", source=source.name, run_id=run_id)
+                log.warning("sync.partial", **logs.failure_fields(exc, source_endpoint(source)))
             flush(None)
             if map_now:
                 mapped = self.map_pending(sources=[source.name])
@@ -344,30 +353,27 @@ class Pipeline:
             raise
         except Exception as exc:
             outcome, failure = "failed", describe_failure(exc)
-            log.error("sync.failed", source=source.name, run_id=run_id, error=type(exc).__name__)
+            log.error("sync.failed", **logs.failure_fields(exc, source_endpoint(source)))
             raise
         finally:
-            seconds = time.monotonic() - started
-            with engine.begin() as conn:
-                conn.execute(
-                    update(RUNS)
-                    .where(RUNS.c.id == run_id)
-                    .values(
-                        finished_at=utcnow(),
-                        outcome=outcome,
-                        counts=counts.as_dict(),
-                        watermark=final_state,
-                        error=failure,
+            try:
+                seconds = time.monotonic() - started
+                with engine.begin() as conn:
+                    conn.execute(
+                        update(RUNS)
+                        .where(RUNS.c.id == run_id)
+                        .values(
+                            finished_at=utcnow(),
+                            outcome=outcome,
+                            counts=counts.as_dict(),
+                            watermark=final_state,
+                            error=failure,
+                        )
                     )
-                )
-            log.info(
-                "sync.finish",
-                source=source.name,
-                run_id=run_id,
-                outcome=outcome,
-                seconds=round(seconds, 2),
-                **counts.as_dict(),
-            )
+                metrics.observe_sync(source.name, outcome, seconds)
+                log.info("sync.finish", outcome=outcome, seconds=round(seconds, 2), **counts.as_dict())
+            finally:
+                structlog.contextvars.reset_contextvars(**bound)
         return RunResult(run_id, source.name, outcome, counts, seconds, final_state, failure)
 
     def _missing_from(self, conn: Connection, source: str, inventory: Inventory) -> list[str]:

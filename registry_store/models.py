@@ -276,6 +276,17 @@ class ReminderSend(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
 
 
+class ReminderClick(SQLModel, table=True):
+    """A reminder link opened (GET /r/{token}): which reminder and attempt, and when only."""
+
+    __tablename__ = "reminder_clicks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    reminder_id: int = Field(index=True)
+    attempt: int
+    clicked_at: datetime = Field(default_factory=utcnow)
+
+
 class JobLock(SQLModel, table=True):
     """A lease so two adapter processes sharing one store never run the same job at once."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -13,11 +15,17 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry_adapter.app import App
-from review.pages import audit_log, cases, errors, feeds, ops, reminders, session
+from review.access_log import AccessLog
+from review.login_limits import ClientFailures, HashPool
+from review.pages import audit_log, cases, errors, feeds, ops, reminder_link, reminders, session
 from review.pages.ops import metrics_registry
 from review.web import HERE, make_templates, render, require
 
 SESSION_COOKIE = "registry_review"
+# How uvicorn serves the UI (``serve`` and the daemon's service): AccessLog writes the access
+# log without query strings, and log_config=None leaves uvicorn's loggers to
+# registry_adapter.logs (JSON through structlog) instead of its own plain-text handlers.
+UVICORN_OPTIONS: dict[str, Any] = {"proxy_headers": True, "access_log": False, "log_config": None}
 _SECURITY_HEADERS = [
     # No script, style or image from anywhere but this server; no framing (clickjacking).
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
@@ -61,7 +69,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 401:
         return RedirectResponse("/login", status_code=303)
-    titles = {403: "Not allowed", 404: "Not found", 405: "Not allowed"}
+    titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed"}
     title = titles.get(exc.status_code, "Something went wrong")
     return render(
         request,
@@ -87,9 +95,11 @@ def create_app(app: App, host: str | None = None) -> Starlette:
         *feeds.ROUTES,
         *audit_log.ROUTES,
         *ops.ROUTES,
+        *reminder_link.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [
+        Middleware(AccessLog),
         Middleware(SecurityHeaders),
         Middleware(
             SessionMiddleware,
@@ -104,4 +114,8 @@ def create_app(app: App, host: str | None = None) -> Starlette:
     web.state.registry = app
     web.state.templates = make_templates(app)
     web.state.metrics = metrics_registry(app)
+    web.state.hash_pool = HashPool()
+    web.state.login_failures = ClientFailures(
+        settings.login_max_failures_per_client, settings.login_client_window_hours * 3600
+    )
     return web

@@ -19,13 +19,12 @@ def serve(obj: Ctx, host: str | None, port: int | None) -> None:
     """Run the review web UI (mapping errors, cases, reminders, feed health)."""
     import uvicorn
 
-    from review.app import create_app
+    from review.app import UVICORN_OPTIONS, create_app
 
     app = obj.app
     settings = app.settings.review
     web = create_app(app, host or settings.host)
-    # access_log stays on: URLs carry ids and cause ids only, never patient data.
-    uvicorn.run(web, host=host or settings.host, port=port or settings.port, proxy_headers=True)
+    uvicorn.run(web, host=host or settings.host, port=port or settings.port, **UVICORN_OPTIONS)
 
 
 def _read_password(from_stdin: bool) -> str:

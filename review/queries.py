@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, desc, exists, func, or_, select
+from sqlalchemy import Select, and_, case, column, desc, exists, func, inspect, or_, select, table
 from sqlalchemy.engine import Connection
 
 from registry_adapter.queries import CASES, RUNS
@@ -25,6 +25,7 @@ from registry_store.models import (
     Procedure,
     PromResponse,
     Reminder,
+    ReminderSend,
 )
 from registry_store.staging import STAGING
 from registry_store.timeutil import as_utc as as_utc  # re-exported for the pages
@@ -39,6 +40,7 @@ PROCEDURES = Procedure.__table__  # type: ignore[attr-defined]
 CONDITIONS = Condition.__table__  # type: ignore[attr-defined]
 PROMS = PromResponse.__table__  # type: ignore[attr-defined]
 REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+SENDS = ReminderSend.__table__  # type: ignore[attr-defined]
 
 ERROR_STATUSES = ("open", "ignored", "resolved")
 # "worklist" is the coordinators' call list (scheduler.channels.worklist); "open" and "missing"
@@ -543,12 +545,18 @@ def audit_page(conn: Connection, page: int, size: int) -> Page:
     return _paged(conn, select(AUDIT).order_by(desc(AUDIT.c.id)), page, size)
 
 
-def store_counts(conn: Connection) -> dict[str, Any]:
+def store_counts(conn: Connection, jobstore_table: str | None = None) -> dict[str, Any]:
     """What /metrics exports: a handful of grouped counts, each one indexed statement."""
-    staged = {
-        r.status: int(r.n)
-        for r in conn.execute(select(STAGING.c.status, func.count().label("n")).group_by(STAGING.c.status))
+    records = {
+        (r.source, r.resource_type, r.status): int(r.n)
+        for r in conn.execute(
+            select(STAGING.c.source, STAGING.c.resource_type, STAGING.c.status, func.count().label("n"))
+            .group_by(STAGING.c.source, STAGING.c.resource_type, STAGING.c.status)
+        )
     }
+    staged: dict[str, int] = {}
+    for (_source, _rtype, status), n in records.items():
+        staged[status] = staged.get(status, 0) + n
     errors = {
         r.status: int(r.n)
         for r in conn.execute(select(ERRORS.c.status, func.count().label("n")).group_by(ERRORS.c.status))
@@ -560,12 +568,44 @@ def store_counts(conn: Connection) -> dict[str, Any]:
             select(REMINDERS.c.status, func.count().label("n")).group_by(REMINDERS.c.status)
         )
     }
+    sends = {
+        (r.channel, r.status): int(r.n)
+        for r in conn.execute(
+            select(SENDS.c.channel, SENDS.c.status, func.count().label("n")).group_by(
+                SENDS.c.channel, SENDS.c.status
+            )
+        )
+    }
+    acks = {
+        (r.source, r.ack_code): int(r.n)
+        for r in conn.execute(
+            select(ACKS.c.source, ACKS.c.ack_code, func.count().label("n")).group_by(
+                ACKS.c.source, ACKS.c.ack_code
+            )
+        )
+    }
     return {
+        "records": records,
         "staged": staged,
         "errors": errors,
         "cases": cases,
         "reminders": reminders,
+        "sends": sends,
+        "acks": acks,
         "runs": latest_run_per_source(conn),
+        "next_runs": next_job_runs(conn, jobstore_table) if jobstore_table else {},
+    }
+
+
+def next_job_runs(conn: Connection, jobstore_table: str) -> dict[str, float | None]:
+    """Next run time (Unix seconds, None when paused) of each job in APScheduler's job table;
+    empty when no daemon has created the table yet."""
+    if not inspect(conn).has_table(jobstore_table):
+        return {}
+    jobs = table(jobstore_table, column("id"), column("next_run_time"))
+    return {
+        str(r.id): float(r.next_run_time) if r.next_run_time is not None else None
+        for r in conn.execute(select(jobs.c.id, jobs.c.next_run_time))
     }
 
 

@@ -28,7 +28,7 @@ class ReviewService:
         try:
             import uvicorn
 
-            from review.app import create_app
+            from review.app import UVICORN_OPTIONS, create_app
         except ModuleNotFoundError as exc:
             extra = extra_for(exc)
             if extra is None:
@@ -38,7 +38,7 @@ class ReviewService:
         self.host = host or settings.host
         self.port = port or settings.port
         config = uvicorn.Config(
-            create_app(app, self.host), host=self.host, port=self.port, proxy_headers=True
+            create_app(app, self.host), host=self.host, port=self.port, **UVICORN_OPTIONS
         )
         self._server: uvicorn.Server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

@@ -37,10 +37,25 @@ class ReviewSettings(_Strict):
     # Consecutive wrong passwords that lock an account, and for how long.
     login_max_failures: int = Field(default=5, ge=1, le=100)
     login_lockout_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # Failed sign-ins one client address may make within login_client_window_hours (whatever
+    # the accounts); past it the address is refused without a password check and no longer
+    # counts against accounts, so a stranger cannot keep an account locked (behind a reverse
+    # proxy the address comes from X-Forwarded-For of the trusted proxy).
+    login_max_failures_per_client: int = Field(default=20, ge=1, le=10_000)
+    login_client_window_hours: int = Field(default=24, ge=1, le=7 * 24)
     # Roles that see raw resources masked (only codes, ids, statuses, references and dates
     # readable) and contact details hidden in lists and exports.
     mask_phi_for: tuple[Role, ...] = ("viewer",)
     page_size: int = Field(default=50, ge=5, le=500)
+    # Where an opened reminder link (GET /r/{token}; point reminders.link.url_template at
+    # https://<this UI>/r/{token}) sends the patient: a REDCap survey, the patient portal, ...
+    # Keys, most specific first: "<instrument>:<time point>" (e.g. "odi:90d"), "<time point>",
+    # "<instrument>", "default"; the instruments are those of the case's module
+    # (reminders.instruments). A URL may contain {timepoint} and {instrument}.
+    questionnaire_urls: dict[str, str] = Field(default_factory=dict)
+    # /healthz reports the nightly run down when the newest successful sync of a pulled
+    # source finished longer ago than this (a daily job, plus slack for a slow night).
+    health_nightly_max_age_hours: int = Field(default=26, ge=1)
 
     def cookies_secure(self, host: str | None = None) -> bool:
         """Whether session cookies get the Secure flag when the UI listens on ``host``."""

@@ -65,11 +65,19 @@ def masked_for(request: Request, user: CurrentUser) -> bool:
     return user.role in registry(request).settings.review.mask_phi_for
 
 
+# Larger page numbers overflow the SQL OFFSET (SQLite: OverflowError, a 500); no list here
+# comes near a million pages even at the smallest page size.
+MAX_PAGE = 1_000_000
+
+
 def page_arg(request: Request) -> int:
-    try:
-        return max(1, int(request.query_params.get("page", "1")))
-    except ValueError:
-        return 1
+    """``?page=``: 1 when absent; anything but a whole number from 1 to MAX_PAGE is a 400."""
+    raw = request.query_params.get("page", "1").strip()
+    # Digits only and short: int() of a huge digit string is itself slow (and capped by Python).
+    digits = raw.isascii() and raw.isdigit()
+    if not digits or len(raw) > len(str(MAX_PAGE)) or not 1 <= int(raw) <= MAX_PAGE:
+        raise HTTPException(400, f"page must be a whole number from 1 to {MAX_PAGE:,}.")
+    return int(raw)
 
 
 def choice(request: Request, name: str, allowed: tuple[str, ...] | list[str], default: str = "") -> str:

@@ -44,6 +44,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from registry_adapter import metrics
 from registry_adapter.app import App
 from scheduler import jobs
 from scheduler.clock import Clock
@@ -136,10 +137,13 @@ class Daemon:
     def _on_event(self, event: JobExecutionEvent) -> None:
         run_at = event.scheduled_run_time.isoformat() if event.scheduled_run_time else None
         if event.code == EVENT_JOB_MISSED:
+            metrics.observe_job(event.job_id, "missed")
             log.warning("job.missed", job=event.job_id, scheduled=run_at)
         elif event.code == EVENT_JOB_ERROR:
+            metrics.observe_job(event.job_id, "failed")
             log.error("job.failed", job=event.job_id, scheduled=run_at, error=type(event.exception).__name__)
         else:
+            metrics.observe_job(event.job_id, "succeeded")
             log.info("job.executed", job=event.job_id, scheduled=run_at)
 
     def ensure_jobs(self) -> dict[str, str]:

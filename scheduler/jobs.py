@@ -17,6 +17,7 @@ import structlog
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
+from registry_adapter import logs
 from registry_adapter.app import App
 from scheduler.clock import Clock, SystemClock
 from scheduler.locks import SYNC_LOCK_PREFIX, Holder, holders, job_lock, release_holder
@@ -126,7 +127,7 @@ def nightly() -> None:
                 # the sync run row holds the error. Only the type here: messages of third-party
                 # errors can carry request details.
                 failed.append(cfg.name)
-                log.error("job.source_failed", job=NIGHTLY_JOB, source=cfg.name, error=type(exc).__name__)
+                log.error("job.source_failed", job=NIGHTLY_JOB, source=cfg.name, **logs.failure_fields(exc))
         pipeline.map_pending()
         Dispatcher(app, rt.clock).plan()
         log.info("job.done", job=NIGHTLY_JOB, failed_sources=failed)

@@ -9,7 +9,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from review import csrf
-from review.auth import authenticate, end_sessions
+from review.auth import CurrentUser, authenticate, end_sessions
+from review.login_limits import ClientFailures, HashPool
 from review.web import registry, render, user_of
 
 
@@ -19,20 +20,42 @@ async def login_form(request: Request) -> Response:
     return render(request, "login.html", {"error": None, "username": ""})
 
 
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 async def login(request: Request) -> Response:
     form = await csrf.checked_form(request)
     username = str(form.get("username", ""))[:100]
     password = str(form.get("password", ""))[:1000]
-    settings = registry(request).settings.review
-    with registry(request).engine.begin() as conn:
-        user = authenticate(
-            conn,
-            username,
-            password,
-            max_failures=settings.login_max_failures,
-            lockout=timedelta(minutes=settings.login_lockout_minutes),
+    app = registry(request)
+    settings = app.settings.review
+    limits: ClientFailures = request.app.state.login_failures
+    address = _client_address(request)
+    if limits.blocked(address):
+        return render(
+            request,
+            "login.html",
+            {"error": "Too many failed sign-ins from this address. Try again later.", "username": username},
+            429,
         )
+
+    def check() -> CurrentUser | None:
+        with app.engine.begin() as conn:
+            return authenticate(
+                conn,
+                username,
+                password,
+                max_failures=settings.login_max_failures,
+                lockout=timedelta(minutes=settings.login_lockout_minutes),
+            )
+
+    # argon2 off the event loop, in a small pool: a sign-in flood queues there while other
+    # pages and /healthz keep answering.
+    pool: HashPool = request.app.state.hash_pool
+    user = await pool.run(check)
     if user is None:
+        limits.record_failure(address)
         # One message for unknown user, wrong password, disabled and locked account alike.
         return render(
             request, "login.html", {"error": "Wrong username or password.", "username": username}, 400

@@ -281,3 +281,27 @@ def test_session_secret_file_key_is_read_by_the_config_loader(tmp_path: Path) ->
     secret.write_text("x" * 40 + "\n")
     settings = parse_settings(base_config(tmp_path, review={"session_secret_file": str(secret)}))
     assert settings.review.session_secret == "x" * 40
+
+
+def test_a_stranger_cannot_keep_an_account_locked(review_app: App) -> None:
+    """Failures are limited per client address: once over budget, the stranger is refused
+    without a password check and no longer counts against the account."""
+    app = _with_review(review_app, login_max_failures_per_client=7)
+    web = create_app(app)
+    stranger = TestClient(web, client=("203.0.113.7", 40000))
+    for _ in range(5):
+        assert login(stranger, "rita", "wrong-password-1").status_code == 400
+    assert len(_locks(app)) == 1  # the account lock still works
+    with app.engine.begin() as conn:  # the 15 minutes pass
+        conn.execute(update(USERS).values(locked_until=datetime.now(UTC) - timedelta(seconds=1)))
+    for _ in range(2):
+        assert login(stranger, "rita", "wrong-password-1").status_code == 400
+    for _ in range(5):  # would lock the account again; the address is over its budget
+        refused = login(stranger, "rita", "wrong-password-1")
+        assert refused.status_code == 429 and "Too many failed sign-ins" in refused.text
+    assert login(stranger, "rita").status_code == 429  # even the right password, from there
+    assert len(_locks(app)) == 1 and _user(app, "rita")["failed_logins"] == 2
+    rita = TestClient(web, client=("198.51.100.20", 40000))
+    assert login(rita, "rita").status_code == 303  # the owner signs in from elsewhere
+    other = TestClient(web, client=("198.51.100.21", 40000))
+    assert login(other, "vera", "wrong-password-1").status_code == 400  # other addresses: as before

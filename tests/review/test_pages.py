@@ -451,7 +451,7 @@ def test_feed_health_shows_runs_acks_and_chart(client_for: Client, review_app: A
 
 def test_healthz_and_metrics_need_no_login(client_for: Client) -> None:
     client = client_for(None)
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json()["status"] == "ok"
     text = client.get("/metrics").text
     assert 'registry_mapping_errors{status="open"} 12.0' in text
     assert "registry_cases 40.0" in text
@@ -470,3 +470,13 @@ def test_pages_send_security_headers(client_for: Client) -> None:
 @pytest.mark.parametrize("path", ["/causes/not-a-cause", "/causes/0123456789abcdef", "/cases/x:y"])
 def test_unknown_ids_are_404(client_for: Client, path: str) -> None:
     assert client_for("vera").get(path).status_code == 404
+
+
+@pytest.mark.parametrize("page", [str(10**40), "0", "-1", "abc", "²", "1000001"])
+@pytest.mark.parametrize("path", ["/causes", "/cases", "/reminders", "/audit"])
+def test_out_of_range_page_is_a_plain_400(client_for: Client, path: str, page: str) -> None:
+    client = client_for("adam")
+    response = client.get(path, params={"page": page})
+    assert response.status_code == 400
+    assert "page must be a whole number from 1 to 1,000,000." in response.text
+    assert "Traceback" not in response.text and "Overflow" not in response.text
