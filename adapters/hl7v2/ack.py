@@ -90,3 +90,13 @@ def build_ack(
             err = ["ERR", eld]
         segments.append("|".join(err).rstrip("|"))
     return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+def ack_code_of(ack: bytes) -> str:
+    """MSA-1 of an ACK (``AA``/``AE``/``AR``…), for metrics; ``unknown`` if it has none."""
+    sep = ack[3:4] or b"|"
+    for segment in ack.split(b"\r"):
+        if segment.startswith(b"MSA" + sep):
+            fields = segment.split(sep)
+            return fields[1].decode("ascii", "replace") if len(fields) > 1 else "unknown"
+    return "unknown"

@@ -48,7 +48,7 @@ from typing import Protocol
 
 import structlog
 
-from adapters.hl7v2.ack import build_ack
+from adapters.hl7v2.ack import ack_code_of, build_ack
 from adapters.hl7v2.framing import Discarded, Frame, MLLPFramer, Oversize, Truncated, frame
 from adapters.hl7v2.header import (
     ERR_INTERNAL,
@@ -58,6 +58,7 @@ from adapters.hl7v2.header import (
     MessageHeader,
     read_header,
 )
+from registry_adapter import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -383,6 +384,7 @@ class MLLPListener:
         self._conn_seq += 1
         seq = self._conn_seq
         COUNTERS.connections_open += 1
+        metrics.mllp_connection_opened()
         peer = writer.get_extra_info("peername")
         conn = f"mllp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"mllp:conn{seq}"
         framer = MLLPFramer(self.max_message_bytes)
@@ -395,8 +397,10 @@ class MLLPListener:
                 for event in framer.feed(data):
                     if isinstance(event, Frame):
                         received += 1
+                        arrived = time.monotonic()
                         ack, ack_id = await self._process(event.payload, conn)
                         await self._deliver(writer, ack, ack_id, conn)
+                        metrics.observe_mllp_message(ack_code_of(ack), time.monotonic() - arrived)
                     elif isinstance(event, Discarded):
                         log.warning("hl7.mllp_garbage", conn=conn, nbytes=event.nbytes)
                     elif isinstance(event, Truncated):
@@ -420,6 +424,7 @@ class MLLPListener:
         finally:
             self._buffered.pop(seq, None)
             COUNTERS.connections_open -= 1
+            metrics.mllp_connection_closed()
             log.debug("hl7.mllp_connection_closed", conn=conn, messages=received)
             writer.close()
             with contextlib.suppress(Exception):

@@ -1,7 +1,7 @@
 """Case lifecycle: why a case was withdrawn; each reminder's anchor and notes
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-05 13:00:00
 
 ``cases.status_reason`` says why a case is no longer active ("procedure entered-in-error",
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

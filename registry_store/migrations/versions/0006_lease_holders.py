@@ -1,7 +1,7 @@
 """job leases name their holder: host, process id and last heartbeat
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-05 12:50:00
 
 With the holder's host and pid a lease left by a killed process on the same host is taken
@@ -18,7 +18,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0003"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """reminder link clicks
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 Create Date: 2026-12-05 12:50:00
 
 One row per opened reminder link (GET /r/{token} on the review web service): which reminder
@@ -17,7 +17,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0003"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """hl7_acks: whether the ACK reached the sender
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0007
 Create Date: 2026-12-05 13:00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0003"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
