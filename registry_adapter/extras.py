@@ -13,9 +13,7 @@ DISTRIBUTION = "spine-registry-adapter"
 
 # Top-level modules of each extra's dependencies (import names, not project names).
 EXTRA_MODULES: dict[str, frozenset[str]] = {
-    "web": frozenset(
-        {"starlette", "uvicorn", "argon2", "multipart", "python_multipart", "prometheus_client"}
-    ),
+    "web": frozenset({"starlette", "uvicorn", "argon2", "multipart", "python_multipart"}),
 }
 
 

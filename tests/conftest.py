@@ -12,7 +12,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -20,6 +20,9 @@ from sqlalchemy import text
 
 from registry_adapter.app import App, build_app
 from registry_adapter.config import parse_settings
+
+if TYPE_CHECKING:
+    from tests.scheduler.conftest import SmtpSink
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_FEED = ROOT / "examples" / "sample-feed"
@@ -131,3 +134,19 @@ def feed_copy(tmp_path: Path) -> Path:
 def table_count(app: App, table: str, where: str = "") -> int:
     with app.engine.connect() as conn:
         return int(conn.execute(text(f"SELECT count(*) FROM {table} {where}")).scalar_one())
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, recording what it receives."""
+    from aiosmtpd.controller import Controller
+
+    from tests.scheduler.conftest import SmtpSink, free_port
+
+    sink = SmtpSink("127.0.0.1", free_port())
+    controller = Controller(sink, hostname=sink.host, port=sink.port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()

@@ -59,7 +59,8 @@ def test_problems_of_a_record_that_still_mapped_are_warnings(sqlite_app: App, tm
         sqlite_app, [_procedure(code={"text": "", "coding": _procedure()["code"]["coding"]})], tmp_path / "in"
     )
     assert stats(sqlite_app)["procedures"] == 1
-    assert [(e.code, e.field, e.severity) for e in errors] == [
+    # (Its case also says it has no discharge: the procedure comes without a stay.)
+    assert [(e.code, e.field, e.severity) for e in errors if e.code.startswith("validation.")] == [
         ("validation.invalid_element", "Procedure.code.text", "warning")
     ]
 
@@ -70,7 +71,9 @@ def test_strict_mode_maps_a_record_whose_only_problem_is_a_time_without_offset(
     app = make_app(f"sqlite:///{tmp_path / 'strict.db'}", mappings={"validation": "strict"})
     errors = _errors(app, [_procedure(performedDateTime="2025-03-14T08:30:00")], tmp_path / "in")
     assert stats(app)["procedures"] == 1
-    assert [(e.code, e.severity) for e in errors] == [("validation.time_without_offset", "warning")]
+    assert [(e.code, e.severity) for e in errors if e.code.startswith("validation.")] == [
+        ("validation.time_without_offset", "warning")
+    ]
 
 
 def test_primitive_of_the_wrong_json_type_is_a_named_validation_error(

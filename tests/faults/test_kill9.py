@@ -33,6 +33,7 @@ def _config(tmp: Path, db_url: str, name: str, **overrides: Any) -> Path:
     cfg = base_config(tmp, database={"url": db_url}, batch_size=25, **overrides)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    assert _run(path, "db", "upgrade").returncode == 0  # commands refuse an unmigrated database
     return path
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from sqlalchemy import create_engine, text
 
-from tests.conftest import base_config
+from tests.conftest import write_config_file
 
 EXE = str(Path(sys.executable).with_name("registry-adapter"))
 
@@ -82,9 +82,8 @@ def test_no_planted_phi_in_any_output_log_or_error_text(tmp_path: Path) -> None:
     folder = tmp_path / "sent"
     folder.mkdir()
     _broken_documents(folder)
-    cfg = base_config(tmp_path, logging={"format": "json", "level": "DEBUG"})
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = write_config_file(tmp_path, logging={"format": "json", "level": "DEBUG"})
+    cfg = yaml.safe_load(config.read_text())
 
     outputs = {
         "import": _run(config, "import", str(folder)),

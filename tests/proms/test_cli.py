@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
 from click.testing import CliRunner
 
 from registry_adapter.cli import cli
-from tests.conftest import base_config
+from tests.conftest import write_config_file
 
 FIELDS = ["id", "patient_id", "case_id", "instrument", "timepoint", "authored", "status", "scores"]
 
@@ -22,8 +21,7 @@ def _run(config: Path, *args: str) -> str:
 
 
 def test_proms_list_shows_stored_responses_scored_or_not(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(base_config(tmp_path)))
+    config = write_config_file(tmp_path)
     _run(config, "sync", "--full", "--json")
     rows = json.loads(_run(config, "proms", "list", "--json"))
     assert rows and all(list(r) == FIELDS for r in rows)

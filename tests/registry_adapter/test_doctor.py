@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
 from click.testing import CliRunner, Result
 
 from registry_adapter.app import build_app
@@ -21,17 +19,6 @@ from registry_adapter.doctor import CHECKS
 from tests.conftest import base_config
 from tests.fhir_server.fixture import FhirTestServer
 from tests.scheduler.conftest import SmtpSink, free_port
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink("127.0.0.1", free_port())
-    controller = Controller(sink, hostname=sink.host, port=sink.port)
-    controller.start()
-    try:
-        yield sink
-    finally:
-        controller.stop()
 
 
 def _config(tmp_path: Path, fhir: FhirTestServer, smtp_port: int, mllp_port: int, **overrides: Any) -> Path:
@@ -77,12 +64,12 @@ def _doctor(config: Path, *extra: str) -> tuple[Result, dict[str, dict[str, str]
 
 @pytest.mark.postgres
 def test_ready_installation_passes_every_check(
-    tmp_path: Path, fhir: FhirTestServer, smtp: SmtpSink, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fhir: FhirTestServer, smtp_server: SmtpSink, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fhir.register_client("registry", client_secret="s3cret")
     fhir.set_auth(required=True)
     monkeypatch.setenv("DOC_SECRET", "s3cret")
-    config = _config(tmp_path, fhir, smtp.port, free_port())
+    config = _config(tmp_path, fhir, smtp_server.port, free_port())
     build_app(parse_settings(yaml.safe_load(config.read_text())), pg_url).upgrade_db()
 
     result, checks = _doctor(config, "--db", pg_url)
@@ -105,7 +92,7 @@ def test_ready_installation_passes_every_check(
     ):
         assert any(k.startswith(name) and v["status"] == "pass" for k, v in checks.items()), name
     assert checks["SFTP"]["status"] == "skip"
-    assert smtp.messages == []  # nothing sent
+    assert smtp_server.messages == []  # nothing sent
     assert "disk space" not in checks or checks["disk space"]["status"] != "fail"
 
 

@@ -153,7 +153,7 @@ def test_drop_folder_archives_good_files_and_quarantines_bad_ones(sqlite_app: Ap
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "good.hl7").write_text(
-        bar_p01("F-1", "MRN-9", "V-9", "63047", "20250305100000").replace("\r", "\n")
+        bar_p01("F-1", "MRN-9", "V-9", "63047", "20250303100000").replace("\r", "\n")
     )
     (drop / "bad.hl7").write_bytes(b"\x00\x01garbage that is not HL7\n")
     source = Hl7DropFolder("drop", drop, patterns=("*.hl7",), settle_seconds=0)
@@ -166,7 +166,7 @@ def test_drop_folder_archives_good_files_and_quarantines_bad_ones(sqlite_app: Ap
     assert not list(drop.glob("*.hl7"))
     with sqlite_app.engine.connect() as conn:
         (case,) = list_cases(conn)
-    assert case["category"] == "lumbar_laminectomy" and case["surgery_date"] == "2025-03-05"
+    assert case["category"] == "lumbar_laminectomy" and case["surgery_date"] == "2025-03-03"
 
 
 def test_the_daemon_runs_the_listener_as_a_service(make_app: Callable[..., App], tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_the_daemon_runs_the_listener_as_a_service(make_app: Callable[..., App],
     service.start()
     try:
         messages = tmp_path / "one.hl7"
-        messages.write_text(bar_p01("SVC-1", "MRN-7", "V-7", "22612", "20250310081500") + "\n")
+        messages.write_text(bar_p01("SVC-1", "MRN-7", "V-7", "22612", "20250302081500") + "\n")
         sent = subprocess.run(
             [MLLP_SEND, "--port", str(port), "--file", str(messages), "--loose", "127.0.0.1"],
             capture_output=True,

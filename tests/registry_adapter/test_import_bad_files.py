@@ -51,7 +51,8 @@ def test_only_bad_files_each_reported_and_exit_1(tmp_path: Path) -> None:
     assert by_code["intake.binary_file"]["message"].startswith("scan.json is not UTF-8 text")
     assert by_code["intake.empty_file"]["message"] == "Patient.ndjson is empty; no records in it"
     assert by_code["intake.unreadable_file"]["message"].startswith("cannot read Procedure.ndjson.gz: ")
-    assert by_code["intake.malformed_json"]["message"].startswith("Condition.ndjson: invalid JSON")
+    malformed = by_code["intake.malformed_json"]["message"]
+    assert malformed.startswith("Condition.ndjson is not valid JSON at line 2")
     causes = run("errors", "causes", config=cfg).stdout
     assert "scan.json" in causes and "Patient.ndjson" in causes and "\\x" not in causes
 
@@ -73,5 +74,5 @@ def test_a_document_that_is_not_json_shows_no_excerpt(tmp_path: Path) -> None:
     proc = run("import", str(doc), config=cfg, check=False)
     assert proc.returncode == 1
     [error] = json.loads(run("errors", "list", "--json", config=cfg).stdout)
-    assert error["message"].startswith("bundle.json: invalid JSON after the start (")
+    assert error["message"].startswith("bundle.json is not valid JSON at line 3")
     assert "Smith" not in error["message"] and "1234567" not in proc.stdout + proc.stderr
