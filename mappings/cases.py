@@ -153,7 +153,8 @@ def assemble_cases(
                 held.add(group)
     now = utcnow()
     rows: list[dict[str, Any]] = []
-    flagged: dict[int, tuple[str, Issue]] = {}
+    # staging id → (resource type, resource id, issue) of the records case assembly flags.
+    flagged: dict[int, tuple[str, str, Issue]] = {}
     for patient in patients:
         groups: dict[tuple[str, date], list[Row[Any]]] = defaultdict(list)
         for proc in procs.get(patient, []):
@@ -177,15 +178,18 @@ def assemble_cases(
                 )
                 for p in members:
                     if p.staging_id is not None:
-                        flagged[p.staging_id] = (p.id, issue)
+                        flagged[p.staging_id] = ("Procedure", p.id, issue)
                 continue
             index.sort(key=lambda p: (-p.rank, p.id))
             anchor = index[0]
             enc: Row[Any] | None = encounters.get(enc_id) if enc_id else None
             anchor_issue = _anchor_issue(enc, surgery_date)
             if anchor_issue is not None and anchor.staging_id is not None:
-                flagged[anchor.staging_id] = (anchor.id, anchor_issue)
-            diag_cats, diag_codes = _diagnoses(members, enc_id, by_id, diagnoses_map)
+                flagged[anchor.staging_id] = ("Procedure", anchor.id, anchor_issue)
+            diag_cats, diag_codes, uncoded = _diagnoses(members, enc_id, by_id, diagnoses_map)
+            for cond in uncoded:
+                if cond.staging_id is not None:
+                    flagged[cond.staging_id] = ("Condition", cond.id, _UNCODED_DIAGNOSIS)
             rows.append(
                 {
                     "id": active.get((patient, enc_id, surgery_date)),
@@ -221,7 +225,9 @@ def assemble_cases(
             .values(status=status, status_reason=reason, updated_at=now)
         )
     _assign_proms(conn, source, patients, timepoints)
-    _report_case_issues(conn, source, [p for rows_ in procs.values() for p in rows_], flagged)
+    considered = [("Procedure", p.id) for rows_ in procs.values() for p in rows_]
+    considered += [("Condition", c.id) for rows_ in conds.values() for c in rows_]
+    _report_case_issues(conn, source, considered, flagged)
     return len(rows)
 
 
@@ -291,46 +297,73 @@ def _assign_ids(source: str, rows: list[dict[str, Any]]) -> None:
 
 
 def _report_case_issues(
-    conn: Connection, source: str, procs: list[Row[Any]], orphans: Mapping[int, tuple[str, Issue]]
+    conn: Connection,
+    source: str,
+    considered: list[tuple[str, str]],
+    flagged: Mapping[int, tuple[str, str, Issue]],
 ) -> None:
-    """Open case-assembly errors (procedures that anchor nothing) and warnings (no usable
-    discharge) on the procedures they concern; resolve the rest."""
-    had_errors: dict[int, str] = {}
-    ids = [p.id for p in procs]
-    for chunk in _chunks(ids):
-        for r in conn.execute(
-            select(ERRORS.c.staging_id, ERRORS.c.resource_id).where(
-                ERRORS.c.mapping == CASE_SCOPE,
-                ERRORS.c.status == "open",
-                ERRORS.c.source == source,
-                ERRORS.c.resource_type == "Procedure",
-                ERRORS.c.resource_id.in_(chunk),
-            )
-        ):
-            had_errors[r.staging_id] = r.resource_id
-    for staging_id in sorted(set(orphans) | set(had_errors)):
-        resource_id, issue = orphans.get(staging_id, (had_errors.get(staging_id, ""), None))
+    """Open case-assembly errors and warnings (procedures that anchor nothing, no usable
+    discharge, diagnoses that cannot be classified) on the records they concern, and resolve
+    the open ones of the ``considered`` (resource type, id) records that are no longer flagged."""
+    had_errors: dict[int, tuple[str, str]] = {}
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for resource_type, resource_id in considered:
+        by_type[resource_type].append(resource_id)
+    for resource_type, ids in sorted(by_type.items()):
+        for chunk in _chunks(ids):
+            for r in conn.execute(
+                select(ERRORS.c.staging_id, ERRORS.c.resource_id).where(
+                    ERRORS.c.mapping == CASE_SCOPE,
+                    ERRORS.c.status == "open",
+                    ERRORS.c.source == source,
+                    ERRORS.c.resource_type == resource_type,
+                    ERRORS.c.resource_id.in_(chunk),
+                )
+            ):
+                had_errors[r.staging_id] = (resource_type, r.resource_id)
+    for staging_id in sorted(set(flagged) | set(had_errors)):
+        if staging_id in flagged:
+            resource_type, resource_id, issue = flagged[staging_id]
+            issues = [issue]
+        else:
+            (resource_type, resource_id), issues = had_errors[staging_id], []
         replace_errors(
             conn,
             staging_id=staging_id,
             source=source,
-            resource_type="Procedure",
+            resource_type=resource_type,
             resource_id=resource_id,
             mapping=CASE_SCOPE,
-            issues=[issue] if issue else [],
+            issues=issues,
         )
+
+
+# A diagnosis of a surgical stay given only in words: the registry needs it classified.
+_UNCODED_DIAGNOSIS = Issue(
+    "case.uncoded_diagnosis",
+    "a diagnosis of a surgical stay has text but no code, so it cannot be classified;"
+    " have it coded (ICD-10-CM) in the hospital's system and send it again",
+    field="code",
+    rule="diagnosis_code",
+)
+UNCODED = "uncoded"  # the category the condition mapping gives a diagnosis without a code
 
 
 def _diagnoses(
     members: list[Row[Any]], enc_id: str, conditions: Mapping[str, Row[Any]], dmap: CodeMap
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[Row[Any]]]:
     """Diagnoses of a surgery: its reasonReference Conditions, Conditions of the same stay,
-    and ICD-10-CM codes given inline in reasonCode."""
+    and ICD-10-CM codes given inline in reasonCode; and the stay's Conditions that have only
+    text (they cannot be classified)."""
     cats: dict[str, None] = {}
     codes: dict[str, None] = {}
+    uncoded: list[Row[Any]] = []
     referenced = {cid for p in members for cid in p.reason_condition_ids}
     for cond in conditions.values():
         if cond.id in referenced or (enc_id and cond.encounter_id == enc_id):
+            if cond.category == UNCODED:
+                uncoded.append(cond)
+                continue
             cats[cond.category] = None
             codes[cond.code] = None
     for proc in members:
@@ -341,7 +374,7 @@ def _diagnoses(
             if entry is not None and system is not None:
                 cats[str(entry.values["category"])] = None
                 codes[display_code(system, code)] = None
-    return sorted(cats), sorted(codes)
+    return sorted(cats), sorted(codes), uncoded
 
 
 def _linked(conn: Connection, source: str, patients: list[str]) -> dict[tuple[str, str], str]:

@@ -87,6 +87,15 @@ class IssueSpec(_Spec):
     message: str
 
 
+class UncodedSpec(_Spec):
+    """Keep a record that has no code at all but says what it is in words (``text_column``),
+    with these fixed values, instead of treating it as out of scope: a diagnosis written only
+    as text on a surgical stay cannot be classified, and case assembly must say so."""
+
+    text_column: str
+    into: dict[str, Any]
+
+
 class TranslateSpec(_Spec):
     """Look codes up in a code map.
 
@@ -112,6 +121,7 @@ class TranslateSpec(_Spec):
     # With nothing matching pick_where, fill ``into`` from the best code of any kind (so an
     # add-on-only Procedure still records role addon for case assembly to judge).
     fallback: bool = False
+    uncoded: UncodedSpec | None = None
 
 
 class RuleSpec(_Spec):
@@ -266,6 +276,10 @@ class RegistryMapping:
             loc = ("registry", "translate", i)
             if columns is not None and tspec.column not in columns:
                 self._problem((*loc, "column"), f"no view column named {tspec.column!r}")
+            if columns is not None and tspec.uncoded and tspec.uncoded.text_column not in columns:
+                self._problem(
+                    (*loc, "uncoded", "text_column"), f"no view column named {tspec.uncoded.text_column!r}"
+                )
             cmap = codemaps.get(tspec.codemap)
             if cmap is None:
                 self._problem(
@@ -402,9 +416,12 @@ class RegistryMapping:
 
         fatal = False
         for ti, (tspec, _cmap) in enumerate(self.translations):
-            verdict = self._translate_cached(ti, src.get(tspec.column), out, issues)
+            codings = src.get(tspec.column)
+            verdict = self._translate_cached(ti, codings, out, issues)
             if verdict == "out_of_scope":
-                return MappingResult("out_of_scope", self.target, out, [])
+                if not _keep_uncoded(tspec.uncoded, codings, src, out):
+                    return MappingResult("out_of_scope", self.target, out, [])
+                continue
             fatal = fatal or verdict == "unresolved"
         for name, fs, conv, allowed in self._field_plan:
             value = src.get(fs.column)
@@ -679,6 +696,25 @@ class RegistryMapping:
                 )
             return "unresolved"
         return "ok"
+
+
+def _keep_uncoded(
+    spec: UncodedSpec | None, codings: Any, src: Mapping[str, Any], out: dict[str, Any]
+) -> bool:
+    """Whether an out-of-scope record is kept as uncoded (``spec``): no coding carries a code,
+    and its text column says something. Fills ``out`` with the spec's values if so."""
+    if spec is None:
+        return False
+    listed = codings if isinstance(codings, list) else [codings]
+    if any(isinstance(c, dict) and isinstance(c.get("code"), str) and c["code"].strip() for c in listed):
+        return False
+    text = src.get(spec.text_column)
+    if isinstance(text, list):
+        text = next((t for t in text if t), None)
+    if not isinstance(text, str) or not text.strip():
+        return False
+    out.update(spec.into)
+    return True
 
 
 # Where a ViewDefinitionError happened: "select[0].column[2]", "where[1]", "constant[0]", ...

@@ -68,3 +68,51 @@ def test_a_procedure_moved_to_another_day_does_not_take_the_surgerys_case_id(app
     assert cases["s:p-fus"] == ("active", "p-lam", "lumbar_laminectomy", ["p-lam"])
     (other,) = set(cases) - {"s:p-fus"}
     assert cases[other] == ("active", "p-fus", "plif_tlif", ["p-fus"])
+
+
+def _condition(cid: str, encounter: str, *, text: str, icd10: str | None = None) -> dict[str, Any]:
+    code: dict[str, Any] = {"text": text}
+    if icd10:
+        code["coding"] = [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": icd10}]
+    return {
+        "resourceType": "Condition",
+        "id": cid,
+        "subject": {"reference": "Patient/pat-1"},
+        "encounter": {"reference": f"Encounter/{encounter}"},
+        "code": code,
+    }
+
+
+def _open_case_errors(app: App) -> list[tuple[str, str, str]]:
+    from registry_store.errors import CASE_SCOPE, ERRORS
+
+    with app.engine.connect() as conn:
+        rows = conn.execute(
+            select(ERRORS.c.resource_type, ERRORS.c.resource_id, ERRORS.c.code).where(
+                ERRORS.c.mapping == CASE_SCOPE, ERRORS.c.status == "open", ERRORS.c.severity == "error"
+            )
+        )
+        return sorted((r.resource_type, r.resource_id, r.code) for r in rows)
+
+
+def test_a_diagnosis_in_words_only_on_a_surgical_stay_is_a_review_error(app: App) -> None:
+    snomed_only = _condition("c-snomed", "e1", text="Back pain")
+    snomed_only["code"]["coding"] = [{"system": "http://snomed.info/sct", "code": "161891005"}]
+    Pipeline(app).ingest(
+        _Night(
+            _proc("p-lam", "63047"),
+            _condition("c-words", "e1", text="lumbar spinal stenosis"),
+            _condition("c-elsewhere", "e9", text="sprained ankle"),  # not a surgical stay
+            snomed_only,  # coded, just not a spine code: out of scope as before
+        )
+    )
+    assert _open_case_errors(app) == [("Condition", "c-words", "case.uncoded_diagnosis")]
+    with app.engine.connect() as conn:
+        [case] = conn.execute(select(CASES.c.diagnoses, CASES.c.diagnosis_codes)).all()
+    assert case.diagnoses == [] and case.diagnosis_codes == []
+    # The hospital codes it and sends it again: the error is resolved, the case classified.
+    Pipeline(app).ingest(_Night(_condition("c-words", "e1", text="lumbar spinal stenosis", icd10="M48.062")))
+    assert _open_case_errors(app) == []
+    with app.engine.connect() as conn:
+        [case] = conn.execute(select(CASES.c.diagnoses, CASES.c.diagnosis_codes)).all()
+    assert case.diagnosis_codes == ["M48.062"] and len(case.diagnoses) == 1

@@ -233,7 +233,7 @@ def test_mappings_check_reports_every_problem_of_a_file_with_its_line(
     broken = {
         "        - {name: recorded, path: recordedDate, type: dateTime}": (
             '        - {name: recorded, path: "recordedDate.", type: dateTime}',
-            "view.select[0].column[5] 'recorded': ",
+            "view.select[0].column[6] 'recorded': ",
         ),
         "      codemap: spine-diagnoses": (
             "      codemap: diagnoses",
