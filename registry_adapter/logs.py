@@ -151,4 +151,7 @@ def configure(fmt: Literal["auto", "console", "json"] = "auto", level: str = "IN
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+    # Off first: captureWarnings(True) does nothing when it is already on, and whoever swapped
+    # warnings.showwarning since (warnings.catch_warnings, a test runner) would keep it.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
