@@ -239,6 +239,9 @@ class Settings(_Strict):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     batch_size: int = Field(default=500, ge=1, le=50_000)
+    # Processes that map staged records in parallel (registry_adapter/mapping_pool.py); the
+    # writes stay in the calling process. 1: map in the calling process.
+    mapping_workers: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _unique_sources(self) -> Settings:
