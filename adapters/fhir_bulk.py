@@ -62,7 +62,7 @@ from adapters.http import (
     raise_for_fhir,
     url_path,
 )
-from adapters.json_limits import describe_json_error
+from registry_types.json_limits import describe_json_error
 
 log = structlog.get_logger(__name__)
 

@@ -34,10 +34,11 @@ from sqlalchemy.engine import Connection, Row
 
 from mappings.codemaps import CodeMap, display_code
 from registry_store.db import upsert
-from registry_store.errors import CASE_SCOPE, ERRORS, Issue, replace_errors
+from registry_store.errors import CASE_SCOPE, ERRORS, replace_errors
 from registry_store.models import Case, Condition, Encounter, Patient, Procedure, PromResponse
 from registry_store.staging import STAGING
 from registry_store.timeutil import utcnow
+from registry_types.issues import Issue
 
 CASES = Case.__table__  # type: ignore[attr-defined]
 PROCS = Procedure.__table__  # type: ignore[attr-defined]

@@ -40,7 +40,7 @@ from mappings.cases import assemble_cases
 from registry_adapter import logs, metrics
 from registry_adapter.app import TARGET_TABLES, App
 from registry_store.db import upsert
-from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
+from registry_store.errors import ERRORS, replace_errors, resolve_all
 from registry_store.models import SourceState, SyncRun
 from registry_store.patient_merge import file_under_survivors, merge_patient
 from registry_store.staging import (
@@ -53,6 +53,7 @@ from registry_store.staging import (
     staged_from,
 )
 from registry_store.timeutil import utcnow
+from registry_types.issues import Issue
 
 log = structlog.get_logger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Connection
@@ -17,25 +16,10 @@ from sqlalchemy.engine import Connection
 from registry_store.db import upsert
 from registry_store.models import ErrorCause, MappingError
 from registry_store.timeutil import utcnow
+from registry_types.issues import Issue
 
 ERRORS = MappingError.__table__  # type: ignore[attr-defined]
 CAUSES = ErrorCause.__table__  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """A problem found while receiving or mapping one record.
-
-    ``value`` is the offending code or token (a CPT code, a status) — never free text from the
-    patient record — because it is shown in the review UI and used to group causes.
-    """
-
-    code: str
-    message: str
-    field: str = ""
-    value: str | None = None
-    rule: str = ""
-    severity: str = "error"  # or "warning": the record still maps
 
 
 # Errors about a record that only case assembly can see (e.g. an add-on code whose surgery has

@@ -34,7 +34,7 @@ from adapters.hl7v2.records import (
     message_identity,
     reused_control_id_issue,
 )
-from registry_store.errors import Issue, replace_errors
+from registry_store.errors import replace_errors
 from registry_store.models import Hl7Ack
 from registry_store.staging import (
     ORIGIN_MAX,
@@ -47,6 +47,7 @@ from registry_store.staging import (
     until_settled,
 )
 from registry_store.timeutil import utcnow
+from registry_types.issues import Issue
 
 log = structlog.get_logger(__name__)
 

@@ -18,7 +18,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
-from registry_store.errors import Issue
 from registry_store.models import (
     AuditEntry,
     Case,
@@ -30,6 +29,7 @@ from registry_store.models import (
     Reminder,
 )
 from registry_store.timeutil import utcnow
+from registry_types.issues import Issue
 from review import audit
 
 PATIENTS = Patient.__table__  # type: ignore[attr-defined]

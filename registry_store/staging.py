@@ -14,7 +14,7 @@ than the staged version: a replay from before the delete). ``meta.versionId``/``
 that are not strings or do not fit their column are treated as absent; a type or id that is
 missing or does not fit is refused with a ValueError (the pipeline catches those earlier).
 A record that cannot be staged for any other reason (nested deeper than
-``adapters.json_limits.MAX_DEPTH``, content that cannot be hashed) becomes that record's
+``registry_types.json_limits.MAX_DEPTH``, content that cannot be hashed) becomes that record's
 error, kept as an ``invalid`` row like other unusable input: it never stops the batch.
 
 New rows are inserted with ``ON CONFLICT DO NOTHING``: when another process staged the same
@@ -35,12 +35,13 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
-from adapters.base import Record, RecordError
 from adapters.hl7v2.header import message_digest
-from adapters.json_limits import TOO_DEEP_CODE, TOO_DEEP_MESSAGE, too_deep
 from registry_store.db import upsert
 from registry_store.models import MappingError, StagedRecord
 from registry_store.timeutil import utcnow
+from registry_types.issues import Issue
+from registry_types.json_limits import TOO_DEEP_CODE, TOO_DEEP_MESSAGE, too_deep
+from registry_types.records import Record, RecordError
 
 STAGING = StagedRecord.__table__  # type: ignore[attr-defined]
 ERRORS = MappingError.__table__  # type: ignore[attr-defined]
@@ -455,7 +456,7 @@ def error_identity(err: RecordError) -> tuple[str, str]:
 
 def stage_errors(conn: Connection, source: str, errors: Iterable[RecordError]) -> StageCounts:
     """Keep unusable input as ``invalid`` staging rows, each with its mapping error."""
-    from registry_store.errors import Issue, replace_errors
+    from registry_store.errors import replace_errors
 
     counts = StageCounts()
     now = utcnow()

@@ -16,8 +16,9 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from registry_adapter.app import App
-from registry_store.errors import ERRORS, Issue, replace_errors
+from registry_store.errors import ERRORS, replace_errors
 from registry_store.staging import STAGING
+from registry_types.issues import Issue
 from review.queries import ACKS, AUDIT, CASES, REMINDERS
 from review.raw_view import MASK, mask_phi, render_raw
 from scheduler.channels.worklist import COLUMNS as WORKLIST_COLUMNS
