@@ -28,9 +28,8 @@ from registry_adapter.config import ConfigError, load_settings
 from registry_adapter.pipeline import Pipeline, RunResult, SourceBusy, describe_failure, stats
 from registry_adapter.queries import list_cases, list_causes, list_errors, list_runs
 from registry_store.db import DatabaseUnavailable, reported_unavailable
-from registry_store.errors import ERRORS
 from registry_store.migrate import SchemaNotCurrent
-from registry_store.staging import STAGING
+from registry_store.tables import MAPPING_ERRORS, STAGING
 
 console = Console(stderr=True, soft_wrap=True)
 # soft_wrap: long lines stay whole when output goes to a file or a pipe.
@@ -193,7 +192,7 @@ def _require_known_cause(app: App, cause_id: str | None) -> None:
     if cause_id is None:
         return
     with app.engine.connect() as conn:
-        causes = conn.execute(select(ERRORS.c.cause_id).distinct()).scalars().all()
+        causes = conn.execute(select(MAPPING_ERRORS.c.cause_id).distinct()).scalars().all()
     require_known("--cause", [cause_id], causes)
 
 
@@ -473,7 +472,7 @@ def cases_withdraw(obj: Ctx, case_id: str, reason: str, by: str | None) -> None:
     import getpass
 
     from mappings.cases import withdraw_case
-    from review import audit
+    from registry_store import audit
     from scheduler.dispatcher import Dispatcher
 
     who = by or getpass.getuser()

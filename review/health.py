@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from registry_adapter.app import App
 from registry_adapter.config import MllpSource
-from registry_adapter.queries import RUNS
+from registry_store.tables import SYNC_RUNS
 from review.queries import as_utc, next_job_runs
 
 # A due job is picked up within a second by a running scheduler; minutes late means none is.
@@ -64,8 +64,8 @@ def _nightly(app: App, now: datetime) -> Component:
         return {"status": "off", "detail": "no pulled sources configured"}
     with app.engine.connect() as conn:
         last = conn.execute(
-            select(func.max(RUNS.c.finished_at)).where(
-                RUNS.c.outcome == "succeeded", RUNS.c.source.in_(pulled)
+            select(func.max(SYNC_RUNS.c.finished_at)).where(
+                SYNC_RUNS.c.outcome == "succeeded", SYNC_RUNS.c.source.in_(pulled)
             )
         ).scalar_one()
     finished = as_utc(last)

@@ -10,22 +10,16 @@ from typing import Any
 
 import click
 from rich.console import Console
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import ColumnElement, select
 
 from registry_adapter.app import App
 from registry_adapter.cli import Ctx, pass_ctx, print_table, require_known
+from registry_store import reminders as reminder_store
+from registry_store.tables import CASES, REMINDERS
 from scheduler.clock import Clock, FixedClock, SystemClock
 from scheduler.dispatcher import Dispatcher, no_send_in_flight
 from scheduler.planner import PlanningError, check_configuration, plan_reminders
-from scheduler.queries import (
-    CASES,
-    PATIENTS,
-    REMINDERS,
-    SCHEDULE_COLUMNS,
-    due_now,
-    rolled_back,
-    unconfirmed_flag,
-)
+from scheduler.queries import SCHEDULE_COLUMNS, due_now, rolled_back, unconfirmed_flag
 
 out = Console(soft_wrap=True)
 
@@ -260,11 +254,8 @@ def worklist_cmd(obj: Ctx, csv_path: Path) -> None:
 def opt_out_cmd(obj: Ctx, patient_id: str, source_name: str | None, undo: bool) -> None:
     """Stop (or, with --undo, allow again) PROM reminders for a patient."""
     app = obj.app
-    cond = [PATIENTS.c.id == patient_id]
-    if source_name:
-        cond.append(PATIENTS.c.source == source_name)
     with app.engine.begin() as conn:
-        n = conn.execute(update(PATIENTS).where(and_(*cond)).values(opted_out=not undo)).rowcount
+        n = reminder_store.set_opted_out(conn, patient_id, source=source_name, opted_out=not undo)
     if not n:
         raise click.UsageError(f"no patient with id {patient_id}")
     counts = Dispatcher(app).plan()
@@ -284,7 +275,7 @@ def locks() -> None:
 @pass_ctx
 def locks_list_cmd(obj: Ctx, as_json: bool) -> None:
     """Leases held now, with their holder and whether it is alive, dead or stale."""
-    from scheduler.locks import holders
+    from registry_store.leases import holders
 
     now = SystemClock().now()
     rows = [h.as_dict(now) for h in holders(obj.app.engine)]
@@ -307,8 +298,8 @@ def locks_list_cmd(obj: Ctx, as_json: bool) -> None:
 def locks_release_cmd(obj: Ctx, name: str, force: bool) -> None:
     """Release lease NAME (e.g. nightly, sync:ehr). Dead or stale holders are taken over
     automatically; this is for the rare manual case."""
+    from registry_store.leases import holders
     from scheduler.jobs import abandon
-    from scheduler.locks import holders
 
     found = holders(obj.app.engine, name)
     if not found:

@@ -15,7 +15,7 @@ libraries.md section 4 decide how jobs are registered:
 - missed and failed runs are logged (EVENT_JOB_MISSED / EVENT_JOB_ERROR).
 
 APScheduler does not coordinate schedulers sharing a job store, so each job also takes a
-database lease (scheduler/locks.py): two daemons on one PostgreSQL database never run the
+database lease (registry_store/leases.py): two daemons on one PostgreSQL database never run the
 same job at once. SIGTERM/SIGINT stop the daemon cleanly: services stop, running jobs
 finish. After a ``kill -9`` the next start finds the dead process's leases: its sync runs
 are marked ``interrupted`` and an interrupted nightly run is run again at once.

@@ -19,8 +19,8 @@ from apscheduler.triggers.cron import CronTrigger
 
 from registry_adapter import logs
 from registry_adapter.app import App
+from registry_store.leases import SYNC_LOCK_PREFIX, Holder, holders, job_lock, release_holder
 from scheduler.clock import Clock, SystemClock
-from scheduler.locks import SYNC_LOCK_PREFIX, Holder, holders, job_lock, release_holder
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +67,7 @@ def refresh_mappings(app: App, job: str) -> None:
 def abandon(app: App, holder: Holder) -> bool:
     """Release a lease whose holder is gone; a sync lease's run left ``running`` becomes
     ``interrupted``. False when the holder no longer held it (someone took it meanwhile)."""
-    from registry_adapter.pipeline import mark_runs_interrupted
+    from registry_store.sync_runs import mark_runs_interrupted
 
     if not release_holder(app.engine, holder):
         return False

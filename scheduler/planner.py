@@ -36,20 +36,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from mappings.cases import discharge_anchor
 from registry_adapter.config import Settings, TimepointWindow
-from registry_store.db import is_postgres
-from registry_store.models import Case, Patient, PromResponse, Reminder
+from registry_store import reminders
+from registry_store.tables import CASES, PATIENTS, PROM_RESPONSES, REMINDERS
 from registry_store.timeutil import utcnow
-
-CASES = Case.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-PROMS = PromResponse.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
 
 ACTIVE = ("scheduled", "sent")
 # Responses that count; in-progress or stopped forms do not complete a time point.
@@ -323,13 +317,13 @@ def _load_responses(conn: Connection) -> dict[tuple[str, str], list[Response]]:
     out: dict[tuple[str, str], list[Response]] = defaultdict(list)
     for r in conn.execute(
         select(
-            PROMS.c.id,
-            PROMS.c.case_id,
-            PROMS.c.timepoint,
-            PROMS.c.instrument,
-            PROMS.c.completion_date,
-            PROMS.c.status,
-        ).where(PROMS.c.case_id.is_not(None))
+            PROM_RESPONSES.c.id,
+            PROM_RESPONSES.c.case_id,
+            PROM_RESPONSES.c.timepoint,
+            PROM_RESPONSES.c.instrument,
+            PROM_RESPONSES.c.completion_date,
+            PROM_RESPONSES.c.status,
+        ).where(PROM_RESPONSES.c.case_id.is_not(None))
     ):
         out[(r.case_id, r.timepoint)].append(Response(r.id, r.instrument, r.completion_date, r.status))
     return out
@@ -412,20 +406,11 @@ def _update_if_changed(
     if all(getattr(row, k) == v for k, v in values.items()):
         counts.unchanged += 1
         return
-    result = conn.execute(
-        update(REMINDERS)
-        .where(and_(REMINDERS.c.id == row.id, REMINDERS.c.attempts == row.attempts))
-        .values(**values, updated_at=now)
-    )
-    if result.rowcount == 1:
+    if reminders.claim_reminder(conn, row.id, row.attempts, {**values, "updated_at": now}):
         counts.updated += 1
     else:
         counts.skipped_concurrent += 1
 
 
 def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    # DO NOTHING on conflict: a concurrent planner (another process) may have inserted first.
-    dialect = postgresql if is_postgres(conn) else sqlite
-    for start in range(0, len(rows), 500):
-        stmt = dialect.insert(REMINDERS).on_conflict_do_nothing(index_elements=["case_id", "timepoint"])
-        conn.execute(stmt, rows[start : start + 500])
+    reminders.insert_new_reminders(conn, rows)

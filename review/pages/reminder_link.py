@@ -18,15 +18,13 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from registry_adapter.app import App
-from registry_store.models import ReminderClick
-from registry_store.timeutil import utcnow
-from review.queries import CASES, REMINDERS
+from registry_store import reminders
+from registry_store.tables import CASES, REMINDERS
 from review.web import registry
 from scheduler.channels.base import verify_link_token
 
 log = structlog.get_logger(__name__)
 
-CLICKS = ReminderClick.__table__  # type: ignore[attr-defined]
 _INVALID = "This link is not valid or has expired. Please contact your clinic for a new one."
 _NO_FORM = "This questionnaire is not available online. Please contact your clinic."
 
@@ -78,7 +76,7 @@ async def open_link(request: Request) -> Response:
             log.info("reminder_link.unknown", reminder_id=reminder_id)
             return _plain(request, _INVALID, 404)
         timepoint, module = found
-        conn.execute(CLICKS.insert().values(reminder_id=reminder_id, attempt=attempt, clicked_at=utcnow()))
+        reminders.record_click(conn, reminder_id, attempt)
     url = questionnaire_url(app, timepoint, module)
     if url is None:
         log.warning("reminder_link.no_questionnaire_url", reminder_id=reminder_id, timepoint=timepoint)

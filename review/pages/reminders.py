@@ -12,7 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from registry_adapter.app import App
-from review import audit
+from registry_store import audit
 from review.queries import REMINDER_TABS, reminder_counts, reminders_all, reminders_page
 from review.raw_view import MASK
 from review.web import choice, masked_for, page_arg, registry, render, require

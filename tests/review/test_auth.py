@@ -16,9 +16,10 @@ from starlette.testclient import TestClient
 from registry_adapter.app import App
 from registry_adapter.cli import cli
 from registry_adapter.config import ConfigError, load_settings, parse_settings
+from registry_store.tables import AUDIT_LOG as AUDIT
+from registry_store.tables import USERS
 from review.app import SESSION_COOKIE, create_app
-from review.auth import USERS, UserError, add_user, set_password, set_user
-from review.queries import AUDIT
+from review.auth import UserError, add_user, set_password, set_user
 from review.settings import ReviewSettings
 from tests.conftest import base_config, write_config_file
 from tests.review.conftest import PASSWORDS, TOKEN, csrf_of, login

@@ -12,9 +12,9 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from registry_adapter.app import App
+from registry_store.tables import CASES, REMINDERS
+from registry_store.tables import REMINDER_CLICKS as CLICKS
 from review.app import create_app
-from review.pages.reminder_link import CLICKS
-from review.queries import CASES, REMINDERS
 from scheduler.channels.base import make_link_token
 
 SECRET = "link-secret-for-tests-0123456789"

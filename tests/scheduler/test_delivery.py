@@ -19,12 +19,12 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from registry_adapter.app import App
+from registry_store.leases import LeaseLock
 from scheduler.channels import build_channels
 from scheduler.channels.base import Message
 from scheduler.cli import reminder_rows
 from scheduler.clock import FixedClock, at_local
 from scheduler.dispatcher import Dispatcher
-from scheduler.locks import LeaseLock
 from scheduler.queries import UNCONFIRMED
 from scheduler.settings import RemindersSettings
 from tests.fhir_server.fixture import FhirTestServer
