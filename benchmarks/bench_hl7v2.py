@@ -98,7 +98,7 @@ def _quiet() -> None:
 def _serve(db_dir: str, port_q: mp.Queue, stop_q: mp.Queue) -> None:
     from sqlalchemy import func, select
 
-    from registry_adapter.config import MllpSource
+    from registry_adapter.feeds.mllp import MllpSource
     from registry_adapter.listener import build_listener
     from registry_store.tables import STAGING
 

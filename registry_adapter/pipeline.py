@@ -37,10 +37,11 @@ from adapters.base import (
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged, converted_origin
 from adapters.validation import check, settle
 from mappings.cases import assemble_cases
-from registry_adapter import logs, metrics
+from registry_adapter import logs
 from registry_adapter.app import App
 from registry_store import sync_runs
 from registry_store.errors import replace_errors, resolve_all
+from registry_store.leases import holders, job_lock, sync_lock_name
 from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
 from registry_store.patient_merge import file_under_survivors, merge_patient
 from registry_store.staging import (
@@ -66,6 +67,7 @@ from registry_store.tables import (
     STAGING,
 )
 from registry_store.timeutil import utcnow
+from registry_types import metrics
 from registry_types.issues import Issue
 
 log = structlog.get_logger(__name__)
@@ -219,9 +221,7 @@ class Pipeline:
         A lease per source keeps a manual sync and the nightly job (or two adapter processes
         on one database) from pulling the same feed at once; the loser gets ``SourceBusy``.
         """
-        from registry_store.leases import holders, job_lock, sync_lock_name
-
-        ttl = self.app.settings.scheduler.lock_ttl_seconds
+        ttl = self.app.settings.lease_ttl_seconds()
         name = sync_lock_name(source.name)
         with job_lock(self.app.engine, name, ttl, heartbeat=True) as lock:
             if lock is None:

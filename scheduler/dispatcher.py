@@ -82,6 +82,7 @@ from scheduler.channels.base import (
 from scheduler.clock import Clock, SystemClock, local_day_bounds, local_now
 from scheduler.planner import ACTIVE, PlanCounts, next_attempt_on, plan_reminders
 from scheduler.queries import UNCONFIRMED, due_now, rolled_back, sendable, with_case_and_patient
+from scheduler.settings import RemindersSettings, SchedulerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -163,7 +164,7 @@ class Dispatcher:
     ) -> None:
         self.app = app
         self.settings = app.settings
-        self.rs = app.settings.reminders
+        self.rs = app.settings.section(RemindersSettings)
         self.tz = app.settings.site.tz
         self.clock = clock or SystemClock()
         self._channels = channels
@@ -210,7 +211,7 @@ class Dispatcher:
             report.quiet_hours = self._quiet(now)
             return report
         with job_lock(
-            self.app.engine, LOCK_NAME, self.settings.scheduler.lock_ttl_seconds, self.clock
+            self.app.engine, LOCK_NAME, self.settings.section(SchedulerSettings).lock_ttl_seconds, self.clock
         ) as lock:
             if lock is None:
                 report.locked = True

@@ -44,6 +44,7 @@ from registry_adapter.config import Settings, TimepointWindow
 from registry_store import reminders
 from registry_store.tables import CASES, PATIENTS, PROM_RESPONSES, REMINDERS
 from registry_store.timeutil import utcnow
+from scheduler.settings import RemindersSettings
 
 ACTIVE = ("scheduled", "sent")
 # Responses that count; in-progress or stopped forms do not complete a time point.
@@ -214,7 +215,7 @@ def plan_timepoint(
     today: date,
     settings: Settings,
 ) -> TimepointPlan:
-    rs = settings.reminders
+    rs = settings.section(RemindersSettings)
     due, start, end = window(tp, facts.surgery_date, facts.discharge_date)
     _, anchor = anchor_date(tp, facts.surgery_date, facts.discharge_date)
     plan = TimepointPlan(name, due, start, end, "scheduled", anchor=anchor)
@@ -244,7 +245,7 @@ def plan_timepoint(
 
 def check_configuration(settings: Settings, instrument_ids: Iterable[str] | None = None) -> None:
     """Cross-section checks the settings models cannot make on their own."""
-    unknown = sorted(set(settings.reminders.remind) - set(settings.proms.timepoints))
+    unknown = sorted(set(settings.section(RemindersSettings).remind) - set(settings.proms.timepoints))
     if unknown:
         known = ", ".join(settings.proms.timepoints)
         raise PlanningError(
@@ -252,7 +253,7 @@ def check_configuration(settings: Settings, instrument_ids: Iterable[str] | None
         )
     if instrument_ids is not None:
         ids = set(instrument_ids)
-        for module, wanted in settings.reminders.instruments.items():
+        for module, wanted in settings.section(RemindersSettings).instruments.items():
             missing = sorted(set(wanted) - ids)
             if missing:
                 raise PlanningError(

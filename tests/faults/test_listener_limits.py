@@ -17,7 +17,7 @@ from sqlalchemy import select
 from adapters.hl7v2.framing import START, frame
 from adapters.hl7v2.mllp import COUNTERS, DEFAULT_IDLE_TIMEOUT
 from registry_adapter.app import App
-from registry_adapter.config import MllpSource
+from registry_adapter.feeds.mllp import MllpSource
 from registry_store.tables import HL7_ACKS as ACKS
 from registry_store.tables import MAPPING_ERRORS as ERRORS
 from registry_store.tables import STAGING
