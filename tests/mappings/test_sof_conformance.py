@@ -28,7 +28,12 @@ from tests.conftest import FIXTURES
 SUITE = Path(os.environ.get("SQL_ON_FHIR_TESTS", FIXTURES / "sql-on-fhir-v2" / "tests"))
 UNSUPPORTED_EXPERIMENTAL: dict[str, str] = {}  # case id -> reason
 
-pytestmark = pytest.mark.skipif(not SUITE.is_dir(), reason=f"suite not found at {SUITE}")
+pytestmark = pytest.mark.skipif(
+    not SUITE.is_dir(),
+    reason=f"SQL-on-FHIR suite not found at {SUITE}: unset SQL_ON_FHIR_TESTS to use the copy in "
+    "tests/fixtures/sql-on-fhir-v2, or point it at the tests/ folder of a clone of "
+    "github.com/FHIR/sql-on-fhir-v2",
+)
 CASES = list(load_cases(SUITE)) if SUITE.is_dir() else []
 
 
