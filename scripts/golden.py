@@ -10,7 +10,8 @@ and issues. ``tests/golden/test_golden.py`` fails until the expected files match
 Inputs are kept small and reviewed like code. ``--inputs`` never overwrites one: a view gets
 the first sample-feed resource (examples/sample-feed/) of each distinct outcome (disposition and
 issue codes), at most MAX_PER_VIEW; a v2 message type gets a synthetic spine-surgery message
-built by :func:`spine_message` (made-up patient, DEMO- identifiers).
+built by :func:`spine_message` (made-up patient, DEMO- identifiers). Where the feed shows a view
+only one outcome (patients, encounters), a few hand-written variants follow in the input file.
 """
 
 from __future__ import annotations
