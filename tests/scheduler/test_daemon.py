@@ -139,7 +139,10 @@ def test_missed_nightly_runs_once_at_start(make_app: Callable[..., App]) -> None
 
 
 def test_run_later_than_grace_is_reported_missed(make_app: Callable[..., App]) -> None:
-    app = make_app(scheduler={"misfire_grace_seconds": 3600})
+    # The nightly time is put half a day from now: with the default 02:30 UTC, a run started
+    # between 02:30 and 03:30 UTC found that day's own fire time within the grace and ran it.
+    far = (datetime.now(UTC).hour + 12) % 24
+    app = make_app(scheduler={"misfire_grace_seconds": 3600, "nightly": {"cron": f"30 {far} * * *"}})
     leave_overdue(app, hours_late=2)
     daemon = Daemon(app)
     seen, done = watch(daemon)
