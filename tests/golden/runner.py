@@ -73,7 +73,11 @@ def golden_app() -> App:
     settings = parse_settings(
         {"site": SITE, "database": {"url": "sqlite://"}, "sources": [], "logging": {"level": "ERROR"}}
     )
-    return build_app(settings)
+    before = hl7v2_config.current_directory()
+    try:
+        return build_app(settings)
+    finally:
+        hl7v2_config.use_directory(before)  # build_app sets the process-wide v2 folder
 
 
 def mapping_for_view(view: str) -> RegistryMapping:
@@ -117,14 +121,19 @@ def map_resource(resource: Mapping[str, Any]) -> dict[str, Any]:
 
 def convert_and_map(raw: bytes, name: str) -> dict[str, Any]:
     """One v2 message as the pipeline treats it: converted, then each resource mapped."""
-    # The bundled v2 mapping, whatever folder an earlier test in this process pointed it at.
+    # The bundled v2 mapping, whatever folder an earlier test in this process pointed it at
+    # (the choice is process-wide); put back afterwards for whoever set it.
+    before = hl7v2_config.current_directory()
     hl7v2_config.use_directory(None)
     try:
-        header = read_header(raw, versions=(), message_types=())
-        identity = message_identity(header.sending_facility, header.control_id)
-    except HeaderCheckError:
-        identity = f"GOLDEN|{name}"  # as staged: a message without a readable MSH
-    converted = convert_staged(raw, identity, golden_app().site.tz)
+        try:
+            header = read_header(raw, versions=(), message_types=())
+            identity = message_identity(header.sending_facility, header.control_id)
+        except HeaderCheckError:
+            identity = f"GOLDEN|{name}"  # as staged: a message without a readable MSH
+        converted = convert_staged(raw, identity, golden_app().site.tz)
+    finally:
+        hl7v2_config.use_directory(before)
     return {
         "message": name,
         "out_of_scope": converted.out_of_scope,
