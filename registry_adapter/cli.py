@@ -710,6 +710,7 @@ def _register_plugin_commands() -> None:
         "adapters.hl7v2.cli",
         "registry_adapter.doctor",
         "mappings.prom_cli",
+        "registry_adapter.submission.cli",
     ):
         try:
             module = importlib.import_module(module_name)

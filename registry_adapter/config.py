@@ -22,6 +22,7 @@ from adapters.auth import AuthConfig
 from adapters.fhir_bulk import FhirBulkConfig
 from adapters.fhir_rest import FhirRestConfig, PatientScope
 from adapters.http import HttpConfig
+from registry_adapter.submission.settings import SubmissionSettings
 from review.settings import ReviewSettings
 from scheduler.settings import RemindersSettings, SchedulerSettings
 
@@ -238,6 +239,7 @@ class Settings(_Strict):
     reminders: RemindersSettings = Field(default_factory=RemindersSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    submission: SubmissionSettings = Field(default_factory=SubmissionSettings)
     batch_size: int = Field(default=500, ge=1, le=50_000)
 
     @model_validator(mode="after")
