@@ -74,9 +74,12 @@ def _csv(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def package_name(site_id: str, period: str, generated_at: datetime) -> str:
+def package_name(site_id: str, period: str, generated_at: datetime, data: bytes) -> str:
+    """Site, period, time and the start of the package's SHA-256: two packages made in the same
+    second (a withdrawal right after a run) never share a name, so none overwrites another."""
     safe_site = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in site_id)
-    return f"{safe_site}_{period}_{generated_at.strftime('%Y%m%dT%H%M%SZ')}.zip"
+    digest = hashlib.sha256(data).hexdigest()[:10]
+    return f"{safe_site}_{period}_{generated_at.strftime('%Y%m%dT%H%M%SZ')}_{digest}.zip"
 
 
 def build_package(
@@ -120,7 +123,8 @@ def build_package(
             json.dumps(manifest, indent=2, sort_keys=True).encode(),
             compress_type=zipfile.ZIP_DEFLATED,
         )
-    return Package(package_name(site_id, period, generated_at), buf.getvalue(), manifest)
+    data = buf.getvalue()
+    return Package(package_name(site_id, period, generated_at, data), data, manifest)
 
 
 def verify_package(data: bytes) -> dict[str, Any]:
