@@ -92,7 +92,7 @@ def discover_services(app: App, modules: Iterable[str] = SERVICE_MODULES) -> lis
 
 def desired_jobs(app: App) -> dict[str, dict[str, Any]]:
     s = app.settings.scheduler
-    return {
+    wanted = {
         jobs.NIGHTLY_JOB: {
             "func": "scheduler.jobs:nightly",
             "trigger": jobs.nightly_trigger(s.nightly.cron, s.nightly.timezone),
@@ -106,6 +106,14 @@ def desired_jobs(app: App) -> dict[str, dict[str, Any]]:
             "name": "reminder planning and dispatch",
         },
     }
+    schedule = app.settings.submission.schedule
+    if schedule.enabled:
+        wanted[jobs.SUBMISSION_JOB] = {
+            "func": "scheduler.jobs:submission",
+            "trigger": jobs.nightly_trigger(schedule.cron, schedule.timezone),
+            "name": "registry submission (last complete quarter)",
+        }
+    return wanted
 
 
 class Daemon:
@@ -151,7 +159,12 @@ class Daemon:
         grace = self.app.settings.scheduler.misfire_grace_seconds
         options = {"coalesce": True, "max_instances": 1, "misfire_grace_time": grace}
         done: dict[str, str] = {}
-        for job_id, spec in desired_jobs(self.app).items():
+        desired = desired_jobs(self.app)
+        # A schedule switched off in the config takes its stored job away.
+        if jobs.SUBMISSION_JOB not in desired and self.scheduler.get_job(jobs.SUBMISSION_JOB) is not None:
+            self.scheduler.remove_job(jobs.SUBMISSION_JOB)
+            done[jobs.SUBMISSION_JOB] = "removed"
+        for job_id, spec in desired.items():
             job = self.scheduler.get_job(job_id)
             if job is None:
                 self.scheduler.add_job(

@@ -52,7 +52,11 @@ _SEX = {"female": "female", "male": "male", "other": "other", "unknown": "unknow
 
 
 class SubmissionError(Exception):
-    """A submission cannot run as asked (bad period, busy, delivery failed)."""
+    """A submission cannot run as asked (bad period, another run holds the lock)."""
+
+
+class SubmissionBusy(SubmissionError):
+    """Another process is submitting (it holds the submission lock)."""
 
 
 @dataclass(frozen=True)
@@ -412,7 +416,7 @@ def run_submission(
     selection = selection_for(period, since, today)
     with job_lock(app.engine, SUBMISSION_LOCK, app.settings.scheduler.lock_ttl_seconds) as lock:
         if lock is None:
-            raise SubmissionError("another submission is running (it holds the submission lock)")
+            raise SubmissionBusy("another submission is running (it holds the submission lock)")
         with app.engine.begin() as conn:
             plan = plan_submission(conn, app, selection)
         result = Result(selection.label, dry_run, plan.counts(), plan.held_back_by_reason())

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scheduler.settings import NightlySettings
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -29,11 +31,12 @@ class SftpSettings(_Strict):
     retry_delay_seconds: float = Field(default=10.0, ge=0)
 
 
-class SubmissionSchedule(_Strict):
-    # The daemon's submission run: 5-field crontab. Default: 15 days after each quarter ends.
+class SubmissionSchedule(NightlySettings):
+    """The daemon's submission run: a 5-field crontab (validated, DST-safe in a local zone,
+    like the nightly sync). Default: 03:00 UTC, 15 days after each quarter ends."""
+
     enabled: bool = True
     cron: str = "0 3 15 1,4,7,10 *"
-    timezone: str = "UTC"
 
 
 class SubmissionSettings(_Strict):
