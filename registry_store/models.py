@@ -364,3 +364,55 @@ class Hl7Ack(SQLModel, table=True):
     staging_id: int | None = None
     # False: the connection was lost before the ACK reached the sender, who will resend.
     delivered: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default=true()))
+
+
+class Submission(SQLModel, table=True):
+    """One package sent to the registry (the ledger): what period, where, and its digest.
+
+    Written only after delivery succeeded (the SFTP rename, or the folder's atomic move), so a
+    row here always means the registry has the file.
+    """
+
+    __tablename__ = "submissions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # 2025Q3, or since-2025-07-01 for a --since run.
+    period: str = Field(max_length=32, index=True)
+    site_id: str = Field(max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime = Field(default_factory=utcnow)
+    # folder:<path> or sftp://user@host:port/dir (never a password: key auth only).
+    destination: str = Field(max_length=500)
+    package_name: str = Field(max_length=200)
+    package_sha256: str = Field(max_length=64)
+    dictionary_version: str = Field(max_length=32)
+    counts: dict[str, Any] = _json_field({})
+
+
+class SubmissionItem(SQLModel, table=True):
+    """A case as it was sent in one submission: new, changed, or withdrawn, with the digest of
+    its rows so the next run sends it again only when something changed."""
+
+    __tablename__ = "submission_items"
+    __table_args__ = (Index("ix_submission_items_case", "case_id", "submission_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    submission_id: int = Field(index=True)
+    case_id: str = Field(max_length=400)
+    # What the registry knows the case by (keyed HMAC of the case id; never the MRN).
+    case_key: str = Field(max_length=64, index=True)
+    # new | changed | withdrawn
+    action: str = Field(max_length=16)
+    content_hash: str = Field(max_length=64)
+
+
+class CaseOutcome(SQLModel, table=True):
+    """Outcome fields of a case as last computed (mappings/outcomes.py), for the review UI,
+    measures and submission."""
+
+    __tablename__ = "case_outcomes"
+
+    case_id: str = Field(primary_key=True, max_length=400)
+    source: str = Field(max_length=100, index=True)
+    outcomes: dict[str, Any] = _json_field({})
+    computed_at: datetime = Field(default_factory=utcnow)

@@ -20,6 +20,7 @@ from sqlmodel import SQLModel
 from registry_store.models import (
     AuditEntry,
     Case,
+    CaseOutcome,
     Condition,
     Encounter,
     ErrorCause,
@@ -34,6 +35,8 @@ from registry_store.models import (
     ReminderSend,
     SourceState,
     StagedRecord,
+    Submission,
+    SubmissionItem,
     SyncRun,
     User,
 )
@@ -70,6 +73,9 @@ USERS = table_of(User)
 AUDIT_LOG = table_of(AuditEntry)
 ERROR_CAUSES = table_of(ErrorCause)
 HL7_ACKS = table_of(Hl7Ack)
+SUBMISSIONS = table_of(Submission)
+SUBMISSION_ITEMS = table_of(SubmissionItem)
+CASE_OUTCOMES = table_of(CaseOutcome)
 
 # Registry tables a mapping may write to, by the name mapping files use.
 MAPPING_TARGETS: dict[str, Table] = {
