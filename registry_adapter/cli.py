@@ -57,6 +57,13 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+def _replan(app: App, reason: str) -> None:
+    """Reminders follow the cases just stored, so the reminder pages are never silently empty."""
+    from scheduler.replan import replan
+
+    replan(app, reason)
+
+
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -311,6 +318,8 @@ def sync(
                 failures.append(f"{cfg.name}: sync failed ({describe_failure(exc)}); see `runs list`")
     # A partial run kept what it read, but something stopped: the exit code must say so.
     failures += [f"{r.source}: {r.outcome} ({r.failure})" for r in results if r.failure]
+    if results:
+        _replan(app, "sync")
     if as_json:
         for failure in failures:
             console.print(f"✗ {failure}", highlight=False)
@@ -359,6 +368,7 @@ def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) 
     # Invalid input (binary, empty, unreadable, malformed) is staged as errors: when that is
     # all there was, the import did not do its job and a script must see that.
     nothing_accepted = result.counts.received - result.counts.invalid <= 0
+    _replan(app, "import")
     if as_json:
         _emit_json(
             {
@@ -407,6 +417,7 @@ def reprocess(
         selected, counts = Pipeline(app, progress).reprocess(
             resource_type=resource_type, cause_id=cause_id, source=source_name, everything=everything
         )
+    _replan(app, "reprocess")
     if as_json:
         _emit_json({"selected": selected, **counts.as_dict()})
         return

@@ -48,6 +48,7 @@ from registry_adapter import metrics
 from registry_adapter.app import App
 from scheduler import jobs
 from scheduler.clock import Clock
+from scheduler.dispatcher import Dispatcher
 from scheduler.planner import check_configuration
 
 log = structlog.get_logger(__name__)
@@ -185,6 +186,8 @@ class Daemon:
         # A configuration mistake stops the daemon at start, not as an error every hour.
         check_configuration(self.app.settings, [i.id for i in self.app.instruments])
         jobs.bind(self.app, self.clock)
+        # Planned now, not at the first dispatch an hour away: the UI shows today's reminders.
+        Dispatcher(self.app, self.clock).plan()
         # Paused: the stored jobs are visible for ensure_jobs before any of them is processed.
         self.scheduler.start(paused=True)
         outcome = self.ensure_jobs()
