@@ -416,3 +416,42 @@ class CaseOutcome(SQLModel, table=True):
     source: str = Field(max_length=100, index=True)
     outcomes: dict[str, Any] = _json_field({})
     computed_at: datetime = Field(default_factory=utcnow)
+
+
+class WorklistItem(SQLModel, table=True):
+    """Where a coordinator's work on one reminder (a case's time point) stands.
+
+    One row per reminder that someone acted on: who it is assigned to, when to call back, the
+    last call outcome, and a completion recorded by staff (answers taken by phone or on paper)
+    that the reminder planner treats like a response: the time point is completed and no
+    further reminder goes out.
+    """
+
+    __tablename__ = "worklist_items"
+
+    reminder_id: int = Field(primary_key=True)
+    assigned_to: str | None = Field(default=None, max_length=100)
+    call_back_on: date | None = None
+    # reached | left_message | wrong_number | declined
+    last_outcome: str | None = Field(default=None, max_length=24)
+    # phone | paper: completed with staff, with or without answers entered here
+    completed_how: str | None = Field(default=None, max_length=16)
+    completed_on: date | None = None
+    updated_by: str | None = Field(default=None, max_length=100)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class WorklistAction(SQLModel, table=True):
+    """One thing a coordinator did on the worklist (a call, a note, an assignment, ...)."""
+
+    __tablename__ = "worklist_actions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    reminder_id: int = Field(index=True)
+    at: datetime = Field(default_factory=utcnow)
+    username: str = Field(max_length=100)
+    # call | note | assign | call_back | complete | opt_out
+    action: str = Field(max_length=24)
+    outcome: str | None = Field(default=None, max_length=24)
+    note: str | None = Field(default=None, sa_column=Column(Text))
+    detail: dict[str, Any] = _json_field({})

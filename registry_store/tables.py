@@ -39,6 +39,8 @@ from registry_store.models import (
     SubmissionItem,
     SyncRun,
     User,
+    WorklistAction,
+    WorklistItem,
 )
 
 
@@ -76,6 +78,8 @@ HL7_ACKS = table_of(Hl7Ack)
 SUBMISSIONS = table_of(Submission)
 SUBMISSION_ITEMS = table_of(SubmissionItem)
 CASE_OUTCOMES = table_of(CaseOutcome)
+WORKLIST_ITEMS = table_of(WorklistItem)
+WORKLIST_ACTIONS = table_of(WorklistAction)
 
 # Registry tables a mapping may write to, by the name mapping files use.
 MAPPING_TARGETS: dict[str, Table] = {
