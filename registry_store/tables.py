@@ -21,6 +21,7 @@ from registry_store.models import (
     AuditEntry,
     Case,
     CaseOutcome,
+    CaseQueue,
     Condition,
     Encounter,
     ErrorCause,
@@ -39,6 +40,7 @@ from registry_store.models import (
     SubmissionItem,
     SyncRun,
     User,
+    ValidationVerdict,
     WorklistAction,
     WorklistItem,
 )
@@ -80,6 +82,8 @@ SUBMISSION_ITEMS = table_of(SubmissionItem)
 CASE_OUTCOMES = table_of(CaseOutcome)
 WORKLIST_ITEMS = table_of(WorklistItem)
 WORKLIST_ACTIONS = table_of(WorklistAction)
+CASE_QUEUE = table_of(CaseQueue)
+VALIDATION_VERDICTS = table_of(ValidationVerdict)
 
 # Registry tables a mapping may write to, by the name mapping files use.
 MAPPING_TARGETS: dict[str, Table] = {
