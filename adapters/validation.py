@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from adapters.fastcheck import VERSION as FASTCHECK_VERSION
 from adapters.fastcheck import certainly_clean
-from registry_store.errors import Issue
+from registry_types.issues import Issue
 
 Strictness = Literal["strict", "warn", "off"]
 MAX_ISSUES = 10

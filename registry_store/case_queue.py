@@ -15,9 +15,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
-from registry_store.models import CaseQueue
-
-QUEUE = CaseQueue.__table__  # type: ignore[attr-defined]
+from registry_store.tables import CASE_QUEUE as QUEUE
 
 
 def enqueue(conn: Connection, touched: Mapping[str, Iterable[str]]) -> None:

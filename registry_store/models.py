@@ -379,6 +379,97 @@ class Hl7Ack(SQLModel, table=True):
     delivered: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default=true()))
 
 
+class Submission(SQLModel, table=True):
+    """One package sent to the registry (the ledger): what period, where, and its digest.
+
+    Written only after delivery succeeded (the SFTP rename, or the folder's atomic move), so a
+    row here always means the registry has the file.
+    """
+
+    __tablename__ = "submissions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # 2025Q3, or since-2025-07-01 for a --since run.
+    period: str = Field(max_length=32, index=True)
+    site_id: str = Field(max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime = Field(default_factory=utcnow)
+    # folder:<path> or sftp://user@host:port/dir (never a password: key auth only).
+    destination: str = Field(max_length=500)
+    package_name: str = Field(max_length=200)
+    package_sha256: str = Field(max_length=64)
+    dictionary_version: str = Field(max_length=32)
+    counts: dict[str, Any] = _json_field({})
+
+
+class SubmissionItem(SQLModel, table=True):
+    """A case as it was sent in one submission: new, changed, or withdrawn, with the digest of
+    its rows so the next run sends it again only when something changed."""
+
+    __tablename__ = "submission_items"
+    __table_args__ = (Index("ix_submission_items_case", "case_id", "submission_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    submission_id: int = Field(index=True)
+    case_id: str = Field(max_length=400)
+    # What the registry knows the case by (keyed HMAC of the case id; never the MRN).
+    case_key: str = Field(max_length=64, index=True)
+    # new | changed | withdrawn
+    action: str = Field(max_length=16)
+    content_hash: str = Field(max_length=64)
+
+
+class CaseOutcome(SQLModel, table=True):
+    """Outcome fields of a case as last computed (mappings/outcomes.py), for the review UI,
+    measures and submission."""
+
+    __tablename__ = "case_outcomes"
+
+    case_id: str = Field(primary_key=True, max_length=400)
+    source: str = Field(max_length=100, index=True)
+    outcomes: dict[str, Any] = _json_field({})
+    computed_at: datetime = Field(default_factory=utcnow)
+
+
+class WorklistItem(SQLModel, table=True):
+    """Where a coordinator's work on one reminder (a case's time point) stands.
+
+    One row per reminder that someone acted on: who it is assigned to, when to call back, the
+    last call outcome, and a completion recorded by staff (answers taken by phone or on paper)
+    that the reminder planner treats like a response: the time point is completed and no
+    further reminder goes out.
+    """
+
+    __tablename__ = "worklist_items"
+
+    reminder_id: int = Field(primary_key=True)
+    assigned_to: str | None = Field(default=None, max_length=100)
+    call_back_on: date | None = None
+    # reached | left_message | wrong_number | declined
+    last_outcome: str | None = Field(default=None, max_length=24)
+    # phone | paper: completed with staff, with or without answers entered here
+    completed_how: str | None = Field(default=None, max_length=16)
+    completed_on: date | None = None
+    updated_by: str | None = Field(default=None, max_length=100)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class WorklistAction(SQLModel, table=True):
+    """One thing a coordinator did on the worklist (a call, a note, an assignment, ...)."""
+
+    __tablename__ = "worklist_actions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    reminder_id: int = Field(index=True)
+    at: datetime = Field(default_factory=utcnow)
+    username: str = Field(max_length=100)
+    # call | note | assign | call_back | complete | opt_out
+    action: str = Field(max_length=24)
+    outcome: str | None = Field(default=None, max_length=24)
+    note: str | None = Field(default=None, sa_column=Column(Text))
+    detail: dict[str, Any] = _json_field({})
+
+
 class ValidationVerdict(SQLModel, table=True):
     """What structural validation said of a staged record's exact bytes, so a remap of
     unchanged raw input never validates it again (``registry_store/verdicts.py``)."""

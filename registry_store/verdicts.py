@@ -17,10 +17,8 @@ from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
 from registry_store.errors import Issue
-from registry_store.models import ValidationVerdict
+from registry_store.tables import VALIDATION_VERDICTS as VERDICTS
 from registry_store.timeutil import utcnow
-
-VERDICTS = ValidationVerdict.__table__  # type: ignore[attr-defined]
 
 
 def known_verdicts(

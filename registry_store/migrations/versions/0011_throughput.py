@@ -2,7 +2,7 @@
 case assembly queue
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-06 03:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0008"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
