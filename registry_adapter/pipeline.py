@@ -846,6 +846,7 @@ class Pipeline:
         cause_id: str | None = None,
         source: str | None = None,
         everything: bool = False,
+        map_now: bool = True,
     ) -> tuple[int, RunCounts]:
         """Send staged records back through mapping (after a mapping or code-map fix).
 
@@ -873,6 +874,8 @@ class Pipeline:
             # The cause's records carry the mark's time, as do the records their conversion
             # stages (HL7 v2 → FHIR): mapping "pending since then" covers both, and nothing else.
             selected = mark_pending(conn, cond, started)
+        if not map_now:  # `registry-adapter worker` processes map them
+            return selected, RunCounts()
         if cause_id is None:
             return selected, self.map_pending()
         return selected, self.map_pending(where=STAGING.c.updated_at >= started)

@@ -50,6 +50,11 @@ def _faulty_records() -> list[dict[str, Any]]:
 
 @pytest.fixture
 def feed(tmp_path: Path) -> Path:
+    return make_feed(tmp_path)
+
+
+def make_feed(tmp_path: Path) -> Path:
+    """The sample feed plus records with validation faults, in a folder of its own."""
     dest = tmp_path / "feed"
     shutil.copytree(SAMPLE_FEED, dest)
     (dest / "Faults.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in _faulty_records()) + b"\n")
