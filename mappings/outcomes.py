@@ -26,12 +26,9 @@ from sqlalchemy.engine import Connection
 
 from mappings.codemaps import CodeMap, display_icd10cm
 from mappings.convert import ConversionError, SiteContext, local_date, reference_id
-from registry_store.models import Case, Patient
-from registry_store.staging import STAGING
+from registry_store.tables import CASES, PATIENTS, STAGING
 
 BUNDLED = Path(__file__).with_name("outcomes.yaml")
-CASES = Case.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
 LOINC = "http://loinc.org"
 # Staged records that are not (or no longer) facts about the patient.
 _NOT_FACTS = ("deleted", "excluded", "invalid")

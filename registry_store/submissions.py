@@ -12,13 +12,13 @@ from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
-from registry_store.errors import ERRORS, Issue, cause_id
-from registry_store.models import CaseOutcome, Submission, SubmissionItem
+from registry_store.errors import cause_id
+from registry_store.tables import CASE_OUTCOMES as OUTCOMES
+from registry_store.tables import MAPPING_ERRORS as ERRORS
+from registry_store.tables import SUBMISSION_ITEMS as ITEMS
+from registry_store.tables import SUBMISSIONS
 from registry_store.timeutil import utcnow
-
-SUBMISSIONS = Submission.__table__  # type: ignore[attr-defined]
-ITEMS = SubmissionItem.__table__  # type: ignore[attr-defined]
-OUTCOMES = CaseOutcome.__table__  # type: ignore[attr-defined]
+from registry_types.issues import Issue
 
 # Error scopes (``mapping_errors.mapping``) submission owns: readiness checks and registry feedback.
 READINESS_SCOPE = "submission"

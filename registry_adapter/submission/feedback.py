@@ -14,12 +14,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from registry_adapter.app import App
-from registry_store.errors import Issue
-from registry_store.models import Case, Procedure
 from registry_store.submissions import ITEMS, add_feedback_errors
-
-CASES = Case.__table__  # type: ignore[attr-defined]
-PROCS = Procedure.__table__  # type: ignore[attr-defined]
+from registry_store.tables import CASES
+from registry_store.tables import PROCEDURES as PROCS
+from registry_types.issues import Issue
 
 
 class FeedbackFileError(Exception):

@@ -18,10 +18,9 @@ from sqlalchemy.engine import Connection
 
 from registry_adapter.app import App
 from registry_adapter.submission.service import quarter_bounds, refresh_outcomes
-from registry_store.models import Case, PromResponse
+from registry_store.tables import CASES
+from registry_store.tables import PROM_RESPONSES as PROMS
 
-CASES = Case.__table__  # type: ignore[attr-defined]
-PROMS = PromResponse.__table__  # type: ignore[attr-defined]
 MODULES = ("lumbar", "cervical")
 TIMEPOINTS = ("baseline", "90d", "1y")
 # Score keys whose change between baseline and follow-up is reported, per instrument.

@@ -28,8 +28,6 @@ from registry_adapter.submission.delivery import Destination, FolderDestination,
 from registry_adapter.submission.dictionary import DataDictionary, as_csv, load_dictionary, value_problem
 from registry_adapter.submission.package import CaseRecord, Package, Withdrawal, build_package, keyed_id
 from registry_adapter.submission.settings import SubmissionSettings
-from registry_store.errors import Issue
-from registry_store.models import Case, Patient, Procedure, PromResponse
 from registry_store.submissions import (
     LedgerEntry,
     ledger_state,
@@ -37,14 +35,14 @@ from registry_store.submissions import (
     replace_readiness_errors,
     save_case_outcomes,
 )
+from registry_store.tables import CASES, PATIENTS
+from registry_store.tables import PROCEDURES as PROCS
+from registry_store.tables import PROM_RESPONSES as PROMS
 from registry_store.timeutil import utcnow
+from registry_types.issues import Issue
 
 log = structlog.get_logger(__name__)
 
-CASES = Case.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-PROCS = Procedure.__table__  # type: ignore[attr-defined]
-PROMS = PromResponse.__table__  # type: ignore[attr-defined]
 SUBMISSION_LOCK = "submission"
 _PERIOD = re.compile(r"(\d{4})Q([1-4])")
 _RADIX = {"cpt": "cpt", "icd10pcs": "icd10pcs", "snomed": "snomed"}
@@ -131,7 +129,7 @@ def refresh_outcomes(conn: Connection, app: App) -> dict[str, dict[str, Any]]:
 
 
 def _settings(app: App) -> SubmissionSettings:
-    return app.settings.submission
+    return app.settings.section(SubmissionSettings)
 
 
 def _withdrawal_reason(status: str | None, reason: str | None) -> str:
@@ -410,11 +408,11 @@ def run_submission(
     destination: Destination | None = None,
 ) -> Result:
     """One submission run, under the submission lock (two runs never interleave)."""
-    from scheduler.locks import job_lock
+    from registry_store.leases import job_lock
 
     today = today or datetime.now(app.site.tz).date()
     selection = selection_for(period, since, today)
-    with job_lock(app.engine, SUBMISSION_LOCK, app.settings.scheduler.lock_ttl_seconds) as lock:
+    with job_lock(app.engine, SUBMISSION_LOCK, app.settings.lease_ttl_seconds()) as lock:
         if lock is None:
             raise SubmissionBusy("another submission is running (it holds the submission lock)")
         with app.engine.begin() as conn:

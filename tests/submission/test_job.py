@@ -9,10 +9,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from registry_adapter.app import App
+from registry_store.leases import job_lock
 from registry_store.submissions import SUBMISSIONS
 from scheduler import jobs
 from scheduler.daemon import Daemon, desired_jobs
-from scheduler.locks import job_lock
 from tests.conftest import SAMPLE_FEED
 from tests.submission.conftest import ingest
 

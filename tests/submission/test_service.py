@@ -20,13 +20,11 @@ from registry_adapter.submission.service import (
     quarter_bounds,
     run_submission,
 )
-from registry_store.errors import ERRORS
-from registry_store.models import Encounter
 from registry_store.submissions import ITEMS, SUBMISSIONS
+from registry_store.tables import ENCOUNTERS as ENCS
+from registry_store.tables import MAPPING_ERRORS as ERRORS
 from tests.conftest import SAMPLE_FEED, write_config_file
 from tests.submission.conftest import SAMPLE_OUTCOMES, ingest
-
-ENCS = Encounter.__table__  # type: ignore[attr-defined]
 
 
 def test_quarters() -> None:
