@@ -117,13 +117,15 @@ class Plan:
         return dict(sorted(Counter(r for reasons in self.held_back.values() for r in reasons).items()))
 
 
-def refresh_outcomes(conn: Connection, app: App) -> dict[str, dict[str, Any]]:
-    """Recompute and store the outcomes of every active case (all sources)."""
+def refresh_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[str, dict[str, Any]]:
+    """Recompute the outcomes of every active case (all sources); ``store``: keep them in
+    ``case_outcomes`` (the review UI computes without writing: its pages only read)."""
     defs = load_definitions(app.settings.mappings.directory)
     out: dict[str, dict[str, Any]] = {}
     for source in conn.execute(select(CASES.c.source).distinct()).scalars():
         computed = compute_outcomes(conn, source, app.site, defs, app.codemaps)
-        save_case_outcomes(conn, source, computed)
+        if store:
+            save_case_outcomes(conn, source, computed)
         out.update(computed)
     return out
 
