@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,3 +82,16 @@ def test_site_outcome_definitions_replace_the_bundled(tmp_path: Path, sqlite_app
     (tmp_path / "outcomes.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(Exception, match=r"readmission\.windows_days must be a list"):
         load_definitions(tmp_path)
+
+
+GOLDEN = Path(__file__).with_name("golden") / "sample_outcomes.json"
+
+
+def test_outcomes_of_every_sample_case_match_the_golden_file(sqlite_app: App) -> None:
+    """Every outcome field of every case of the sample feed + labelled outcomes. A change to
+    the definitions or code maps that moves any of them shows here; regenerate on purpose with
+    REGENERATE_GOLDEN=1 and review the diff."""
+    got = json.dumps(_outcomes(sqlite_app), indent=1, sort_keys=True) + "\n"
+    if os.environ.get("REGENERATE_GOLDEN"):
+        GOLDEN.write_text(got)
+    assert got == GOLDEN.read_text()

@@ -30,7 +30,9 @@ def _client(make_app: Callable[..., App], tmp_path: Path) -> tuple[App, TestClie
     return app, client
 
 
-def test_measures_page_shows_figures_and_charts_per_quarter(make_app: Callable[..., App], tmp_path: Path) -> None:
+def test_measures_page_shows_figures_and_charts_per_quarter(
+    make_app: Callable[..., App], tmp_path: Path
+) -> None:
     app, client = _client(make_app, tmp_path)
     page = client.get("/measures")
     assert page.status_code == 200
