@@ -10,7 +10,12 @@ form too incomplete to score), out-of-scope records, and deliberate mapping erro
 tools have something to show. Output is deterministic (fixed seed and
 dates), so tests can rely on it.
 
-    python examples/generate_sample_feed.py [--out examples/sample-feed] [--patients 40]
+    python examples/generate_sample_feed.py [--out examples/sample-feed] [--patients 40] [--as-of DATE]
+
+``--as-of DATE`` moves every date by the same number of days so the feed reads as if exported
+on DATE (the bundled feed is dated as of 2025-11-01), and leaves out PROM responses that would
+be answered after DATE: ``make demo`` uses it with today's date, so the demo has reminders
+due now and time points still open.
 
 It also writes examples/sample-outcomes/: later records about the same patients with
 hand-labelled outcomes (comorbidities, a surgical site infection at day 20, a readmission 45
@@ -25,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -68,15 +73,31 @@ def local_dt(day: date, hour: int, minute: int = 0) -> str:
     return datetime.combine(day, time(hour, minute), TZ).isoformat()
 
 
+# The day the bundled feed reads as exported: --as-of shifts every date by (as_of - this).
+BUNDLED_AS_OF = date(2025, 11, 1)
+
+
 class Feed:
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, as_of: date | None = None):
         self.rng = random.Random(seed)
+        # Only an explicit --as-of drops answers from the future, so the bundled feed (that
+        # tests rely on) stays as it always was.
+        self.as_of = as_of
+        self.shift = (as_of - BUNDLED_AS_OF) if as_of else timedelta(0)
         self.out: dict[str, list[dict[str, Any]]] = {}
         self.instruments = load_instruments()
         self.stays: dict[int, tuple[str, date, date]] = {}  # n -> patient, surgery, discharge
 
+    def day(self, year: int, month: int, dom: int) -> date:
+        """A fixed date of the bundled feed, moved by --as-of."""
+        return date(year, month, dom) + self.shift
+
     def add(self, resource: dict[str, Any]) -> dict[str, Any]:
-        resource.setdefault("meta", {"versionId": "1", "lastUpdated": "2025-11-01T02:00:00Z"})
+        authored = resource.get("authored")
+        if self.as_of is not None and authored and date.fromisoformat(authored[:10]) > self.as_of:
+            return resource  # not answered yet on the feed's date (its answers were drawn all the same)
+        updated = datetime.combine(self.day(2025, 11, 1), time(2), UTC).isoformat().replace("+00:00", "Z")
+        resource.setdefault("meta", {"versionId": "1", "lastUpdated": updated})
         self.out.setdefault(resource["resourceType"], []).append(resource)
         return resource
 
@@ -129,7 +150,7 @@ class Feed:
             },
             "code": {"coding": [coding(ICD, code if dotted else code.replace(".", ""))]},
             "subject": ref("Patient", pid),
-            "recordedDate": "2025-01-15",
+            "recordedDate": self.day(2025, 1, 15).isoformat(),
         }
         if eid:
             res["encounter"] = ref("Encounter", eid)
@@ -182,9 +203,9 @@ class Feed:
         return answers
 
 
-def build(patients: int, seed: int) -> Feed:
-    feed = Feed(seed)
-    start = date(2024, 3, 4)
+def build(patients: int, seed: int, as_of: date | None = None) -> Feed:
+    feed = Feed(seed, as_of)
+    start = feed.day(2024, 3, 4)
     for n in range(1, patients + 1):
         pid = feed.patient(n)
         lumbar = n % 3 != 0
@@ -253,12 +274,12 @@ def build(patients: int, seed: int) -> Feed:
         hospital_layouts(feed)
     # Out of scope: not spine surgery, not a spine diagnosis.
     feed.procedure(
-        "proc-knee-1", "pat-0001", None, ["27447"], date(2024, 9, 2), text="Total knee arthroplasty"
+        "proc-knee-1", "pat-0001", None, ["27447"], feed.day(2024, 9, 2), text="Total knee arthroplasty"
     )
     feed.condition("cond-dm-1", "pat-0001", None, "E11.9")
     # Excluded: recorded in error.
     feed.procedure(
-        "proc-error-1", "pat-0002", "enc-0002", ["22633"], date(2024, 3, 26), status="entered-in-error"
+        "proc-error-1", "pat-0002", "enc-0002", ["22633"], feed.day(2024, 3, 26), status="entered-in-error"
     )
     # Deliberate mapping errors (one cause each, some with several records).
     for i, n in enumerate((3, 7, 11)):
@@ -267,13 +288,13 @@ def build(patients: int, seed: int) -> Feed:
             f"pat-{n:04d}",
             None,
             ["22899"],
-            date(2025, 2, 10 + i),
+            feed.day(2025, 2, 10 + i),
             text="Unlisted spine procedure",
         )
     feed.condition("cond-unmapped-1", "pat-0004", None, "M48.9")
     feed.condition("cond-unmapped-2", "pat-0008", None, "M48.9")
     feed.procedure("proc-nodate-1", "pat-0009", "enc-0009", ["63047"], None, text="Date missing")
-    feed.procedure("proc-addon-1", "pat-0010", None, ["22614"], date(2025, 3, 3), text="Add-on only")
+    feed.procedure("proc-addon-1", "pat-0010", None, ["22614"], feed.day(2025, 3, 3), text="Add-on only")
     feed.add(
         {
             "resourceType": "QuestionnaireResponse",
@@ -281,7 +302,7 @@ def build(patients: int, seed: int) -> Feed:
             "status": "completed",
             "questionnaire": "http://example.org/Questionnaire/hospital-satisfaction-survey",
             "subject": ref("Patient", "pat-0005"),
-            "authored": local_dt(date(2025, 1, 20), 9),
+            "authored": local_dt(feed.day(2025, 1, 20), 9),
             "item": [{"linkId": "q1", "answer": [{"valueInteger": 4}]}],
         }
     )
@@ -429,7 +450,7 @@ def build_outcomes(base: Feed) -> Feed:
 
     Fixed values only (no random draws), derived from the base feed's surgery dates.
     """
-    feed = Feed(0)
+    feed = Feed(0, base.as_of)
     feed.instruments = base.instruments
     pid, surgery, discharge = base.stays[4]
     sent = {r["id"]: r for rtype in ("Patient", "Encounter") for r in base.out[rtype]}
@@ -529,14 +550,26 @@ def write(feed: Feed, out: Path, *, bundles: bool = True) -> None:
         (out / f"{rtype}.ndjson").write_text("\n".join(lines) + "\n")
 
 
+def _as_of(text: str) -> date:
+    """``--as-of``: YYYY-MM-DD, or ``today`` (in the sample feed's time zone)."""
+    return datetime.now(TZ).date() if text == "today" else date.fromisoformat(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("sample-feed"))
     parser.add_argument("--patients", type=int, default=40)
     parser.add_argument("--seed", type=int, default=20251101)
+    parser.add_argument(
+        "--as-of",
+        type=_as_of,
+        default=None,
+        metavar="DATE",
+        help="Date the feed as exported on DATE (YYYY-MM-DD), e.g. today for a demo.",
+    )
     parser.add_argument("--outcomes-out", type=Path, default=Path(__file__).with_name("sample-outcomes"))
     args = parser.parse_args()
-    feed = build(args.patients, args.seed)
+    feed = build(args.patients, args.seed, args.as_of)
     write(feed, args.out)
     write(build_outcomes(feed), args.outcomes_out, bundles=False)
     print(f"wrote {args.out} and {args.outcomes_out}")

@@ -26,7 +26,8 @@ from sqlalchemy.engine import Connection
 
 from mappings.codemaps import CodeMap, display_icd10cm
 from mappings.convert import ConversionError, SiteContext, local_date, reference_id
-from registry_store.tables import CASES, PATIENTS, STAGING
+from registry_store.staging import STAGING
+from registry_store.tables import CASES, PATIENTS
 
 BUNDLED = Path(__file__).with_name("outcomes.yaml")
 LOINC = "http://loinc.org"

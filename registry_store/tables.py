@@ -21,6 +21,7 @@ from registry_store.models import (
     AuditEntry,
     Case,
     CaseOutcome,
+    CaseQueue,
     Condition,
     Encounter,
     ErrorCause,
@@ -39,6 +40,9 @@ from registry_store.models import (
     SubmissionItem,
     SyncRun,
     User,
+    ValidationVerdict,
+    WorklistAction,
+    WorklistItem,
 )
 
 
@@ -76,6 +80,10 @@ HL7_ACKS = table_of(Hl7Ack)
 SUBMISSIONS = table_of(Submission)
 SUBMISSION_ITEMS = table_of(SubmissionItem)
 CASE_OUTCOMES = table_of(CaseOutcome)
+WORKLIST_ITEMS = table_of(WorklistItem)
+WORKLIST_ACTIONS = table_of(WorklistAction)
+CASE_QUEUE = table_of(CaseQueue)
+VALIDATION_VERDICTS = table_of(ValidationVerdict)
 
 # Registry tables a mapping may write to, by the name mapping files use.
 MAPPING_TARGETS: dict[str, Table] = {

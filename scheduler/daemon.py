@@ -49,6 +49,7 @@ from registry_adapter.submission.settings import SubmissionSettings
 from registry_types import metrics
 from scheduler import jobs
 from scheduler.clock import Clock
+from scheduler.dispatcher import Dispatcher
 from scheduler.planner import check_configuration
 from scheduler.settings import SchedulerSettings
 
@@ -200,6 +201,8 @@ class Daemon:
         # A configuration mistake stops the daemon at start, not as an error every hour.
         check_configuration(self.app.settings, [i.id for i in self.app.instruments])
         jobs.bind(self.app, self.clock)
+        # Planned now, not at the first dispatch an hour away: the UI shows today's reminders.
+        Dispatcher(self.app, self.clock).plan()
         # Paused: the stored jobs are visible for ensure_jobs before any of them is processed.
         self.scheduler.start(paused=True)
         outcome = self.ensure_jobs()

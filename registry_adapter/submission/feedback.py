@@ -14,10 +14,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from registry_adapter.app import App
+from registry_store.errors import Issue
 from registry_store.submissions import ITEMS, add_feedback_errors
 from registry_store.tables import CASES
 from registry_store.tables import PROCEDURES as PROCS
-from registry_types.issues import Issue
 
 
 class FeedbackFileError(Exception):

@@ -28,6 +28,7 @@ from registry_adapter.submission.delivery import Destination, FolderDestination,
 from registry_adapter.submission.dictionary import DataDictionary, as_csv, load_dictionary, value_problem
 from registry_adapter.submission.package import CaseRecord, Package, Withdrawal, build_package, keyed_id
 from registry_adapter.submission.settings import SubmissionSettings
+from registry_store.errors import Issue
 from registry_store.submissions import (
     LedgerEntry,
     ledger_state,
@@ -39,7 +40,6 @@ from registry_store.tables import CASES, PATIENTS
 from registry_store.tables import PROCEDURES as PROCS
 from registry_store.tables import PROM_RESPONSES as PROMS
 from registry_store.timeutil import utcnow
-from registry_types.issues import Issue
 
 log = structlog.get_logger(__name__)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from registry_adapter.cron_schedule import CronSchedule
 
 
 class _Strict(BaseModel):
@@ -30,33 +31,12 @@ class SftpSettings(_Strict):
     retry_delay_seconds: float = Field(default=10.0, ge=0)
 
 
-class SubmissionSchedule(_Strict):
-    """The daemon's submission run: a 5-field crontab (DST-safe in a local zone, like the
-    nightly sync). Default: 03:00 UTC, 15 days after each quarter ends."""
+class SubmissionSchedule(CronSchedule):
+    """The daemon's submission run: a 5-field crontab (validated, DST-safe in a local zone,
+    like the nightly sync). Default: 03:00 UTC, 15 days after each quarter ends."""
 
     enabled: bool = True
     cron: str = "0 3 15 1,4,7,10 *"
-    timezone: str = "UTC"
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
-            raise ValueError(f"not a valid crontab expression: {exc}") from None
-        return value
 
 
 class SubmissionSettings(_Strict):
