@@ -95,3 +95,23 @@ def test_outcomes_of_every_sample_case_match_the_golden_file(sqlite_app: App) ->
     if os.environ.get("REGENERATE_GOLDEN"):
         GOLDEN.write_text(got)
     assert got == GOLDEN.read_text()
+
+
+def test_discharge_disposition_from_pv1_36_through_the_v2_conversion(
+    make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    golden = Path(__file__).parents[1] / "golden" / "hl7v2" / "ADT-A03.hl7"
+    segments = golden.read_text().replace("\n", "\r").strip("\r").split("\r")
+    pv1 = segments[3].split("|")
+    pv1 += [""] * (46 - len(pv1))
+    pv1[36] = "01"  # HL7 table 0112: discharged to home or self care
+    segments[3] = "|".join(pv1)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    message = inbox / "a03.hl7"
+    message.write_text("\r".join(segments) + "\r")
+    os.utime(message, (1, 1))  # long settled: the drop folder leaves files still being written
+    app = make_app(f"sqlite:///{tmp_path / 'v2.db'}")
+    ingest(app, inbox, name="adt", kind="hl7v2_files")
+    (case,) = _outcomes(app).values()
+    assert case["discharge_disposition"] == "home" and case["length_of_stay_days"] == 3
