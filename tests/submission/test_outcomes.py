@@ -115,3 +115,43 @@ def test_discharge_disposition_from_pv1_36_through_the_v2_conversion(
     ingest(app, inbox, name="adt", kind="hl7v2_files")
     (case,) = _outcomes(app).values()
     assert case["discharge_disposition"] == "home" and case["length_of_stay_days"] == 3
+
+
+def test_a_readmission_the_feed_marks_planned_is_reported_not_counted(
+    make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'p.db'}")
+    ingest(app, SAMPLE_FEED)
+    case = _outcomes(app)["sample:proc-0001"]  # discharged 2024-03-19
+    assert not case["planned_readmission"] and case["readmission_days"] is None
+    later = tmp_path / "later"
+    later.mkdir()
+    stays = [
+        # Planned by its reason (surgical aftercare, planned-readmissions code map), day 10.
+        ("enc-0001-aftercare", "2024-03-29", {"reasonCode": [{"coding": [
+            {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "Z48.811"}]}]}),
+        # Planned by its priority (elective), day 20.
+        ("enc-0001-staged", "2024-04-08", {"priority": {"coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActPriority", "code": "EL"}]}}),
+        # An emergency stay on day 70: the one readmission that counts.
+        ("enc-0001-er", "2024-05-28", {}),
+    ]  # fmt: skip
+    lines = [
+        json.dumps(
+            {
+                "resourceType": "Encounter",
+                "id": eid,
+                "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                "subject": {"reference": "Patient/pat-0001"},
+                "period": {"start": f"{start}T08:00:00-05:00", "end": f"{start}T18:00:00-05:00"},
+                **extra,
+            }
+        )
+        for eid, start, extra in stays
+    ]
+    (later / "Encounter.ndjson").write_text("\n".join(lines) + "\n")
+    ingest(app, later)
+    case = _outcomes(app)["sample:proc-0001"]
+    assert case["planned_readmission"] is True
+    assert case["readmission_days"] == 70 and not case["readmission_30d"] and case["readmission_90d"]
