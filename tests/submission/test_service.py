@@ -146,3 +146,16 @@ def test_cli_submit_list_feedback_measures(tmp_path: Path) -> None:
     assert "module" in run("measures", "--period", "2024Q1")
     bad = runner.invoke(cli, ["--config", str(config), "submit", "--period", "2025-13"])
     assert bad.exit_code != 0 and "not a quarter" in bad.output
+
+
+def test_feedback_file_without_the_expected_columns_is_refused(sqlite_app: App, tmp_path: Path) -> None:
+    from registry_adapter.submission.feedback import FeedbackFileError, load_feedback
+
+    bad = tmp_path / "feedback.csv"
+    bad.write_text("record;problem\nx;y\n")
+    expected = r"feedback\.csv:1: expected the columns case_id, field, message"
+    with pytest.raises(FeedbackFileError, match=expected):
+        load_feedback(sqlite_app, bad)
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(FeedbackFileError, match="cannot read the feedback file"):
+        load_feedback(sqlite_app, bad)
