@@ -34,6 +34,7 @@ from registry_store.submissions import (
     ledger_state,
     record_submission,
     replace_readiness_errors,
+    resolve_feedback_errors,
     save_case_outcomes,
 )
 from registry_store.tables import CASES, PATIENTS
@@ -337,6 +338,7 @@ def plan_submission(conn: Connection, app: App, selection: Selection) -> Plan:
             case_keys,
         )
         staging_id = anchors.get((case.source, case.procedure_id))
+        record.anchor_staging_id = staging_id
         if staging_id is not None:
             considered[case.source].append(staging_id)
         reasons = _readiness(record, dictionary, app.codemaps)
@@ -447,6 +449,10 @@ def _record(app: App, selection: Selection, package: Package, plan: Plan, where:
         for w in plan.withdrawals
     ]
     with app.engine.begin() as conn:
+        # The registry's earlier findings on a case are answered by sending it corrected.
+        resolve_feedback_errors(
+            conn, [r.anchor_staging_id for r in plan.records if r.action == "changed" and r.anchor_staging_id]
+        )
         return record_submission(
             conn,
             period=selection.label,

@@ -139,6 +139,23 @@ def test_cli_submit_list_feedback_measures(tmp_path: Path) -> None:
     errors = json.loads(run("errors", "list", "--json"))
     rejected = [e for e in errors if e["code"] == "registry.rejected"]
     assert len(rejected) == 1 and rejected[0]["field"] == "bmi"
+    # The BMI arrives; the case goes again (changed) and the registry's finding is resolved.
+    late = tmp_path / "late"
+    late.mkdir()
+    bmi = {
+        "resourceType": "Observation",
+        "id": "obs-0001-bmi",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "39156-5"}]},
+        "subject": {"reference": "Patient/pat-0001"},
+        "effectiveDateTime": "2024-03-10T09:00:00-05:00",
+        "valueQuantity": {"value": 27.1},
+    }
+    (late / "Observation.ndjson").write_text(json.dumps(bmi) + "\n")
+    run("import", str(late), "--source", "sample")
+    resent = json.loads(run("submit", "--period", "2025Q4", "--json"))
+    assert resent["counts"]["changed"] == 1
+    assert not [e for e in json.loads(run("errors", "list", "--json")) if e["code"] == "registry.rejected"]
     measures = json.loads(run("measures", "--json"))
     lumbar = measures["modules"]["lumbar"]
     assert lumbar["cases"] == 28 and lumbar["surgical_site_infection_rate"] == round(100 / 28, 1)
