@@ -131,6 +131,19 @@ def refresh_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[
     return out
 
 
+def after_store(app: App, reason: str) -> None:
+    """After-store plug-in: recompute case outcomes once a sync, an import or a re-process
+    stored data, so late data shows on case pages at once. Never fails the run that stored the
+    data (submission and measures recompute anyway); only the error's type is logged."""
+    try:
+        with app.engine.begin() as conn:
+            cases = len(refresh_outcomes(conn, app))
+    except Exception as exc:
+        log.error("outcomes.refresh_failed", reason=reason, error=type(exc).__name__)
+        return
+    log.info("outcomes.refreshed", reason=reason, cases=cases)
+
+
 def _settings(app: App) -> SubmissionSettings:
     return app.settings.section(SubmissionSettings)
 

@@ -176,3 +176,22 @@ def test_feedback_file_without_the_expected_columns_is_refused(sqlite_app: App, 
     bad.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(FeedbackFileError, match="cannot read the feedback file"):
         load_feedback(sqlite_app, bad)
+
+
+def test_import_recomputes_case_outcomes_at_once(tmp_path: Path) -> None:
+    """The after-store plug-in: late data shows in case_outcomes right after the import."""
+    from registry_store.tables import CASE_OUTCOMES
+
+    config = write_config_file(tmp_path)
+    runner = CliRunner()
+    for folder in (SAMPLE_FEED, SAMPLE_OUTCOMES):
+        result = runner.invoke(cli, ["--config", str(config), "import", str(folder), "--source", "sample"])
+        assert result.exit_code == 0, result.output
+    from registry_adapter.app import build_app
+    from registry_adapter.config import load_settings
+
+    app = build_app(load_settings(config))
+    with app.engine.connect() as conn:
+        stored = dict(conn.execute(select(CASE_OUTCOMES.c.case_id, CASE_OUTCOMES.c.outcomes)).all())
+    app.engine.dispose()
+    assert len(stored) == 41 and stored["sample:proc-0004"]["readmission_days"] == 45
