@@ -8,6 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from registry_adapter.app import App
+from review.case_outcomes import submission_context
 from review.queries import BASELINE_STATUSES, CaseFilter, case_detail, case_facets, cases_page
 from review.settings import ReviewSettings
 from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
@@ -59,6 +60,8 @@ async def case(request: Request) -> Response:
     user = require(request)
     with registry(request).engine.connect() as conn:
         detail = case_detail(conn, request.path_params["case_id"])
+        if detail is not None:
+            detail |= submission_context(conn, detail["case"]["id"], detail["proms"])
     if detail is None:
         raise HTTPException(404)
     context = {"section": "cases", **detail, "anchor_labels": ANCHOR_LABELS}

@@ -231,6 +231,7 @@ A11Y_PAGES = [
     "/cases/sample:proc-0001",
     "/reminders",
     "/feeds",
+    "/measures",
     "/audit",
 ]
 
