@@ -62,7 +62,7 @@ from adapters.http import (
     url_path,
 )
 from adapters.incremental import copy_state, earlier_bound, run_start
-from adapters.json_limits import describe_json_error
+from registry_types.json_limits import describe_json_error
 
 log = structlog.get_logger(__name__)
 

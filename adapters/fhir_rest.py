@@ -87,7 +87,7 @@ from adapters.incremental import (
     last_updated_filter,
     later,
 )
-from adapters.json_limits import describe_json_error
+from registry_types.json_limits import describe_json_error
 
 log = structlog.get_logger(__name__)
 

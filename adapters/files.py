@@ -23,7 +23,7 @@ from adapters.base import Checkpoint, Item, Record, RecordError, SourceContext
 from adapters.hl7v2.files import is_gzip
 from adapters.hl7v2.records import looks_like_hl7v2
 from adapters.incremental import FileStamps
-from adapters.json_limits import (
+from registry_types.json_limits import (
     TOO_DEEP_CODE,
     UTF8_BOM,
     describe_json_error,

@@ -98,9 +98,9 @@ def _quiet() -> None:
 def _serve(db_dir: str, port_q: mp.Queue, stop_q: mp.Queue) -> None:
     from sqlalchemy import func, select
 
-    from registry_adapter.config import MllpSource
+    from registry_adapter.feeds.mllp import MllpSource
     from registry_adapter.listener import build_listener
-    from registry_store.staging import STAGING
+    from registry_store.tables import STAGING
 
     _quiet()
     app = _app(Path(db_dir), [{"name": "mllp", "type": "mllp", "port": 0}])

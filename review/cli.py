@@ -9,6 +9,7 @@ import click
 
 from registry_adapter.cli import Ctx, _emit_json, out, pass_ctx
 from review.auth import ROLES, UserError, add_user, list_users, set_password, set_user
+from review.settings import ReviewSettings
 
 
 @click.command()
@@ -22,7 +23,7 @@ def serve(obj: Ctx, host: str | None, port: int | None) -> None:
     from review.app import UVICORN_OPTIONS, create_app
 
     app = obj.app
-    settings = app.settings.review
+    settings = app.settings.section(ReviewSettings)
     web = create_app(app, host or settings.host)
     uvicorn.run(web, host=host or settings.host, port=port or settings.port, **UVICORN_OPTIONS)
 

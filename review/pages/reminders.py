@@ -12,9 +12,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from registry_adapter.app import App
-from review import audit
+from registry_store import audit
 from review.queries import REMINDER_TABS, reminder_counts, reminders_all, reminders_page
 from review.raw_view import MASK
+from review.settings import ReviewSettings
 from review.web import choice, masked_for, page_arg, registry, render, require
 from scheduler.channels.worklist import csv_row, csv_writer
 
@@ -41,7 +42,8 @@ async def reminders(request: Request) -> Response:
     masked = masked_for(request, user)
     with app.engine.connect() as conn:
         counts = reminder_counts(conn, today)
-        page = reminders_page(conn, tab, today, page_arg(request), app.settings.review.page_size)
+        page_size = app.settings.section(ReviewSettings).page_size
+        page = reminders_page(conn, tab, today, page_arg(request), page_size)
     rows = [mask_contacts(r, masked) for r in page.rows]
     return render(
         request,

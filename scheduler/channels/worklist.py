@@ -19,8 +19,9 @@ from typing import IO, Any, ClassVar
 from sqlalchemy import Select, or_, select
 from sqlalchemy.engine import Connection
 
+from registry_store.tables import CASES, PATIENTS, REMINDERS
 from scheduler.channels.base import Message
-from scheduler.queries import CASES, PATIENTS, REMINDERS, unconfirmed_flag, with_case_and_patient
+from scheduler.queries import unconfirmed_flag, with_case_and_patient
 
 COLUMNS = (
     "reminder_id",

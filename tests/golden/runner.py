@@ -34,7 +34,7 @@ from mappings.engine import BUNDLED as BUNDLED_VIEWS
 from mappings.engine import RegistryMapping
 from registry_adapter.app import App, build_app
 from registry_adapter.config import parse_settings
-from registry_store.errors import Issue
+from registry_types.issues import Issue
 
 GOLDEN = Path(__file__).resolve().parent
 VIEWS = GOLDEN / "views"

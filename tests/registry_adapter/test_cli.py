@@ -197,7 +197,7 @@ def test_one_failing_source_does_not_stop_the_others(tmp_path: Path) -> None:
 def test_a_source_being_synced_elsewhere_is_refused(tmp_path: Path) -> None:
     from registry_adapter.app import build_app
     from registry_adapter.config import load_settings
-    from scheduler.locks import LeaseLock
+    from registry_store.leases import LeaseLock
 
     cfg = write_config(tmp_path)
     run("db", "upgrade", config=cfg)

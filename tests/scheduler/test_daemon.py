@@ -27,10 +27,10 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import text
 
 from registry_adapter.app import App
+from registry_store.leases import LeaseLock, job_lock
 from scheduler import jobs
 from scheduler.clock import FixedClock
 from scheduler.daemon import Daemon
-from scheduler.locks import LeaseLock, job_lock
 from tests.conftest import base_config
 
 ROOT = Path(__file__).resolve().parents[2]
