@@ -51,7 +51,7 @@ def test_an_unknown_feed_type_is_a_config_error_naming_the_source() -> None:
         assert name in str(err.value)  # the message lists the types that exist
 
 
-def test_build_source_makes_each_pulled_feed_and_refuses_a_pushed_one(sqlite_app: App, tmp_path: Path) -> None:
+def test_build_source_makes_pulled_feeds_and_refuses_a_pushed_one(sqlite_app: App, tmp_path: Path) -> None:
     settings = parse_settings(
         {
             "site": SITE,
