@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck install clean sample-feed bench services
+.PHONY: demo test lint typecheck install clean sample-feed bench services golden
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: full sync of the bundled sample feed into SQLite (./var/registry.db), then a summary
+## demo: the sample feed dated to today (var/demo-feed), fully synced into SQLite
+## (./var/registry.db) with reminders planned, then a summary
+demo: export REGISTRY_SAMPLE_FEED = var/demo-feed
 demo: $(STAMP)
+	$(BIN)/python examples/generate_sample_feed.py --out var/demo-feed --outcomes-out var/demo-outcomes --as-of today
 	$(BIN)/registry-adapter --config $(CONFIG) db upgrade
 	$(BIN)/registry-adapter --config $(CONFIG) sync --full
 
@@ -38,6 +41,10 @@ typecheck: $(STAMP)
 
 sample-feed: $(STAMP)
 	$(BIN)/python examples/generate_sample_feed.py
+
+## golden: rewrite tests/golden/**/*.expected.json after a reviewed mapping change; review the diff
+golden: $(STAMP)
+	$(BIN)/python scripts/golden.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

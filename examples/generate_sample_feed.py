@@ -10,7 +10,19 @@ form too incomplete to score), out-of-scope records, and deliberate mapping erro
 tools have something to show. Output is deterministic (fixed seed and
 dates), so tests can rely on it.
 
-    python examples/generate_sample_feed.py [--out examples/sample-feed] [--patients 40]
+    python examples/generate_sample_feed.py [--out examples/sample-feed] [--patients 40] [--as-of DATE]
+
+``--as-of DATE`` moves every date by the same number of days so the feed reads as if exported
+on DATE (the bundled feed is dated as of 2025-11-01), and leaves out PROM responses that would
+be answered after DATE: ``make demo`` uses it with today's date, so the demo has reminders
+due now and time points still open.
+
+It also writes examples/sample-outcomes/: later records about the same patients with
+hand-labelled outcomes (comorbidities, a surgical site infection at day 20, a readmission 45
+days after discharge, a revision at day 200, BMI and smoking status, a discharge disposition,
+a death at day 60). They are a separate folder so the sample feed stays as tests know it;
+import both under one source name (``registry-adapter import examples/sample-feed
+examples/sample-outcomes --source sample``) to see the outcomes. ``LABELLED`` lists them.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -61,15 +73,31 @@ def local_dt(day: date, hour: int, minute: int = 0) -> str:
     return datetime.combine(day, time(hour, minute), TZ).isoformat()
 
 
+# The day the bundled feed reads as exported: --as-of shifts every date by (as_of - this).
+BUNDLED_AS_OF = date(2025, 11, 1)
+
+
 class Feed:
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, as_of: date | None = None):
         self.rng = random.Random(seed)
+        # Only an explicit --as-of drops answers from the future, so the bundled feed (that
+        # tests rely on) stays as it always was.
+        self.as_of = as_of
+        self.shift = (as_of - BUNDLED_AS_OF) if as_of else timedelta(0)
         self.out: dict[str, list[dict[str, Any]]] = {}
         self.instruments = load_instruments()
         self.stays: dict[int, tuple[str, date, date]] = {}  # n -> patient, surgery, discharge
 
+    def day(self, year: int, month: int, dom: int) -> date:
+        """A fixed date of the bundled feed, moved by --as-of."""
+        return date(year, month, dom) + self.shift
+
     def add(self, resource: dict[str, Any]) -> dict[str, Any]:
-        resource.setdefault("meta", {"versionId": "1", "lastUpdated": "2025-11-01T02:00:00Z"})
+        authored = resource.get("authored")
+        if self.as_of is not None and authored and date.fromisoformat(authored[:10]) > self.as_of:
+            return resource  # not answered yet on the feed's date (its answers were drawn all the same)
+        updated = datetime.combine(self.day(2025, 11, 1), time(2), UTC).isoformat().replace("+00:00", "Z")
+        resource.setdefault("meta", {"versionId": "1", "lastUpdated": updated})
         self.out.setdefault(resource["resourceType"], []).append(resource)
         return resource
 
@@ -122,7 +150,7 @@ class Feed:
             },
             "code": {"coding": [coding(ICD, code if dotted else code.replace(".", ""))]},
             "subject": ref("Patient", pid),
-            "recordedDate": "2025-01-15",
+            "recordedDate": self.day(2025, 1, 15).isoformat(),
         }
         if eid:
             res["encounter"] = ref("Encounter", eid)
@@ -175,9 +203,9 @@ class Feed:
         return answers
 
 
-def build(patients: int, seed: int) -> Feed:
-    feed = Feed(seed)
-    start = date(2024, 3, 4)
+def build(patients: int, seed: int, as_of: date | None = None) -> Feed:
+    feed = Feed(seed, as_of)
+    start = feed.day(2024, 3, 4)
     for n in range(1, patients + 1):
         pid = feed.patient(n)
         lumbar = n % 3 != 0
@@ -246,12 +274,12 @@ def build(patients: int, seed: int) -> Feed:
         hospital_layouts(feed)
     # Out of scope: not spine surgery, not a spine diagnosis.
     feed.procedure(
-        "proc-knee-1", "pat-0001", None, ["27447"], date(2024, 9, 2), text="Total knee arthroplasty"
+        "proc-knee-1", "pat-0001", None, ["27447"], feed.day(2024, 9, 2), text="Total knee arthroplasty"
     )
     feed.condition("cond-dm-1", "pat-0001", None, "E11.9")
     # Excluded: recorded in error.
     feed.procedure(
-        "proc-error-1", "pat-0002", "enc-0002", ["22633"], date(2024, 3, 26), status="entered-in-error"
+        "proc-error-1", "pat-0002", "enc-0002", ["22633"], feed.day(2024, 3, 26), status="entered-in-error"
     )
     # Deliberate mapping errors (one cause each, some with several records).
     for i, n in enumerate((3, 7, 11)):
@@ -260,13 +288,13 @@ def build(patients: int, seed: int) -> Feed:
             f"pat-{n:04d}",
             None,
             ["22899"],
-            date(2025, 2, 10 + i),
+            feed.day(2025, 2, 10 + i),
             text="Unlisted spine procedure",
         )
     feed.condition("cond-unmapped-1", "pat-0004", None, "M48.9")
     feed.condition("cond-unmapped-2", "pat-0008", None, "M48.9")
     feed.procedure("proc-nodate-1", "pat-0009", "enc-0009", ["63047"], None, text="Date missing")
-    feed.procedure("proc-addon-1", "pat-0010", None, ["22614"], date(2025, 3, 3), text="Add-on only")
+    feed.procedure("proc-addon-1", "pat-0010", None, ["22614"], feed.day(2025, 3, 3), text="Add-on only")
     feed.add(
         {
             "resourceType": "QuestionnaireResponse",
@@ -274,7 +302,7 @@ def build(patients: int, seed: int) -> Feed:
             "status": "completed",
             "questionnaire": "http://example.org/Questionnaire/hospital-satisfaction-survey",
             "subject": ref("Patient", "pat-0005"),
-            "authored": local_dt(date(2025, 1, 20), 9),
+            "authored": local_dt(feed.day(2025, 1, 20), 9),
             "item": [{"linkId": "q1", "answer": [{"valueInteger": 4}]}],
         }
     )
@@ -382,13 +410,131 @@ def _item_id(feed: Feed, instrument: str, link_id: str) -> str:
     return found[0].id
 
 
-def write(feed: Feed, out: Path) -> None:
+# What mappings/outcomes.py must make of examples/sample-outcomes (tests/submission check it):
+# case id → outcome field → expected value.
+LABELLED: dict[str, dict[str, Any]] = {
+    "sample:proc-0004": {
+        "comorbidities": {
+            "diabetes": "E11.9",
+            "obesity": "E66.01",
+            "tobacco_use": "F17.210",
+            "depression": "F32.9",
+        },
+        "complications": {"surgical_site_infection": 20},
+        "readmission_days": 45,
+        "readmission_30d": False,
+        "readmission_90d": True,
+        "reoperation_days": 200,
+        "reoperation_30d": False,
+        "reoperation_90d": False,
+        "reoperation_365d": True,
+        "reoperation_case": "sample:proc-0004-revision",
+        "discharge_disposition": "home",
+        "bmi": 32.4,
+        "smoking_status": "current",
+    },
+    "sample:proc-0004-revision": {"reoperation_of": "sample:proc-0004"},
+    "sample:proc-0007": {"complications": {"death": 60}},
+}
+
+
+def _updated(resource: dict[str, Any]) -> dict[str, Any]:
+    """A later version of a resource the feed already sent (same id, new version)."""
+    later = json.loads(json.dumps(resource))
+    later["meta"] = {"versionId": "2", "lastUpdated": "2025-12-01T02:00:00Z"}
+    return later
+
+
+def build_outcomes(base: Feed) -> Feed:
+    """Late records with hand-labelled outcomes about patients of ``base`` (see LABELLED).
+
+    Fixed values only (no random draws), derived from the base feed's surgery dates.
+    """
+    feed = Feed(0, base.as_of)
+    feed.instruments = base.instruments
+    pid, surgery, discharge = base.stays[4]
+    sent = {r["id"]: r for rtype in ("Patient", "Encounter") for r in base.out[rtype]}
+    # The patient's phone and address arrive later: the submission must never carry them.
+    patient = _updated(sent[pid])
+    patient["telecom"].append({"system": "phone", "value": "+1-555-0100-4477"})
+    patient["address"] = [{"line": ["742 Evergreen Terrace"], "city": "Springfield", "postalCode": "62704"}]
+    feed.add(patient)
+    stay = _updated(sent["enc-0004"])
+    stay["hospitalization"] = {
+        "dischargeDisposition": {
+            "coding": [coding("http://terminology.hl7.org/CodeSystem/discharge-disposition", "home")]
+        }
+    }
+    feed.add(stay)
+    # Comorbidities: on the problem list before surgery, and coded on the surgical stay.
+    for cid, code, recorded, eid in (
+        ("cond-0004-dm", "E11.9", surgery - timedelta(days=30), None),
+        ("cond-0004-obesity", "E66.01", surgery - timedelta(days=100), None),
+        ("cond-0004-tobacco", "F17.210", surgery + timedelta(days=2), "enc-0004"),
+        ("cond-0004-depression", "F32.9", surgery - timedelta(days=900), None),
+    ):
+        feed.condition(cid, pid, eid, code)
+        feed.out["Condition"][-1]["recordedDate"] = recorded.isoformat()
+    # Surgical site infection diagnosed in clinic on day 20.
+    feed.add(
+        {
+            "resourceType": "Encounter",
+            "id": "enc-0004-clinic",
+            "status": "finished",
+            "class": coding("http://terminology.hl7.org/CodeSystem/v3-ActCode", "AMB"),
+            "subject": ref("Patient", pid),
+            "period": {
+                "start": local_dt(surgery + timedelta(days=20), 9),
+                "end": local_dt(surgery + timedelta(days=20), 10),
+            },
+        }
+    )
+    feed.condition("cond-0004-ssi", pid, "enc-0004-clinic", "T81.41XA")
+    feed.out["Condition"][-1]["onsetDateTime"] = local_dt(surgery + timedelta(days=20), 9)
+    feed.out["Condition"][-1]["recordedDate"] = (surgery + timedelta(days=20)).isoformat()
+    # Readmitted 45 days after discharge.
+    feed.encounter(pid, "enc-0004-readmit", discharge + timedelta(days=45), 3)
+    # Back to the OR at day 200: a revision, its own case, linked to the first.
+    feed.encounter(pid, "enc-0004-reop", surgery + timedelta(days=200), 2)
+    feed.procedure(
+        "proc-0004-revision",
+        pid,
+        "enc-0004-reop",
+        ["63047", "22830"],
+        surgery + timedelta(days=200),
+        text="Revision",
+    )
+    # BMI and smoking status a week before surgery.
+    for oid, loinc, value in (
+        ("obs-0004-bmi", "39156-5", {"valueQuantity": {"value": 32.4, "unit": "kg/m2"}}),
+        ("obs-0004-smoking", "72166-2", {"valueCodeableConcept": {"coding": [coding(SCT, "449868002")]}}),
+    ):
+        feed.add(
+            {
+                "resourceType": "Observation",
+                "id": oid,
+                "status": "final",
+                "code": {"coding": [coding("http://loinc.org", loinc)]},
+                "subject": ref("Patient", pid),
+                "effectiveDateTime": local_dt(surgery - timedelta(days=7), 10),
+                **value,
+            }
+        )
+    # Patient 7 died 60 days after surgery.
+    pid7, surgery7, _ = base.stays[7]
+    died = _updated(sent[pid7])
+    died["deceasedDateTime"] = local_dt(surgery7 + timedelta(days=60), 14)
+    feed.add(died)
+    return feed
+
+
+def write(feed: Feed, out: Path, *, bundles: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*"):
         old.unlink()
     for rtype, resources in sorted(feed.out.items()):
         # Patients and Encounters also arrive as a transaction Bundle, as some EHR exports do.
-        if rtype in ("Patient", "Encounter"):
+        if bundles and rtype in ("Patient", "Encounter"):
             head, tail = resources[:5], resources[5:]
             bundle = {
                 "resourceType": "Bundle",
@@ -398,10 +544,15 @@ def write(feed: Feed, out: Path) -> None:
             (out / f"{rtype}-bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
             resources = tail
         lines = [json.dumps(r, separators=(",", ":")) for r in resources]
-        if rtype == "Condition":
+        if bundles and rtype == "Condition":
             # A line broken in transfer: must become an error naming file and line, not a crash.
             lines.insert(3, '{"resourceType":"Condition","id":"cond-broken-1","code":{"coding":[')
         (out / f"{rtype}.ndjson").write_text("\n".join(lines) + "\n")
+
+
+def _as_of(text: str) -> date:
+    """``--as-of``: YYYY-MM-DD, or ``today`` (in the sample feed's time zone)."""
+    return datetime.now(TZ).date() if text == "today" else date.fromisoformat(text)
 
 
 def main() -> None:
@@ -409,9 +560,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("sample-feed"))
     parser.add_argument("--patients", type=int, default=40)
     parser.add_argument("--seed", type=int, default=20251101)
+    parser.add_argument(
+        "--as-of",
+        type=_as_of,
+        default=None,
+        metavar="DATE",
+        help="Date the feed as exported on DATE (YYYY-MM-DD), e.g. today for a demo.",
+    )
+    parser.add_argument("--outcomes-out", type=Path, default=Path(__file__).with_name("sample-outcomes"))
     args = parser.parse_args()
-    write(build(args.patients, args.seed), args.out)
-    print(f"wrote {args.out}")
+    feed = build(args.patients, args.seed, args.as_of)
+    write(feed, args.out)
+    write(build_outcomes(feed), args.outcomes_out, bundles=False)
+    print(f"wrote {args.out} and {args.outcomes_out}")
 
 
 if __name__ == "__main__":

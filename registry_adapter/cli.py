@@ -56,6 +56,17 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+def _replan(app: App, reason: str) -> None:
+    """Run the after-store plug-ins (the scheduler plans reminders there), so that reminders
+    follow the cases just stored and the reminder pages are never silently empty."""
+    from registry_adapter.plugins import AFTER_STORE, plugins
+
+    for plugin in plugins(AFTER_STORE):
+        hook = plugin.load()
+        if callable(hook):
+            hook(app, reason)
+
+
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -309,6 +320,8 @@ def sync(
                 failures.append(f"{cfg.name}: sync failed ({describe_failure(exc)}); see `runs list`")
     # A partial run kept what it read, but something stopped: the exit code must say so.
     failures += [f"{r.source}: {r.outcome} ({r.failure})" for r in results if r.failure]
+    if results:
+        _replan(app, "sync")
     if as_json:
         for failure in failures:
             console.print(f"✗ {failure}", highlight=False)
@@ -357,6 +370,7 @@ def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) 
     # Invalid input (binary, empty, unreadable, malformed) is staged as errors: when that is
     # all there was, the import did not do its job and a script must see that.
     nothing_accepted = result.counts.received - result.counts.invalid <= 0
+    _replan(app, "import")
     if as_json:
         _emit_json(
             {
@@ -405,6 +419,7 @@ def reprocess(
         selected, counts = Pipeline(app, progress).reprocess(
             resource_type=resource_type, cause_id=cause_id, source=source_name, everything=everything
         )
+    _replan(app, "reprocess")
     if as_json:
         _emit_json({"selected": selected, **counts.as_dict()})
         return

@@ -15,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry_adapter.app import App
+from registry_store.timeutil import utcnow
 from review.access_log import AccessLog
 from review.login_limits import ClientFailures, HashPool
 from review.pages import audit_log, cases, errors, feeds, ops, reminder_link, reminders, session
@@ -116,6 +117,8 @@ def create_app(app: App, host: str | None = None) -> Starlette:
     web.state.templates = make_templates(app)
     web.state.metrics = metrics_registry(app)
     web.state.hash_pool = HashPool()
+    # The cause page offers re-processing after a restart (the configuration may have changed).
+    web.state.started_at = utcnow()
     web.state.login_failures = ClientFailures(
         settings.login_max_failures_per_client, settings.login_client_window_hours * 3600
     )

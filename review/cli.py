@@ -21,9 +21,13 @@ def serve(obj: Ctx, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from review.app import UVICORN_OPTIONS, create_app
+    from scheduler.replan import replan
 
     app = obj.app
     settings = app.settings.section(ReviewSettings)
+    # Reminders planned as of today before the first page is shown (the nightly job may be
+    # hours away, or not running at all on a machine that only serves the UI).
+    replan(app, "serve")
     web = create_app(app, host or settings.host)
     uvicorn.run(web, host=host or settings.host, port=port or settings.port, **UVICORN_OPTIONS)
 

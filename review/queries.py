@@ -439,24 +439,71 @@ def _reminder_query(tab: str, today: date) -> Select[Any]:
     return query
 
 
-def _tab_query(tab: str, today: date) -> Select[Any]:
+@dataclass(frozen=True)
+class WorklistView:
+    """The worklist's filters and order (``?reason=``, ``?sort=``, ``?assigned=``)."""
+
+    reason: str = ""  # failed | unconfirmed | call_back | call
+    sort: str = "due"  # due | days_left | call_back
+    assigned: str = ""
+
+
+WORKLIST_SORTS = ("due", "days_left", "call_back")
+
+
+def _worklist_view(query: Select[Any], view: WorklistView, today: date) -> Select[Any]:
+    items = query.selected_columns
+    if view.reason == "failed":
+        query = query.where(items.last_error.is_not(None))
+    elif view.reason == "unconfirmed":
+        query = query.where(items.unconfirmed)
+    elif view.reason == "call_back":
+        query = query.where(items.call_back_on <= today)
+    elif view.reason == "call":
+        query = query.where(items.last_error.is_(None))
+    if view.assigned:
+        query = query.where(items.assigned_to == view.assigned)
+    order = {
+        "days_left": (REMINDERS.c.window_end, REMINDERS.c.id),
+        "call_back": (items.call_back_on.is_(None), items.call_back_on, REMINDERS.c.id),
+    }.get(view.sort)
+    return query.order_by(None).order_by(*order) if order else query
+
+
+def _tab_query(
+    tab: str, today: date, calls_on: date | None = None, view: WorklistView | None = None
+) -> Select[Any]:
     # The worklist is the scheduler's own query, so the page, its CSV and the CLI's export
     # can never disagree on what is on it.
-    return worklist_query() if tab == "worklist" else _reminder_query(tab, today)
+    if tab == "worklist":
+        return _worklist_view(worklist_query(calls_on), view or WorklistView(), today)
+    return _reminder_query(tab, today)
 
 
-def reminders_page(conn: Connection, tab: str, today: date, page: int, size: int) -> Page:
-    return _paged(conn, _tab_query(tab, today), page, size)
+def reminders_page(
+    conn: Connection,
+    tab: str,
+    today: date,
+    page: int,
+    size: int,
+    calls_on: date | None = None,
+    view: WorklistView | None = None,
+) -> Page:
+    return _paged(conn, _tab_query(tab, today, calls_on, view), page, size)
 
 
-def reminders_all(conn: Connection, tab: str, today: date) -> Iterator[dict[str, Any]]:
+def reminders_all(
+    conn: Connection, tab: str, today: date, calls_on: date | None = None
+) -> Iterator[dict[str, Any]]:
     """Every reminder of a tab, streamed (the CSV export)."""
-    result = conn.execution_options(stream_results=True, yield_per=1000).execute(_tab_query(tab, today))
+    result = conn.execution_options(stream_results=True, yield_per=1000).execute(
+        _tab_query(tab, today, calls_on)
+    )
     for row in result:
         yield {**row._mapping, "unconfirmed": bool(row.unconfirmed)}
 
 
-def reminder_counts(conn: Connection, today: date) -> dict[str, int]:
+def reminder_counts(conn: Connection, today: date, calls_on: date | None = None) -> dict[str, int]:
     counts = {
         r.status: int(r.n)
         for r in conn.execute(
@@ -473,7 +520,9 @@ def reminder_counts(conn: Connection, today: date) -> dict[str, int]:
     return {
         "due": int(due),
         "worklist": int(
-            conn.execute(select(func.count()).select_from(worklist_query().order_by(None).subquery())).scalar_one()
+            conn.execute(
+                select(func.count()).select_from(worklist_query(calls_on).order_by(None).subquery())
+            ).scalar_one()
         ),
         **counts,
         "all": sum(counts.values()),

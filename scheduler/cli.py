@@ -241,10 +241,12 @@ def send_cmd(
 @pass_ctx
 def worklist_cmd(obj: Ctx, csv_path: Path) -> None:
     """Export open time points for coordinators to call (worklist channel or undeliverable)."""
-    from scheduler.channels.worklist import export_csv
+    from scheduler.channels.worklist import calls_due_on, export_csv
 
-    with obj.app.engine.connect() as conn:
-        n = export_csv(conn, csv_path)
+    app = obj.app
+    due_on = calls_due_on(app.settings.section(RemindersSettings).enabled, Dispatcher(app).today())
+    with app.engine.connect() as conn:
+        n = export_csv(conn, csv_path, due_on)
     out.print(f"wrote {n:,} worklist rows to {csv_path}")
 
 

@@ -15,6 +15,8 @@ changed, so it runs before every dispatch and after every sync:
   ``first_reminder_days_before``, not before the window opens), never sooner than
   ``repeat_every_days`` after the previous one actually went out, up to ``max_attempts``,
   while the window is open;
+- a time point a coordinator recorded as completed by phone or on paper (``worklist_items``)
+  is completed like one with a response;
 - status precedence: completed > cancelled > expired/missing > sent > scheduled. A response
   in the window completes the time point whenever it came (even before the first reminder);
   opt-out or a withdrawn/removed case cancel what is still open; a death cancels what was
@@ -44,6 +46,7 @@ from registry_adapter.config import Settings, TimepointWindow
 from registry_store import reminders
 from registry_store.tables import CASES, PATIENTS, PROM_RESPONSES, REMINDERS
 from registry_store.timeutil import utcnow
+from registry_store.worklist import staff_completions
 from scheduler.settings import RemindersSettings
 
 ACTIVE = ("scheduled", "sent")
@@ -214,6 +217,7 @@ def plan_timepoint(
     last_sent_day: date | None,
     today: date,
     settings: Settings,
+    staff_completed: tuple[str, date] | None = None,
 ) -> TimepointPlan:
     rs = settings.section(RemindersSettings)
     due, start, end = window(tp, facts.surgery_date, facts.discharge_date)
@@ -223,6 +227,10 @@ def plan_timepoint(
     done = completing_response(responses, instruments, rs.complete_when, start, end, today)
     if done is not None:
         return replace(plan, status="completed", completed_response_id=done)
+    if staff_completed is not None:
+        # Completed with a coordinator (by phone or on paper): no more reminders, whatever
+        # the responses say; answers entered for it arrive as a response and win above.
+        return replace(plan, status="completed")
     reason = cancel_reason(facts, end)
     if reason is not None:
         return replace(plan, status="cancelled", cancel_reason=reason)
@@ -337,6 +345,7 @@ def plan_reminders(conn: Connection, settings: Settings, today: date) -> PlanCou
     counts = PlanCounts()
     facts, _ = _load_facts(conn)
     responses = _load_responses(conn)
+    staff = staff_completions(conn)
     existing = {(r.case_id, r.timepoint): r for r in conn.execute(select(REMINDERS))}
     known_cases = {f.case_id for f in facts}
     now = utcnow()
@@ -355,6 +364,7 @@ def plan_reminders(conn: Connection, settings: Settings, today: date) -> PlanCou
                 last_sent_day=local_day(row.last_sent_at, tz) if row else None,
                 today=today,
                 settings=settings,
+                staff_completed=staff.get((f.case_id, name)),
             )
             counts.by_status[plan.status] = counts.by_status.get(plan.status, 0) + 1
             values = {k: getattr(plan, k) for k in _PLANNED_FIELDS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -10,7 +11,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from mappings.codemaps import CodeMapError
+from mappings.engine import MappingFileError
 from review import actions, csrf
+from review.cause_help import info, reprocess_helps, ticket_text
 from review.queries import (
     ERROR_STATUSES,
     CauseFilter,
@@ -41,7 +45,12 @@ async def causes(request: Request) -> Response:
             q=text_arg(request, "q"),
         )
         page = causes_page(conn, flt, page_arg(request), app.settings.section(ReviewSettings).page_size)
-    return render(request, "causes.html", {"section": "causes", "page": page, "flt": flt, "facets": facets})
+    titles = {c["code"]: entry.title for c in page.rows if (entry := info(c["code"])) is not None}
+    return render(
+        request,
+        "causes.html",
+        {"section": "causes", "page": page, "flt": flt, "facets": facets, "titles": titles},
+    )
 
 
 def _cause_id(request: Request) -> str:
@@ -70,10 +79,22 @@ def _cause_context(request: Request, cause_id: str, **extra: Any) -> dict[str, A
         }
         for ex in examples
     ]
+    # A code added to a code map file outside the UI must show as fixed here; a broken edit
+    # leaves the working versions in place (re-processing names the problem).
+    with contextlib.suppress(CodeMapError, MappingFileError):
+        app.reload_mappings_if_changed()
     target = actions.code_target(app, summary)
+    fixed = bool(target and any(m.lookup(target.system, target.code) is not None for m in target.codemaps))
+    entry = info(summary["code"])
+    helps, why = reprocess_helps(app, summary, entry, request.app.state.started_at, fixed)
     return {
         "section": "causes",
         "cause": summary,
+        "entry": entry,
+        "reprocess_helps": helps,
+        "reprocess_why": why,
+        "code_fixed": fixed,
+        "ticket": ticket_text(app.settings.site.id, summary, entry, examples),
         "examples": shown,
         "records": records,
         "records_status": status,

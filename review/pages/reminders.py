@@ -1,4 +1,6 @@
-"""The coordinators' worklist of PROM reminders, and its CSV export."""
+"""The coordinators' worklist of PROM reminders, its CSV export, what coordinators record on
+it (call outcomes, notes, assignments, call-backs, completion by phone or on paper, opt-out),
+and each reminder's page with its history."""
 
 from __future__ import annotations
 
@@ -7,17 +9,41 @@ from collections.abc import Iterator
 from datetime import date, datetime
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from registry_adapter.app import App
-from registry_store import audit
-from review.queries import REMINDER_TABS, reminder_counts, reminders_all, reminders_page
+from registry_store import audit, worklist
+from registry_store.timeutil import utcnow
+from review import csrf
+from review.queries import (
+    REMINDER_TABS,
+    WORKLIST_SORTS,
+    WorklistView,
+    reminder_counts,
+    reminders_all,
+    reminders_page,
+)
 from review.raw_view import MASK
 from review.settings import ReviewSettings
-from review.web import choice, masked_for, page_arg, registry, render, require
-from scheduler.channels.worklist import csv_row, csv_writer
+from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
+from review.worklist_view import (
+    OUTCOME_NAMES,
+    REASONS,
+    channel_outages,
+    days_left,
+    delivery_status,
+    latest_sends,
+    reason_to_call,
+    reminder_history,
+    tel_href,
+)
+from scheduler.channels.worklist import calls_due_on, csv_row, csv_writer
+from scheduler.replan import replan
+from scheduler.settings import RemindersSettings
 
 # Columns holding contact details: masked for the roles that see raw resources masked.
 CONTACT_COLUMNS = ("mrn", "phone", "email")
@@ -26,6 +52,10 @@ _CHUNK_ROWS = 500
 
 def site_today(app: App) -> date:
     return datetime.now(app.settings.site.tz).date()
+
+
+def _calls_on(app: App, today: date) -> date | None:
+    return calls_due_on(app.settings.section(RemindersSettings).enabled, today)
 
 
 def mask_contacts(row: dict[str, Any], masked: bool) -> dict[str, Any]:
@@ -40,11 +70,43 @@ async def reminders(request: Request) -> Response:
     tab = choice(request, "status", REMINDER_TABS, "due")
     today = site_today(app)
     masked = masked_for(request, user)
+    calls_on = _calls_on(app, today)
+    view = WorklistView(
+        reason=choice(request, "reason", tuple(REASONS)),
+        sort=choice(request, "sort", WORKLIST_SORTS, "due"),
+        assigned=text_arg(request, "assigned"),
+    )
     with app.engine.connect() as conn:
-        counts = reminder_counts(conn, today)
-        page_size = app.settings.section(ReviewSettings).page_size
-        page = reminders_page(conn, tab, today, page_arg(request), page_size)
-    rows = [mask_contacts(r, masked) for r in page.rows]
+        counts = reminder_counts(conn, today, calls_on)
+        page = reminders_page(
+            conn,
+            tab,
+            today,
+            page_arg(request),
+            app.settings.section(ReviewSettings).page_size,
+            calls_on,
+            view,
+        )
+        latest = latest_sends(conn, [r["reminder_id"] for r in page.rows])
+        outages = channel_outages(conn, utcnow())
+    down = {o.channel for o in outages}
+    rows = []
+    for r in page.rows:
+        last = latest.get(r["reminder_id"])
+        reason, reason_words = reason_to_call(r, last, today)
+        rows.append(
+            {
+                **mask_contacts(r, masked),
+                "shown_status": delivery_status(r, last),
+                "reason": reason,
+                "reason_words": reason_words,
+                "days_left": days_left(r, today),
+                "tel": None if masked else tel_href(r.get("phone")),
+                "outcome_words": OUTCOME_NAMES.get(str(r.get("last_outcome")), ""),
+                # One banner says the channel is down; the row only points to it.
+                "channel_down": bool(last and last["channel"] in down and last.get("error")),
+            }
+        )
     return render(
         request,
         "reminders.html",
@@ -57,6 +119,12 @@ async def reminders(request: Request) -> Response:
             "rows": rows,
             "today": today,
             "masked": masked,
+            "view": view,
+            "reasons": REASONS,
+            "outages": outages,
+            "down_channels": down,
+            "manual_calls": calls_on is not None,
+            "message": request.session.pop("flash", None),
         },
     )
 
@@ -81,7 +149,7 @@ async def export(request: Request) -> Response:
         buf = io.StringIO()
         writer = csv_writer(buf)
         with app.engine.connect() as conn:
-            for n, row in enumerate(reminders_all(conn, tab, today), 1):
+            for n, row in enumerate(reminders_all(conn, tab, today, _calls_on(app, today)), 1):
                 writer.writerow(csv_row(mask_contacts(row, masked)))
                 if n % _CHUNK_ROWS == 0:
                     yield buf.getvalue()
@@ -97,7 +165,117 @@ async def export(request: Request) -> Response:
     )
 
 
+def _reminder_id(request: Request) -> int:
+    raw = str(request.path_params["reminder_id"])
+    if not raw.isdigit() or len(raw) > 12:
+        raise HTTPException(404)
+    return int(raw)
+
+
+async def reminder(request: Request) -> Response:
+    """One reminder: its case and patient, every attempt with its outcome, link clicks and
+    coordinator actions, and the forms to record what was done."""
+    user = require(request)
+    app = registry(request)
+    rid = _reminder_id(request)
+    masked = masked_for(request, user)
+    today = site_today(app)
+    with app.engine.connect() as conn:
+        history = reminder_history(conn, rid)
+        if history is None:
+            raise HTTPException(404)
+        latest = latest_sends(conn, [rid]).get(rid)
+    item = mask_contacts(history["reminder"], masked)
+    return render(
+        request,
+        "reminder.html",
+        {
+            "section": "reminders",
+            "r": item,
+            "shown_status": delivery_status(item, latest),
+            "tel": None if masked else tel_href(history["reminder"].get("phone")),
+            "days_left": days_left(item, today),
+            "sends": history["sends"],
+            "clicks": history["clicks"],
+            "actions": history["actions"],
+            "outcomes": OUTCOME_NAMES,
+            "today": today,
+            "masked": masked,
+            "message": request.session.pop("flash", None),
+            "error": request.session.pop("flash_error", None),
+        },
+    )
+
+
+def _date_field(form: Any, name: str, rid: int, *, required: bool) -> date | None:
+    raw = str(form.get(name, "")).strip()
+    if not raw:
+        if required:
+            raise worklist.WorklistError(f"reminder {rid}: {name.replace('_', ' ')} is required")
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise worklist.WorklistError(
+            f"reminder {rid}: {name.replace('_', ' ')} must be a date (YYYY-MM-DD)"
+        ) from None
+
+
+def _apply(app: App, username: str, rid: int, form: Any, today: date) -> worklist.Done:
+    action = str(form.get("action", ""))
+    note = str(form.get("note", "")) or None
+    if action == "call":
+        return worklist.record_call(app.engine, rid, username, str(form.get("outcome", "")), note)
+    if action == "note":
+        return worklist.add_note(app.engine, rid, username, str(form.get("note", "")))
+    if action == "assign":
+        return worklist.assign(app.engine, rid, username, str(form.get("assignee", "")))
+    if action == "call_back":
+        return worklist.set_call_back(
+            app.engine, rid, username, _date_field(form, "call_back_on", rid, required=False)
+        )
+    if action == "complete":
+        on = _date_field(form, "completed_on", rid, required=False) or today
+        return worklist.record_completion(app.engine, rid, username, str(form.get("how", "")), on, note)
+    if action == "opt_out":
+        return worklist.record_opt_out(app.engine, rid, username, note)
+    raise worklist.WorklistError(f"reminder {rid}: unknown action {action[:40]!r}")
+
+
+DONE_WORDS = {
+    "call": "Call outcome recorded.",
+    "note": "Note added.",
+    "assign": "Assignment saved.",
+    "call_back": "Call-back date saved.",
+    "complete": "Time point recorded as completed; its reminders have stopped.",
+    "opt_out": "The patient is opted out; their open reminders are cancelled.",
+}
+
+
+async def act(request: Request) -> Response:
+    """POST /reminders/{id}/act: record one coordinator action, then back to where it was done."""
+    user = require(request, "reviewer")
+    app = registry(request)
+    rid = _reminder_id(request)
+    form = await csrf.checked_form(request)
+    back = str(form.get("back", ""))
+    # Only our own pages: never an open redirect.
+    target = back if back.startswith("/reminders") and "//" not in back else f"/reminders/{rid}"
+    try:
+        done = await run_in_threadpool(_apply, app, user.username, rid, form, site_today(app))
+    except worklist.WorklistError as exc:
+        request.session["flash_error"] = str(exc)
+        return RedirectResponse(f"/reminders/{rid}", status_code=303)
+    if done.replan:
+        # Stop the reminders now, not at the next dispatch.
+        await run_in_threadpool(replan, app, f"worklist.{done.action}")
+    request.session["flash"] = DONE_WORDS[done.action]
+    return RedirectResponse(target, status_code=303)
+
+
 ROUTES = [
     Route("/reminders", reminders, methods=["GET"]),
     Route("/reminders.csv", export, methods=["GET"]),
+    Route("/reminders/{reminder_id}", reminder, methods=["GET"]),
+    Route("/reminders/{reminder_id}/act", act, methods=["POST"]),
 ]

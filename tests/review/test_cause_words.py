@@ -1,0 +1,73 @@
+"""Cause pages in a coordinator's words: the catalogue's title, explanation, who fixes it and
+the next step; "Re-process" only where it can help; a copyable IT-ticket block with ids and
+counts only. Real store filled from the sample feed; pages through the test client."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from html import unescape
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from mappings.codemaps import append_code, load_codemap
+from tests.review.conftest import UNLISTED_CAUSE
+
+Client = Callable[[str | None], TestClient]
+REQUIRED_MISSING = "e7cb050d8e29ac78"  # mapping.required_missing: a procedure without a date
+VALUES = {"category": "other_lumbar_fusion", "module": "lumbar", "rank": "50", "display": "Unlisted"}
+
+
+def ticket(html: str) -> str:
+    match = re.search(r'<pre class="ticket" id="ticket" tabindex="0">(.*?)</pre>', html, re.S)
+    assert match, "no ticket block"
+    return unescape(match.group(1))
+
+
+def test_causes_list_leads_with_titles_in_words(client_for: Client) -> None:
+    page = client_for("vera").get("/causes").text
+    assert "A procedure or diagnosis code is missing from a code map" in page
+    filtered = client_for("vera").get("/causes?code=mapping.required_missing").text
+    assert "A required value is missing" in filtered
+
+
+def test_a_missing_code_cause_explains_who_fixes_it_and_offers_only_the_fix(client_for: Client) -> None:
+    page = client_for("rita").get(f"/causes/{UNLISTED_CAUSE}").text
+    assert "<h1>A procedure or diagnosis code is missing from a code map</h1>" in page
+    assert "<strong>Who fixes it:</strong> a clinical coder (code maps)." in page
+    assert "Add CPT 22899 to a code map" in page
+    # Nothing changed yet: re-processing the same records would fail the same way.
+    assert "Re-process records" not in page
+    assert "Re-processing is not offered: the code is not in a code map yet" in page
+    text = ticket(page)
+    assert text.splitlines()[0] == (
+        "Spine registry adapter, site test-site: A procedure or diagnosis code is missing from a code map"
+    )
+    assert f"Error code: codemap.unmapped_code [cpt|22899]; cause {UNLISTED_CAUSE}" in text
+    assert "Records: 3 open, 0 ignored, 0 resolved" in text
+    assert "Procedure/proc-unlisted-0 (source sample)" in text
+    assert "Fix needed (a clinical coder (code maps)): Add the code" in text
+    assert "DEMO-" not in text and "@" not in text  # ids and codes only
+
+
+def test_re_process_is_offered_once_the_code_is_in_a_code_map(
+    client_for: Client, site_codemaps: Path
+) -> None:
+    cmap = load_codemap(site_codemaps / "spine-procedures.yaml")
+    append_code(cmap, "cpt", "22899", dict(VALUES), "by hand")
+    page = client_for("rita").get(f"/causes/{UNLISTED_CAUSE}").text
+    assert "Re-process records" in page and "the code is in a code map now" in page
+    assert "Add CPT 22899 to a code map" not in page  # it is there already
+
+
+def test_a_cause_the_hospital_must_fix_offers_no_re_process(client_for: Client) -> None:
+    page = client_for("rita").get(f"/causes/{REQUIRED_MISSING}").text
+    assert "<h1>A required value is missing</h1>" in page
+    assert "the hospital&#39;s interface team" in page or "the hospital's interface team" in page
+    assert "Re-process records" not in page
+    assert "the hospital must send the record again" in page
+    assert "Ignore cause" in page  # ignoring still helps (e.g. a test record)
+    text = ticket(page)
+    assert "Error code: mapping.required_missing; cause" in text  # no value for this kind of code
+    assert "field surgery_date" in text
