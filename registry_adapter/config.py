@@ -176,9 +176,11 @@ class Settings(StrictSettings):
     def _gather_sections(cls, data: Any) -> Any:
         if isinstance(data, dict):
             names = set(Sections.model_fields)
-            data = {k: v for k, v in data.items() if k not in names} | {
-                "sections": {k: v for k, v in data.items() if k in names}
-            }
+            # Written at the top level in config.yaml; already nested in a model_dump().
+            nested = data.get("sections")
+            gathered = dict(nested) if isinstance(nested, dict) else {}
+            gathered.update({k: data[k] for k in names & set(data)})
+            data = {k: v for k, v in data.items() if k not in names} | {"sections": gathered}
         return data
 
     @model_validator(mode="after")
