@@ -13,7 +13,15 @@ from registry_adapter.app import App
 from registry_adapter.config import ConfigError, parse_settings
 from registry_adapter.feeds import FeedType, build_source, feed_types, is_pulled
 from registry_adapter.feeds.mllp import MllpSource
-from registry_adapter.plugins import COMMANDS, DOCTOR, FEEDS, SETTINGS, declared_in_source_tree, plugins
+from registry_adapter.plugins import (
+    AFTER_STORE,
+    COMMANDS,
+    DOCTOR,
+    FEEDS,
+    SETTINGS,
+    declared_in_source_tree,
+    plugins,
+)
 
 SITE = {"id": "site", "timezone": "UTC", "pseudonym_key": "k" * 32}
 
@@ -73,7 +81,7 @@ def test_build_source_makes_pulled_feeds_and_refuses_a_pushed_one(sqlite_app: Ap
         build_source(settings.source("gone"), sqlite_app)
 
 
-@pytest.mark.parametrize("group", [FEEDS, SETTINGS, COMMANDS, DOCTOR])
+@pytest.mark.parametrize("group", [FEEDS, SETTINGS, COMMANDS, DOCTOR, AFTER_STORE])
 def test_pyproject_declares_what_the_installed_metadata_lists(group: str) -> None:
     """A checkout whose metadata predates a new entry point falls back to pyproject.toml; both
     must list the same plug-ins (if this fails, run `make install`)."""
