@@ -13,6 +13,7 @@ COPY adapters adapters
 COPY mappings mappings
 COPY registry_adapter registry_adapter
 COPY registry_store registry_store
+COPY registry_types registry_types
 COPY review review
 COPY scheduler scheduler
 # The web extra: the review UI. The venv is copied whole into the runtime image, at the same

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck install clean sample-feed bench services
+.PHONY: demo test lint typecheck install clean sample-feed bench services golden
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ typecheck: $(STAMP)
 
 sample-feed: $(STAMP)
 	$(BIN)/python examples/generate_sample_feed.py
+
+## golden: rewrite tests/golden/**/*.expected.json after a reviewed mapping change; review the diff
+golden: $(STAMP)
+	$(BIN)/python scripts/golden.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

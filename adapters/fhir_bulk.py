@@ -37,7 +37,6 @@ import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +61,8 @@ from adapters.http import (
     raise_for_fhir,
     url_path,
 )
-from adapters.json_limits import describe_json_error
+from adapters.incremental import copy_state, earlier_bound, run_start
+from registry_types.json_limits import describe_json_error
 
 log = structlog.get_logger(__name__)
 
@@ -141,8 +141,8 @@ class FhirBulkSource:
 
     # ------------------------------------------------------------------ entry point
     def read(self, ctx: SourceContext) -> Iterator[Item]:
-        state: dict[str, Any] = orjson.loads(orjson.dumps(dict(ctx.state))) if ctx.state else {}
-        since = None if ctx.full else (ctx.since or state.get("since"))
+        state = copy_state(ctx.state)
+        since = run_start(ctx, state.get("since"))
         for restarts in range(MAX_RESTARTS_PER_RUN + 1):
             try:
                 yield from self.export(state, ctx, since)
@@ -158,7 +158,7 @@ class FhirBulkSource:
                                   message=f"{exc}: the export's files have expired; "
                                           "a new export is started with the same _since")
                 again = restarts < MAX_RESTARTS_PER_RUN
-                yield Checkpoint(state=_copy(state),
+                yield Checkpoint(state=copy_state(state),
                                  progress="export files expired: " + (
                                      "starting a new export" if again
                                      else "the next run starts a new export"))
@@ -178,14 +178,14 @@ class FhirBulkSource:
         if job is None:
             job = self.kick_off(since, ctx.resource_types)
             state["export"] = job
-            yield Checkpoint(state=_copy(state), progress="export accepted")
+            yield Checkpoint(state=copy_state(state), progress="export accepted")
         if job.get("manifest") is None:
             outcome = yield from self.poll(state, job)
             if outcome is None:
                 return
             job["manifest"] = outcome
             job["files"] = {}
-            yield Checkpoint(state=_copy(state), progress="export complete, downloading")
+            yield Checkpoint(state=copy_state(state), progress="export complete, downloading")
         manifest = job["manifest"]
         needs_token = bool(manifest.get("requiresAccessToken"))
         outputs = [(o, "output") for o in manifest.get("output") or []] + \
@@ -208,7 +208,7 @@ class FhirBulkSource:
         if unread or short:
             # Resources after a bad line or missing from a short file were never yielded:
             # keep the window open so the next export fetches them again.
-            kept = _earlier(state.get("since"), job.get("since_used"))
+            kept = earlier_bound(state.get("since"), job.get("since_used"))
             final: dict[str, Any] = {"since": kept} if kept else {}
             progress = (f"export done with {unread} unreadable or failed lines and {short} short "
                         "files: _since not advanced")
@@ -285,7 +285,7 @@ class FhirBulkSource:
                 return manifest
             if resp.status_code == 202:
                 progress = resp.headers.get("X-Progress") or "in progress"
-                yield Checkpoint(state=_copy(state), progress=f"export: {progress[:100]}")
+                yield Checkpoint(state=copy_state(state), progress=f"export: {progress[:100]}")
                 if time.monotonic() > deadline:
                     raise BulkExportError(f"export at {url_path(url)} not done after "
                                           f"{self.cfg.max_wait_seconds:.0f}s")
@@ -306,7 +306,7 @@ class FhirBulkSource:
             yield RecordError(origin=f"{url_path(url)}", code="export-failed", message=str(err),
                               raw=resp.content or None)
             state.pop("export", None)
-            yield Checkpoint(state=_copy(state), progress="export failed")
+            yield Checkpoint(state=copy_state(state), progress="export failed")
             return None
 
     # ------------------------------------------------------------------ files
@@ -343,7 +343,7 @@ class FhirBulkSource:
                         fstate["bad"] += 1
                     yield from items
                 if line_no % self.cfg.checkpoint_every == 0:
-                    yield Checkpoint(state=_copy(state), progress=f"{label}: {line_no} lines")
+                    yield Checkpoint(state=copy_state(state), progress=f"{label}: {line_no} lines")
         expected = entry.get("count")
         if (kind != "error" and isinstance(expected, int) and not isinstance(expected, bool)
                 and fstate["items"] < expected):
@@ -354,7 +354,7 @@ class FhirBulkSource:
                                       f"announced {expected}",
                               resource_type=rtype or None)
         fstate["done"] = True
-        yield Checkpoint(state=_copy(state), progress=f"{label}: done, {line_no} lines")
+        yield Checkpoint(state=copy_state(state), progress=f"{label}: done, {line_no} lines")
         local.unlink(missing_ok=True)
 
     def local_file(self, url: str) -> Path:
@@ -432,7 +432,7 @@ class FhirBulkSource:
                 break
             except DOWNLOAD_ERRORS as exc:
                 fstate["downloaded"] = have
-                yield Checkpoint(state=_copy(state), progress=f"download interrupted at {have} B")
+                yield Checkpoint(state=copy_state(state), progress=f"download interrupted at {have} B")
                 try:
                     retry = retry.increment(method="GET", url=url_path(url), error=exc)
                 except MaxRetryError:
@@ -441,7 +441,7 @@ class FhirBulkSource:
                 retry.sleep()
         fstate["downloaded"] = have
         fstate["complete"] = True
-        yield Checkpoint(state=_copy(state), progress=f"downloaded {url_path(url)}: {have} B")
+        yield Checkpoint(state=copy_state(state), progress=f"downloaded {url_path(url)}: {have} B")
 
 
 def _expired(resp: requests.Response, url: str) -> OutputExpired:
@@ -484,17 +484,3 @@ def _deletions(bundle: Mapping[str, Any], line: bytes, origin: str) -> list[Item
         out.append(Deleted(resource_type=m.group(1), resource_id=m.group(2),
                            origin=f"{origin} entry {i}"))
     return out
-
-
-def _earlier(a: str | None, b: str | None) -> str | None:
-    """The earlier of two FHIR instants; ``None`` (no lower bound) when either is ``None``."""
-    if a is None or b is None:
-        return None
-    try:
-        return a if datetime.fromisoformat(a) <= datetime.fromisoformat(b) else b
-    except (TypeError, ValueError):  # unparsable, or naive against aware
-        return a  # keep the committed one, as before
-
-
-def _copy(state: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(orjson.loads(orjson.dumps(state)))

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -81,7 +80,14 @@ from adapters.http import (
     raise_for_fhir,
     url_path,
 )
-from adapters.json_limits import describe_json_error
+from adapters.incremental import (
+    TypeWatermark,
+    copy_state,
+    format_instant,
+    last_updated_filter,
+    later,
+)
+from registry_types.json_limits import describe_json_error
 
 log = structlog.get_logger(__name__)
 
@@ -166,25 +172,10 @@ class _Page:
     server_time: str | None
 
 
-def _parse_instant(value: str) -> datetime:
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def _format_instant(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _last_updated(resource: Mapping[str, Any]) -> str | None:
     meta = resource.get("meta")
     value = meta.get("lastUpdated") if isinstance(meta, Mapping) else None
     return value if isinstance(value, str) else None
-
-
-def _max_instant(a: str | None, b: str | None) -> str | None:
-    if a is None or b is None:
-        return a or b
-    return a if _parse_instant(a) >= _parse_instant(b) else b
 
 
 class FhirRestSource:
@@ -236,7 +227,7 @@ class FhirRestSource:
                                 f"page {number} of {path} is not a {' or '.join(expect)}",
                                 f"{path} page {number}")
         date = resp.headers.get("Date")
-        server_time = _format_instant(parsedate_to_datetime(date)) if date else None
+        server_time = format_instant(parsedate_to_datetime(date)) if date else None
         return _Page(path, number, bundle, server_time)
 
     def search_url(self, resource_type: str, params: Mapping[str, str], extra: str = "") -> str:
@@ -265,7 +256,7 @@ class _Run:
         self.cfg = source.cfg
         self.ctx = ctx
         self.types = types
-        self.state: dict[str, Any] = dict(orjson.loads(orjson.dumps(dict(ctx.state))))
+        self.state: dict[str, Any] = copy_state(ctx.state)
         self.seen: set[str] = set()  # "Type/id/version" yielded in this run
         self.known_refs: set[str] = set()  # "Type/id" yielded or already looked up
         self.counts: dict[str, int] = {}
@@ -278,16 +269,7 @@ class _Run:
     # ------------------------------------------------------------------ helpers
     def since_for(self, watermark: str | None) -> tuple[str, str] | None:
         """The ``_lastUpdated`` filter for a run starting from ``watermark``."""
-        if self.ctx.full:
-            return None
-        if self.ctx.since:
-            return ("ge", self.ctx.since)  # an explicit --since wins over the stored watermark
-        if watermark is None:
-            return None
-        if self.cfg.overlap_seconds <= 0:
-            return ("ge", watermark)  # ties on the watermark instant must be re-read
-        start = _parse_instant(watermark) - timedelta(seconds=self.cfg.overlap_seconds)
-        return ("gt", _format_instant(start))
+        return last_updated_filter(self.ctx, watermark, self.cfg.overlap_seconds)
 
     def search_params(self, since: tuple[str, str] | None) -> dict[str, str]:
         params = {"_count": str(self.cfg.page_size)}
@@ -298,7 +280,7 @@ class _Run:
         return params
 
     def checkpoint(self, progress: str) -> Checkpoint:
-        return Checkpoint(state=orjson.loads(orjson.dumps(self.state)), progress=progress)
+        return Checkpoint(state=copy_state(self.state), progress=progress)
 
     def records(self, page: _Page) -> Iterator[Record | RecordError]:
         for i, entry in enumerate(page.bundle.get("entry") or []):
@@ -366,11 +348,7 @@ class _Run:
             self.complete = self.complete and since is None
             url = self.src.search_url(rtype, self.search_params(since),
                                       self.cfg.search_params.get(rtype, ""))
-            high: str | None = previous
-            ordered = self.cfg.sort_by_last_updated
-            last_seen: str | None = None
-            versions: dict[str, str] = {}  # id -> lastUpdated seen in this traversal
-            shifted = False
+            mark = TypeWatermark(previous, sorted_pages=self.cfg.sort_by_last_updated)
             deletions_from: str | None = None
             log.info("fhir_rest.type_start", source=self.src.name, type=rtype,
                      incremental=since is not None)
@@ -384,28 +362,21 @@ class _Run:
                         if (lu is None or not isinstance(res, Mapping) or mode != "match"
                                 or res.get("resourceType") != rtype):
                             continue
-                        if ordered and last_seen and _parse_instant(lu) < _parse_instant(last_seen):
-                            ordered = False
+                        events = mark.see(str(res.get("id")), lu)
+                        if "unsorted" in events:
                             log.warning("fhir_rest.unsorted_pages", type=rtype,
                                         page=page.number)
-                        last_seen = lu
-                        high = _max_instant(high, lu)
-                        rid = str(res.get("id"))
-                        if versions.setdefault(rid, lu) != lu and not shifted:
+                        if "shifted" in events:
                             # A resource we already had came back newer: the server pages by
                             # offset over a live result set, so a row may have been skipped.
-                            shifted = True
                             self.complete = False
                             log.warning("fhir_rest.result_set_shifted", type=rtype,
                                         page=page.number)
                     yield from self.records(page)
                     yield from self.references(page)
-                    if ordered and not shifted:
-                        tstate["watermark"] = high
-                    else:
-                        # Unsorted or shifting pages: a watermark committed from earlier pages
-                        # may be past a row still to come, so back to where the type started.
-                        tstate["watermark"] = previous
+                    # Unsorted or shifting pages: a watermark committed from earlier pages
+                    # may be past a row still to come, so it stays where the type started.
+                    tstate["watermark"] = mark.after_page
                     yield self.checkpoint(f"{rtype}: page {page.number}, "
                                           f"{self.counts.get(rtype, 0)} resources")
                 if self.cfg.detect_deletes and since is not None:
@@ -426,8 +397,7 @@ class _Run:
                 continue
             # After a shift the watermark stays where this traversal started, so the next run
             # reads the window again.
-            if not shifted:
-                tstate["watermark"] = high
+            tstate["watermark"] = mark.at_end
             yield self.checkpoint(f"{rtype}: done, {self.counts.get(rtype, 0)} resources")
 
     def deletions(self, rtype: str, since: str) -> Iterator[Item]:
@@ -528,7 +498,7 @@ class _Run:
                         for entry in page.bundle.get("entry") or []:
                             res = entry.get("resource")
                             if isinstance(res, Mapping):
-                                run["high"] = _max_instant(run["high"], _last_updated(res))
+                                run["high"] = later(run["high"], _last_updated(res))
                         yield from self.records(page)
                         yield from self.references(page)
             except MalformedPage as exc:

@@ -22,7 +22,8 @@ import orjson
 from adapters.base import Checkpoint, Item, Record, RecordError, SourceContext
 from adapters.hl7v2.files import is_gzip
 from adapters.hl7v2.records import looks_like_hl7v2
-from adapters.json_limits import (
+from adapters.incremental import FileStamps
+from registry_types.json_limits import (
     TOO_DEEP_CODE,
     UTF8_BOM,
     describe_json_error,
@@ -286,18 +287,12 @@ class FilesSource:
         self.patterns = tuple(patterns)
 
     def read(self, ctx: SourceContext) -> Iterator[Item]:
-        done: dict[str, Any] = dict(ctx.state.get("files", {})) if not ctx.full else {}
+        stamps = FileStamps(ctx)
         for path in iter_paths(self.paths, self.patterns):
-            try:
-                stat = path.stat()
-            except OSError:
-                stat = None
-            key = str(path)
-            stamp = [stat.st_size, stat.st_mtime_ns] if stat else None
-            if stamp is not None and done.get(key) == stamp:
+            stamp = stamps.stamp(path)
+            if stamps.unchanged(path, stamp):
                 continue
             yield from read_file(path)
-            if stamp is not None:
-                done[key] = stamp
-            yield Checkpoint({"files": dict(done)}, progress=path.name)
-        yield Checkpoint({"files": done})
+            stamps.mark_read(path, stamp)
+            yield Checkpoint(stamps.state(), progress=path.name)
+        yield Checkpoint(stamps.state())

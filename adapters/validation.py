@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from registry_store.errors import Issue
+from registry_types.issues import Issue
 
 Strictness = Literal["strict", "warn", "off"]
 MAX_ISSUES = 10

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "hl7v2" / "fhir-converter" / "messages"
+FIXTURES = ROOT / "tests" / "fixtures" / "hl7v2" / "fhir-converter" / "messages"
 LISTENER_SAMPLE = "ADT-A08-02.hl7"
 CONVERT_SAMPLES = ["ADT-A08-02.hl7", "ADT-A01-01.hl7", "BAR-P01-01.hl7", "DFT-P03-02.hl7",
                    "ORU-R01-01.hl7"]
@@ -98,9 +98,9 @@ def _quiet() -> None:
 def _serve(db_dir: str, port_q: mp.Queue, stop_q: mp.Queue) -> None:
     from sqlalchemy import func, select
 
-    from registry_adapter.config import MllpSource
+    from registry_adapter.feeds.mllp import MllpSource
     from registry_adapter.listener import build_listener
-    from registry_store.staging import STAGING
+    from registry_store.tables import STAGING
 
     _quiet()
     app = _app(Path(db_dir), [{"name": "mllp", "type": "mllp", "port": 0}])

@@ -40,12 +40,15 @@ from mappings.codemaps import BUNDLED
 from registry_adapter.app import App, build_app
 from registry_adapter.config import parse_settings
 from registry_adapter.pipeline import Pipeline
-from registry_store.errors import ERRORS, cause_id
-from registry_store.staging import STAGING, stage_records
+from registry_store.errors import cause_id
+from registry_store.staging import stage_records
+from registry_store.tables import CASES, PATIENTS, PROCEDURES, REMINDERS, STAGING
+from registry_store.tables import MAPPING_ERRORS as ERRORS
+from registry_store.tables import SYNC_RUNS as RUNS
 from review.actions import add_code_and_reprocess
 from review.app import create_app
 from review.auth import CurrentUser, add_user
-from review.queries import CASES, PATIENTS, PROCEDURES, REMINDERS, RUNS
+from review.settings import ReviewSettings
 
 CATEGORIES = ["plif_tlif", "posterior_lumbar_fusion", "lumbar_laminectomy", "lumbar_discectomy", "acdf"]
 PASSWORD = "bench-password-123"
@@ -279,8 +282,8 @@ def main() -> None:
 
     client = TestClient(create_app(app))
     sign_in(client)
-    last_causes = -(-max(10, args.errors // 50) // settings.review.page_size)
-    last_cases = -(-args.cases // settings.review.page_size)
+    last_causes = -(-max(10, args.errors // 50) // settings.section(ReviewSettings).page_size)
+    last_cases = -(-args.cases // settings.section(ReviewSettings).page_size)
     pages = [
         ("causes, page 1", "/causes"),
         ("causes, last page", f"/causes?page={last_causes}"),

@@ -29,23 +29,24 @@ from datetime import date
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection, Row
 
 from mappings.codemaps import CodeMap, display_code
-from registry_store.db import upsert
-from registry_store.errors import CASE_SCOPE, ERRORS, Issue, replace_errors
-from registry_store.models import Case, Condition, Encounter, Patient, Procedure, PromResponse
-from registry_store.staging import STAGING
+from registry_store import cases as case_store
+from registry_store.errors import CASE_SCOPE, replace_errors
+from registry_store.tables import (
+    CASES,
+    CONDITIONS,
+    ENCOUNTERS,
+    MAPPING_ERRORS,
+    PATIENTS,
+    PROCEDURES,
+    PROM_RESPONSES,
+    STAGING,
+)
 from registry_store.timeutil import utcnow
-
-CASES = Case.__table__  # type: ignore[attr-defined]
-PROCS = Procedure.__table__  # type: ignore[attr-defined]
-CONDS = Condition.__table__  # type: ignore[attr-defined]
-ENCS = Encounter.__table__  # type: ignore[attr-defined]
-PROMS = PromResponse.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-
+from registry_types.issues import Issue
 
 # Procedure statuses of surgeries that have not happened (yet): never a case anchor.
 PLANNED_STATUSES = ("preparation",)
@@ -121,12 +122,13 @@ def assemble_cases(
     if not patients:
         return 0
     today = today or date.today()
-    procs = _by_patient(conn, PROCS, source, patients)
-    conds = _by_patient(conn, CONDS, source, patients)
+    procs = _by_patient(conn, PROCEDURES, source, patients)
+    conds = _by_patient(conn, CONDITIONS, source, patients)
     encounter_ids = sorted({p.encounter_id for rows in procs.values() for p in rows if p.encounter_id})
     encounters: dict[str, Row[Any]] = {}
     for chunk in _chunks(encounter_ids):
-        for enc_row in conn.execute(select(ENCS).where(ENCS.c.source == source, ENCS.c.id.in_(chunk))):
+        query = select(ENCOUNTERS).where(ENCOUNTERS.c.source == source, ENCOUNTERS.c.id.in_(chunk))
+        for enc_row in conn.execute(query):
             encounters[enc_row.id] = enc_row
     existing: dict[str, Any] = {}  # case id -> its row
     # The active case of each surgery group (patient, encounter or "", surgery date).
@@ -214,16 +216,12 @@ def assemble_cases(
                 }
             )
     _assign_ids(source, rows)
-    upsert(conn, CASES, rows, keys=["id"])
+    case_store.upsert_cases(conn, rows)
     produced = {r["id"] for r in rows}
     gone = [c for cid, c in sorted(existing.items()) if c.status == "active" and cid not in produced]
     # Kept, not deleted: reminders and audit history point at cases.
     for case, (status, reason) in zip(gone, _why_gone(conn, source, gone), strict=True):
-        conn.execute(
-            update(CASES)
-            .where(CASES.c.id == case.id)
-            .values(status=status, status_reason=reason, updated_at=now)
-        )
+        case_store.set_case_status(conn, case.id, status, reason, at=now)
     _assign_proms(conn, source, patients, timepoints)
     considered = [("Procedure", p.id) for rows_ in procs.values() for p in rows_]
     considered += [("Condition", c.id) for rows_ in conds.values() for c in rows_]
@@ -233,7 +231,7 @@ def assemble_cases(
 
 def _why_gone(conn: Connection, source: str, gone: list[Row[Any]]) -> list[tuple[str, str | None]]:
     """Status and reason for cases no longer produced, from their anchor's staged record."""
-    staged: dict[str, Row[Any]] = {}
+    staged: dict[str, Any] = {}
     for chunk in _chunks(sorted({c.procedure_id for c in gone})):
         for r in conn.execute(
             select(STAGING.c.resource_id, STAGING.c.status, STAGING.c.raw).where(
@@ -276,7 +274,7 @@ def withdraw_case(
     if row is None:
         raise LookupError(f"no case with id {case}")
     after = {"status": "withdrawn", "status_reason": f"{MANUAL_PREFIX}{by}: {reason}"[:500]}
-    conn.execute(update(CASES).where(CASES.c.id == case).values(**after, updated_at=utcnow()))
+    case_store.set_case_status(conn, case, after["status"], after["status_reason"], at=utcnow())
     return {"status": row.status, "status_reason": row.status_reason}, after
 
 
@@ -312,12 +310,12 @@ def _report_case_issues(
     for resource_type, ids in sorted(by_type.items()):
         for chunk in _chunks(ids):
             for r in conn.execute(
-                select(ERRORS.c.staging_id, ERRORS.c.resource_id).where(
-                    ERRORS.c.mapping == CASE_SCOPE,
-                    ERRORS.c.status == "open",
-                    ERRORS.c.source == source,
-                    ERRORS.c.resource_type == resource_type,
-                    ERRORS.c.resource_id.in_(chunk),
+                select(MAPPING_ERRORS.c.staging_id, MAPPING_ERRORS.c.resource_id).where(
+                    MAPPING_ERRORS.c.mapping == CASE_SCOPE,
+                    MAPPING_ERRORS.c.status == "open",
+                    MAPPING_ERRORS.c.source == source,
+                    MAPPING_ERRORS.c.resource_type == resource_type,
+                    MAPPING_ERRORS.c.resource_id.in_(chunk),
                 )
             ):
                 had_errors[r.staging_id] = (resource_type, r.resource_id)
@@ -396,12 +394,12 @@ def _linked(conn: Connection, source: str, patients: list[str]) -> dict[tuple[st
             person[(source, row.id)] = row.pseudonym
     keys = sorted(pseudonyms)
     for chunk in _chunks(keys):
-        for row in conn.execute(
+        for same in conn.execute(
             select(PATIENTS.c.source, PATIENTS.c.id, PATIENTS.c.pseudonym).where(
                 PATIENTS.c.pseudonym.in_(chunk)
             )
         ):
-            person[(row.source, row.id)] = row.pseudonym
+            person[(same.source, same.id)] = same.pseudonym
     return person
 
 
@@ -423,7 +421,7 @@ def _assign_proms(conn: Connection, source: str, patients: list[str], timepoints
             for case in rows:
                 if case.status == "active":
                     cases[person[(src, case.patient_id)]].append(case)
-        for rows in _by_patient(conn, PROMS, src, pids).values():
+        for rows in _by_patient(conn, PROM_RESPONSES, src, pids).values():
             responses.extend(rows)
     for resp in responses:
         best: tuple[int, str, str] | None = None
@@ -439,8 +437,4 @@ def _assign_proms(conn: Connection, source: str, patients: list[str], timepoints
                         best = (distance, case.id, name)
         new_case, new_tp = (best[1], best[2]) if best else (None, None)
         if (resp.case_id, resp.timepoint) != (new_case, new_tp):
-            conn.execute(
-                update(PROMS)
-                .where(PROMS.c.source == resp.source, PROMS.c.id == resp.id)
-                .values(case_id=new_case, timepoint=new_tp)
-            )
+            case_store.file_prom_response(conn, resp.source, resp.id, new_case, new_tp)

@@ -34,7 +34,7 @@ from mappings.codemaps import CodeMap, Entry, display_code
 from mappings.convert import CONVERTERS, ConversionError, SiteContext
 from mappings.fhirpath import compile_path
 from mappings.viewdef import CompiledView, ViewDefinitionError, ViewEvaluationError, compile_view
-from registry_store.errors import Issue
+from registry_types.issues import Issue
 
 BUNDLED = Path(__file__).with_name("views")
 

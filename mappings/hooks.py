@@ -8,7 +8,7 @@ from typing import Any
 from mappings import prom_hook  # noqa: F401  registers prom_score (it lives beside the PROM code)
 from mappings.convert import SiteContext
 from mappings.engine import register_hook
-from registry_store.errors import Issue
+from registry_types.issues import Issue
 
 
 @register_hook("patient_deceased")

@@ -19,7 +19,7 @@ from mappings.engine import register_hook
 from mappings.prom_fhir import walk_items
 from mappings.prom_scoring import ScoreIssue
 from mappings.proms import Instrument
-from registry_store.errors import Issue
+from registry_types.issues import Issue
 
 # Reported for review, yet the response is stored: it completes its time point.
 NOT_SCORABLE = "prom.not_scorable"

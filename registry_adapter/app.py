@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import SQLModel
 
 from adapters.hl7v2 import config as hl7v2_config
 from mappings import codemaps as codemaps_module
@@ -28,23 +27,14 @@ from mappings.engine import RegistryMapping, load_mappings
 from registry_adapter.config import Settings
 from registry_store import migrate
 from registry_store.db import make_engine, parse_url, reported_unavailable
-from registry_store.models import Condition, Encounter, Patient, Procedure, PromResponse
-
-# Registry tables a mapping may write to, by the name mapping files use.
-TARGET_TABLES: dict[str, type[SQLModel]] = {
-    "patients": Patient,
-    "encounters": Encounter,
-    "procedures": Procedure,
-    "conditions": Condition,
-    "prom_responses": PromResponse,
-}
+from registry_store.tables import MAPPING_TARGETS
 
 
 def target_columns() -> dict[str, list[Any]]:
     """Columns of each table a mapping may write: the engine checks mapping files against
     their names and values against their sizes (too long is a mapping error, not a failed
     database write)."""
-    return {name: list(model.__table__.columns) for name, model in TARGET_TABLES.items()}  # type: ignore[attr-defined]
+    return {name: list(table.columns) for name, table in MAPPING_TARGETS.items()}
 
 
 def files_fingerprint(directories: Iterable[Path | None]) -> str:

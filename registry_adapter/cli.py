@@ -28,9 +28,8 @@ from registry_adapter.config import ConfigError, load_settings
 from registry_adapter.pipeline import Pipeline, RunResult, SourceBusy, describe_failure, stats
 from registry_adapter.queries import list_cases, list_causes, list_errors, list_runs
 from registry_store.db import DatabaseUnavailable, reported_unavailable
-from registry_store.errors import ERRORS
 from registry_store.migrate import SchemaNotCurrent
-from registry_store.staging import STAGING
+from registry_store.tables import MAPPING_ERRORS, STAGING
 
 console = Console(stderr=True, soft_wrap=True)
 # soft_wrap: long lines stay whole when output goes to a file or a pipe.
@@ -58,10 +57,10 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 
 def _replan(app: App, reason: str) -> None:
-    """Reminders follow the cases just stored, so the reminder pages are never silently empty."""
-    from scheduler.replan import replan
+    """What follows new data (reminder planning, registered by the scheduler's commands)."""
+    from registry_adapter.intake_hooks import after_intake
 
-    replan(app, reason)
+    after_intake(app, reason)
 
 
 def _emit_json(data: Any) -> None:
@@ -200,7 +199,7 @@ def _require_known_cause(app: App, cause_id: str | None) -> None:
     if cause_id is None:
         return
     with app.engine.connect() as conn:
-        causes = conn.execute(select(ERRORS.c.cause_id).distinct()).scalars().all()
+        causes = conn.execute(select(MAPPING_ERRORS.c.cause_id).distinct()).scalars().all()
     require_known("--cause", [cause_id], causes)
 
 
@@ -285,8 +284,7 @@ def sync(
     as_json: bool,
 ) -> None:
     """Pull the configured sources into the registry store."""
-    from registry_adapter.config import MllpSource
-    from registry_adapter.sources import build_source
+    from registry_adapter.sources import build_source, is_pulled
 
     app = obj.app
     require_known("--type", types, _mapped_types(app))
@@ -295,7 +293,7 @@ def sync(
         [app.settings.source(source_name)]
         if source_name
         # Listeners are pushed to (see `listen`); everything else is pulled here.
-        else [s for s in app.settings.sources if not isinstance(s, MllpSource)]
+        else [s for s in app.settings.sources if is_pulled(s)]
     )
     if not configs:
         raise click.UsageError("no sources to sync are configured (see sources: in the config file)")
@@ -474,31 +472,6 @@ def cases_list(obj: Ctx, as_json: bool, limit: int | None, include_removed: bool
     )
 
 
-@cases.command("withdraw")
-@click.argument("case_id")
-@click.option("--reason", required=True, help="Why the surgery is not a registry case (audited).")
-@click.option("--by", "by", default=None, help="Who withdraws it (default: the operating-system user).")
-@pass_ctx
-def cases_withdraw(obj: Ctx, case_id: str, reason: str, by: str | None) -> None:
-    """Withdraw a case by hand: it leaves the registry and its open reminders are cancelled."""
-    import getpass
-
-    from mappings.cases import withdraw_case
-    from review import audit
-    from scheduler.dispatcher import Dispatcher
-
-    who = by or getpass.getuser()
-    with obj.app.engine.begin() as conn:
-        try:
-            before, after = withdraw_case(conn, case_id, by=who, reason=reason)
-        except LookupError as exc:
-            raise click.UsageError(str(exc)) from None
-        target = f"case:{case_id}"
-        audit.record(conn, username=who, action="case.withdraw", target=target, before=before, after=after)
-    counts = Dispatcher(obj.app).plan()
-    out.print(f"case {case_id} withdrawn ({counts.updated} time points re-planned)")
-
-
 @cli.group()
 def errors() -> None:
     """Mapping errors, one per record and problem, grouped into causes."""
@@ -579,7 +552,7 @@ def listen(obj: Ctx, source_name: str | None, port: int | None) -> None:
     """Run the HL7 v2 MLLP listener (ACK after staging; conversion follows in batches)."""
     import asyncio
 
-    from registry_adapter.config import MllpSource
+    from registry_adapter.feeds.mllp import MllpSource
     from registry_adapter.listener import serve
 
     app = obj.app
@@ -707,30 +680,22 @@ _OPTIONAL_COMMANDS = {"review.cli": ("serve", "users")}
 
 
 def _register_plugin_commands() -> None:
-    """Command groups that live beside their feature (scheduler/cli.py, review/cli.py, ...).
+    """Command groups that live beside their feature (scheduler/cli.py, review/cli.py, ...),
+    found through the ``spine_registry_adapter.commands`` entry points (registry_adapter.plugins).
 
     Each such module exposes ``COMMANDS``: click commands taking the shared ``Ctx`` object.
     """
-    import importlib
-
     from registry_adapter.extras import extra_for, unavailable_command
+    from registry_adapter.plugins import COMMANDS, plugins
 
-    for module_name in (
-        "scheduler.cli",
-        "review.cli",
-        "adapters.hl7v2.cli",
-        "registry_adapter.doctor",
-        "mappings.prom_cli",
-    ):
+    for plugin in plugins(COMMANDS, required=True):
         try:
-            module = importlib.import_module(module_name)
+            module = plugin.load()
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that feature is not built yet
             extra = extra_for(exc)
             if extra is None:
                 raise
-            for name in _OPTIONAL_COMMANDS.get(module_name, ()):
+            for name in _OPTIONAL_COMMANDS.get(plugin.value, ()):
                 cli.add_command(unavailable_command(name, extra))
             continue
         for command in getattr(module, "COMMANDS", []):

@@ -8,37 +8,31 @@ Validation errors name the key path (``sources[1].base_url``) and what is wrong.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from adapters.auth import AuthConfig
 from adapters.fhir_bulk import FhirBulkConfig
-from adapters.fhir_rest import FhirRestConfig, PatientScope
 from adapters.http import HttpConfig
-from review.settings import ReviewSettings
-from scheduler.settings import RemindersSettings, SchedulerSettings
+from registry_adapter.feeds import feed_types
+from registry_adapter.feeds.base import ConfigError, FeedSettings, StrictSettings
+from registry_adapter.plugins import SETTINGS, plugins
 
 DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "REGISTRY_ADAPTER_CONFIG"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SiteConfig(_Strict):
+class SiteConfig(StrictSettings):
     id: str = Field(min_length=1, description="Site identifier; part of every pseudonym.")
     timezone: str = Field(description="IANA zone, e.g. America/Chicago.")
     pseudonym_key: str | None = None
@@ -77,7 +71,7 @@ class SiteConfig(_Strict):
         return path.read_text().strip().encode()
 
 
-class DatabaseConfig(_Strict):
+class DatabaseConfig(StrictSettings):
     url: str = "sqlite:///var/registry.db"
     # The password apart from the URL, exactly as it is: in the URL, "@ : / %" must be
     # %-encoded; here they need not be. Used when the URL itself carries no password.
@@ -96,12 +90,12 @@ class DatabaseConfig(_Strict):
             raise ConfigError(f"database.password_file: cannot read {self.password_file}: {reason}") from None
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(StrictSettings):
     format: Literal["auto", "console", "json"] = "auto"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class TimepointWindow(_Strict):
+class TimepointWindow(StrictSettings):
     """A PROM time point: due ``due_days`` after the anchor, accepted from start to end."""
 
     anchor: Literal["surgery", "discharge"]
@@ -125,120 +119,70 @@ def _default_timepoints() -> dict[str, TimepointWindow]:
     }
 
 
-class PromConfig(_Strict):
+class PromConfig(StrictSettings):
     timepoints: dict[str, TimepointWindow] = Field(default_factory=_default_timepoints)
     # Extra recognition per instrument id: canonical URLs and linkId aliases used by this site.
     instruments: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
-class MappingConfig(_Strict):
+class MappingConfig(StrictSettings):
     # Folders that replace the bundled mappings / code maps (copy the bundled ones to start).
     directory: Path | None = None
     codemaps: Path | None = None
     validation: Literal["strict", "warn", "off"] = "warn"
 
 
-class FilesSource(_Strict):
-    type: Literal["files"]
-    name: str
-    path: Path
-    # Glob patterns inside path; NDJSON and Bundle JSON are recognised by content.
-    patterns: tuple[str, ...] = ("**/*.ndjson", "**/*.json", "**/*.ndjson.gz")
+def _source_config() -> Any:
+    """A configured source: the union of every registered feed type's settings model, told
+    apart by ``type`` (registry_adapter.feeds)."""
+    union = functools.reduce(operator.or_, (feed.settings for feed in feed_types().values()))
+    return Annotated[union, Field(discriminator="type")]
 
 
-def _forbid_extra(*classes: type) -> None:
-    # The adapters declare their settings as plain dataclasses; validating them here with
-    # unknown keys refused gives config errors that name the key.
-    for cls in classes:
-        cls.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+def _sections_model() -> type[BaseModel]:
+    """Top-level sections owned by other packages (``reminders``, ``scheduler``, ``review``):
+    each package registers its model, and a missing section takes the model's defaults."""
+    fields: dict[str, Any] = {}
+    for plugin in plugins(SETTINGS):
+        model = plugin.load()
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(f"entry point {plugin.name} = {plugin.value} is not a pydantic model")
+        fields[plugin.name] = (model, Field(default_factory=model))
+    return create_model("Sections", __base__=StrictSettings, **fields)
 
 
-_forbid_extra(FhirRestConfig, PatientScope, FhirBulkConfig, AuthConfig, HttpConfig)
+if TYPE_CHECKING:
+    SourceConfig = FeedSettings
+    Sections = BaseModel
+else:
+    SourceConfig = _source_config()
+    Sections = _sections_model()
+
+M = TypeVar("M", bound=BaseModel)
+# scheduler.lock_ttl_seconds when no scheduler section is installed (its default there too).
+DEFAULT_LEASE_TTL_SECONDS = 90.0
 
 
-class _AdapterSource(_Strict):
-    """``name`` and ``type`` plus the adapter's own settings, written flat in the YAML."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nest(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "settings" not in data:
-            own = {k: v for k, v in data.items() if k not in ("name", "type")}
-            return {"name": data.get("name"), "type": data.get("type"), "settings": own}
-        return data
-
-
-class FhirRestSource(_AdapterSource):
-    type: Literal["fhir_rest"]
-    name: str
-    settings: FhirRestConfig
-
-
-class FhirBulkSource(_AdapterSource):
-    type: Literal["fhir_bulk"]
-    name: str
-    settings: FhirBulkConfig
-
-
-class MllpSource(_Strict):
-    """An MLLP listener: hospitals push HL7 v2 messages; each is staged before its ACK."""
-
-    type: Literal["mllp"]
-    name: str
-    host: str = "127.0.0.1"
-    port: int = Field(default=2575, ge=0, le=65535)
-    # TLS: both set, or neither. The private key file must be readable by the adapter only.
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    # How often received messages are converted to FHIR and mapped (seconds).
-    convert_every_seconds: float = Field(default=2.0, gt=0)
-    # Close a connection silent this long (seconds); null: never. Senders that hold one
-    # connection for days reconnect when they next send.
-    idle_timeout_seconds: float | None = Field(default=300.0, gt=0)
-    # Connections at once; more are refused (closed at once, logged, counted).
-    max_connections: int = Field(default=64, ge=1)
-    # Bytes of half-received frames across all connections; the connection pushing past it
-    # is closed.
-    max_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    # "MSH-3|MSH-4" pairs accepted ("*|MSH-4": any application of that facility); others get
-    # AR and are kept apart as rejected. Unset: every sender is accepted.
-    allowed_senders: list[str] | None = None
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> MllpSource:
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
-        return self
-
-
-class Hl7FilesSource(_Strict):
-    """A folder where HL7 v2 message files are dropped; processed files are moved away."""
-
-    type: Literal["hl7v2_files"]
-    name: str
-    path: Path
-    archive: Path | None = None  # default: <path>/archive
-    quarantine: Path | None = None  # default: <path>/quarantine
-    patterns: tuple[str, ...] = ("*.hl7", "*.txt", "*.er7", "*.msg")
-
-
-SourceConfig = Annotated[
-    FilesSource | FhirRestSource | FhirBulkSource | MllpSource | Hl7FilesSource, Field(discriminator="type")
-]
-
-
-class Settings(_Strict):
+class Settings(StrictSettings):
     site: SiteConfig
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     mappings: MappingConfig = Field(default_factory=MappingConfig)
     proms: PromConfig = Field(default_factory=PromConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
-    reminders: RemindersSettings = Field(default_factory=RemindersSettings)
-    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
-    review: ReviewSettings = Field(default_factory=ReviewSettings)
     batch_size: int = Field(default=500, ge=1, le=50_000)
+    # The sections other packages own, written at the top level of config.yaml.
+    sections: Sections = Field(default_factory=Sections)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            names = set(Sections.model_fields)
+            data = {k: v for k, v in data.items() if k not in names} | {
+                "sections": {k: v for k, v in data.items() if k in names}
+            }
+        return data
 
     @model_validator(mode="after")
     def _unique_sources(self) -> Settings:
@@ -247,6 +191,31 @@ class Settings(_Strict):
         if dupes:
             raise ValueError(f"source names must be unique: {', '.join(dupes)}")
         return self
+
+    def section(self, model: type[M]) -> M:
+        """The section of config.yaml that ``model`` reads (``settings.section(RemindersSettings)``)."""
+        for name in type(self.sections).model_fields:
+            value = getattr(self.sections, name)
+            if type(value) is model:
+                return value
+        raise LookupError(f"no settings section is read by {model.__name__} (is its entry point installed?)")
+
+    def lease_ttl_seconds(self) -> float:
+        """How long a lease (a sync's or a job's) lives without a heartbeat.
+
+        The key, ``scheduler.lock_ttl_seconds``, belongs to the scheduler's section; syncs
+        started here hold the same kind of lease, so they read it too (by name: the scheduler
+        sits above this package).
+        """
+        scheduler = getattr(self.sections, "scheduler", None)
+        return float(scheduler.lock_ttl_seconds) if scheduler is not None else DEFAULT_LEASE_TTL_SECONDS
+
+    def with_section(self, value: BaseModel) -> Settings:
+        """A copy with one section replaced (tests, and callers that adjust a section)."""
+        for name in type(self.sections).model_fields:
+            if type(getattr(self.sections, name)) is type(value):
+                return self.model_copy(update={"sections": self.sections.model_copy(update={name: value})})
+        raise LookupError(f"no settings section is read by {type(value).__name__}")
 
     def source(self, name: str) -> SourceConfig:
         for src in self.sources:
@@ -294,7 +263,9 @@ def _resolve_secret_files(data: Any, path: str, base: Path | None) -> Any:
     return out
 
 
-_NOT_KEYS = frozenset({"files", "fhir_rest", "fhir_bulk", "mllp", "hl7v2_files", "settings"})
+# Discriminator tags (feed types) and our nesting ("settings" of an adapter's source, "sections")
+# are not keys the user wrote.
+_NOT_KEYS = frozenset({*feed_types(), "settings", "sections"})
 
 
 def _where(loc: tuple[Any, ...]) -> str:

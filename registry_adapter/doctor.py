@@ -5,7 +5,9 @@ the registry store or sent to anyone: the FHIR checks only read (one record per 
 SMTP check says NOOP, the webhook check opens a TCP connection and closes it. The exit code
 is the number of failed checks.
 
-A new check is a function ``(Doctor) -> Iterable[Result]`` appended to ``CHECKS``.
+A new check is a function ``(Doctor) -> Iterable[Result]`` appended to ``CHECKS``, or, for a
+check that belongs to another package, listed by that package's ``spine_registry_adapter.doctor``
+entry point (``scheduler/doctor.py`` checks the reminder channels).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import smtplib
 import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +24,6 @@ from email.utils import parsedate_to_datetime
 from importlib.metadata import packages_distributions, version
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
@@ -38,15 +38,12 @@ from adapters.http import make_session
 from registry_adapter import logs
 from registry_adapter.app import App, build_app
 from registry_adapter.cli import Ctx, out, pass_ctx
-from registry_adapter.config import (
-    ConfigError,
-    FhirBulkSource,
-    FhirRestSource,
-    MllpSource,
-    Settings,
-    load_settings,
-)
+from registry_adapter.config import ConfigError, Settings, load_settings
 from registry_adapter.extras import DISTRIBUTION
+from registry_adapter.feeds.fhir_bulk import FhirBulkSource
+from registry_adapter.feeds.fhir_rest import FhirRestSource
+from registry_adapter.feeds.mllp import MllpSource
+from registry_adapter.plugins import DOCTOR, plugins
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -79,15 +76,15 @@ class Doctor:
 Check = Callable[[Doctor], Iterable[Result]]
 
 
-def _ok(check: str, detail: str) -> Result:
+def passed(check: str, detail: str) -> Result:
     return Result(check, "pass", detail)
 
 
-def _fail(check: str, detail: str, fix: str) -> Result:
+def failed(check: str, detail: str, fix: str) -> Result:
     return Result(check, "fail", detail, fix)
 
 
-def _skip(check: str, detail: str) -> Result:
+def skipped(check: str, detail: str) -> Result:
     return Result(check, "skip", detail)
 
 
@@ -103,19 +100,19 @@ def check_installation(doc: Doctor) -> Iterator[Result]:
     owners = packages_distributions()
     ours = sorted(name for name, dists in owners.items() if DISTRIBUTION in dists)
     if not ours:
-        yield _skip("installation", f"{DISTRIBUTION} is not installed (running from a source tree)")
+        yield skipped("installation", f"{DISTRIBUTION} is not installed (running from a source tree)")
         return
     clashes = {name: sorted(set(owners[name]) - {DISTRIBUTION}) for name in ours}
     clashes = {name: others for name, others in clashes.items() if others}
     if clashes:
         shared = "; ".join(f"`{name}` also from {', '.join(others)}" for name, others in clashes.items())
-        yield _fail(
+        yield failed(
             "installation",
             f"packages shared with other distributions: {shared}",
             "install the adapter into a virtual environment of its own (docs/install.md)",
         )
         return
-    yield _ok("installation", f"{DISTRIBUTION} {version(DISTRIBUTION)}; packages {', '.join(ours)}")
+    yield passed("installation", f"{DISTRIBUTION} {version(DISTRIBUTION)}; packages {', '.join(ours)}")
 
 
 def check_configuration(doc: Doctor) -> Iterator[Result]:
@@ -123,14 +120,14 @@ def check_configuration(doc: Doctor) -> Iterator[Result]:
         doc.settings = load_settings(doc.config_path)
         logs.configure(doc.settings.logging.format, doc.settings.logging.level)
     except ConfigError as exc:
-        yield _fail("configuration", str(exc), "correct the named key (see config.example.yaml)")
+        yield failed("configuration", str(exc), "correct the named key (see config.example.yaml)")
         return
-    yield _ok("configuration", f"{len(doc.settings.sources)} source(s) configured")
+    yield passed("configuration", f"{len(doc.settings.sources)} source(s) configured")
 
 
 def check_database(doc: Doctor) -> Iterator[Result]:
     if doc.settings is None:
-        yield _skip("database", "no valid configuration")
+        yield skipped("database", "no valid configuration")
         return
     from registry_store import migrate
 
@@ -142,20 +139,20 @@ def check_database(doc: Doctor) -> Iterator[Result]:
         head = migrate.head_revision(doc.app.engine)
     except Exception as exc:
         # The driver's message names host and database, never row data (hide_parameters).
-        yield _fail(
+        yield failed(
             "database",
             f"cannot connect: {type(exc).__name__}: {str(exc).splitlines()[0]}",
             "check database.url, that the server runs and that the user may log in",
         )
         return
     if current != head:
-        yield _fail(
+        yield failed(
             "database",
             f"schema at revision {current or 'none'}, code expects {head}",
             "run `registry-adapter db upgrade` (back up first, see docs/operations.md)",
         )
         return
-    yield _ok("database", f"reachable, schema at revision {head}")
+    yield passed("database", f"reachable, schema at revision {head}")
 
 
 def _data_folders(settings: Settings, db_url: str) -> list[Path]:
@@ -180,35 +177,35 @@ def _existing_ancestor(path: Path) -> Path:
 
 def check_disk_space(doc: Doctor) -> Iterator[Result]:
     if doc.settings is None or doc.app is None:
-        yield _skip("disk space", "no valid configuration or database")
+        yield skipped("disk space", "no valid configuration or database")
         return
     folders = _data_folders(doc.settings, doc.app.db_url)
     if not folders:
-        yield _skip("disk space", "no local data folders (PostgreSQL, no file sources)")
+        yield skipped("disk space", "no local data folders (PostgreSQL, no file sources)")
         return
     for folder in dict.fromkeys(folders):
         free = shutil.disk_usage(_existing_ancestor(folder)).free
         if free < MIN_FREE_BYTES:
-            yield _fail(
+            yield failed(
                 "disk space",
                 f"{folder}: {free / 1024**3:.1f} GB free, fewer than {MIN_FREE_BYTES / 1024**3:.0f} GB",
                 "free space on that file system or move the folder (see the config file)",
             )
         else:
-            yield _ok("disk space", f"{folder}: {free / 1024**3:.1f} GB free")
+            yield passed("disk space", f"{folder}: {free / 1024**3:.1f} GB free")
 
 
 def check_time_zone(doc: Doctor) -> Iterator[Result]:
     if doc.settings is None:
-        yield _skip("time zone", "no valid configuration")
+        yield skipped("time zone", "no valid configuration")
         return
     name = doc.settings.site.timezone
     try:
         now = datetime.now(ZoneInfo(name))
     except ZoneInfoNotFoundError:
-        yield _fail("time zone", f"{name}: no time zone data", "install the tzdata package")
+        yield failed("time zone", f"{name}: no time zone data", "install the tzdata package")
         return
-    yield _ok("time zone", f"site.timezone {name}: now {now.isoformat(timespec='minutes')}")
+    yield passed("time zone", f"site.timezone {name}: now {now.isoformat(timespec='minutes')}")
 
 
 # -- FHIR sources -----------------------------------------------------------------------------
@@ -249,7 +246,7 @@ _SET_CREDENTIAL = "set the environment variable the source's auth: names (e.g. i
 
 
 def _unreachable(check: str, exc: Exception) -> Result:
-    return _fail(
+    return failed(
         check,
         f"no answer: {type(exc).__name__}",
         "check base_url, DNS, firewall, proxy and the CA bundle (http.verify)",
@@ -268,15 +265,15 @@ def _capability(
     body = _json(resp)
     if resp.status_code in (401, 403):
         answer = f"GET metadata answered {resp.status_code}"
-        return [_fail(check, answer, "configure auth: for this source")], None
+        return [failed(check, answer, "configure auth: for this source")], None
     if resp.status_code != 200 or body.get("resourceType") != "CapabilityStatement":
         return [
-            _fail(check, f"GET metadata answered {resp.status_code}", "check base_url (the FHIR R4 base)")
+            failed(check, f"GET metadata answered {resp.status_code}", "check base_url (the FHIR R4 base)")
         ], None
-    results = [_ok(check, f"FHIR {body.get('fhirVersion', '?')} at {fhir.base}")]
+    results = [passed(check, f"FHIR {body.get('fhirVersion', '?')} at {fhir.base}")]
     if not str(body.get("fhirVersion", "")).startswith("4.0"):
         results = [
-            _fail(check, f"FHIR {body.get('fhirVersion')}, not R4", "point base_url at the R4 endpoint")
+            failed(check, f"FHIR {body.get('fhirVersion')}, not R4", "point base_url at the R4 endpoint")
         ]
     results.append(_clock_skew(fhir, resp))
     return results, body
@@ -286,15 +283,15 @@ def _clock_skew(fhir: _Fhir, resp: requests.Response) -> Result:
     check = fhir.check("clock skew")
     date = resp.headers.get("Date")
     if not date:
-        return _skip(check, "the server sends no Date header")
+        return skipped(check, "the server sends no Date header")
     skew = (datetime.now(UTC) - parsedate_to_datetime(date)).total_seconds()
     if abs(skew) > MAX_CLOCK_SKEW_SECONDS:
-        return _fail(
+        return failed(
             check,
             f"this host is {skew:+.0f} s off the server's clock",
             "synchronise this host's clock (chrony/systemd-timesyncd against the hospital's NTP)",
         )
-    return _ok(check, f"{skew:+.0f} s against the server's Date header")
+    return passed(check, f"{skew:+.0f} s against the server's Date header")
 
 
 def _auth(fhir: _Fhir) -> tuple[list[Result], requests.auth.AuthBase | None]:
@@ -305,8 +302,8 @@ def _auth(fhir: _Fhir) -> tuple[list[Result], requests.auth.AuthBase | None]:
         try:
             plain = make_auth(auth_cfg, fhir.base, fhir.http)
         except AuthError as exc:  # a credential's environment variable is not set
-            return [_skip(smart, reason), _fail(token, str(exc), _SET_CREDENTIAL)], None
-        return [_skip(smart, reason), _skip(token, reason)], plain
+            return [skipped(smart, reason), failed(token, str(exc), _SET_CREDENTIAL)], None
+        return [skipped(smart, reason), skipped(token, reason)], plain
     results: list[Result] = []
     try:
         resp = fhir.get(".well-known/smart-configuration")
@@ -314,22 +311,22 @@ def _auth(fhir: _Fhir) -> tuple[list[Result], requests.auth.AuthBase | None]:
     except requests.RequestException:
         found = False
     if found:
-        results.append(_ok(smart, "token endpoint advertised"))
+        results.append(passed(smart, "token endpoint advertised"))
     elif auth_cfg.token_url:
-        results.append(_skip(smart, "not published; auth.token_url is configured"))
+        results.append(skipped(smart, "not published; auth.token_url is configured"))
     else:
         results.append(
-            _fail(smart, "no .well-known/smart-configuration", "set auth.token_url for this source")
+            failed(smart, "no .well-known/smart-configuration", "set auth.token_url for this source")
         )
     try:
         auth = OAuthClientAuth(auth_cfg, fhir.base, fhir.http)
         auth.token()
     except (AuthError, requests.RequestException) as exc:
         results.append(
-            _fail(token, str(exc), "check client_id, its secret or key, scope, and the server's client list")
+            failed(token, str(exc), "check client_id, its secret or key, scope, and the server's client list")
         )
         return results, None
-    results.append(_ok(token, f"access token granted for scope {auth_cfg.scope}"))
+    results.append(passed(token, f"access token granted for scope {auth_cfg.scope}"))
     return results, auth
 
 
@@ -342,11 +339,11 @@ def _searches(fhir: _Fhir, auth: requests.auth.AuthBase | None, types: Iterable[
             yield _unreachable(check, exc)
             continue
         if resp.status_code == 200 and _json(resp).get("resourceType") == "Bundle":
-            yield _ok(check, "one-record search answered")
+            yield passed(check, "one-record search answered")
         elif resp.status_code in (401, 403):
-            yield _fail(check, f"answered {resp.status_code}", "grant this client read access to the type")
+            yield failed(check, f"answered {resp.status_code}", "grant this client read access to the type")
         else:
-            yield _fail(check, f"answered {resp.status_code}", "check the resource type and the server log")
+            yield failed(check, f"answered {resp.status_code}", "check the resource type and the server log")
 
 
 def _exports(capability: dict[str, Any]) -> bool:
@@ -362,11 +359,11 @@ def _exports(capability: dict[str, Any]) -> bool:
 
 def check_fhir_sources(doc: Doctor) -> Iterator[Result]:
     if doc.settings is None:
-        yield _skip("FHIR sources", "no valid configuration")
+        yield skipped("FHIR sources", "no valid configuration")
         return
     sources = [s for s in doc.settings.sources if isinstance(s, FhirRestSource | FhirBulkSource)]
     if not sources:
-        yield _skip("FHIR sources", "none configured")
+        yield skipped("FHIR sources", "none configured")
     for src in sources:
         fhir = _Fhir(src.name, src.settings)
         auth_results, auth = _auth(fhir)
@@ -380,9 +377,9 @@ def check_fhir_sources(doc: Doctor) -> Iterator[Result]:
         if isinstance(src, FhirBulkSource):
             check = fhir.check("Bulk kick-off")
             if _exports(capability):
-                yield _ok(check, "$export is declared")
+                yield passed(check, "$export is declared")
             else:
-                yield _fail(
+                yield failed(
                     check,
                     "the CapabilityStatement declares no $export",
                     "enable Bulk Data on the server, or use a fhir_rest source",
@@ -395,17 +392,17 @@ def check_fhir_sources(doc: Doctor) -> Iterator[Result]:
 
 def check_mllp_ports(doc: Doctor) -> Iterator[Result]:
     if doc.settings is None:
-        yield _skip("MLLP port", "no valid configuration")
+        yield skipped("MLLP port", "no valid configuration")
         return
     listeners = [s for s in doc.settings.sources if isinstance(s, MllpSource)]
     if not listeners:
-        yield _skip("MLLP port", "no mllp source configured")
+        yield skipped("MLLP port", "no mllp source configured")
     for src in listeners:
         check = f"{src.name}: MLLP port {src.host}:{src.port}"
         try:
             with socket.create_connection((src.host, src.port), timeout=NETWORK_TIMEOUT[0]):
                 pass
-            yield _ok(check, "listening (the adapter, or whatever holds the port: see `ss -ltnp`)")
+            yield passed(check, "listening (the adapter, or whatever holds the port: see `ss -ltnp`)")
             continue
         except OSError:
             pass
@@ -413,64 +410,18 @@ def check_mllp_ports(doc: Doctor) -> Iterator[Result]:
             with socket.socket(socket.AF_INET6 if ":" in src.host else socket.AF_INET) as probe:
                 probe.bind((src.host, src.port))
         except OSError as exc:
-            yield _fail(
+            yield failed(
                 check,
                 f"cannot listen: {exc.strerror}",
                 "pick a free port or address (ports below 1024 need CAP_NET_BIND_SERVICE)",
             )
             continue
-        yield _ok(check, "free")
-
-
-def _reminder_channels(settings: Settings) -> tuple[str, ...]:
-    return settings.reminders.channels if settings.reminders.enabled else ()
-
-
-def check_smtp(doc: Doctor) -> Iterator[Result]:
-    if doc.settings is None or "email" not in _reminder_channels(doc.settings):
-        yield _skip("SMTP", "e-mail reminders are not enabled")
-        return
-    from scheduler.channels.base import Templates
-    from scheduler.channels.email import EmailChannel
-
-    reminders = doc.settings.reminders
-    cfg = reminders.smtp
-    check = f"SMTP {cfg.host}:{cfg.port}"
-    try:
-        # The channel's own connection (same TLS handling); NOOP sends nothing.
-        with EmailChannel(reminders, Templates(reminders))._connect() as smtp:
-            password = cfg.secret()
-            if cfg.username and password:
-                smtp.login(cfg.username, password)
-            code, _ = smtp.noop()
-    except (smtplib.SMTPException, OSError) as exc:
-        yield _fail(check, f"{type(exc).__name__}: {exc}", "check reminders.smtp host, port, security, login")
-        return
-    yield _ok(check, f"connected ({cfg.security}{', logged in' if cfg.username else ''}), NOOP {code}")
-
-
-def check_webhook(doc: Doctor) -> Iterator[Result]:
-    url = doc.settings.reminders.webhook.url if doc.settings else None
-    if doc.settings is None or "webhook" not in _reminder_channels(doc.settings) or not url:
-        yield _skip("webhook", "webhook reminders are not enabled")
-        return
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    check = f"webhook {parts.hostname}:{port}"
-    try:
-        # A TCP connection only: any HTTP request could be taken for a message to send.
-        with socket.create_connection((parts.hostname or "", port), timeout=NETWORK_TIMEOUT[0]):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        yield _fail(check, f"cannot connect: {reason}", "check the URL and firewall")
-        return
-    yield _ok(check, "accepts connections")
+        yield passed(check, "free")
 
 
 def check_sftp(doc: Doctor) -> Iterator[Result]:
     # Registry submission over SFTP has no setting yet; its check goes here when it does.
-    yield _skip("SFTP", "no SFTP upload is configured (not supported yet)")
+    yield skipped("SFTP", "no SFTP upload is configured (not supported yet)")
 
 
 CHECKS: list[Check] = [
@@ -481,14 +432,28 @@ CHECKS: list[Check] = [
     check_time_zone,
     check_fhir_sources,
     check_mllp_ports,
-    check_smtp,
-    check_webhook,
-    check_sftp,
 ]
+# Last, after the checks plug-ins add (``spine_registry_adapter.doctor`` entry points, e.g.
+# the scheduler's SMTP and webhook checks).
+LAST_CHECKS: list[Check] = [check_sftp]
 
 
-def run_checks(config_path: Path | None, db: str | None, checks: Iterable[Check] = CHECKS) -> list[Result]:
+def all_checks() -> list[Check]:
+    """The core checks, then each plug-in's (by entry point name), then ``LAST_CHECKS``."""
+    added: list[Check] = []
+    for plugin in plugins(DOCTOR):
+        checks = plugin.load()
+        if not isinstance(checks, list | tuple) or not all(callable(c) for c in checks):
+            raise TypeError(f"entry point {plugin.name} = {plugin.value} is not a list of checks")
+        added.extend(checks)
+    return [*CHECKS, *added, *LAST_CHECKS]
+
+
+def run_checks(
+    config_path: Path | None, db: str | None, checks: Iterable[Check] | None = None
+) -> list[Result]:
     doc = Doctor(config_path, db)
+    checks = all_checks() if checks is None else checks
     results: list[Result] = []
     for check in checks:
         results.extend(check(doc))

@@ -17,7 +17,7 @@ import structlog
 
 from adapters.hl7v2.mllp import MLLPListener
 from registry_adapter.app import App
-from registry_adapter.config import MllpSource
+from registry_adapter.feeds.mllp import MllpSource
 from registry_adapter.pipeline import Pipeline
 from registry_store.hl7_sink import StagingSink
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -37,22 +37,38 @@ from adapters.base import (
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged, converted_origin
 from adapters.validation import check, settle
 from mappings.cases import assemble_cases
-from registry_adapter import logs, metrics
-from registry_adapter.app import TARGET_TABLES, App
-from registry_store.db import upsert
-from registry_store.errors import ERRORS, Issue, replace_errors, resolve_all
-from registry_store.models import SourceState, SyncRun
+from registry_adapter import logs
+from registry_adapter.app import App
+from registry_store import sync_runs
+from registry_store.errors import replace_errors, resolve_all
+from registry_store.leases import holders, job_lock, sync_lock_name
+from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
 from registry_store.patient_merge import file_under_survivors, merge_patient
 from registry_store.staging import (
-    STAGING,
     StageCounts,
     mark_deleted,
+    mark_pending,
+    record_mapping_outcomes,
     serialised,
     stage_errors,
     stage_records,
     staged_from,
 )
+from registry_store.tables import (
+    CASES,
+    CONDITIONS,
+    ENCOUNTERS,
+    MAPPING_ERRORS,
+    MAPPING_TARGETS,
+    PATIENTS,
+    PROCEDURES,
+    PROM_RESPONSES,
+    SOURCE_STATE,
+    STAGING,
+)
 from registry_store.timeutil import utcnow
+from registry_types import metrics
+from registry_types.issues import Issue
 
 log = structlog.get_logger(__name__)
 
@@ -66,8 +82,6 @@ _MAP_COLUMNS = (
     STAGING.c.content_hash,
     STAGING.c.raw,
 )
-RUNS = SyncRun.__table__  # type: ignore[attr-defined]
-STATES = SourceState.__table__  # type: ignore[attr-defined]
 
 ProgressFn = Callable[[str, dict[str, int]], None]
 
@@ -162,22 +176,6 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
-def mark_runs_interrupted(conn: Connection, source: str) -> int:
-    """Runs of ``source`` still ``running`` become ``interrupted``. Call only while holding
-    the source's sync lease (or knowing its holder is dead): then no live process runs them."""
-    return int(
-        conn.execute(
-            update(RUNS)
-            .where(RUNS.c.source == source, RUNS.c.outcome == "running")
-            .values(
-                outcome="interrupted",
-                finished_at=utcnow(),
-                error="interrupted: the process running it stopped (killed or crashed)",
-            )
-        ).rowcount
-    )
-
-
 def _hash_origin(item: Record | RecordError | Deleted) -> str:
     return hashlib.sha256(item.origin.encode()).hexdigest()[:16]
 
@@ -202,12 +200,8 @@ def source_endpoint(source: Source) -> str | None:
 
 
 def load_state(conn: Connection, source: str) -> dict[str, Any]:
-    row = conn.execute(select(STATES.c.state).where(STATES.c.source == source)).first()
+    row = conn.execute(select(SOURCE_STATE.c.state).where(SOURCE_STATE.c.source == source)).first()
     return dict(row.state) if row else {}
-
-
-def _save_state(conn: Connection, source: str, state: dict[str, Any]) -> None:
-    upsert(conn, STATES, [{"source": source, "state": state, "updated_at": utcnow()}], keys=["source"])
 
 
 class Pipeline:
@@ -227,9 +221,7 @@ class Pipeline:
         A lease per source keeps a manual sync and the nightly job (or two adapter processes
         on one database) from pulling the same feed at once; the loser gets ``SourceBusy``.
         """
-        from scheduler.locks import holders, job_lock, sync_lock_name
-
-        ttl = self.app.settings.scheduler.lock_ttl_seconds
+        ttl = self.app.settings.lease_ttl_seconds()
         name = sync_lock_name(source.name)
         with job_lock(self.app.engine, name, ttl, heartbeat=True) as lock:
             if lock is None:
@@ -245,22 +237,9 @@ class Pipeline:
         engine = self.app.engine
         with engine.begin() as conn:
             # We hold the source's lease: a run still "running" was left by a dead holder.
-            mark_runs_interrupted(conn, source.name)
+            sync_runs.mark_runs_interrupted(conn, source.name)
             state = load_state(conn, source.name)
-            run_id = int(
-                conn.execute(
-                    RUNS.insert()
-                    .values(
-                        source=source.name,
-                        kind=kind,
-                        started_at=utcnow(),
-                        outcome="running",
-                        counts={},
-                        watermark=state,
-                    )
-                    .returning(RUNS.c.id)
-                ).scalar_one()
-            )
+            run_id = sync_runs.start_run(conn, source=source.name, kind=kind, watermark=state)
         ctx = ctx or SourceContext()
         ctx.state = state if not ctx.state else ctx.state
         counts = RunCounts()
@@ -280,7 +259,7 @@ class Pipeline:
                     staged = self._stage_batch(conn, source.name, records, errors, deletions)
                     reconciled = self._reconcile(conn, source.name, inventories)
                     if checkpoint is not None:
-                        _save_state(conn, source.name, dict(checkpoint.state))
+                        sync_runs.save_source_state(conn, source.name, checkpoint.state)
             except Exception as exc:
                 # One poison record must not stop the feed: stage the batch one by one, so
                 # that record becomes its own error and the rest (and the checkpoint) land.
@@ -291,7 +270,7 @@ class Pipeline:
                     reconciled = self._reconcile(conn, source.name, inventories)
                 if checkpoint is not None:
                     with engine.begin() as conn:
-                        _save_state(conn, source.name, dict(checkpoint.state))
+                        sync_runs.save_source_state(conn, source.name, checkpoint.state)
             counts.staged_new += staged.inserted
             counts.staged_updated += staged.updated
             counts.unchanged += staged.unchanged
@@ -359,16 +338,13 @@ class Pipeline:
             try:
                 seconds = time.monotonic() - started
                 with engine.begin() as conn:
-                    conn.execute(
-                        update(RUNS)
-                        .where(RUNS.c.id == run_id)
-                        .values(
-                            finished_at=utcnow(),
-                            outcome=outcome,
-                            counts=counts.as_dict(),
-                            watermark=final_state,
-                            error=failure,
-                        )
+                    sync_runs.finish_run(
+                        conn,
+                        run_id,
+                        outcome=outcome,
+                        counts=counts.as_dict(),
+                        watermark=final_state,
+                        error=failure,
                     )
                 metrics.observe_sync(source.name, outcome, seconds)
                 log.info("sync.finish", outcome=outcome, seconds=round(seconds, 2), **counts.as_dict())
@@ -540,7 +516,9 @@ class Pipeline:
         with_errors = {
             r.staging_id
             for r in conn.execute(
-                select(ERRORS.c.staging_id).where(ERRORS.c.staging_id.in_(ids), ERRORS.c.status == "open")
+                select(MAPPING_ERRORS.c.staging_id).where(
+                    MAPPING_ERRORS.c.staging_id.in_(ids), MAPPING_ERRORS.c.status == "open"
+                )
             )
         }
         writes: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -577,20 +555,12 @@ class Pipeline:
         for (source, rtype), rids in removals.items():
             touched[source] |= self._remove_rows(conn, source, rtype, rids)
         for target, rows in writes.items():
-            model = TARGET_TABLES[target]
             for source in {r["source"] for r in rows}:
                 here = [r for r in rows if r["source"] == source]
                 touched[source] |= file_under_survivors(conn, source, here)
-                touched[source] |= self._patients_of(conn, model, source, [r["id"] for r in here])
-            upsert(conn, model, rows, keys=["source", "id"])
-        # Guarded by the content hash: a record re-staged meanwhile stays pending for the next
-        # round instead of being marked done with what was mapped from its older content.
-        conn.execute(
-            update(STAGING)
-            .where(STAGING.c.id == bindparam("sid"), STAGING.c.content_hash == bindparam("digest"))
-            .values(status=bindparam("new_status"), mapped_at=bindparam("at")),
-            statuses,
-        )
+                touched[source] |= self._patients_of(conn, target, source, [r["id"] for r in here])
+            write_mapped_rows(conn, target, rows)
+        record_mapping_outcomes(conn, statuses)
         counts.cases += self._assemble(conn, touched)
         return counts
 
@@ -665,12 +635,8 @@ class Pipeline:
             return Prepared(row, "mapped", issues, mapping.name, target=mapping.target, out=out)
         return Prepared(row, result.disposition, issues, mapping.name, remove=True)
 
-    def _table_for(self, rtype: str) -> Any:
-        mapping = self.app.mappings.get(rtype)
-        return TARGET_TABLES[mapping.target].__table__ if mapping else None  # type: ignore[attr-defined]
-
-    def _patients_of(self, conn: Connection, model: Any, source: str, ids: list[str]) -> set[str]:
-        table = model.__table__
+    def _patients_of(self, conn: Connection, target: str, source: str, ids: list[str]) -> set[str]:
+        table = MAPPING_TARGETS[target]
         if "patient_id" not in table.c:
             return set()
         found: set[str] = set()
@@ -687,15 +653,11 @@ class Pipeline:
 
     def _remove_rows(self, conn: Connection, source: str, rtype: str, ids: list[str]) -> set[str]:
         """Delete registry rows a record no longer produces; returns the patients affected."""
-        table = self._table_for(rtype)
-        if table is None or not ids:
+        mapping = self.app.mappings.get(rtype)
+        if mapping is None or not ids:
             return set()
-        mapping = self.app.mappings[rtype]
-        patients = self._patients_of(conn, TARGET_TABLES[mapping.target], source, ids)
-        for start in range(0, len(ids), 400):
-            conn.execute(
-                delete(table).where(and_(table.c.source == source, table.c.id.in_(ids[start : start + 400])))
-            )
+        patients = self._patients_of(conn, mapping.target, source, ids)
+        delete_mapped_rows(conn, mapping.target, source, ids)
         return patients
 
     def _assemble(self, conn: Connection, touched: dict[str, set[str]]) -> int:
@@ -725,7 +687,7 @@ class Pipeline:
         """
         started = utcnow()
         with self.app.engine.begin() as conn:
-            cond = [STAGING.c.status.notin_(["deleted"])]
+            cond: list[ColumnElement[bool]] = [STAGING.c.status.notin_(["deleted"])]
             if not everything and not resource_type and not cause_id:
                 cond.append(STAGING.c.status.in_(["failed", "invalid"]))
             if resource_type:
@@ -733,24 +695,21 @@ class Pipeline:
             if source:
                 cond.append(STAGING.c.source == source)
             if cause_id:
-                ids = select(ERRORS.c.staging_id).where(
-                    ERRORS.c.cause_id == cause_id, ERRORS.c.status == "open"
+                ids = select(MAPPING_ERRORS.c.staging_id).where(
+                    MAPPING_ERRORS.c.cause_id == cause_id, MAPPING_ERRORS.c.status == "open"
                 )
                 cond.append(STAGING.c.id.in_(ids))
             # Input that never parsed stays invalid: re-mapping cannot fix it.
             cond.append(STAGING.c.content_type != "application/octet-stream")
             # The cause's records carry the mark's time, as do the records their conversion
             # stages (HL7 v2 → FHIR): mapping "pending since then" covers both, and nothing else.
-            marked = update(STAGING).where(and_(*cond)).values(status="pending", updated_at=started)
-            selected = int(conn.execute(marked).rowcount or 0)
+            selected = mark_pending(conn, cond, started)
         if cause_id is None:
             return selected, self.map_pending()
         return selected, self.map_pending(where=STAGING.c.updated_at >= started)
 
 
 def stats(app: App) -> dict[str, int]:
-    from registry_store.models import Case, Condition, Patient, Procedure, PromResponse
-
     with app.engine.connect() as conn:
 
         def count(table: Any, *where: Any) -> int:
@@ -759,13 +718,13 @@ def stats(app: App) -> dict[str, int]:
         return {
             "staged": count(STAGING),
             "pending": count(STAGING, STAGING.c.status == "pending"),
-            "patients": count(Patient.__table__),  # type: ignore[attr-defined]
-            "encounters": count(TARGET_TABLES["encounters"].__table__),  # type: ignore[attr-defined]
-            "procedures": count(Procedure.__table__),  # type: ignore[attr-defined]
-            "conditions": count(Condition.__table__),  # type: ignore[attr-defined]
-            "cases": count(Case.__table__, Case.__table__.c.status == "active"),  # type: ignore[attr-defined]
-            "prom_responses": count(PromResponse.__table__),  # type: ignore[attr-defined]
-            "errors_open": count(ERRORS, ERRORS.c.status == "open"),
+            "patients": count(PATIENTS),
+            "encounters": count(ENCOUNTERS),
+            "procedures": count(PROCEDURES),
+            "conditions": count(CONDITIONS),
+            "cases": count(CASES, CASES.c.status == "active"),
+            "prom_responses": count(PROM_RESPONSES),
+            "errors_open": count(MAPPING_ERRORS, MAPPING_ERRORS.c.status == "open"),
             "out_of_scope": count(STAGING, STAGING.c.status == "out_of_scope"),
             "excluded": count(STAGING, STAGING.c.status == "excluded"),
             "failed": count(STAGING, STAGING.c.status.in_(["failed", "invalid"])),

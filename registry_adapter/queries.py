@@ -7,11 +7,7 @@ from typing import Any
 from sqlalchemy import desc, func, select
 from sqlalchemy.engine import Connection
 
-from registry_store.errors import ERRORS
-from registry_store.models import Case, SyncRun
-
-CASES = Case.__table__  # type: ignore[attr-defined]
-RUNS = SyncRun.__table__  # type: ignore[attr-defined]
+from registry_store.tables import CASES, MAPPING_ERRORS, SYNC_RUNS
 
 
 def _iso(value: Any) -> Any:
@@ -43,13 +39,13 @@ def list_errors(
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     query = (
-        select(ERRORS)
-        .where(ERRORS.c.status == status)
-        .order_by(ERRORS.c.cause_id, ERRORS.c.id)
+        select(MAPPING_ERRORS)
+        .where(MAPPING_ERRORS.c.status == status)
+        .order_by(MAPPING_ERRORS.c.cause_id, MAPPING_ERRORS.c.id)
         .offset(offset)
     )
     if cause_id:
-        query = query.where(ERRORS.c.cause_id == cause_id)
+        query = query.where(MAPPING_ERRORS.c.cause_id == cause_id)
     if limit is not None:
         query = query.limit(limit)
     return [{k: _iso(v) for k, v in row._mapping.items()} for row in conn.execute(query)]
@@ -59,20 +55,22 @@ def list_causes(conn: Connection, *, status: str = "open", limit: int | None = N
     """Errors grouped by cause (code, mapping, offending value), biggest first."""
     query = (
         select(
-            ERRORS.c.cause_id,
-            ERRORS.c.code,
-            ERRORS.c.mapping,
-            ERRORS.c.value,
-            func.min(ERRORS.c.message).label("example_message"),
-            func.min(ERRORS.c.resource_type).label("resource_type"),
-            func.min(ERRORS.c.field).label("field"),
+            MAPPING_ERRORS.c.cause_id,
+            MAPPING_ERRORS.c.code,
+            MAPPING_ERRORS.c.mapping,
+            MAPPING_ERRORS.c.value,
+            func.min(MAPPING_ERRORS.c.message).label("example_message"),
+            func.min(MAPPING_ERRORS.c.resource_type).label("resource_type"),
+            func.min(MAPPING_ERRORS.c.field).label("field"),
             func.count().label("count"),
-            func.min(ERRORS.c.first_seen).label("first_seen"),
-            func.max(ERRORS.c.last_seen).label("last_seen"),
+            func.min(MAPPING_ERRORS.c.first_seen).label("first_seen"),
+            func.max(MAPPING_ERRORS.c.last_seen).label("last_seen"),
         )
-        .where(ERRORS.c.status == status)
-        .group_by(ERRORS.c.cause_id, ERRORS.c.code, ERRORS.c.mapping, ERRORS.c.value)
-        .order_by(desc("count"), ERRORS.c.code)
+        .where(MAPPING_ERRORS.c.status == status)
+        .group_by(
+            MAPPING_ERRORS.c.cause_id, MAPPING_ERRORS.c.code, MAPPING_ERRORS.c.mapping, MAPPING_ERRORS.c.value
+        )
+        .order_by(desc("count"), MAPPING_ERRORS.c.code)
     )
     if limit is not None:
         query = query.limit(limit)
@@ -80,5 +78,5 @@ def list_causes(conn: Connection, *, status: str = "open", limit: int | None = N
 
 
 def list_runs(conn: Connection, *, limit: int = 20) -> list[dict[str, Any]]:
-    query = select(RUNS).order_by(desc(RUNS.c.id)).limit(limit)
+    query = select(SYNC_RUNS).order_by(desc(SYNC_RUNS.c.id)).limit(limit)
     return [{k: _iso(v) for k, v in row._mapping.items()} for row in conn.execute(query)]

@@ -1,35 +1,14 @@
-"""Configured sources → adapter objects."""
+"""Configured sources → adapter objects, through the feed registry (registry_adapter.feeds)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from adapters.base import Source
-from adapters.fhir_bulk import FhirBulkSource
-from adapters.fhir_rest import FhirRestSource
 from adapters.files import FilesSource
-from adapters.hl7v2.drop import Hl7DropFolder
-from registry_adapter import config as cfgmod
-from registry_adapter.app import App
-from registry_adapter.config import ConfigError, SourceConfig
+from registry_adapter.feeds import build_source, is_pulled
 
-
-def build_source(cfg: SourceConfig, app: App) -> Source:
-    if isinstance(cfg, cfgmod.FilesSource):
-        if not cfg.path.exists():
-            raise ConfigError(f"sources.{cfg.name}.path: folder {cfg.path} does not exist")
-        return FilesSource(cfg.name, [cfg.path], cfg.patterns)
-    if isinstance(cfg, cfgmod.FhirRestSource):
-        return FhirRestSource(cfg.name, cfg.settings)
-    if isinstance(cfg, cfgmod.FhirBulkSource):
-        return FhirBulkSource(cfg.name, cfg.settings)
-    if isinstance(cfg, cfgmod.Hl7FilesSource):
-        if not cfg.path.exists():
-            raise ConfigError(f"sources.{cfg.name}.path: folder {cfg.path} does not exist")
-        return Hl7DropFolder(
-            cfg.name, cfg.path, archive=cfg.archive, quarantine=cfg.quarantine, patterns=cfg.patterns
-        )
-    raise ConfigError(f"source {cfg.name}: type {cfg.type!r} is pulled by `sync`; it is not (see `listen`)")
+__all__ = ["build_source", "import_source", "is_pulled"]
 
 
 def import_source(name: str, paths: list[Path]) -> Source:

@@ -9,34 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
-from registry_store.models import ErrorCause, MappingError
+from registry_store.tables import ERROR_CAUSES, MAPPING_ERRORS
 from registry_store.timeutil import utcnow
-
-ERRORS = MappingError.__table__  # type: ignore[attr-defined]
-CAUSES = ErrorCause.__table__  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """A problem found while receiving or mapping one record.
-
-    ``value`` is the offending code or token (a CPT code, a status) — never free text from the
-    patient record — because it is shown in the review UI and used to group causes.
-    """
-
-    code: str
-    message: str
-    field: str = ""
-    value: str | None = None
-    rule: str = ""
-    severity: str = "error"  # or "warning": the record still maps
-
+from registry_types.issues import Issue
 
 # Errors about a record that only case assembly can see (e.g. an add-on code whose surgery has
 # no index procedure) are owned by case assembly: re-mapping the record leaves them alone.
@@ -96,9 +76,13 @@ def replace_errors(
     existing = [
         r
         for r in conn.execute(
-            select(ERRORS.c.id, ERRORS.c.code, ERRORS.c.field, ERRORS.c.status, ERRORS.c.mapping).where(
-                ERRORS.c.staging_id == staging_id
-            )
+            select(
+                MAPPING_ERRORS.c.id,
+                MAPPING_ERRORS.c.code,
+                MAPPING_ERRORS.c.field,
+                MAPPING_ERRORS.c.status,
+                MAPPING_ERRORS.c.mapping,
+            ).where(MAPPING_ERRORS.c.staging_id == staging_id)
         )
         if (r.mapping == CASE_SCOPE) == (mapping == CASE_SCOPE)
         or (mapping != CASE_SCOPE and not keep_case_errors)
@@ -108,8 +92,9 @@ def replace_errors(
     ignored_causes = (
         set(
             conn.execute(
-                select(CAUSES.c.cause_id).where(
-                    CAUSES.c.cause_id.in_([r["cause_id"] for r in rows]), CAUSES.c.status == "ignored"
+                select(ERROR_CAUSES.c.cause_id).where(
+                    ERROR_CAUSES.c.cause_id.in_([r["cause_id"] for r in rows]),
+                    ERROR_CAUSES.c.status == "ignored",
                 )
             ).scalars()
         )
@@ -121,11 +106,15 @@ def replace_errors(
             r["status"] = "ignored"
     stale = [r.id for r in existing if (r.code, r.field) not in seen and r.status == "open"]
     if stale:
-        conn.execute(update(ERRORS).where(ERRORS.c.id.in_(stale)).values(status="resolved", last_seen=now))
+        conn.execute(
+            update(MAPPING_ERRORS)
+            .where(MAPPING_ERRORS.c.id.in_(stale))
+            .values(status="resolved", last_seen=now)
+        )
     rows = [r for r in rows if (r["code"], r["field"]) not in ignored]
     upsert(
         conn,
-        ERRORS,
+        MAPPING_ERRORS,
         rows,
         keys=["staging_id", "code", "field"],
         update=[
@@ -149,7 +138,27 @@ def resolve_all(conn: Connection, staging_ids: Sequence[int]) -> None:
     if not staging_ids:
         return
     conn.execute(
-        update(ERRORS)
-        .where(and_(ERRORS.c.staging_id.in_(list(staging_ids)), ERRORS.c.status == "open"))
+        update(MAPPING_ERRORS)
+        .where(and_(MAPPING_ERRORS.c.staging_id.in_(list(staging_ids)), MAPPING_ERRORS.c.status == "open"))
         .values(status="resolved", last_seen=utcnow())
     )
+
+
+def decide_cause(conn: Connection, cause_id: str, *, status: str, reason: str, by: str) -> int:
+    """Staff's decision on a cause: ``ignored`` (its open errors become ignored, and so will
+    errors of the cause that arrive later) or ``open`` again. Returns the errors changed."""
+    src, dst = ("open", "ignored") if status == "ignored" else ("ignored", "open")
+    changed = conn.execute(
+        update(MAPPING_ERRORS)
+        .where(MAPPING_ERRORS.c.cause_id == cause_id, MAPPING_ERRORS.c.status == src)
+        .values(status=dst)
+    ).rowcount
+    decision = {
+        "cause_id": cause_id,
+        "status": status,
+        "reason": reason,
+        "updated_by": by,
+        "updated_at": utcnow(),
+    }
+    upsert(conn, ERROR_CAUSES, [decision], keys=["cause_id"])
+    return int(changed or 0)

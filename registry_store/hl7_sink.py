@@ -34,11 +34,9 @@ from adapters.hl7v2.records import (
     message_identity,
     reused_control_id_issue,
 )
-from registry_store.errors import Issue, replace_errors
-from registry_store.models import Hl7Ack
+from registry_store.errors import replace_errors
 from registry_store.staging import (
     ORIGIN_MAX,
-    STAGING,
     StagedRow,
     insert_new_rows,
     place_raw_message,
@@ -46,11 +44,12 @@ from registry_store.staging import (
     staged_rows,
     until_settled,
 )
+from registry_store.tables import HL7_ACKS, STAGING
 from registry_store.timeutil import utcnow
+from registry_types.issues import Issue
 
 log = structlog.get_logger(__name__)
 
-ACKS = Hl7Ack.__table__  # type: ignore[attr-defined]
 
 # Unreachable through the listener (its header check rejects an empty MSH-10), but the
 # ``MessageSink`` protocol allows a message without a control id and no header error.
@@ -89,7 +88,7 @@ class StagingSink:
                 elif ident != items[pos].ident:
                     self._record_reused(conn, items[pos].msg, ident)
             ack_ids = conn.execute(
-                ACKS.insert().returning(ACKS.c.id, sort_by_parameter_order=True),
+                HL7_ACKS.insert().returning(HL7_ACKS.c.id, sort_by_parameter_order=True),
                 [self._ack(item) for item in items],
             ).scalars().all()
         return [
@@ -100,7 +99,7 @@ class StagingSink:
     def ack_undelivered(self, ack_ids: Sequence[int]) -> None:
         """The listener could not write these ACKs: the sender never saw them (and resends)."""
         with self.engine.begin() as conn:
-            conn.execute(update(ACKS).where(ACKS.c.id.in_(list(ack_ids))).values(delivered=False))
+            conn.execute(update(HL7_ACKS).where(HL7_ACKS.c.id.in_(list(ack_ids))).values(delivered=False))
 
     def _stage_round(
         self,

@@ -17,25 +17,18 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
+from registry_store import audit
 from registry_store.db import upsert
-from registry_store.errors import Issue
 from registry_store.models import (
-    AuditEntry,
-    Case,
     Condition,
     Encounter,
-    Patient,
     Procedure,
     PromResponse,
-    Reminder,
 )
+from registry_store.tables import AUDIT_LOG, CASES, PATIENTS, REMINDERS
 from registry_store.timeutil import utcnow
-from review import audit
+from registry_types.issues import Issue
 
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-CASES = Case.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
-AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
 # Registry tables whose rows belong to a patient through ``patient_id``.
 PATIENT_ROWS = {
     "encounters": Encounter.__table__,  # type: ignore[attr-defined]
@@ -139,9 +132,11 @@ def merge_patient(
 def _audited(conn: Connection, report: MergeReport) -> MergeReport:
     """``report`` as the audit log recorded the merge when it was done."""
     after = conn.execute(
-        select(AUDIT.c.after)
-        .where(AUDIT.c.action == MERGE_ACTION, AUDIT.c.target == _target(report.source, report.merged))
-        .order_by(AUDIT.c.id.desc())
+        select(AUDIT_LOG.c.after)
+        .where(
+            AUDIT_LOG.c.action == MERGE_ACTION, AUDIT_LOG.c.target == _target(report.source, report.merged)
+        )
+        .order_by(AUDIT_LOG.c.id.desc())
         .limit(1)
     ).scalar()
     if isinstance(after, dict):

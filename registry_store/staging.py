@@ -14,7 +14,7 @@ than the staged version: a replay from before the delete). ``meta.versionId``/``
 that are not strings or do not fit their column are treated as absent; a type or id that is
 missing or does not fit is refused with a ValueError (the pipeline catches those earlier).
 A record that cannot be staged for any other reason (nested deeper than
-``adapters.json_limits.MAX_DEPTH``, content that cannot be hashed) becomes that record's
+``registry_types.json_limits.MAX_DEPTH``, content that cannot be hashed) becomes that record's
 error, kept as an ``invalid`` row like other unusable input: it never stops the batch.
 
 New rows are inserted with ``ON CONFLICT DO NOTHING``: when another process staged the same
@@ -32,26 +32,25 @@ from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 
-from adapters.base import Record, RecordError
 from adapters.hl7v2.header import message_digest
-from adapters.json_limits import TOO_DEEP_CODE, TOO_DEEP_MESSAGE, too_deep
 from registry_store.db import upsert
-from registry_store.models import MappingError, StagedRecord
+from registry_store.tables import STAGING, column_length
 from registry_store.timeutil import utcnow
+from registry_types.issues import Issue
+from registry_types.json_limits import TOO_DEEP_CODE, TOO_DEEP_MESSAGE, too_deep
+from registry_types.records import Record, RecordError
 
-STAGING = StagedRecord.__table__  # type: ignore[attr-defined]
-ERRORS = MappingError.__table__  # type: ignore[attr-defined]
 IDENTITY = ("source", "resource_type", "resource_id")
 
 # Column sizes, from the model, so these checks follow it.
-TYPE_MAX = int(STAGING.c.resource_type.type.length)
-ID_MAX = int(STAGING.c.resource_id.type.length)
-VERSION_MAX = int(STAGING.c.version_id.type.length)
-LAST_UPDATED_MAX = int(STAGING.c.last_updated.type.length)
-ORIGIN_MAX = int(STAGING.c.origin.type.length)
+TYPE_MAX = column_length(STAGING.c.resource_type)
+ID_MAX = column_length(STAGING.c.resource_id)
+VERSION_MAX = column_length(STAGING.c.version_id)
+LAST_UPDATED_MAX = column_length(STAGING.c.last_updated)
+ORIGIN_MAX = column_length(STAGING.c.origin)
 
 # Staging rows for input that never became a resource carry this type.
 UNPARSED = "Unparsed"
@@ -455,7 +454,7 @@ def error_identity(err: RecordError) -> tuple[str, str]:
 
 def stage_errors(conn: Connection, source: str, errors: Iterable[RecordError]) -> StageCounts:
     """Keep unusable input as ``invalid`` staging rows, each with its mapping error."""
-    from registry_store.errors import Issue, replace_errors
+    from registry_store.errors import replace_errors
 
     counts = StageCounts()
     now = utcnow()
@@ -524,3 +523,26 @@ def staged_from(conn: Connection, source: str, origin: str) -> list[tuple[str, s
         )
     )
     return [(r.resource_type, r.resource_id) for r in rows]
+
+
+def record_mapping_outcomes(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
+    """Each staged record's new status after mapping: ``{"sid", "digest", "new_status", "at"}``.
+
+    Guarded by the content hash: a record re-staged meanwhile stays pending for the next
+    round instead of being marked done with what was mapped from its older content.
+    """
+    if not outcomes:
+        return
+    conn.execute(
+        update(STAGING)
+        .where(STAGING.c.id == bindparam("sid"), STAGING.c.content_hash == bindparam("digest"))
+        .values(status=bindparam("new_status"), mapped_at=bindparam("at")),
+        list(outcomes),
+    )
+
+
+def mark_pending(conn: Connection, where: Sequence[ColumnElement[bool]], at: datetime) -> int:
+    """Send the staged records matching ``where`` back to mapping; they carry ``at`` as their
+    ``updated_at`` so a caller can map exactly them. Returns how many were selected."""
+    marked = update(STAGING).where(and_(*where)).values(status="pending", updated_at=at)
+    return int(conn.execute(marked).rowcount or 0)

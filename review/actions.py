@@ -8,17 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-
 from mappings.codemaps import CodeMap, CodeMapError, append_code, display_code, load_codemap
 from registry_adapter.app import App
 from registry_adapter.pipeline import Pipeline
-from registry_store.db import upsert
-from registry_store.errors import ERRORS
-from registry_store.timeutil import utcnow
-from review import audit
+from registry_store import audit
+from registry_store.errors import decide_cause
 from review.auth import CurrentUser
-from review.queries import CAUSES, cause_summary, open_error_count
+from review.queries import cause_summary, open_error_count
 
 UNMAPPED_CODE = "codemap.unmapped_code"
 # Code-map files and the App's compiled mappings are shared by every request of the process.
@@ -56,24 +52,7 @@ def _decide(app: App, user: CurrentUser, cause_id: str, status: str, reason: str
         if summary is None:
             raise ActionError("no such cause")
         before = {"counts": summary["counts"], "decision": _plain(summary["decision"])}
-        src, dst = ("open", "ignored") if status == "ignored" else ("ignored", "open")
-        changed = conn.execute(
-            update(ERRORS).where(ERRORS.c.cause_id == cause_id, ERRORS.c.status == src).values(status=dst)
-        ).rowcount
-        upsert(
-            conn,
-            CAUSES,
-            [
-                {
-                    "cause_id": cause_id,
-                    "status": status,
-                    "reason": reason,
-                    "updated_by": user.username,
-                    "updated_at": utcnow(),
-                }
-            ],
-            keys=["cause_id"],
-        )
+        changed = decide_cause(conn, cause_id, status=status, reason=reason, by=user.username)
         after_summary = cause_summary(conn, cause_id)
         assert after_summary is not None
         audit.record(
@@ -84,7 +63,7 @@ def _decide(app: App, user: CurrentUser, cause_id: str, status: str, reason: str
             before=before,
             after={"counts": after_summary["counts"], "decision": {"status": status, "reason": reason}},
         )
-    return int(changed or 0)
+    return changed
 
 
 def ignore_cause(app: App, user: CurrentUser, cause_id: str, reason: str) -> int:

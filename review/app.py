@@ -20,6 +20,7 @@ from review.access_log import AccessLog
 from review.login_limits import ClientFailures, HashPool
 from review.pages import audit_log, cases, errors, feeds, ops, reminder_link, reminders, session
 from review.pages.ops import metrics_registry
+from review.settings import ReviewSettings
 from review.web import HERE, make_templates, render, require
 
 SESSION_COOKIE = "registry_review"
@@ -86,7 +87,7 @@ def create_app(app: App, host: str | None = None) -> Starlette:
     ``host`` is the address uvicorn listens on (default ``review.host``): with
     ``secure_cookies: auto`` it decides whether session cookies are marked Secure.
     """
-    settings = app.settings.review
+    settings = app.settings.section(ReviewSettings)
     routes = [
         Route("/", home, methods=["GET"]),
         *session.ROUTES,

@@ -18,14 +18,13 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
-from registry_store.models import User
+from registry_store import accounts, audit
+from registry_store.tables import USERS
 from registry_store.timeutil import as_utc, utcnow
-from review import audit
 
-USERS = User.__table__  # type: ignore[attr-defined]
 ROLES = ("viewer", "reviewer", "admin")
 _RANK = {role: i for i, role in enumerate(ROLES)}
 MIN_PASSWORD = 12
@@ -69,43 +68,23 @@ def add_user(engine: Engine, username: str, password: str, role: str) -> int:
     with engine.begin() as conn:
         if conn.execute(select(USERS.c.id).where(func.lower(USERS.c.username) == username.lower())).first():
             raise UserError(f"user {username} already exists")
-        return int(
-            conn.execute(
-                USERS.insert()
-                .values(username=username, password_hash=hashed, role=role, created_at=utcnow())
-                .returning(USERS.c.id)
-            ).scalar_one()
-        )
+        return accounts.create_account(conn, username=username, password_hash=hashed, role=role)
 
 
 def set_password(engine: Engine, username: str, password: str) -> None:
     """New password; every session of the account ends and a lock is lifted."""
     hashed = hash_password(password)
     with engine.begin() as conn:
-        done = conn.execute(
-            update(USERS)
-            .where(USERS.c.username == username)
-            .values(
-                password_hash=hashed,
-                session_version=USERS.c.session_version + 1,
-                failed_logins=0,
-                locked_until=None,
-            )
-        ).rowcount
+        done = accounts.replace_password(conn, username, hashed)
     if not done:
         raise UserError(f"no user {username}")
 
 
 def set_user(engine: Engine, username: str, *, role: str | None = None, disabled: bool | None = None) -> None:
-    values: dict[str, Any] = {}
-    if role is not None:
-        if role not in ROLES:
-            raise UserError(f"role must be one of {', '.join(ROLES)}")
-        values["role"] = role
-    if disabled is not None:
-        values["disabled"] = disabled
+    if role is not None and role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
     with engine.begin() as conn:
-        done = conn.execute(update(USERS).where(USERS.c.username == username).values(**values)).rowcount
+        done = accounts.change_account(conn, username, role=role, disabled=disabled)
     if not done:
         raise UserError(f"no user {username}")
 
@@ -161,27 +140,17 @@ def authenticate(
         return None
     if row.disabled:
         return None
-    values: dict[str, Any] = {"last_login_at": now, "failed_logins": 0, "locked_until": None}
-    if _hasher.check_needs_rehash(stored):
-        values["password_hash"] = _hasher.hash(password)
-    conn.execute(update(USERS).where(USERS.c.id == row.id).values(**values))
+    rehashed = _hasher.hash(password) if _hasher.check_needs_rehash(stored) else None
+    accounts.record_login(conn, int(row.id), now, rehashed=rehashed)
     return CurrentUser(int(row.id), row.username, row.role, int(row.session_version or 0))
 
 
 def _count_failure(conn: Connection, row: Any, now: datetime, max_failures: int, lockout: timedelta) -> None:
-    # Incremented in SQL so concurrent attempts cannot overwrite each other's count.
-    failures = int(
-        conn.execute(
-            update(USERS)
-            .where(USERS.c.id == row.id)
-            .values(failed_logins=USERS.c.failed_logins + 1)
-            .returning(USERS.c.failed_logins)
-        ).scalar_one()
-    )
+    failures = accounts.count_failed_login(conn, int(row.id))
     if failures < max_failures:
         return
     until = now + lockout
-    conn.execute(update(USERS).where(USERS.c.id == row.id).values(failed_logins=0, locked_until=until))
+    accounts.lock_account(conn, int(row.id), until)
     audit.record(
         conn,
         username=row.username,
@@ -194,9 +163,7 @@ def _count_failure(conn: Connection, row: Any, now: datetime, max_failures: int,
 
 def end_sessions(conn: Connection, user_id: int) -> None:
     """Void every session of the user (sign-out): cookies carrying the old version stop working."""
-    conn.execute(
-        update(USERS).where(USERS.c.id == user_id).values(session_version=USERS.c.session_version + 1)
-    )
+    accounts.end_sessions(conn, user_id)
 
 
 def load_user(conn: Connection, user_id: Any, session_version: Any = 0) -> CurrentUser | None:

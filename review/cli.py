@@ -9,6 +9,7 @@ import click
 
 from registry_adapter.cli import Ctx, _emit_json, out, pass_ctx
 from review.auth import ROLES, UserError, add_user, list_users, set_password, set_user
+from review.settings import ReviewSettings
 
 
 @click.command()
@@ -23,7 +24,7 @@ def serve(obj: Ctx, host: str | None, port: int | None) -> None:
     from scheduler.replan import replan
 
     app = obj.app
-    settings = app.settings.review
+    settings = app.settings.section(ReviewSettings)
     # Reminders planned as of today before the first page is shown (the nightly job may be
     # hours away, or not running at all on a machine that only serves the UI).
     replan(app, "serve")

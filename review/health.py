@@ -26,9 +26,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from registry_adapter.app import App
-from registry_adapter.config import MllpSource
-from registry_adapter.queries import RUNS
+from registry_adapter.feeds import is_pulled
+from registry_adapter.feeds.mllp import MllpSource
+from registry_store.tables import SYNC_RUNS
 from review.queries import as_utc, next_job_runs
+from review.settings import ReviewSettings
+from scheduler.settings import SchedulerSettings
 
 # A due job is picked up within a second by a running scheduler; minutes late means none is.
 SCHEDULER_GRACE = 300.0
@@ -45,7 +48,7 @@ def _database(app: App) -> Component:
 
 def _scheduler(app: App, now: datetime) -> Component:
     with app.engine.connect() as conn:
-        runs = next_job_runs(conn, app.settings.scheduler.jobstore_table)
+        runs = next_job_runs(conn, app.settings.section(SchedulerSettings).jobstore_table)
     if not runs:
         return {"status": "off", "detail": "no scheduled jobs (registry-adapter run has not started)"}
     overdue = {
@@ -59,20 +62,20 @@ def _scheduler(app: App, now: datetime) -> Component:
 
 
 def _nightly(app: App, now: datetime) -> Component:
-    pulled = [s.name for s in app.settings.sources if not isinstance(s, MllpSource)]
+    pulled = [s.name for s in app.settings.sources if is_pulled(s)]
     if not pulled:
         return {"status": "off", "detail": "no pulled sources configured"}
     with app.engine.connect() as conn:
         last = conn.execute(
-            select(func.max(RUNS.c.finished_at)).where(
-                RUNS.c.outcome == "succeeded", RUNS.c.source.in_(pulled)
+            select(func.max(SYNC_RUNS.c.finished_at)).where(
+                SYNC_RUNS.c.outcome == "succeeded", SYNC_RUNS.c.source.in_(pulled)
             )
         ).scalar_one()
     finished = as_utc(last)
     if finished is None:
         return {"status": "waiting", "detail": "no successful sync run yet"}
     age = (now - finished).total_seconds()
-    limit = app.settings.review.health_nightly_max_age_hours * 3600
+    limit = app.settings.section(ReviewSettings).health_nightly_max_age_hours * 3600
     return {"status": "down" if age > limit else "ok", "age_seconds": round(age)}
 
 

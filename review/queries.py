@@ -14,33 +14,24 @@ from typing import Any
 from sqlalchemy import Select, and_, case, column, desc, exists, func, inspect, or_, select, table
 from sqlalchemy.engine import Connection
 
-from registry_adapter.queries import CASES, RUNS
-from registry_store.errors import ERRORS
-from registry_store.models import (
-    AuditEntry,
-    Condition,
-    ErrorCause,
-    Hl7Ack,
-    Patient,
-    Procedure,
-    PromResponse,
-    Reminder,
-    ReminderSend,
+from registry_store.tables import (
+    AUDIT_LOG,
+    CASES,
+    CONDITIONS,
+    ERROR_CAUSES,
+    HL7_ACKS,
+    MAPPING_ERRORS,
+    PATIENTS,
+    PROCEDURES,
+    PROM_RESPONSES,
+    REMINDER_SENDS,
+    REMINDERS,
+    STAGING,
+    SYNC_RUNS,
 )
-from registry_store.staging import STAGING
 from registry_store.timeutil import as_utc as as_utc  # re-exported for the pages
 from scheduler.channels.worklist import worklist_query
 from scheduler.queries import SCHEDULE_COLUMNS, unconfirmed_flag, with_case_and_patient
-
-AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
-CAUSES = ErrorCause.__table__  # type: ignore[attr-defined]
-ACKS = Hl7Ack.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-PROCEDURES = Procedure.__table__  # type: ignore[attr-defined]
-CONDITIONS = Condition.__table__  # type: ignore[attr-defined]
-PROMS = PromResponse.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
-SENDS = ReminderSend.__table__  # type: ignore[attr-defined]
 
 ERROR_STATUSES = ("open", "ignored", "resolved")
 # "worklist" is the coordinators' call list (scheduler.channels.worklist); "open" and "missing"
@@ -145,7 +136,7 @@ def _status_is(status: str, *, scan: bool) -> Any:
     Once other filters apply, the rows must be read anyway, and reading the table in order is
     several times faster in SQLite than jumping to each row from the (status, cause_id) index.
     """
-    return (ERRORS.c.status + "") == status if scan else ERRORS.c.status == status
+    return (MAPPING_ERRORS.c.status + "") == status if scan else MAPPING_ERRORS.c.status == status
 
 
 def causes_page(conn: Connection, flt: CauseFilter, page: int, size: int) -> Page:
@@ -157,18 +148,18 @@ def causes_page(conn: Connection, flt: CauseFilter, page: int, size: int) -> Pag
     cond = _filter_terms(
         conn,
         [
-            (ERRORS.c.code, flt.code),
-            (ERRORS.c.mapping, flt.mapping),
-            (ERRORS.c.resource_type, flt.resource_type),
+            (MAPPING_ERRORS.c.code, flt.code),
+            (MAPPING_ERRORS.c.mapping, flt.mapping),
+            (MAPPING_ERRORS.c.resource_type, flt.resource_type),
         ],
         flt.q,
-        (ERRORS.c.value, ERRORS.c.code, ERRORS.c.cause_id),
+        (MAPPING_ERRORS.c.value, MAPPING_ERRORS.c.code, MAPPING_ERRORS.c.cause_id),
     )
     counts = (
-        select(ERRORS.c.cause_id, func.count().label("count"))
+        select(MAPPING_ERRORS.c.cause_id, func.count().label("count"))
         .where(_status_is(flt.status, scan=bool(cond)), *cond)
-        .group_by(ERRORS.c.cause_id)
-        .order_by(desc("count"), ERRORS.c.cause_id)
+        .group_by(MAPPING_ERRORS.c.cause_id)
+        .order_by(desc("count"), MAPPING_ERRORS.c.cause_id)
     )
     found = _paged(conn, counts, page, size, windowed=True)
     if not found.rows:
@@ -178,20 +169,20 @@ def causes_page(conn: Connection, flt: CauseFilter, page: int, size: int) -> Pag
         r.cause_id: dict(r._mapping)
         for r in conn.execute(
             select(
-                ERRORS.c.cause_id,
-                func.min(ERRORS.c.code).label("code"),
-                func.min(ERRORS.c.mapping).label("mapping"),
-                func.min(ERRORS.c.value).label("value"),
-                func.min(ERRORS.c.message).label("example_message"),
-                func.min(ERRORS.c.resource_type).label("resource_type"),
-                func.min(ERRORS.c.field).label("field"),
-                func.min(ERRORS.c.first_seen).label("first_seen"),
-                func.max(ERRORS.c.last_seen).label("last_seen"),
-                func.min(ERRORS.c.resource_id).label("example_first"),
-                func.max(ERRORS.c.resource_id).label("example_last"),
+                MAPPING_ERRORS.c.cause_id,
+                func.min(MAPPING_ERRORS.c.code).label("code"),
+                func.min(MAPPING_ERRORS.c.mapping).label("mapping"),
+                func.min(MAPPING_ERRORS.c.value).label("value"),
+                func.min(MAPPING_ERRORS.c.message).label("example_message"),
+                func.min(MAPPING_ERRORS.c.resource_type).label("resource_type"),
+                func.min(MAPPING_ERRORS.c.field).label("field"),
+                func.min(MAPPING_ERRORS.c.first_seen).label("first_seen"),
+                func.max(MAPPING_ERRORS.c.last_seen).label("last_seen"),
+                func.min(MAPPING_ERRORS.c.resource_id).label("example_first"),
+                func.max(MAPPING_ERRORS.c.resource_id).label("example_last"),
             )
-            .where(ERRORS.c.status == flt.status, ERRORS.c.cause_id.in_(ids))
-            .group_by(ERRORS.c.cause_id)
+            .where(MAPPING_ERRORS.c.status == flt.status, MAPPING_ERRORS.c.cause_id.in_(ids))
+            .group_by(MAPPING_ERRORS.c.cause_id)
         )
     }
     rows = [{**details[r["cause_id"]], "count": r["count"]} for r in found.rows]
@@ -201,9 +192,9 @@ def causes_page(conn: Connection, flt: CauseFilter, page: int, size: int) -> Pag
 def error_facets(conn: Connection, status: str) -> dict[str, list[str]]:
     """Distinct error codes, mappings and resource types for the filter menus (one scan)."""
     combos = conn.execute(
-        select(ERRORS.c.code, ERRORS.c.mapping, ERRORS.c.resource_type)
+        select(MAPPING_ERRORS.c.code, MAPPING_ERRORS.c.mapping, MAPPING_ERRORS.c.resource_type)
         .where(_status_is(status, scan=True))
-        .group_by(ERRORS.c.code, ERRORS.c.mapping, ERRORS.c.resource_type)
+        .group_by(MAPPING_ERRORS.c.code, MAPPING_ERRORS.c.mapping, MAPPING_ERRORS.c.resource_type)
     ).all()
     return {
         "code": sorted({r.code for r in combos}),
@@ -217,19 +208,19 @@ def cause_summary(conn: Connection, cause_id: str) -> dict[str, Any] | None:
     rows = _dicts(
         conn.execute(
             select(
-                ERRORS.c.status,
-                func.min(ERRORS.c.code).label("code"),
-                func.min(ERRORS.c.mapping).label("mapping"),
-                func.min(ERRORS.c.value).label("value"),
-                func.min(ERRORS.c.field).label("field"),
-                func.min(ERRORS.c.message).label("message"),
-                func.min(ERRORS.c.resource_type).label("resource_type"),
+                MAPPING_ERRORS.c.status,
+                func.min(MAPPING_ERRORS.c.code).label("code"),
+                func.min(MAPPING_ERRORS.c.mapping).label("mapping"),
+                func.min(MAPPING_ERRORS.c.value).label("value"),
+                func.min(MAPPING_ERRORS.c.field).label("field"),
+                func.min(MAPPING_ERRORS.c.message).label("message"),
+                func.min(MAPPING_ERRORS.c.resource_type).label("resource_type"),
                 func.count().label("count"),
-                func.min(ERRORS.c.first_seen).label("first_seen"),
-                func.max(ERRORS.c.last_seen).label("last_seen"),
+                func.min(MAPPING_ERRORS.c.first_seen).label("first_seen"),
+                func.max(MAPPING_ERRORS.c.last_seen).label("last_seen"),
             )
-            .where(ERRORS.c.status.in_(ERROR_STATUSES), ERRORS.c.cause_id == cause_id)
-            .group_by(ERRORS.c.status)
+            .where(MAPPING_ERRORS.c.status.in_(ERROR_STATUSES), MAPPING_ERRORS.c.cause_id == cause_id)
+            .group_by(MAPPING_ERRORS.c.status)
         )
     )
     if not rows:
@@ -238,7 +229,7 @@ def cause_summary(conn: Connection, cause_id: str) -> dict[str, Any] | None:
     for r in rows:
         counts[r["status"]] = int(r["count"])
     best = next((r for r in rows if r["status"] == "open"), rows[0])
-    decision = conn.execute(select(CAUSES).where(CAUSES.c.cause_id == cause_id)).first()
+    decision = conn.execute(select(ERROR_CAUSES).where(ERROR_CAUSES.c.cause_id == cause_id)).first()
     return {
         "cause_id": cause_id,
         **{k: best[k] for k in ("code", "mapping", "value", "field", "message", "resource_type")},
@@ -253,41 +244,41 @@ def cause_records(conn: Connection, cause_id: str, status: str, page: int, size:
     """The records of a cause (ids only), newest error last."""
     query = (
         select(
-            ERRORS.c.id,
-            ERRORS.c.staging_id,
-            ERRORS.c.source,
-            ERRORS.c.resource_type,
-            ERRORS.c.resource_id,
-            ERRORS.c.field,
-            ERRORS.c.status,
-            ERRORS.c.first_seen,
-            ERRORS.c.last_seen,
+            MAPPING_ERRORS.c.id,
+            MAPPING_ERRORS.c.staging_id,
+            MAPPING_ERRORS.c.source,
+            MAPPING_ERRORS.c.resource_type,
+            MAPPING_ERRORS.c.resource_id,
+            MAPPING_ERRORS.c.field,
+            MAPPING_ERRORS.c.status,
+            MAPPING_ERRORS.c.first_seen,
+            MAPPING_ERRORS.c.last_seen,
         )
-        .where(ERRORS.c.cause_id == cause_id, ERRORS.c.status == status)
-        .order_by(ERRORS.c.id)
+        .where(MAPPING_ERRORS.c.cause_id == cause_id, MAPPING_ERRORS.c.status == status)
+        .order_by(MAPPING_ERRORS.c.id)
     )
     return _paged(conn, query, page, size)
 
 
 def cause_examples(conn: Connection, cause_id: str, limit: int = 3) -> list[dict[str, Any]]:
     """A few records of the cause with their raw bytes (open ones first)."""
-    open_first = case((ERRORS.c.status == "open", 0), else_=1)
+    open_first = case((MAPPING_ERRORS.c.status == "open", 0), else_=1)
     query = (
         select(
-            ERRORS.c.staging_id,
-            ERRORS.c.resource_type,
-            ERRORS.c.resource_id,
-            ERRORS.c.source,
-            ERRORS.c.field,
-            ERRORS.c.value,
-            ERRORS.c.message,
-            ERRORS.c.status,
+            MAPPING_ERRORS.c.staging_id,
+            MAPPING_ERRORS.c.resource_type,
+            MAPPING_ERRORS.c.resource_id,
+            MAPPING_ERRORS.c.source,
+            MAPPING_ERRORS.c.field,
+            MAPPING_ERRORS.c.value,
+            MAPPING_ERRORS.c.message,
+            MAPPING_ERRORS.c.status,
             STAGING.c.raw,
             STAGING.c.content_type,
         )
-        .join(STAGING, STAGING.c.id == ERRORS.c.staging_id)
-        .where(ERRORS.c.status.in_(ERROR_STATUSES), ERRORS.c.cause_id == cause_id)
-        .order_by(open_first, ERRORS.c.id)
+        .join(STAGING, STAGING.c.id == MAPPING_ERRORS.c.staging_id)
+        .where(MAPPING_ERRORS.c.status.in_(ERROR_STATUSES), MAPPING_ERRORS.c.cause_id == cause_id)
+        .order_by(open_first, MAPPING_ERRORS.c.id)
         .limit(limit)
     )
     return _dicts(conn.execute(query))
@@ -296,7 +287,9 @@ def cause_examples(conn: Connection, cause_id: str, limit: int = 3) -> list[dict
 def open_error_count(conn: Connection, cause_id: str) -> int:
     return int(
         conn.execute(
-            select(func.count()).where(ERRORS.c.cause_id == cause_id, ERRORS.c.status == "open")
+            select(func.count()).where(
+                MAPPING_ERRORS.c.cause_id == cause_id, MAPPING_ERRORS.c.status == "open"
+            )
         ).scalar_one()
     )
 
@@ -390,9 +383,9 @@ def case_detail(conn: Connection, case_id: str) -> dict[str, Any] | None:
     )
     proms = _dicts(
         conn.execute(
-            select(PROMS)
-            .where(PROMS.c.case_id == case_id)
-            .order_by(PROMS.c.completion_date, PROMS.c.instrument)
+            select(PROM_RESPONSES)
+            .where(PROM_RESPONSES.c.case_id == case_id)
+            .order_by(PROM_RESPONSES.c.completion_date, PROM_RESPONSES.c.instrument)
         )
     )
     reminders = _dicts(
@@ -540,22 +533,22 @@ def reminder_counts(conn: Connection, today: date, calls_on: date | None = None)
 
 
 def recent_runs(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
-    return _dicts(conn.execute(select(RUNS).order_by(desc(RUNS.c.id)).limit(limit)))
+    return _dicts(conn.execute(select(SYNC_RUNS).order_by(desc(SYNC_RUNS.c.id)).limit(limit)))
 
 
 def latest_run_per_source(conn: Connection) -> list[dict[str, Any]]:
-    last = select(func.max(RUNS.c.id)).group_by(RUNS.c.source).scalar_subquery()
+    last = select(func.max(SYNC_RUNS.c.id)).group_by(SYNC_RUNS.c.source).scalar_subquery()
     finished = (
-        select(RUNS.c.source, func.max(RUNS.c.finished_at).label("last_success"))
-        .where(RUNS.c.outcome == "succeeded")
-        .group_by(RUNS.c.source)
+        select(SYNC_RUNS.c.source, func.max(SYNC_RUNS.c.finished_at).label("last_success"))
+        .where(SYNC_RUNS.c.outcome == "succeeded")
+        .group_by(SYNC_RUNS.c.source)
         .subquery()
     )
     query = (
-        select(RUNS, finished.c.last_success)
-        .join(finished, finished.c.source == RUNS.c.source, isouter=True)
-        .where(RUNS.c.id.in_(last))
-        .order_by(RUNS.c.source)
+        select(SYNC_RUNS, finished.c.last_success)
+        .join(finished, finished.c.source == SYNC_RUNS.c.source, isouter=True)
+        .where(SYNC_RUNS.c.id.in_(last))
+        .order_by(SYNC_RUNS.c.source)
     )
     return _dicts(conn.execute(query))
 
@@ -564,25 +557,26 @@ def runs_since(conn: Connection, since: datetime) -> list[dict[str, Any]]:
     """Runs started since ``since`` (the nightly chart; a few per night, so few rows)."""
     return _dicts(
         conn.execute(
-            select(RUNS.c.started_at, RUNS.c.source, RUNS.c.counts, RUNS.c.outcome)
-            .where(RUNS.c.started_at >= since)
-            .order_by(RUNS.c.started_at)
+            select(SYNC_RUNS.c.started_at, SYNC_RUNS.c.source, SYNC_RUNS.c.counts, SYNC_RUNS.c.outcome)
+            .where(SYNC_RUNS.c.started_at >= since)
+            .order_by(SYNC_RUNS.c.started_at)
         )
     )
 
 
 def recent_acks(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
-    return _dicts(conn.execute(select(ACKS).order_by(desc(ACKS.c.received_at), desc(ACKS.c.id)).limit(limit)))
+    query = select(HL7_ACKS).order_by(desc(HL7_ACKS.c.received_at), desc(HL7_ACKS.c.id)).limit(limit)
+    return _dicts(conn.execute(query))
 
 
 def ack_counts(conn: Connection, since: datetime) -> dict[str, int]:
     return {
         r.ack_code: int(r.n)
         for r in conn.execute(
-            select(ACKS.c.ack_code, func.count().label("n"))
-            .where(ACKS.c.received_at >= since)
-            .group_by(ACKS.c.ack_code)
-            .order_by(ACKS.c.ack_code)
+            select(HL7_ACKS.c.ack_code, func.count().label("n"))
+            .where(HL7_ACKS.c.received_at >= since)
+            .group_by(HL7_ACKS.c.ack_code)
+            .order_by(HL7_ACKS.c.ack_code)
         )
     }
 
@@ -591,7 +585,7 @@ def ack_counts(conn: Connection, since: datetime) -> dict[str, int]:
 
 
 def audit_page(conn: Connection, page: int, size: int) -> Page:
-    return _paged(conn, select(AUDIT).order_by(desc(AUDIT.c.id)), page, size)
+    return _paged(conn, select(AUDIT_LOG).order_by(desc(AUDIT_LOG.c.id)), page, size)
 
 
 def store_counts(conn: Connection, jobstore_table: str | None = None) -> dict[str, Any]:
@@ -608,7 +602,9 @@ def store_counts(conn: Connection, jobstore_table: str | None = None) -> dict[st
         staged[status] = staged.get(status, 0) + n
     errors = {
         r.status: int(r.n)
-        for r in conn.execute(select(ERRORS.c.status, func.count().label("n")).group_by(ERRORS.c.status))
+        for r in conn.execute(
+            select(MAPPING_ERRORS.c.status, func.count().label("n")).group_by(MAPPING_ERRORS.c.status)
+        )
     }
     cases = int(conn.execute(select(func.count()).where(CASES.c.status == "active")).scalar_one())
     reminders = {
@@ -620,16 +616,16 @@ def store_counts(conn: Connection, jobstore_table: str | None = None) -> dict[st
     sends = {
         (r.channel, r.status): int(r.n)
         for r in conn.execute(
-            select(SENDS.c.channel, SENDS.c.status, func.count().label("n")).group_by(
-                SENDS.c.channel, SENDS.c.status
+            select(REMINDER_SENDS.c.channel, REMINDER_SENDS.c.status, func.count().label("n")).group_by(
+                REMINDER_SENDS.c.channel, REMINDER_SENDS.c.status
             )
         )
     }
     acks = {
         (r.source, r.ack_code): int(r.n)
         for r in conn.execute(
-            select(ACKS.c.source, ACKS.c.ack_code, func.count().label("n")).group_by(
-                ACKS.c.source, ACKS.c.ack_code
+            select(HL7_ACKS.c.source, HL7_ACKS.c.ack_code, func.count().label("n")).group_by(
+                HL7_ACKS.c.source, HL7_ACKS.c.ack_code
             )
         )
     }

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from registry_adapter.app import App
 from registry_adapter.extras import MissingExtra, extra_for
+from review.settings import ReviewSettings
 
 if TYPE_CHECKING:
     import uvicorn
@@ -34,7 +35,7 @@ class ReviewService:
             if extra is None:
                 raise
             raise MissingExtra("the review web UI (review.enabled: true)", extra) from None
-        settings = app.settings.review
+        settings = app.settings.section(ReviewSettings)
         self.host = host or settings.host
         self.port = port or settings.port
         config = uvicorn.Config(
@@ -67,4 +68,4 @@ class ReviewService:
 
 def make_service(app: App) -> ReviewService | None:
     """The UI when ``review.enabled`` is true in the configuration, else None."""
-    return ReviewService(app) if app.settings.review.enabled else None
+    return ReviewService(app) if app.settings.section(ReviewSettings).enabled else None

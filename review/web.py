@@ -17,6 +17,7 @@ from registry_adapter.app import App
 from review import csrf
 from review.auth import CurrentUser, load_user
 from review.queries import as_utc
+from review.settings import ReviewSettings
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,7 +63,7 @@ def require(request: Request, role: str = "viewer") -> CurrentUser:
 
 
 def masked_for(request: Request, user: CurrentUser) -> bool:
-    return user.role in registry(request).settings.review.mask_phi_for
+    return user.role in registry(request).settings.section(ReviewSettings).mask_phi_for
 
 
 # Larger page numbers overflow the SQL OFFSET (SQLite: OverflowError, a 500); no list here

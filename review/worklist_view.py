@@ -15,8 +15,9 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
 from registry_store.models import ReminderClick
+from registry_store.tables import REMINDER_SENDS as SENDS
 from registry_store.worklist import ITEMS, actions_of
-from scheduler.queries import CASES, PATIENTS, REMINDERS, SENDS, with_case_and_patient
+from scheduler.queries import CASES, PATIENTS, REMINDERS, with_case_and_patient
 
 CLICKS = ReminderClick.__table__  # type: ignore[attr-defined]
 

@@ -10,22 +10,18 @@ from typing import Any
 
 import click
 from rich.console import Console
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import ColumnElement, select
 
 from registry_adapter.app import App
-from registry_adapter.cli import Ctx, pass_ctx, print_table, require_known
+from registry_adapter.cli import Ctx, cases, pass_ctx, print_table, require_known
+from registry_store import reminders as reminder_store
+from registry_store.tables import CASES, REMINDERS
 from scheduler.clock import Clock, FixedClock, SystemClock
 from scheduler.dispatcher import Dispatcher, no_send_in_flight
 from scheduler.planner import PlanningError, check_configuration, plan_reminders
-from scheduler.queries import (
-    CASES,
-    PATIENTS,
-    REMINDERS,
-    SCHEDULE_COLUMNS,
-    due_now,
-    rolled_back,
-    unconfirmed_flag,
-)
+from scheduler.queries import SCHEDULE_COLUMNS, due_now, rolled_back, unconfirmed_flag
+from scheduler.replan import replan  # noqa: F401  (registers reminder planning after intake)
+from scheduler.settings import RemindersSettings
 
 out = Console(soft_wrap=True)
 
@@ -156,7 +152,8 @@ def list_cmd(
     # read-only command writing anything.
     # --due: what ``send --due`` would send today, before quiet hours and the daily cap (a
     # time point whose failed send awaits its retry gets no new attempt).
-    due_filter = [*due_now(today, app.settings.reminders.max_attempts), no_send_in_flight()] if due else []
+    max_attempts = app.settings.section(RemindersSettings).max_attempts
+    due_filter = [*due_now(today, max_attempts), no_send_in_flight()] if due else []
     with rolled_back(app.engine) as conn:
         plan_reminders(conn, app.settings, today)
         rows = reminder_rows(conn, status=status, timepoint=timepoint, where=due_filter)
@@ -206,7 +203,7 @@ def send_cmd(
     if not due and not case_id:
         raise click.UsageError("pass --due (everything due now) or --case CASE_ID")
     app = _checked_app(obj)
-    if not app.settings.reminders.enabled and not dry_run:
+    if not app.settings.section(RemindersSettings).enabled and not dry_run:
         raise click.UsageError("reminders are disabled (set reminders.enabled: true in the config)")
     report = Dispatcher(app, _clock(app, as_of)).run(dry_run=dry_run, case_id=case_id)
     if as_json:
@@ -248,7 +245,7 @@ def worklist_cmd(obj: Ctx, csv_path: Path) -> None:
     from scheduler.channels.worklist import calls_due_on, export_csv
 
     app = obj.app
-    due_on = calls_due_on(app.settings.reminders.enabled, Dispatcher(app).today())
+    due_on = calls_due_on(app.settings.section(RemindersSettings).enabled, Dispatcher(app).today())
     with app.engine.connect() as conn:
         n = export_csv(conn, csv_path, due_on)
     out.print(f"wrote {n:,} worklist rows to {csv_path}")
@@ -262,11 +259,8 @@ def worklist_cmd(obj: Ctx, csv_path: Path) -> None:
 def opt_out_cmd(obj: Ctx, patient_id: str, source_name: str | None, undo: bool) -> None:
     """Stop (or, with --undo, allow again) PROM reminders for a patient."""
     app = obj.app
-    cond = [PATIENTS.c.id == patient_id]
-    if source_name:
-        cond.append(PATIENTS.c.source == source_name)
     with app.engine.begin() as conn:
-        n = conn.execute(update(PATIENTS).where(and_(*cond)).values(opted_out=not undo)).rowcount
+        n = reminder_store.set_opted_out(conn, patient_id, source=source_name, opted_out=not undo)
     if not n:
         raise click.UsageError(f"no patient with id {patient_id}")
     counts = Dispatcher(app).plan()
@@ -286,7 +280,7 @@ def locks() -> None:
 @pass_ctx
 def locks_list_cmd(obj: Ctx, as_json: bool) -> None:
     """Leases held now, with their holder and whether it is alive, dead or stale."""
-    from scheduler.locks import holders
+    from registry_store.leases import holders
 
     now = SystemClock().now()
     rows = [h.as_dict(now) for h in holders(obj.app.engine)]
@@ -309,8 +303,8 @@ def locks_list_cmd(obj: Ctx, as_json: bool) -> None:
 def locks_release_cmd(obj: Ctx, name: str, force: bool) -> None:
     """Release lease NAME (e.g. nightly, sync:ehr). Dead or stale holders are taken over
     automatically; this is for the rare manual case."""
+    from registry_store.leases import holders
     from scheduler.jobs import abandon
-    from scheduler.locks import holders
 
     found = holders(obj.app.engine, name)
     if not found:
@@ -337,6 +331,32 @@ def run_command(obj: Ctx, no_services: bool) -> None:
     app = _checked_app(obj)
     services = [] if no_services else discover_services(app)
     raise SystemExit(Daemon(app, services).run_forever())
+
+
+# On the main CLI's ``cases`` group: withdrawing a case re-plans its reminders, which is this
+# package's business.
+@cases.command("withdraw")
+@click.argument("case_id")
+@click.option("--reason", required=True, help="Why the surgery is not a registry case (audited).")
+@click.option("--by", "by", default=None, help="Who withdraws it (default: the operating-system user).")
+@pass_ctx
+def cases_withdraw(obj: Ctx, case_id: str, reason: str, by: str | None) -> None:
+    """Withdraw a case by hand: it leaves the registry and its open reminders are cancelled."""
+    import getpass
+
+    from mappings.cases import withdraw_case
+    from registry_store import audit
+
+    who = by or getpass.getuser()
+    with obj.app.engine.begin() as conn:
+        try:
+            before, after = withdraw_case(conn, case_id, by=who, reason=reason)
+        except LookupError as exc:
+            raise click.UsageError(str(exc)) from None
+        target = f"case:{case_id}"
+        audit.record(conn, username=who, action="case.withdraw", target=target, before=before, after=after)
+    counts = Dispatcher(obj.app).plan()
+    out.print(f"case {case_id} withdrawn ({counts.updated} time points re-planned)")
 
 
 COMMANDS = [reminders, locks, run_command]

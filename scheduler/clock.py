@@ -7,19 +7,11 @@ a year of reminders can be simulated in a second without sleeping or patching da
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from registry_types.clock import Clock, SystemClock
 
-class Clock(Protocol):
-    def now(self) -> datetime:
-        """Timezone-aware current time (UTC)."""
-        ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
+__all__ = ["Clock", "FixedClock", "SystemClock", "at_local", "local_day_bounds", "local_now", "local_today"]
 
 
 class FixedClock:

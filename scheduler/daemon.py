@@ -15,7 +15,7 @@ libraries.md section 4 decide how jobs are registered:
 - missed and failed runs are logged (EVENT_JOB_MISSED / EVENT_JOB_ERROR).
 
 APScheduler does not coordinate schedulers sharing a job store, so each job also takes a
-database lease (scheduler/locks.py): two daemons on one PostgreSQL database never run the
+database lease (registry_store/leases.py): two daemons on one PostgreSQL database never run the
 same job at once. SIGTERM/SIGINT stop the daemon cleanly: services stop, running jobs
 finish. After a ``kill -9`` the next start finds the dead process's leases: its sync runs
 are marked ``interrupted`` and an interrupted nightly run is run again at once.
@@ -44,12 +44,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from registry_adapter import metrics
 from registry_adapter.app import App
+from registry_types import metrics
 from scheduler import jobs
 from scheduler.clock import Clock
 from scheduler.dispatcher import Dispatcher
 from scheduler.planner import check_configuration
+from scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -92,7 +93,7 @@ def discover_services(app: App, modules: Iterable[str] = SERVICE_MODULES) -> lis
 
 
 def desired_jobs(app: App) -> dict[str, dict[str, Any]]:
-    s = app.settings.scheduler
+    s = app.settings.section(SchedulerSettings)
     return {
         jobs.NIGHTLY_JOB: {
             "func": "scheduler.jobs:nightly",
@@ -120,7 +121,7 @@ class Daemon:
         self._started: list[Service] = []
 
     def _build_scheduler(self) -> BackgroundScheduler:
-        s = self.app.settings.scheduler
+        s = self.app.settings.section(SchedulerSettings)
         store = SQLAlchemyJobStore(engine=self.app.engine, tablename=s.jobstore_table)
         scheduler = BackgroundScheduler(
             jobstores={"default": store},
@@ -149,7 +150,7 @@ class Daemon:
 
     def ensure_jobs(self) -> dict[str, str]:
         """Add missing jobs and bring stored options up to date, without losing missed runs."""
-        grace = self.app.settings.scheduler.misfire_grace_seconds
+        grace = self.app.settings.section(SchedulerSettings).misfire_grace_seconds
         options = {"coalesce": True, "max_instances": 1, "misfire_grace_time": grace}
         done: dict[str, str] = {}
         for job_id, spec in desired_jobs(self.app).items():

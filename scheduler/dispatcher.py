@@ -63,10 +63,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import ColumnElement, exists, func, select, update
+from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.engine import Connection
 
 from registry_adapter.app import App
+from registry_store import reminders
+from registry_store.leases import LeaseLock, job_lock
+from registry_store.tables import CASES, PATIENTS, REMINDER_SENDS, REMINDERS
 from scheduler.channels import build_channels
 from scheduler.channels.base import (
     Channel,
@@ -77,19 +80,9 @@ from scheduler.channels.base import (
     redact_contact,
 )
 from scheduler.clock import Clock, SystemClock, local_day_bounds, local_now
-from scheduler.locks import LeaseLock, job_lock
 from scheduler.planner import ACTIVE, PlanCounts, next_attempt_on, plan_reminders
-from scheduler.queries import (
-    CASES,
-    PATIENTS,
-    REMINDERS,
-    SENDS,
-    UNCONFIRMED,
-    due_now,
-    rolled_back,
-    sendable,
-    with_case_and_patient,
-)
+from scheduler.queries import UNCONFIRMED, due_now, rolled_back, sendable, with_case_and_patient
+from scheduler.settings import RemindersSettings, SchedulerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +100,9 @@ MESSAGE_COLUMNS = (
 
 def no_send_in_flight() -> ColumnElement[bool]:
     """The reminder has no pending send: a failing attempt is retried, never overtaken."""
-    return ~exists().where(SENDS.c.reminder_id == REMINDERS.c.id, SENDS.c.status == "pending")
+    return ~exists().where(
+        REMINDER_SENDS.c.reminder_id == REMINDERS.c.id, REMINDER_SENDS.c.status == "pending"
+    )
 
 
 class SentToday:
@@ -118,9 +113,13 @@ class SentToday:
         self._attempts: dict[int, int] = {
             r.reminder_id: r.attempt
             for r in conn.execute(
-                select(SENDS.c.reminder_id, SENDS.c.attempt)
-                .where(SENDS.c.status == "sent", SENDS.c.sent_at >= start, SENDS.c.sent_at < end)
-                .order_by(SENDS.c.sent_at)
+                select(REMINDER_SENDS.c.reminder_id, REMINDER_SENDS.c.attempt)
+                .where(
+                    REMINDER_SENDS.c.status == "sent",
+                    REMINDER_SENDS.c.sent_at >= start,
+                    REMINDER_SENDS.c.sent_at < end,
+                )
+                .order_by(REMINDER_SENDS.c.sent_at)
             )
         }
 
@@ -165,7 +164,7 @@ class Dispatcher:
     ) -> None:
         self.app = app
         self.settings = app.settings
-        self.rs = app.settings.reminders
+        self.rs = app.settings.section(RemindersSettings)
         self.tz = app.settings.site.tz
         self.clock = clock or SystemClock()
         self._channels = channels
@@ -212,7 +211,7 @@ class Dispatcher:
             report.quiet_hours = self._quiet(now)
             return report
         with job_lock(
-            self.app.engine, LOCK_NAME, self.settings.scheduler.lock_ttl_seconds, self.clock
+            self.app.engine, LOCK_NAME, self.settings.section(SchedulerSettings).lock_ttl_seconds, self.clock
         ) as lock:
             if lock is None:
                 report.locked = True
@@ -269,8 +268,8 @@ class Dispatcher:
     def _cap_left(self, conn: Connection, today: date) -> int:
         start, end = local_day_bounds(today, self.tz)
         started = (
-            select(SENDS.c.reminder_id, SENDS.c.attempt)
-            .where(SENDS.c.created_at >= start, SENDS.c.created_at < end)
+            select(REMINDER_SENDS.c.reminder_id, REMINDER_SENDS.c.attempt)
+            .where(REMINDER_SENDS.c.created_at >= start, REMINDER_SENDS.c.created_at < end)
             .distinct()
             .subquery()
         )
@@ -354,29 +353,17 @@ class Dispatcher:
             values["last_error"] = f"unreachable: no contact for {', '.join(self.channels)}"
         send_ids: list[int] = []
         with self.app.engine.begin() as conn:
-            claimed = conn.execute(
-                update(REMINDERS)
-                .where(REMINDERS.c.id == row.id, REMINDERS.c.attempts == row.attempts)
-                .values(**values)
-            ).rowcount
-            if claimed != 1:
+            if not reminders.claim_reminder(conn, row.id, row.attempts, values):
                 return  # another dispatcher claimed it first
             for channel, msg in picked:
                 send_ids.append(
-                    int(
-                        conn.execute(
-                            SENDS.insert()
-                            .values(
-                                reminder_id=row.id,
-                                attempt=attempt,
-                                channel=channel.name,
-                                idempotency_key=msg.idempotency_key,
-                                status="pending",
-                                tries=1,
-                                created_at=now,
-                            )
-                            .returning(SENDS.c.id)
-                        ).scalar_one()
+                    reminders.record_send(
+                        conn,
+                        reminder_id=row.id,
+                        attempt=attempt,
+                        channel=channel.name,
+                        idempotency_key=msg.idempotency_key,
+                        created_at=now,
                     )
                 )
         if not picked:
@@ -417,21 +404,7 @@ class Dispatcher:
             )
         with self.app.engine.begin() as conn:
             if error is None:
-                conn.execute(
-                    update(SENDS)
-                    .where(SENDS.c.id == send_id)
-                    .values(status="sent", sent_at=now, provider_id=provider, error=None)
-                )
-                conn.execute(
-                    update(REMINDERS)
-                    .where(REMINDERS.c.id == msg.reminder_id)
-                    .values(last_sent_at=now, last_error=None, updated_at=now)
-                )
-                conn.execute(
-                    update(REMINDERS)
-                    .where(REMINDERS.c.id == msg.reminder_id, REMINDERS.c.status == "scheduled")
-                    .values(status="sent")
-                )
+                reminders.record_sent(conn, send_id, msg.reminder_id, now, provider)
                 report.sent += 1
                 log.info(
                     "reminders.sent",
@@ -443,17 +416,10 @@ class Dispatcher:
                 )
                 return True
             give_up = tries >= self.rs.max_tries
-            conn.execute(
-                update(SENDS)
-                .where(SENDS.c.id == send_id)
-                .values(status="failed" if give_up else "pending", error=error)
+            reminders.record_send_failure(
+                conn, send_id, msg.reminder_id, now, error, channel=channel.name, give_up=give_up
             )
             if give_up:
-                conn.execute(
-                    update(REMINDERS)
-                    .where(REMINDERS.c.id == msg.reminder_id)
-                    .values(last_error=f"{channel.name}: {error}"[:2000], updated_at=now)
-                )
                 report.failed += 1
             else:
                 report.retrying += 1
@@ -478,19 +444,21 @@ class Dispatcher:
             rows = list(
                 conn.execute(
                     select(
-                        SENDS.c.id.label("send_id"),
-                        SENDS.c.channel.label("send_channel"),
-                        SENDS.c.attempt.label("send_attempt"),
-                        SENDS.c.tries,
-                        SENDS.c.error,
-                        SENDS.c.created_at.label("send_created_at"),
+                        REMINDER_SENDS.c.id.label("send_id"),
+                        REMINDER_SENDS.c.channel.label("send_channel"),
+                        REMINDER_SENDS.c.attempt.label("send_attempt"),
+                        REMINDER_SENDS.c.tries,
+                        REMINDER_SENDS.c.error,
+                        REMINDER_SENDS.c.created_at.label("send_created_at"),
                         *MESSAGE_COLUMNS,
                     )
                     .select_from(
-                        with_case_and_patient(SENDS.join(REMINDERS, REMINDERS.c.id == SENDS.c.reminder_id))
+                        with_case_and_patient(
+                            REMINDER_SENDS.join(REMINDERS, REMINDERS.c.id == REMINDER_SENDS.c.reminder_id)
+                        )
                     )
-                    .where(SENDS.c.status == "pending")
-                    .order_by(SENDS.c.id)
+                    .where(REMINDER_SENDS.c.status == "pending")
+                    .order_by(REMINDER_SENDS.c.id)
                 )
             )
         newest: dict[tuple[int, str], int] = {}
@@ -518,17 +486,11 @@ class Dispatcher:
                 else:
                     why = f"time point {row.status} meanwhile"
                 with self.app.engine.begin() as conn:
-                    conn.execute(
-                        update(SENDS)
-                        .where(SENDS.c.id == row.send_id)
-                        .values(
-                            status="cancelled", error=f"not sent ({why}); an earlier try may have arrived"
-                        )
-                    )
+                    reminders.cancel_send(conn, row.send_id, why)
                 report.settled += 1
                 continue
             with self.app.engine.begin() as conn:
-                conn.execute(update(SENDS).where(SENDS.c.id == row.send_id).values(tries=row.tries + 1))
+                reminders.count_send_try(conn, row.send_id, row.tries + 1)
             log.info("reminders.settling", send_id=row.send_id, channel=channel.name, crashed=crashed)
             if self._deliver(row.send_id, row.tries + 1, channel, msg, now, report, confirm_first=crashed):
                 sent_today.add(row.id, row.send_attempt)

@@ -19,8 +19,9 @@ from apscheduler.triggers.cron import CronTrigger
 
 from registry_adapter import logs
 from registry_adapter.app import App
+from registry_store.leases import SYNC_LOCK_PREFIX, Holder, holders, job_lock, release_holder
 from scheduler.clock import Clock, SystemClock
-from scheduler.locks import SYNC_LOCK_PREFIX, Holder, holders, job_lock, release_holder
+from scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +68,7 @@ def refresh_mappings(app: App, job: str) -> None:
 def abandon(app: App, holder: Holder) -> bool:
     """Release a lease whose holder is gone; a sync lease's run left ``running`` becomes
     ``interrupted``. False when the holder no longer held it (someone took it meanwhile)."""
-    from registry_adapter.pipeline import mark_runs_interrupted
+    from registry_store.sync_runs import mark_runs_interrupted
 
     if not release_holder(app.engine, holder):
         return False
@@ -103,14 +104,13 @@ def nightly() -> None:
     """Sync every configured source (each maps and assembles its cases), map what other
     intake (the MLLP listener) staged, then re-plan reminders."""
     from adapters.base import SourceContext
-    from registry_adapter.config import MllpSource
     from registry_adapter.pipeline import Pipeline
-    from registry_adapter.sources import build_source
+    from registry_adapter.sources import build_source, is_pulled
     from scheduler.dispatcher import Dispatcher
 
     rt = _bound()
     app = rt.app
-    with job_lock(app.engine, NIGHTLY_LOCK, app.settings.scheduler.lock_ttl_seconds) as lock:
+    with job_lock(app.engine, NIGHTLY_LOCK, app.settings.section(SchedulerSettings).lock_ttl_seconds) as lock:
         if lock is None:
             log.info("job.skipped", job=NIGHTLY_JOB, reason="another process holds the lock")
             return
@@ -118,7 +118,7 @@ def nightly() -> None:
         pipeline = Pipeline(app)
         failed = []
         for cfg in app.settings.sources:
-            if isinstance(cfg, MllpSource):
+            if not is_pulled(cfg):
                 continue  # pushed to, not pulled: the daemon runs the listener as a service
             try:
                 pipeline.ingest(build_source(cfg, app), SourceContext())

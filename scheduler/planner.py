@@ -38,21 +38,16 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from mappings.cases import discharge_anchor
 from registry_adapter.config import Settings, TimepointWindow
-from registry_store.db import is_postgres
-from registry_store.models import Case, Patient, PromResponse, Reminder
+from registry_store import reminders
+from registry_store.tables import CASES, PATIENTS, PROM_RESPONSES, REMINDERS
 from registry_store.timeutil import utcnow
 from registry_store.worklist import staff_completions
-
-CASES = Case.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-PROMS = PromResponse.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
+from scheduler.settings import RemindersSettings
 
 ACTIVE = ("scheduled", "sent")
 # Responses that count; in-progress or stopped forms do not complete a time point.
@@ -224,7 +219,7 @@ def plan_timepoint(
     settings: Settings,
     staff_completed: tuple[str, date] | None = None,
 ) -> TimepointPlan:
-    rs = settings.reminders
+    rs = settings.section(RemindersSettings)
     due, start, end = window(tp, facts.surgery_date, facts.discharge_date)
     _, anchor = anchor_date(tp, facts.surgery_date, facts.discharge_date)
     plan = TimepointPlan(name, due, start, end, "scheduled", anchor=anchor)
@@ -258,7 +253,7 @@ def plan_timepoint(
 
 def check_configuration(settings: Settings, instrument_ids: Iterable[str] | None = None) -> None:
     """Cross-section checks the settings models cannot make on their own."""
-    unknown = sorted(set(settings.reminders.remind) - set(settings.proms.timepoints))
+    unknown = sorted(set(settings.section(RemindersSettings).remind) - set(settings.proms.timepoints))
     if unknown:
         known = ", ".join(settings.proms.timepoints)
         raise PlanningError(
@@ -266,7 +261,7 @@ def check_configuration(settings: Settings, instrument_ids: Iterable[str] | None
         )
     if instrument_ids is not None:
         ids = set(instrument_ids)
-        for module, wanted in settings.reminders.instruments.items():
+        for module, wanted in settings.section(RemindersSettings).instruments.items():
             missing = sorted(set(wanted) - ids)
             if missing:
                 raise PlanningError(
@@ -331,13 +326,13 @@ def _load_responses(conn: Connection) -> dict[tuple[str, str], list[Response]]:
     out: dict[tuple[str, str], list[Response]] = defaultdict(list)
     for r in conn.execute(
         select(
-            PROMS.c.id,
-            PROMS.c.case_id,
-            PROMS.c.timepoint,
-            PROMS.c.instrument,
-            PROMS.c.completion_date,
-            PROMS.c.status,
-        ).where(PROMS.c.case_id.is_not(None))
+            PROM_RESPONSES.c.id,
+            PROM_RESPONSES.c.case_id,
+            PROM_RESPONSES.c.timepoint,
+            PROM_RESPONSES.c.instrument,
+            PROM_RESPONSES.c.completion_date,
+            PROM_RESPONSES.c.status,
+        ).where(PROM_RESPONSES.c.case_id.is_not(None))
     ):
         out[(r.case_id, r.timepoint)].append(Response(r.id, r.instrument, r.completion_date, r.status))
     return out
@@ -422,20 +417,11 @@ def _update_if_changed(
     if all(getattr(row, k) == v for k, v in values.items()):
         counts.unchanged += 1
         return
-    result = conn.execute(
-        update(REMINDERS)
-        .where(and_(REMINDERS.c.id == row.id, REMINDERS.c.attempts == row.attempts))
-        .values(**values, updated_at=now)
-    )
-    if result.rowcount == 1:
+    if reminders.claim_reminder(conn, row.id, row.attempts, {**values, "updated_at": now}):
         counts.updated += 1
     else:
         counts.skipped_concurrent += 1
 
 
 def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    # DO NOTHING on conflict: a concurrent planner (another process) may have inserted first.
-    dialect = postgresql if is_postgres(conn) else sqlite
-    for start in range(0, len(rows), 500):
-        stmt = dialect.insert(REMINDERS).on_conflict_do_nothing(index_elements=["case_id", "timepoint"])
-        conn.execute(stmt, rows[start : start + 500])
+    reminders.insert_new_reminders(conn, rows)

@@ -15,13 +15,8 @@ from sqlalchemy import Engine, and_, exists
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.expression import ColumnElement, FromClause, Join, Label
 
-from registry_store.models import Case, Patient, Reminder, ReminderSend
+from registry_store.tables import CASES, PATIENTS, REMINDER_SENDS, REMINDERS
 from scheduler.planner import ACTIVE
-
-CASES = Case.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
-SENDS = ReminderSend.__table__  # type: ignore[attr-defined]
 
 # provider_id of a send recorded as sent after a crash without knowing whether it arrived
 # (``reminders.unconfirmed: assume_sent``): a coordinator should check with the patient.
@@ -58,7 +53,7 @@ def unconfirmed_flag() -> Label[bool]:
     """``unconfirmed``: whether any attempt of the reminder was recorded without confirmation."""
     return (
         exists()
-        .where(SENDS.c.reminder_id == REMINDERS.c.id, SENDS.c.provider_id == UNCONFIRMED)
+        .where(REMINDER_SENDS.c.reminder_id == REMINDERS.c.id, REMINDER_SENDS.c.provider_id == UNCONFIRMED)
         .label("unconfirmed")
     )
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_FEED = ROOT / "examples" / "sample-feed"
-SHARED = ROOT.parent / "shared"
+# Third-party conformance data and sample messages, vendored with their licences.
+FIXTURES = ROOT / "tests" / "fixtures"
 
 pytest_plugins = ["tests.fhir_server.fixture"] if (ROOT / "tests/fhir_server/fixture.py").exists() else []
 

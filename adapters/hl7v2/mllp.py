@@ -58,7 +58,7 @@ from adapters.hl7v2.header import (
     MessageHeader,
     read_header,
 )
-from registry_adapter import metrics
+from registry_types import metrics
 
 log = structlog.get_logger(__name__)
 

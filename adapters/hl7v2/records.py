@@ -18,7 +18,7 @@ from adapters.base import Record, RecordError
 from adapters.hl7v2.convert import convert_message
 from adapters.hl7v2.files import FileMessageError, iter_messages
 from adapters.hl7v2.header import HeaderCheckError, MessageHeader, read_header
-from registry_store.errors import Issue
+from registry_types.issues import Issue
 
 HL7_TYPE = "HL7v2Message"
 HL7_CONTENT_TYPE = "application/hl7-v2"

@@ -7,6 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from review.queries import audit_page
+from review.settings import ReviewSettings
 from review.web import page_arg, registry, render, require
 
 
@@ -14,7 +15,7 @@ async def audit_list(request: Request) -> Response:
     require(request, "admin")
     app = registry(request)
     with app.engine.connect() as conn:
-        page = audit_page(conn, page_arg(request), app.settings.review.page_size)
+        page = audit_page(conn, page_arg(request), app.settings.section(ReviewSettings).page_size)
     return render(request, "audit.html", {"section": "audit", "page": page})
 
 

@@ -9,7 +9,9 @@ from starlette.routing import Route
 
 from registry_adapter.app import App
 from review.queries import BASELINE_STATUSES, CaseFilter, case_detail, case_facets, cases_page
+from review.settings import ReviewSettings
 from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
+from scheduler.settings import RemindersSettings
 
 
 async def cases(request: Request) -> Response:
@@ -25,7 +27,7 @@ async def cases(request: Request) -> Response:
             baseline=choice(request, "baseline", BASELINE_STATUSES),
             tracked=_tracked_timepoints(app),
         )
-        page = cases_page(conn, flt, page_arg(request), app.settings.review.page_size)
+        page = cases_page(conn, flt, page_arg(request), app.settings.section(ReviewSettings).page_size)
     return render(
         request,
         "cases.html",
@@ -41,7 +43,7 @@ async def cases(request: Request) -> Response:
 
 def _tracked_timepoints(app: App) -> tuple[str, ...]:
     """Time points planned without reminders (the pre-operative baseline by default)."""
-    remind = set(app.settings.reminders.remind)
+    remind = set(app.settings.section(RemindersSettings).remind)
     return tuple(tp for tp in app.settings.proms.timepoints if tp not in remind)
 
 

@@ -25,6 +25,7 @@ from review.queries import (
     error_facets,
 )
 from review.raw_view import render_raw
+from review.settings import ReviewSettings
 from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
 
 CAUSE_ID_LEN = 16
@@ -43,7 +44,7 @@ async def causes(request: Request) -> Response:
             resource_type=choice(request, "type", facets["resource_type"]),
             q=text_arg(request, "q"),
         )
-        page = causes_page(conn, flt, page_arg(request), app.settings.review.page_size)
+        page = causes_page(conn, flt, page_arg(request), app.settings.section(ReviewSettings).page_size)
     titles = {c["code"]: entry.title for c in page.rows if (entry := info(c["code"])) is not None}
     return render(
         request,
@@ -68,7 +69,8 @@ def _cause_context(request: Request, cause_id: str, **extra: Any) -> dict[str, A
         if summary is None:
             raise HTTPException(404)
         examples = cause_examples(conn, cause_id)
-        records = cause_records(conn, cause_id, status, page_arg(request), app.settings.review.page_size)
+        page_size = app.settings.section(ReviewSettings).page_size
+        records = cause_records(conn, cause_id, status, page_arg(request), page_size)
     masked = masked_for(request, user)
     shown = [
         {

@@ -1,7 +1,7 @@
 """``/healthz`` and ``/metrics`` (Prometheus text format) for monitoring; counts only, no PHI.
 
 ``/metrics`` is the store's figures, read at scrape time (true for every process sharing the
-database), plus this process's own (registry_adapter.metrics: MLLP, sync durations, job
+database), plus this process's own (registry_types.metrics: MLLP, sync durations, job
 runs, submissions, process metrics).
 """
 
@@ -18,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from registry_adapter import metrics
 from registry_adapter.app import App
+from registry_types import metrics
 from review import health
 from review.queries import as_utc, store_counts
 from review.web import registry
+from scheduler.settings import SchedulerSettings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -35,7 +36,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self.app.engine.connect() as conn:
-            counts = store_counts(conn, self.app.settings.scheduler.jobstore_table)
+            counts = store_counts(conn, self.app.settings.section(SchedulerSettings).jobstore_table)
         records = GaugeMetricFamily(
             "registry_records",
             "Records received, by source, resource (or message) type and status "

@@ -18,23 +18,23 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from registry_adapter.app import App
-from registry_store.models import ReminderClick
-from registry_store.timeutil import utcnow
-from review.queries import CASES, REMINDERS
+from registry_store import reminders
+from registry_store.tables import CASES, REMINDERS
+from review.settings import ReviewSettings
 from review.web import registry
 from scheduler.channels.base import verify_link_token
+from scheduler.settings import RemindersSettings
 
 log = structlog.get_logger(__name__)
 
-CLICKS = ReminderClick.__table__  # type: ignore[attr-defined]
 _INVALID = "This link is not valid or has expired. Please contact your clinic for a new one."
 _NO_FORM = "This questionnaire is not available online. Please contact your clinic."
 
 
 def questionnaire_url(app: App, timepoint: str, module: str | None) -> str | None:
     """The configured URL for a time point of a case in ``module``, most specific key first."""
-    urls = app.settings.review.questionnaire_urls
-    per_module = app.settings.reminders.instruments
+    urls = app.settings.section(ReviewSettings).questionnaire_urls
+    per_module = app.settings.section(RemindersSettings).instruments
     instruments = per_module.get(module or "default") or per_module.get("default", ())
     candidates = [
         *((f"{i}:{timepoint}", i) for i in instruments),
@@ -65,7 +65,7 @@ def _plain(request: Request, message: str, status: int) -> Response:
 
 async def open_link(request: Request) -> Response:
     app = registry(request)
-    link = app.settings.reminders.link
+    link = app.settings.section(RemindersSettings).link
     token = str(request.path_params["token"])[:500]
     verified = verify_link_token(link.token_secret, token, link.max_age_days) if link.token_secret else None
     if verified is None:
@@ -78,7 +78,7 @@ async def open_link(request: Request) -> Response:
             log.info("reminder_link.unknown", reminder_id=reminder_id)
             return _plain(request, _INVALID, 404)
         timepoint, module = found
-        conn.execute(CLICKS.insert().values(reminder_id=reminder_id, attempt=attempt, clicked_at=utcnow()))
+        reminders.record_click(conn, reminder_id, attempt)
     url = questionnaire_url(app, timepoint, module)
     if url is None:
         log.warning("reminder_link.no_questionnaire_url", reminder_id=reminder_id, timepoint=timepoint)

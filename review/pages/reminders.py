@@ -16,9 +16,9 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from registry_adapter.app import App
-from registry_store import worklist
+from registry_store import audit, worklist
 from registry_store.timeutil import utcnow
-from review import audit, csrf
+from review import csrf
 from review.queries import (
     REMINDER_TABS,
     WORKLIST_SORTS,
@@ -28,6 +28,7 @@ from review.queries import (
     reminders_page,
 )
 from review.raw_view import MASK
+from review.settings import ReviewSettings
 from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
 from review.worklist_view import (
     OUTCOME_NAMES,
@@ -42,6 +43,7 @@ from review.worklist_view import (
 )
 from scheduler.channels.worklist import calls_due_on, csv_row, csv_writer
 from scheduler.replan import replan
+from scheduler.settings import RemindersSettings
 
 # Columns holding contact details: masked for the roles that see raw resources masked.
 CONTACT_COLUMNS = ("mrn", "phone", "email")
@@ -53,7 +55,7 @@ def site_today(app: App) -> date:
 
 
 def _calls_on(app: App, today: date) -> date | None:
-    return calls_due_on(app.settings.reminders.enabled, today)
+    return calls_due_on(app.settings.section(RemindersSettings).enabled, today)
 
 
 def mask_contacts(row: dict[str, Any], masked: bool) -> dict[str, Any]:
@@ -76,9 +78,8 @@ async def reminders(request: Request) -> Response:
     )
     with app.engine.connect() as conn:
         counts = reminder_counts(conn, today, calls_on)
-        page = reminders_page(
-            conn, tab, today, page_arg(request), app.settings.review.page_size, calls_on, view
-        )
+        page_size = app.settings.section(ReviewSettings).page_size
+        page = reminders_page(conn, tab, today, page_arg(request), page_size, calls_on, view)
         latest = latest_sends(conn, [r["reminder_id"] for r in page.rows])
         outages = channel_outages(conn, utcnow())
     down = {o.channel for o in outages}

@@ -11,6 +11,7 @@ from starlette.routing import Route
 from review import csrf
 from review.auth import CurrentUser, authenticate, end_sessions
 from review.login_limits import ClientFailures, HashPool
+from review.settings import ReviewSettings
 from review.web import registry, render, user_of
 
 
@@ -29,7 +30,7 @@ async def login(request: Request) -> Response:
     username = str(form.get("username", ""))[:100]
     password = str(form.get("password", ""))[:1000]
     app = registry(request)
-    settings = app.settings.review
+    settings = app.settings.section(ReviewSettings)
     limits: ClientFailures = request.app.state.login_failures
     address = _client_address(request)
     if limits.blocked(address):

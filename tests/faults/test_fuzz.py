@@ -23,8 +23,8 @@ from adapters.hl7v2.mllp import InboundMessage, StoreStatus
 from adapters.hl7v2.records import convert_staged
 from registry_adapter.app import App
 from registry_adapter.pipeline import Pipeline
-from registry_store.errors import ERRORS
 from registry_store.hl7_sink import StagingSink
+from registry_store.tables import MAPPING_ERRORS as ERRORS
 from tests.conftest import SAMPLE_FEED
 from tests.faults.mutations import mutate_bytes, mutate_fhir_line, mutate_v2
 from tests.hl7v2.conftest import MESSAGES

@@ -107,7 +107,7 @@ def _kill_mid_run(config: Path, db_url: str, *args: str) -> None:
 
 
 def _lease_lapses(db_url: str) -> None:
-    """The dead run's sync lease lapses after ``scheduler.lock_ttl_seconds`` (scheduler/locks.py);
+    """The dead run's sync lease lapses after ``scheduler.lock_ttl_seconds`` (registry_store/leases.py);
     the test moves its expiry into the past rather than wait for it."""
     engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:

@@ -17,10 +17,10 @@ from sqlalchemy import select
 from adapters.hl7v2.framing import START, frame
 from adapters.hl7v2.mllp import COUNTERS, DEFAULT_IDLE_TIMEOUT
 from registry_adapter.app import App
-from registry_adapter.config import MllpSource
-from registry_store.errors import ERRORS
-from registry_store.hl7_sink import ACKS
-from registry_store.staging import STAGING
+from registry_adapter.feeds.mllp import MllpSource
+from registry_store.tables import HL7_ACKS as ACKS
+from registry_store.tables import MAPPING_ERRORS as ERRORS
+from registry_store.tables import STAGING
 from tests.faults.listener_harness import GatedSink, RunningListener
 from tests.hl7v2.conftest import connect, make_message, msa, read_frame
 

@@ -12,11 +12,12 @@ from sqlalchemy import select
 
 from adapters.base import Record, SourceContext
 from adapters.files import FilesSource, read_file
-from adapters.json_limits import MAX_DEPTH, TOO_DEEP_CODE
 from registry_adapter.app import App
 from registry_adapter.pipeline import Pipeline
-from registry_store.errors import ERRORS
-from registry_store.staging import STAGING, content_hash, stage_records
+from registry_store.staging import content_hash, stage_records
+from registry_store.tables import MAPPING_ERRORS as ERRORS
+from registry_store.tables import STAGING
+from registry_types.json_limits import MAX_DEPTH, TOO_DEEP_CODE
 
 
 def _patient(pid: str, **extra: Any) -> dict[str, Any]:

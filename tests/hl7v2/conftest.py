@@ -13,9 +13,10 @@ from typing import Generic, TypeVar
 import pytest
 
 from adapters.hl7v2.mllp import MessageSink, MLLPListener
+from tests.conftest import FIXTURES as ALL_FIXTURES
 from tests.hl7v2.sqlite_sink import SQLiteSink
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "hl7v2"
+FIXTURES = ALL_FIXTURES / "hl7v2"
 MESSAGES = FIXTURES / "fhir-converter" / "messages"
 EXPECTED = FIXTURES / "fhir-converter" / "expected"
 MALFORMED = FIXTURES / "malformed"

@@ -7,7 +7,7 @@ import time
 
 from adapters.hl7v2.ack import ack_code_of
 from adapters.hl7v2.framing import frame
-from registry_adapter import metrics
+from registry_types import metrics
 from tests.hl7v2.conftest import MALFORMED, ListenerThread, connect, make_message, msa, read_frame
 
 

@@ -16,8 +16,9 @@ from sqlalchemy import select
 from adapters.hl7v2.framing import frame
 from adapters.hl7v2.records import HL7_TYPE
 from registry_adapter.app import App
-from registry_store.hl7_sink import ACKS, StagingSink
-from registry_store.staging import STAGING
+from registry_store.hl7_sink import StagingSink
+from registry_store.tables import HL7_ACKS as ACKS
+from registry_store.tables import STAGING
 from tests.hl7v2.conftest import ListenerThread, connect, make_message, msa, read_frame
 from tests.hl7v2.test_mllp import MLLP_SEND
 

@@ -6,8 +6,10 @@ from datetime import date
 
 from sqlalchemy import select, update
 
-from mappings.cases import CASES, PROCS, assemble_cases, withdraw_case
+from mappings.cases import assemble_cases, withdraw_case
 from registry_adapter.app import App
+from registry_store.tables import CASES
+from registry_store.tables import PROCEDURES as PROCS
 from tests.mappings.test_timepoints import DEFAULTS, PATIENT, SOURCE, _surgery
 
 

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from adapters.base import Checkpoint, Item, Record, SourceContext
 from registry_adapter.app import App
 from registry_adapter.pipeline import Pipeline
-from registry_store.models import Case
+from registry_store.tables import CASES
+from registry_store.tables import MAPPING_ERRORS as ERRORS
 
-CASES = Case.__table__  # type: ignore[attr-defined]
 CPT = "http://www.ama-assn.org/go/cpt"
 
 
@@ -84,7 +84,7 @@ def _condition(cid: str, encounter: str, *, text: str, icd10: str | None = None)
 
 
 def _open_case_errors(app: App) -> list[tuple[str, str, str]]:
-    from registry_store.errors import CASE_SCOPE, ERRORS
+    from registry_store.errors import CASE_SCOPE
 
     with app.engine.connect() as conn:
         rows = conn.execute(

@@ -15,8 +15,9 @@ from adapters.base import Checkpoint, Item, Record, SourceContext
 from adapters.files import FilesSource
 from mappings.convert import CONVERTERS
 from mappings.engine import _HOOKS, BUNDLED, MappingFileError, load_mappings
-from registry_adapter.app import TARGET_TABLES, App, target_columns
+from registry_adapter.app import App, target_columns
 from registry_adapter.pipeline import Pipeline
+from registry_store.tables import MAPPING_TARGETS
 from tests.conftest import SAMPLE_FEED
 
 CPT = "http://www.ama-assn.org/go/cpt"
@@ -373,10 +374,7 @@ def test_converters_and_hooks_that_raise_are_internal_errors(
 
 def _column_targets() -> dict[str, list[Any]]:
     # What registry_adapter.app.target_columns() is to pass: Columns, which carry lengths.
-    return {
-        name: list(model.__table__.columns)  # type: ignore[attr-defined]
-        for name, model in TARGET_TABLES.items()
-    }
+    return {name: list(table.columns) for name, table in MAPPING_TARGETS.items()}
 
 
 def test_values_too_long_for_their_column_are_issues(sqlite_app: App) -> None:

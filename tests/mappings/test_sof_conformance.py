@@ -21,15 +21,19 @@ from mappings.conformance import (
     run_suite,
     summarize,
 )
+from tests.conftest import FIXTURES
 
-# The suite is a third-party fixture kept beside the repository (../shared/fixtures).
-SUITE = Path(os.environ.get(
-    "SQL_ON_FHIR_TESTS",
-    Path(__file__).resolve().parents[3] / "shared/fixtures/sql-on-fhir-v2/tests",
-))
+# The suite is third-party data vendored with its licence (tests/fixtures/sql-on-fhir-v2);
+# SQL_ON_FHIR_TESTS points at another checkout of it (a newer upstream commit, say).
+SUITE = Path(os.environ.get("SQL_ON_FHIR_TESTS", FIXTURES / "sql-on-fhir-v2" / "tests"))
 UNSUPPORTED_EXPERIMENTAL: dict[str, str] = {}  # case id -> reason
 
-pytestmark = pytest.mark.skipif(not SUITE.is_dir(), reason=f"suite not found at {SUITE}")
+pytestmark = pytest.mark.skipif(
+    not SUITE.is_dir(),
+    reason=f"SQL-on-FHIR suite not found at {SUITE}: unset SQL_ON_FHIR_TESTS to use the copy in "
+    "tests/fixtures/sql-on-fhir-v2, or point it at the tests/ folder of a clone of "
+    "github.com/FHIR/sql-on-fhir-v2",
+)
 CASES = list(load_cases(SUITE)) if SUITE.is_dir() else []
 
 

@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
-from mappings.cases import ENCS, PROCS, PROMS, assemble_cases
+from mappings.cases import assemble_cases
 from registry_adapter.app import App
 from registry_adapter.config import TimepointWindow
+from registry_store.tables import ENCOUNTERS as ENCS
+from registry_store.tables import PROCEDURES as PROCS
+from registry_store.tables import PROM_RESPONSES as PROMS
 
 SOURCE = "s"
 PATIENT = "pat-1"

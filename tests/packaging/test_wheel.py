@@ -25,7 +25,15 @@ from tests.conftest import ROOT, SAMPLE_FEED
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(600)]
 
 # The wheel's top-level import packages, as docs/install.md lists them (see "Package names").
-TOP_LEVEL = {"adapters", "mappings", "registry_adapter", "registry_store", "review", "scheduler"}
+TOP_LEVEL = {
+    "adapters",
+    "mappings",
+    "registry_adapter",
+    "registry_store",
+    "registry_types",
+    "review",
+    "scheduler",
+}
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

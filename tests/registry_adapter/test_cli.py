@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import ROOT, SAMPLE_FEED, base_config, write_config_file
+from tests.conftest import FIXTURES, ROOT, SAMPLE_FEED, base_config, write_config_file
 
 EXE = str(Path(sys.executable).with_name("registry-adapter"))
 
@@ -158,7 +158,7 @@ def test_mappings_check_conformance_and_test(tmp_path: Path) -> None:
         and "duplicate code M48.06 (first at line" in proc.stderr
     )
     report = tmp_path / "report.json"
-    suite = ROOT.parent / "shared" / "fixtures" / "sql-on-fhir-v2" / "tests"
+    suite = FIXTURES / "sql-on-fhir-v2" / "tests"
     out = run("mappings", "conformance", "--tests", str(suite), "--report", str(report)).stdout
     assert "134/134 tests passed" in out
     data = json.loads(report.read_text())
@@ -197,7 +197,7 @@ def test_one_failing_source_does_not_stop_the_others(tmp_path: Path) -> None:
 def test_a_source_being_synced_elsewhere_is_refused(tmp_path: Path) -> None:
     from registry_adapter.app import build_app
     from registry_adapter.config import load_settings
-    from scheduler.locks import LeaseLock
+    from registry_store.leases import LeaseLock
 
     cfg = write_config(tmp_path)
     run("db", "upgrade", config=cfg)

@@ -13,15 +13,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from registry_adapter.config import (
-    ConfigError,
-    FhirBulkSource,
-    FhirRestSource,
-    FilesSource,
-    Settings,
-    load_settings,
-    parse_settings,
-)
+from registry_adapter.config import ConfigError, Settings, load_settings, parse_settings
+from registry_adapter.feeds.fhir_bulk import FhirBulkSource
+from registry_adapter.feeds.fhir_rest import FhirRestSource
+from registry_adapter.feeds.files import FilesSource
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,8 +149,8 @@ def test_relative_adapter_paths_are_relative_to_the_config_file(tmp_path: Path) 
     assert rest.settings.http.verify != "certs/ca.pem"
 
 
-# Keys of our own nesting, not written by users.
-_INTERNAL_KEYS = {"settings"}
+# Our nesting, not keys the user writes: an adapter source's "settings", the plug-in "sections".
+_INTERNAL_KEYS = {"settings", "sections"}
 
 
 def _keys(tp: Any, out: dict[str, str], seen: set[type]) -> None:

@@ -16,13 +16,10 @@ from registry_adapter.app import App
 from registry_adapter.pipeline import Pipeline
 from registry_adapter.queries import list_cases
 from registry_adapter.sources import build_source
-from registry_store.models import Reminder
-from registry_store.staging import STAGING
+from registry_store.tables import REMINDERS, STAGING
 from scheduler.clock import at_local
 from scheduler.dispatcher import Dispatcher
 from tests.registry_adapter.test_fhir_sync import TYPES, _feed
-
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
 
 
 def _app(make_app: Callable[..., App], fhir: Any, tmp_path: Path, kind: str, **extra: Any) -> App:

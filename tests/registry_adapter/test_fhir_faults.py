@@ -13,9 +13,10 @@ import requests
 from sqlalchemy import select
 
 from registry_adapter.app import App
-from registry_adapter.pipeline import RUNS, Pipeline, RunResult
+from registry_adapter.pipeline import Pipeline, RunResult
 from registry_adapter.sources import build_source
-from registry_store.staging import STAGING
+from registry_store.tables import STAGING
+from registry_store.tables import SYNC_RUNS as RUNS
 from tests.adapters.spine_data import keys, spine_cohort
 from tests.fhir_server.fixture import FhirTestServer
 

@@ -20,7 +20,7 @@ from registry_adapter.config import parse_settings
 from registry_adapter.pipeline import Pipeline, stats
 from registry_adapter.queries import list_cases
 from registry_adapter.sources import build_source
-from registry_store.staging import STAGING
+from registry_store.tables import STAGING
 from tests.adapters.spine_data import keys, spine_cohort
 from tests.conftest import SAMPLE_FEED, base_config
 

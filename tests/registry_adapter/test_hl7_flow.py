@@ -17,7 +17,7 @@ from sqlalchemy import text
 from adapters.base import SourceContext
 from adapters.hl7v2.drop import Hl7DropFolder
 from registry_adapter.app import App
-from registry_adapter.config import MllpSource
+from registry_adapter.feeds.mllp import MllpSource
 from registry_adapter.listener import serve
 from registry_adapter.pipeline import Pipeline, stats
 from registry_adapter.queries import list_cases
@@ -207,7 +207,7 @@ def test_idle_timeout_from_the_listener_config(make_app: Callable[..., App]) -> 
     app = make_app()
     cfg = MllpSource(type="mllp", name="mllp", host="127.0.0.1", port=0)
     assert idle_timeout(cfg) == 300  # on by default: an idle connection cannot be held forever
-    # ``idle_timeout_seconds`` is the key the lead adds to MllpSource (registry_adapter/config.py).
+    # ``idle_timeout_seconds`` is the key the lead adds to MllpSource (registry_adapter/feeds/mllp.py).
     timed = cfg.model_copy(update={"idle_timeout_seconds": 0.3})
     message = bar_p01("IDLE01", "MRN-1", "V-1", "22633", "20250301081500").encode()
 

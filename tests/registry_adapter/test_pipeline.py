@@ -18,11 +18,9 @@ from mappings.codemaps import load_codemap
 from registry_adapter.app import App
 from registry_adapter.pipeline import Pipeline, stats
 from registry_adapter.queries import list_cases, list_causes
-from registry_store.models import Case, PromResponse
+from registry_store.tables import CASES
+from registry_store.tables import PROM_RESPONSES as PROMS
 from tests.conftest import SAMPLE_FEED, table_count
-
-CASES = Case.__table__  # type: ignore[attr-defined]
-PROMS = PromResponse.__table__  # type: ignore[attr-defined]
 
 EXPECTED_CAUSES = {
     ("codemap.unmapped_code", "cpt|22899"): 3,

@@ -21,9 +21,10 @@ from adapters.hl7v2.mllp import InboundMessage, StoreStatus
 from adapters.hl7v2.records import HL7_TYPE
 from registry_adapter.app import App
 from registry_adapter.pipeline import Pipeline
-from registry_store.errors import ERRORS
-from registry_store.hl7_sink import ACKS, StagingSink
-from registry_store.staging import STAGING
+from registry_store.hl7_sink import StagingSink
+from registry_store.tables import HL7_ACKS as ACKS
+from registry_store.tables import MAPPING_ERRORS as ERRORS
+from registry_store.tables import STAGING
 
 
 def adt(control_id: str, visit: str = "V1") -> bytes:

@@ -11,14 +11,10 @@ import pytest
 from sqlalchemy import insert, select
 
 from registry_adapter.app import App
-from registry_store.models import AuditEntry, Case, Patient, Procedure, Reminder
 from registry_store.patient_merge import file_under_survivors, merge_patient, resolve
-
-PROCS = Procedure.__table__  # type: ignore[attr-defined]
-CASES = Case.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
-AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
+from registry_store.tables import AUDIT_LOG as AUDIT
+from registry_store.tables import CASES, PATIENTS, REMINDERS
+from registry_store.tables import PROCEDURES as PROCS
 
 
 def _merge_chain(app: App) -> None:

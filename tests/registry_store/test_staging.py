@@ -13,8 +13,9 @@ from adapters.base import Record, RecordError
 from adapters.hl7v2.header import message_digest
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, HL7_TYPE
 from registry_adapter.app import App
-from registry_store.errors import ERRORS
-from registry_store.staging import STAGING, content_hash, mark_deleted, stage_errors, stage_records
+from registry_store.staging import content_hash, mark_deleted, stage_errors, stage_records
+from registry_store.tables import MAPPING_ERRORS as ERRORS
+from registry_store.tables import STAGING
 from tests.registry_store.test_hl7_sink import adt, before_staging_insert
 
 

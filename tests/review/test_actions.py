@@ -14,9 +14,10 @@ from starlette.testclient import TestClient
 
 from mappings.codemaps import BUNDLED, append_code, load_codemap
 from registry_adapter.app import App
-from registry_store.errors import ERRORS
-from registry_store.staging import STAGING
-from review.queries import AUDIT, CASES, CAUSES
+from registry_store.tables import AUDIT_LOG as AUDIT
+from registry_store.tables import CASES, STAGING
+from registry_store.tables import ERROR_CAUSES as CAUSES
+from registry_store.tables import MAPPING_ERRORS as ERRORS
 from tests.review.conftest import UNLISTED_CAUSE, csrf_of
 
 Client = Callable[[str | None], TestClient]

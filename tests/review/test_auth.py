@@ -16,9 +16,10 @@ from starlette.testclient import TestClient
 from registry_adapter.app import App
 from registry_adapter.cli import cli
 from registry_adapter.config import ConfigError, load_settings, parse_settings
+from registry_store.tables import AUDIT_LOG as AUDIT
+from registry_store.tables import USERS
 from review.app import SESSION_COOKIE, create_app
-from review.auth import USERS, UserError, add_user, set_password, set_user
-from review.queries import AUDIT
+from review.auth import UserError, add_user, set_password, set_user
 from review.settings import ReviewSettings
 from tests.conftest import base_config, write_config_file
 from tests.review.conftest import PASSWORDS, TOKEN, csrf_of, login
@@ -75,13 +76,13 @@ def test_role_change_applies_at_once(client_for: Client, review_app: App) -> Non
 
 
 def _with_review(app: App, **changes: object) -> App:
-    settings = app.settings.model_copy(update={"review": app.settings.review.model_copy(update=changes)})
+    settings = app.settings.with_section(app.settings.section(ReviewSettings).model_copy(update=changes))
     return App(settings=settings, db_url=app.db_url)
 
 
 def test_session_cookie_flags_on_loopback(review_app: App) -> None:
     # Default secure_cookies: auto, and the UI listens on 127.0.0.1: plain HTTP must work.
-    assert review_app.settings.review.secure_cookies == "auto"
+    assert review_app.settings.section(ReviewSettings).secure_cookies == "auto"
     client = TestClient(create_app(review_app))
     login(client, "rita")
     cookie = _session_set_cookie(client)
@@ -104,7 +105,7 @@ def test_secure_cookies_follow_the_listening_host(
     review_app: App, setting: object, host: str, secure: bool
 ) -> None:
     app = _with_review(review_app, secure_cookies=setting)
-    assert app.settings.review.cookies_secure(host) is secure
+    assert app.settings.section(ReviewSettings).cookies_secure(host) is secure
     client = TestClient(create_app(app, host), base_url="https://testserver")
     login(client, "rita")
     assert ("; secure" in _session_set_cookie(client)) is secure
@@ -280,7 +281,7 @@ def test_session_secret_file_key_is_read_by_the_config_loader(tmp_path: Path) ->
     secret = tmp_path / "s"
     secret.write_text("x" * 40 + "\n")
     settings = parse_settings(base_config(tmp_path, review={"session_secret_file": str(secret)}))
-    assert settings.review.session_secret == "x" * 40
+    assert settings.section(ReviewSettings).session_secret == "x" * 40
 
 
 def test_a_stranger_cannot_keep_an_account_locked(review_app: App) -> None:

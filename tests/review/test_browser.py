@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from registry_adapter.app import App
-from review.queries import REMINDERS
+from registry_store.tables import REMINDERS
 from review.service import ReviewService
 from tests.review.conftest import PASSWORDS, UNLISTED_CAUSE
 

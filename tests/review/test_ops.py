@@ -12,11 +12,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
-from registry_adapter import metrics
 from registry_adapter.app import App, build_app
-from registry_adapter.queries import RUNS
+from registry_store.tables import HL7_ACKS as ACKS
+from registry_store.tables import REMINDER_SENDS as SENDS
+from registry_store.tables import SYNC_RUNS as RUNS
+from registry_types import metrics
 from review.app import create_app
-from review.queries import ACKS, SENDS
 from scheduler import jobs
 from scheduler.daemon import Daemon
 from tests.scheduler.test_daemon import leave_overdue, watch

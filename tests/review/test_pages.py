@@ -16,9 +16,12 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from registry_adapter.app import App
-from registry_store.errors import ERRORS, Issue, replace_errors
-from registry_store.staging import STAGING
-from review.queries import ACKS, AUDIT, CASES, REMINDERS
+from registry_store.errors import replace_errors
+from registry_store.tables import AUDIT_LOG as AUDIT
+from registry_store.tables import CASES, REMINDERS, STAGING
+from registry_store.tables import HL7_ACKS as ACKS
+from registry_store.tables import MAPPING_ERRORS as ERRORS
+from registry_types.issues import Issue
 from review.raw_view import MASK, mask_phi, render_raw
 from scheduler.channels.worklist import COLUMNS as WORKLIST_COLUMNS
 from scheduler.channels.worklist import export_csv

@@ -12,10 +12,12 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from registry_adapter.app import App
+from registry_store.tables import CASES, REMINDERS
+from registry_store.tables import REMINDER_CLICKS as CLICKS
 from review.app import create_app
-from review.pages.reminder_link import CLICKS
-from review.queries import CASES, REMINDERS
+from review.settings import ReviewSettings
 from scheduler.channels.base import make_link_token
+from scheduler.settings import RemindersSettings
 
 SECRET = "link-secret-for-tests-0123456789"
 URLS = {
@@ -28,11 +30,13 @@ INVALID = "This link is not valid or has expired."
 
 def _configured(app: App, secret: str | None = SECRET, urls: dict[str, str] | None = None) -> App:
     s = app.settings
-    reminders = s.reminders.model_copy(
-        update={"link": s.reminders.link.model_copy(update={"token_secret": secret, "max_age_days": 30})}
+    current = s.section(RemindersSettings)
+    reminders = current.model_copy(
+        update={"link": current.link.model_copy(update={"token_secret": secret, "max_age_days": 30})}
     )
-    review = s.review.model_copy(update={"questionnaire_urls": URLS if urls is None else urls})
-    return App(settings=s.model_copy(update={"reminders": reminders, "review": review}), db_url=app.db_url)
+    urls = URLS if urls is None else urls
+    review = s.section(ReviewSettings).model_copy(update={"questionnaire_urls": urls})
+    return App(settings=s.with_section(reminders).with_section(review), db_url=app.db_url)
 
 
 def _reminder(app: App, module: str, timepoint: str) -> int:

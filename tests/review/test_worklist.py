@@ -26,10 +26,11 @@ from starlette.testclient import TestClient
 
 from registry_adapter.app import App
 from registry_store import worklist
+from registry_store.tables import AUDIT_LOG as AUDIT
+from registry_store.tables import CASES, PATIENTS, REMINDERS
+from registry_store.tables import REMINDER_SENDS as SENDS
 from registry_store.timeutil import utcnow
 from review.app import create_app
-from review.queries import AUDIT, PATIENTS, REMINDERS, SENDS
-from scheduler.queries import CASES
 from scheduler.replan import replan
 from tests.conftest import ROOT, SAMPLE_FEED, write_config_file
 from tests.review.conftest import csrf_of, fill, login

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +27,10 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import text
 
 from registry_adapter.app import App
+from registry_store.leases import LeaseLock, job_lock
 from scheduler import jobs
 from scheduler.clock import FixedClock
 from scheduler.daemon import Daemon
-from scheduler.locks import LeaseLock, job_lock
 from tests.conftest import base_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +139,10 @@ def test_missed_nightly_runs_once_at_start(make_app: Callable[..., App]) -> None
 
 
 def test_run_later_than_grace_is_reported_missed(make_app: Callable[..., App]) -> None:
-    app = make_app(scheduler={"misfire_grace_seconds": 3600})
+    # The nightly time is put half a day from now: with the default 02:30 UTC, a run started
+    # between 02:30 and 03:30 UTC found that day's own fire time within the grace and ran it.
+    far = (datetime.now(UTC).hour + 12) % 24
+    app = make_app(scheduler={"misfire_grace_seconds": 3600, "nightly": {"cron": f"30 {far} * * *"}})
     leave_overdue(app, hours_late=2)
     daemon = Daemon(app)
     seen, done = watch(daemon)
@@ -219,20 +225,31 @@ def test_lease_lock(make_app: Callable[..., App], db_url: str) -> None:
 
 
 RACE_SCRIPT = """
-import json, os, sys, time
+import json, sys
 from registry_adapter import logs
 from registry_adapter.app import build_app
 from registry_adapter.config import parse_settings
 from scheduler import jobs
 
-cfg, go = json.loads(sys.argv[1]), sys.argv[2]
+cfg = json.loads(sys.argv[1])
 logs.configure("json", "INFO")
 app = build_app(parse_settings(cfg))
 jobs.bind(app)
 app.engine.connect().close()
+real_refresh = jobs.refresh_mappings
+
+
+def hold_the_lock(*args, **kwargs):
+    # Runs only inside the nightly lock: say so, then keep the lock until the test has seen
+    # the other process give up, so the two provably overlapped.
+    print("holding", flush=True)
+    assert sys.stdin.readline().strip() == "release"
+    return real_refresh(*args, **kwargs)
+
+
+jobs.refresh_mappings = hold_the_lock
 print("ready", flush=True)
-while not os.path.exists(go):  # both processes start the job at the same moment
-    time.sleep(0.002)
+assert sys.stdin.readline().strip() == "go"  # the barrier: both are ready before either starts
 jobs.nightly()
 """
 
@@ -242,32 +259,78 @@ def test_two_processes_never_run_nightly_together(
 ) -> None:
     app = make_app(pg_url)
     cfg = base_config(tmp_path, database={"url": pg_url}, logging={"format": "json", "level": "INFO"})
-    go = tmp_path / "go"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", RACE_SCRIPT, json.dumps(cfg), str(go)],
+            [sys.executable, "-c", RACE_SCRIPT, json.dumps(cfg)],
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(2)
     ]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr
-    go.touch()
-    outputs = [p.communicate(timeout=90) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
-    events = [
-        json.loads(line)["event"] for _, err in outputs for line in err.splitlines() if line.startswith("{")
-    ]
-    assert events.count("job.skipped") == 1 and events.count("job.done") == 1
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr
+        for p in procs:  # both are at the barrier: release them together
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        # Exactly one gets the lock and says so; the other must give up while it is held.
+        holder = wait_for_line(procs, "holding", timeout=60)
+        loser = procs[1 - procs.index(holder)]
+        lost_out, lost_err = loser.communicate(timeout=60)
+        assert loser.returncode == 0, lost_err[-2000:]
+        assert "holding" not in lost_out
+        assert [json_events(lost_err).count(e) for e in ("job.skipped", "job.done")] == [1, 0]
+        assert holder.poll() is None  # the holder was inside the lock the whole time
+        _, held_err = holder.communicate("release\n", timeout=90)
+        assert holder.returncode == 0, held_err[-2000:]
+        assert [json_events(held_err).count(e) for e in ("job.skipped", "job.done")] == [0, 1]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     assert [r.outcome for r in sync_runs(app)] == ["succeeded"]
+
+
+def json_events(stderr: str) -> list[str]:
+    return [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+
+
+def wait_for_line(procs: list[subprocess.Popen[str]], wanted: str, timeout: float) -> subprocess.Popen[str]:
+    """The first process whose stdout prints ``wanted`` (blocking reads, no polling)."""
+    with selectors.DefaultSelector() as sel:
+        for p in procs:
+            assert p.stdout is not None
+            sel.register(p.stdout, selectors.EVENT_READ, p)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                line = key.fileobj.readline()  # type: ignore[union-attr]
+                if line.strip() == wanted:
+                    return key.data  # type: ignore[no-any-return]
+                if not line:
+                    sel.unregister(key.fileobj)
+    raise AssertionError(f"no process printed {wanted!r} within {timeout} s")
+
+
+def registry_adapter_command() -> str:
+    """The console script installed beside the interpreter running the tests (a venv, a
+    system install, a container): not a path inside the checkout."""
+    scripts = sysconfig.get_path("scripts")
+    search = os.pathsep.join([scripts, str(Path(sys.executable).parent)])
+    found = shutil.which("registry-adapter", path=search)
+    if found is None:
+        pytest.fail(f"no registry-adapter console script in {search}; run `pip install -e .`")
+    return found
 
 
 def start_daemon(config: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [str(ROOT / ".venv/bin/registry-adapter"), "--config", str(config), "run", "--no-services"],
+        [registry_adapter_command(), "--config", str(config), "run", "--no-services"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -288,16 +351,33 @@ def test_two_daemons_on_one_postgres_and_sigterm(
         )
     )
     daemons = [start_daemon(config), start_daemon(config)]
+    lines: list[list[str]] = [[], []]
+    readers = [
+        threading.Thread(target=lambda d=d, out=out: out.extend(d.stderr or []), daemon=True)
+        for d, out in zip(daemons, lines, strict=True)
+    ]
+    for r in readers:
+        r.start()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(r.outcome == "succeeded" for r in sync_runs(app)):
+    # Wait on what the daemons report, not a fixed time: both up (schedulers resumed on the
+    # overdue run in the shared store) and the run done.
+    while not (
+        all(any('"daemon.started"' in line for line in out) for out in lines)
+        and any(r.outcome == "succeeded" for r in sync_runs(app))
+    ):
+        assert time.monotonic() < deadline and all(d.poll() is None for d in daemons), [
+            "".join(out)[-2000:] for out in lines
+        ]
         time.sleep(0.2)
-    time.sleep(1.0)  # let the slower daemon get to the job as well
     for d in daemons:
         d.send_signal(signal.SIGTERM)
-    outputs = [d.communicate(timeout=30) for d in daemons]
-    assert [d.returncode for d in daemons] == [0, 0], [o[1][-2000:] for o in outputs]
-    for _, err in outputs:
-        events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    for d in daemons:
+        d.wait(timeout=30)
+    for r in readers:
+        r.join(10)
+    assert [d.returncode for d in daemons] == [0, 0], ["".join(out)[-2000:] for out in lines]
+    for out in lines:
+        events = json_events("".join(out))
         assert "daemon.started" in events and events[-1] == "daemon.stopped"
     runs = sync_runs(app)
     assert runs and all(r.outcome == "succeeded" for r in runs)

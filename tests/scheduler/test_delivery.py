@@ -19,14 +19,14 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from registry_adapter.app import App
+from registry_store.leases import LeaseLock
 from scheduler.channels import build_channels
 from scheduler.channels.base import Message
 from scheduler.cli import reminder_rows
 from scheduler.clock import FixedClock, at_local
 from scheduler.dispatcher import Dispatcher
-from scheduler.locks import LeaseLock
 from scheduler.queries import UNCONFIRMED
-from scheduler.settings import RemindersSettings
+from scheduler.settings import RemindersSettings, SchedulerSettings
 from tests.fhir_server.fixture import FhirTestServer
 from tests.scheduler.conftest import TZ, Feed, SmtpSink, WebhookReceiver, reminder_config
 
@@ -87,7 +87,7 @@ def reminder(app: App) -> Any:
 
 def crash_mid_email(app: App, smtp: SmtpSink, clock: FixedClock) -> None:
     """Attempt 1 reaches the SMTP server, then the process 'dies' before recording it."""
-    real = build_channels(app.settings.reminders, clock)
+    real = build_channels(app.settings.section(RemindersSettings), clock)
     with pytest.raises(Crash):
         Dispatcher(app, clock, {"email": crash_after_send(real["email"])}).run()
     assert len(smtp.messages) == 1
@@ -103,7 +103,7 @@ def test_email_crash_is_recorded_unconfirmed_not_resent_by_default(
     from scheduler.channels.worklist import export_csv, worklist_rows
 
     app, feed = reminder_app(db_url, **reminder_config(smtp_server))  # no reminders.unconfirmed key
-    assert app.settings.reminders.unconfirmed_policy("email") == "assume_sent"
+    assert app.settings.section(RemindersSettings).unconfirmed_policy("email") == "assume_sent"
     one_case(feed)
     clock = at_local(DUE, 9, TZ)
     crash_mid_email(app, smtp_server, clock)
@@ -145,7 +145,7 @@ def test_email_crash_resends_when_configured(
 ) -> None:
     """``unconfirmed: {email: resend}``: at least once, the resend with the same Message-ID."""
     app, feed = reminder_app(**reminder_config(smtp_server, unconfirmed={"email": "resend"}))
-    assert app.settings.reminders.unconfirmed == {"email": "resend", "webhook": "resend"}
+    assert app.settings.section(RemindersSettings).unconfirmed == {"email": "resend", "webhook": "resend"}
     one_case(feed)
     clock = at_local(DUE, 9, TZ)
     crash_mid_email(app, smtp_server, clock)
@@ -203,7 +203,7 @@ def test_email_killed_process_is_recovered(
 
         settings = Settings.model_validate_json(open({str(settings_json)!r}).read())
         app = build_app(settings, {app.db_url!r})
-        email = build_channels(settings.reminders)["email"]
+        email = build_channels(settings.section(RemindersSettings))["email"]
         real_send = email.send
         def send_then_die(msg):
             real_send(msg)
@@ -247,8 +247,8 @@ def test_lost_dispatch_lock_stops_sending(
         feed.surgery(str(n), f"pat-{n}", date(2025, 1, 6), date(2025, 1, 9))
     feed.ingest()
     clock = at_local(DUE, 9, TZ)
-    ttl = app.settings.scheduler.lock_ttl_seconds
-    real = build_channels(app.settings.reminders, clock)["email"]
+    ttl = app.settings.section(SchedulerSettings).lock_ttl_seconds
+    real = build_channels(app.settings.section(RemindersSettings), clock)["email"]
     thief = LeaseLock(app.engine, "reminders", ttl, clock, owner="other-host:1:thief")
 
     class StallsThenLosesLease:
@@ -302,7 +302,7 @@ def test_webhook_signed_idempotent_and_retried(
     one_case(feed, email=None, phone="+1 555 0100")  # no email: the first reachable channel is the webhook
     webhook_server.fail_next = [503]  # one transient failure, retried inside the same call
     clock = at_local(DUE, 9, TZ)
-    real = build_channels(app.settings.reminders)
+    real = build_channels(app.settings.section(RemindersSettings))
     with pytest.raises(Crash):
         Dispatcher(app, clock, {**real, "webhook": crash_after_send(real["webhook"])}).run()
     assert len(webhook_server.posts) == 2 and len(webhook_server.delivered) == 1
@@ -379,7 +379,7 @@ def test_fhir_communication_request_confirmed_after_crash(
     app, feed = reminder_app(**reminder_config(channels=["fhir"], fhir={"base_url": fhir.base_url}))
     one_case(feed)
     clock = at_local(DUE, 9, TZ)
-    real = build_channels(app.settings.reminders, clock)
+    real = build_channels(app.settings.section(RemindersSettings), clock)
     with pytest.raises(Crash):
         Dispatcher(app, clock, {"fhir": crash_after_send(real["fhir"])}).run()
     assert fhir_count(fhir) == 1
@@ -428,7 +428,7 @@ def test_fhir_task_created_once_and_confirmed_after_crash(
     )
     one_case(feed)
     clock = at_local(DUE, 9, TZ)
-    real = build_channels(app.settings.reminders, clock)
+    real = build_channels(app.settings.section(RemindersSettings), clock)
     with pytest.raises(Crash):
         Dispatcher(app, clock, {"fhir": crash_after_send(real["fhir"])}).run()
     [task] = fhir_resources(fhir, "Task")

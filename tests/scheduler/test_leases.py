@@ -23,9 +23,9 @@ from registry_adapter.app import App
 from registry_adapter.cli import cli
 from registry_adapter.pipeline import Pipeline, SourceBusy
 from registry_adapter.sources import build_source
+from registry_store.leases import HOST, LeaseLock
 from scheduler import jobs
 from scheduler.daemon import Daemon
-from scheduler.locks import HOST, LeaseLock
 from tests.conftest import base_config
 from tests.scheduler.test_daemon import watch
 

@@ -14,9 +14,10 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import text
 
 from registry_adapter.app import App
+from registry_store.tables import REMINDER_SENDS as SENDS
+from registry_store.tables import REMINDERS
 from scheduler.clock import at_local
 from scheduler.dispatcher import Dispatcher
-from scheduler.queries import REMINDERS, SENDS
 from tests.scheduler.conftest import TZ, Feed, SmtpSink, free_port, reminder_config
 
 OUTAGE_START = date(2025, 4, 9)

@@ -18,6 +18,7 @@ from registry_store.models import Patient
 from scheduler.channels.base import verify_link_token
 from scheduler.clock import at_local
 from scheduler.dispatcher import Dispatcher
+from scheduler.settings import RemindersSettings
 from tests.scheduler.conftest import SITE_NAME, TOKEN_SECRET, TZ, Feed, SmtpSink, days, reminder_config
 
 D = date
@@ -352,4 +353,4 @@ def test_not_done_procedure_withdraws_its_case_and_says_why(
 def test_old_cancel_procedure_statuses_key_still_loads(make_app: Callable[..., App]) -> None:
     with pytest.warns(FutureWarning, match="cancel_procedure_statuses"):
         app = make_app(sources=[], reminders={"cancel_procedure_statuses": ["not-done"]})
-    assert not hasattr(app.settings.reminders, "cancel_procedure_statuses")
+    assert not hasattr(app.settings.section(RemindersSettings), "cancel_procedure_statuses")

@@ -17,12 +17,50 @@ from collections.abc import Callable, Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from adapters.hl7v2.header import message_digest
-
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+
+# Frozen copy of ``adapters.hl7v2.header.message_digest`` as it was at this revision: a
+# migration must compute what it computed then, whatever the live code becomes, and must not
+# import the application (tests/architecture/test_layers.py checks that none does).
+def _msh_span(raw: bytes) -> tuple[int, int] | None:
+    """Where the MSH segment is in ``raw`` (start, end); None if the message has none."""
+    start = 0
+    n = len(raw)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        start = 3
+    while start < n and raw[start] in b" \t\r\n\x0b":  # \x0b: an MLLP start block
+        start += 1
+    if raw[start : start + 3] != b"MSH":
+        return None
+    end = n
+    for terminator in (b"\r", b"\n"):
+        pos = raw.find(terminator, start)
+        if pos != -1 and pos < end:
+            end = pos
+    return start, end
+
+
+def message_digest(raw: bytes) -> str:
+    """sha256 of a message with MSH-7 (date/time of message) blanked."""
+    span = _msh_span(raw)
+    if span is None or span[1] - span[0] < 4:
+        return hashlib.sha256(raw).hexdigest()
+    start, end = span
+    fs = raw[start + 3 : start + 4]
+    # MSH-1 is the separator itself, so MSH-7 is the 6th piece after splitting on it.
+    fields = raw[start:end].split(fs)
+    if len(fields) > 6:
+        fields[6] = b""
+    digest = hashlib.sha256(raw[:start])
+    digest.update(fs.join(fields))
+    digest.update(raw[end:])
+    return digest.hexdigest()
+
 
 _STAGING = sa.table(
     "staging",

@@ -6,10 +6,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from registry_store.models import AuditEntry
+from registry_store.tables import AUDIT_LOG
 from registry_store.timeutil import utcnow
-
-AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
 
 
 def record(
@@ -23,7 +21,7 @@ def record(
 ) -> None:
     """Write one entry in the caller's transaction, so the change and its record commit together."""
     conn.execute(
-        AUDIT.insert().values(
+        AUDIT_LOG.insert().values(
             at=utcnow(),
             username=username,
             action=action,

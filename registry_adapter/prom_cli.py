@@ -13,9 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from registry_adapter.cli import Ctx, pass_ctx
-from registry_store.models import PromResponse
-
-PROMS = PromResponse.__table__  # type: ignore[attr-defined]
+from registry_store.tables import PROM_RESPONSES
 
 
 def list_responses(conn: Connection, *, case_id: str | None = None) -> list[dict[str, Any]]:
@@ -25,16 +23,16 @@ def list_responses(conn: Connection, *, case_id: str | None = None) -> list[dict
     is complete): it is listed as ``not_scorable`` with its outputs all null.
     """
     query = select(
-        PROMS.c.id,
-        PROMS.c.patient_id,
-        PROMS.c.case_id,
-        PROMS.c.instrument,
-        PROMS.c.timepoint,
-        PROMS.c.authored,
-        PROMS.c.scores,
-    ).order_by(PROMS.c.authored, PROMS.c.id)
+        PROM_RESPONSES.c.id,
+        PROM_RESPONSES.c.patient_id,
+        PROM_RESPONSES.c.case_id,
+        PROM_RESPONSES.c.instrument,
+        PROM_RESPONSES.c.timepoint,
+        PROM_RESPONSES.c.authored,
+        PROM_RESPONSES.c.scores,
+    ).order_by(PROM_RESPONSES.c.authored, PROM_RESPONSES.c.id)
     if case_id is not None:
-        query = query.where(PROMS.c.case_id == case_id)
+        query = query.where(PROM_RESPONSES.c.case_id == case_id)
     rows = []
     for r in conn.execute(query):
         scores = dict(r.scores or {})

@@ -1,4 +1,4 @@
-"""Job locks: a lease row per job in ``job_locks``, so two adapter processes sharing one
+"""Leases (job and sync locks): a row per lease in ``job_locks``, so two adapter processes sharing one
 database (PostgreSQL, or SQLite on one host) never run the same job at the same time.
 
 Acquiring is one statement, ``INSERT ... ON CONFLICT (name) DO UPDATE ... WHERE the lease
@@ -37,11 +37,10 @@ from sqlalchemy import Engine, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from registry_store.db import is_postgres
-from registry_store.models import JobLock
-from scheduler.clock import Clock, SystemClock
+from registry_store.tables import JOB_LOCKS
+from registry_types.clock import Clock, SystemClock
 
 log = structlog.get_logger(__name__)
-LOCKS = JobLock.__table__  # type: ignore[attr-defined]
 
 
 def _host_identity() -> str:
@@ -145,9 +144,9 @@ class Holder:
 
 def holders(engine: Engine, name: str | None = None) -> list[Holder]:
     """Every lease (or the one called ``name``), by name."""
-    query = select(LOCKS).order_by(LOCKS.c.name)
+    query = select(JOB_LOCKS).order_by(JOB_LOCKS.c.name)
     if name is not None:
-        query = query.where(LOCKS.c.name == name)
+        query = query.where(JOB_LOCKS.c.name == name)
     with engine.connect() as conn:
         return [Holder.from_row(r) for r in conn.execute(query)]
 
@@ -156,7 +155,7 @@ def release_holder(engine: Engine, holder: Holder) -> bool:
     """Delete this holder's lease (only if it still holds it); True if it did."""
     with engine.begin() as conn:
         n = conn.execute(
-            delete(LOCKS).where(LOCKS.c.name == holder.name, LOCKS.c.owner == holder.owner)
+            delete(JOB_LOCKS).where(JOB_LOCKS.c.name == holder.name, JOB_LOCKS.c.owner == holder.owner)
         ).rowcount
     return bool(n == 1)
 
@@ -183,12 +182,12 @@ class LeaseLock:
         now = self.clock.now()
         found = holders(self.engine, self.name)
         current = found[0] if found else None
-        may_take = [LOCKS.c.expires_at < now, LOCKS.c.owner == self.owner]
+        may_take = [JOB_LOCKS.c.expires_at < now, JOB_LOCKS.c.owner == self.owner]
         if current is not None and current.owner != self.owner and current.gone(now) == "dead":
             # Only that dead holder's row: if someone else took it meanwhile, we lose.
-            may_take.append(LOCKS.c.owner == current.owner)
+            may_take.append(JOB_LOCKS.c.owner == current.owner)
         dialect = postgresql if is_postgres(self.engine) else sqlite
-        stmt = dialect.insert(LOCKS).values(
+        stmt = dialect.insert(JOB_LOCKS).values(
             name=self.name,
             owner=self.owner,
             acquired_at=now,
@@ -207,7 +206,7 @@ class LeaseLock:
         )
         with self.engine.begin() as conn:
             conn.execute(stmt)
-            owner = conn.execute(select(LOCKS.c.owner).where(LOCKS.c.name == self.name)).scalar_one()
+            owner = conn.execute(select(JOB_LOCKS.c.owner).where(JOB_LOCKS.c.name == self.name)).scalar_one()
         won = bool(owner == self.owner)
         if won and current is not None and current.owner != self.owner:
             self.took_over = current
@@ -225,8 +224,8 @@ class LeaseLock:
         now = self.clock.now()
         with self.engine.begin() as conn:
             n = conn.execute(
-                update(LOCKS)
-                .where(LOCKS.c.name == self.name, LOCKS.c.owner == self.owner)
+                update(JOB_LOCKS)
+                .where(JOB_LOCKS.c.name == self.name, JOB_LOCKS.c.owner == self.owner)
                 .values(expires_at=now + self.ttl, heartbeat_at=now)
             ).rowcount
         if n != 1:
@@ -235,7 +234,9 @@ class LeaseLock:
 
     def release(self) -> None:
         with self.engine.begin() as conn:
-            conn.execute(delete(LOCKS).where(LOCKS.c.name == self.name, LOCKS.c.owner == self.owner))
+            conn.execute(
+                delete(JOB_LOCKS).where(JOB_LOCKS.c.name == self.name, JOB_LOCKS.c.owner == self.owner)
+            )
 
 
 @contextmanager

@@ -1,0 +1,51 @@
+"""Plug-ins: what the installed packages add to the adapter, found through entry points.
+
+``pyproject.toml`` declares them under ``[project.entry-points."spine_registry_adapter.*"]``:
+
+- ``spine_registry_adapter.feeds``: source types (``registry_adapter.feeds.FeedType``), one
+  module each; the ``type:`` of a source in config.yaml picks one;
+- ``spine_registry_adapter.settings``: top-level config sections owned by a package (its
+  pydantic model; ``reminders``, ``scheduler``, ``review``), composed into ``Settings``;
+- ``spine_registry_adapter.commands``: modules whose ``COMMANDS`` join the command line;
+- ``spine_registry_adapter.doctor``: extra ``registry-adapter doctor`` checks.
+
+Nothing here names a plug-in module: a package adds one by declaring the entry point (and
+``pip install -e .`` refreshes the declarations of a source checkout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+
+FEEDS = "spine_registry_adapter.feeds"
+SETTINGS = "spine_registry_adapter.settings"
+COMMANDS = "spine_registry_adapter.commands"
+DOCTOR = "spine_registry_adapter.doctor"
+
+
+class PluginsMissing(RuntimeError):
+    """No plug-in of a group that must have some: the package's metadata is missing or stale."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str
+    value: str  # "module:attribute", for messages
+    entry_point: EntryPoint
+
+    def load(self) -> object:
+        return self.entry_point.load()
+
+
+def plugins(group: str, *, required: bool = False) -> list[Plugin]:
+    """The entry points of ``group``, by name (so the order does not depend on install order)."""
+    found = sorted(entry_points(group=group), key=lambda ep: ep.name)
+    if required and not found:
+        raise PluginsMissing(
+            f"no {group} entry points are installed: reinstall the package (pip install -e .) "
+            "so its metadata lists them"
+        )
+    # The same distribution installed twice (an editable and a built copy) lists each once.
+    unique = {ep.name: ep for ep in found}
+    return [Plugin(name, ep.value, ep) for name, ep in unique.items()]
