@@ -10,14 +10,11 @@ test_browser_workspace.py).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,42 +30,7 @@ from registry_store.timeutil import utcnow
 from review.app import create_app
 from scheduler.replan import replan
 from tests.conftest import ROOT, SAMPLE_FEED, write_config_file
-from tests.review.conftest import csrf_of, fill, login
-
-GENERATOR = ROOT / "examples" / "generate_sample_feed.py"
-
-
-def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_sample_feed", GENERATOR)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def site_today(app: App) -> date:
-    return datetime.now(app.settings.site.tz).date()
-
-
-@pytest.fixture
-def today_feed(tmp_path: Path) -> Path:
-    out = tmp_path / "demo-feed"
-    gen = generator()
-    gen.write(gen.build(40, 20251101, datetime.now(gen.TZ).date()), out)
-    return out
-
-
-@pytest.fixture
-def today_app(make_app: Callable[..., App], today_feed: Path, tmp_path: Path) -> App:
-    secret = tmp_path / "session.secret"
-    secret.write_text("s" * 48)
-    app = make_app(
-        sources=[{"name": "sample", "type": "files", "path": str(today_feed)}],
-        review={"session_secret_file": str(secret), "page_size": 50},
-    )
-    fill(app)
-    replan(app, "test")
-    return app
+from tests.review.conftest import GENERATOR, csrf_of, generator, login, site_today
 
 
 @pytest.fixture

@@ -1,0 +1,190 @@
+"""The coordinator's workspace walked in a real browser (Chromium driven by Playwright against
+uvicorn serving the UI), on the demo store: the sample feed dated to today, synced by the real
+pipeline, reminders planned.
+
+Every page visited is saved at 1366x768 (desktop) and 390x844 (phone) under var/screenshots/
+(README, "Coordinator's workspace").
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import select
+
+from registry_adapter.app import App
+from registry_store.tables import AUDIT_LOG, REMINDERS
+from review.service import ReviewService
+from tests.review.conftest import PASSWORDS, UNLISTED_CAUSE
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
+SIZES = {"desktop": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(today_app: App) -> Iterator[str]:
+    service = ReviewService(today_app, host="127.0.0.1", port=_free_port())
+    service.start()
+    yield service.url
+    service.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def signed_in(browser: Browser, server: str) -> Iterator[Callable[[str, str], Page]]:
+    """A page signed in as a user, at a viewport size ("desktop" or "phone")."""
+    contexts = []
+
+    def make(username: str, size: str = "desktop") -> Page:
+        context = browser.new_context(base_url=server, viewport=SIZES[size])
+        contexts.append(context)
+        page = context.new_page()
+        page.goto("/login")
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill(PASSWORDS[username])
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_load_state()
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    """The page at desktop size, then at phone size (same URL, same session)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    original = page.viewport_size
+    for size, viewport in SIZES.items():
+        page.set_viewport_size(viewport)
+        page.screenshot(path=str(SHOTS / f"workspace-{name}-{size}.png"), full_page=True)
+    if original:
+        page.set_viewport_size(original)
+
+
+def no_sideways_scroll(page: Page) -> bool:
+    return bool(
+        page.evaluate(
+            "() => [document.documentElement, ...document.querySelectorAll('.table-wrap')]"
+            ".every(el => el.scrollWidth <= el.clientWidth + 1)"
+        )
+    )
+
+
+def test_coordinator_works_the_worklist_and_a_phone_completion_stops_reminders(
+    signed_in: Callable[[str, str], Page], today_app: App
+) -> None:
+    page = signed_in("rita", "desktop")
+    page.goto("/reminders?status=worklist")
+    rows = page.locator("tbody tr")
+    expect(rows.first).to_be_visible()
+    total = rows.count()
+    assert total >= 5
+    headers = [t.lower() for t in page.locator("thead th").all_text_contents()]
+    assert headers[:3] == ["why call", "days left", "phone"]
+    shot(page, "01-worklist")
+
+    # Sorted by days left in the window: the most urgent first.
+    page.get_by_label("Sort by").select_option("days_left")
+    page.get_by_role("button", name="Show").click()
+    days = [int(t) for t in page.locator("tbody tr td.num:nth-child(2)").all_inner_texts() if t.strip()]
+    assert days == sorted(days)
+
+    first = rows.first.get_by_role("link").first
+    href = first.get_attribute("href")
+    assert href and re.fullmatch(r"/reminders/\d+", href)
+    rid = int(href.rsplit("/", 1)[1])
+    first.click()
+    expect(page.get_by_role("heading", name="Record what you did")).to_be_visible()
+    shot(page, "02-reminder")
+
+    call = page.locator("form", has=page.get_by_role("heading", name="Phone call"))
+    call.get_by_label("Outcome").select_option("left_message")
+    call.get_by_label("Note (optional)").fill("voicemail, will try Friday")
+    call.get_by_role("button", name="Save call").click()
+    expect(page.get_by_role("status")).to_have_text("Call outcome recorded.")
+    expect(page.locator(".history")).to_contain_text("Left a message")
+
+    done = page.locator("form", has=page.get_by_role("heading", name="Completed with staff"))
+    done.get_by_label("How").select_option("phone")
+    done.get_by_role("button", name="Record as completed").click()
+    expect(page.get_by_role("status")).to_contain_text("its reminders have stopped")
+    expect(page.locator("#reminder-status")).to_contain_text("completed")
+    expect(page.get_by_role("heading", name="Record what you did")).to_have_count(0)
+    shot(page, "03-reminder-completed")
+
+    with today_app.engine.connect() as conn:
+        status, next_on = conn.execute(
+            select(REMINDERS.c.status, REMINDERS.c.next_attempt_on).where(REMINDERS.c.id == rid)
+        ).one()
+        audited = conn.execute(
+            select(AUDIT_LOG.c.action).where(AUDIT_LOG.c.target.like(f"reminder:{rid} %"))
+        ).scalars().all()
+    assert (status, next_on) == ("completed", None)
+    assert sorted(audited) == ["worklist.call", "worklist.complete"]
+
+    page.goto("/reminders?status=worklist")
+    expect(page.locator(f"a[href='/reminders/{rid}']")).to_have_count(0)
+    expect(page.locator("tbody tr")).to_have_count(total - 1)
+
+
+def test_worklist_at_phone_width_has_no_sideways_scrolling(signed_in: Callable[[str, str], Page]) -> None:
+    page = signed_in("rita", "phone")
+    page.goto("/reminders?status=worklist")
+    expect(page.locator("tbody tr").first).to_be_visible()
+    # The key columns stay; the rest are on the reminder's page.
+    expect(page.locator("thead th", has_text="Why call")).to_be_visible()
+    expect(page.locator("thead th", has_text="MRN")).to_be_hidden()
+    assert no_sideways_scroll(page)
+    for tab in ("due", "all"):
+        page.goto(f"/reminders?status={tab}")
+        assert no_sideways_scroll(page), tab
+
+
+def test_cause_page_speaks_words_and_gives_an_it_ticket(signed_in: Callable[[str, str], Page]) -> None:
+    page = signed_in("rita", "desktop")
+    page.goto("/causes")
+    title = "A procedure or diagnosis code is missing from a code map"
+    expect(page.get_by_role("link", name=title).first).to_be_visible()
+    shot(page, "04-causes")
+    page.goto(f"/causes/{UNLISTED_CAUSE}")
+    expect(page.get_by_role("heading", level=1)).to_have_text(title)
+    expect(page.locator(".explain")).to_contain_text("Who fixes it: a clinical coder (code maps).")
+    expect(page.get_by_role("button", name="Re-process records")).to_have_count(0)
+    ticket = page.locator("#ticket")
+    expect(ticket).to_contain_text("Records: 3 open")
+    expect(ticket).to_contain_text("Procedure/proc-unlisted-0 (source sample)")
+    page.get_by_role("button", name="Copy").click()
+    # Copied to the clipboard, or (no clipboard permission) selected for Ctrl+C.
+    selected = page.evaluate("() => window.getSelection().toString()")
+    label = page.get_by_role("button", name=re.compile("Cop")).inner_text()
+    assert label == "Copied" or "Records: 3 open" in selected
+    shot(page, "05-cause")
