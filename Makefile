@@ -20,7 +20,7 @@ install: $(STAMP)
 ## (./var/registry.db) with reminders planned, then a summary
 demo: export REGISTRY_SAMPLE_FEED = var/demo-feed
 demo: $(STAMP)
-	$(BIN)/python examples/generate_sample_feed.py --out var/demo-feed --as-of today
+	$(BIN)/python examples/generate_sample_feed.py --out var/demo-feed --outcomes-out var/demo-outcomes --as-of today
 	$(BIN)/registry-adapter --config $(CONFIG) db upgrade
 	$(BIN)/registry-adapter --config $(CONFIG) sync --full
 

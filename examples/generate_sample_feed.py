@@ -16,6 +16,13 @@ dates), so tests can rely on it.
 on DATE (the bundled feed is dated as of 2025-11-01), and leaves out PROM responses that would
 be answered after DATE: ``make demo`` uses it with today's date, so the demo has reminders
 due now and time points still open.
+
+It also writes examples/sample-outcomes/: later records about the same patients with
+hand-labelled outcomes (comorbidities, a surgical site infection at day 20, a readmission 45
+days after discharge, a revision at day 200, BMI and smoking status, a discharge disposition,
+a death at day 60). They are a separate folder so the sample feed stays as tests know it;
+import both under one source name (``registry-adapter import examples/sample-feed
+examples/sample-outcomes --source sample``) to see the outcomes. ``LABELLED`` lists them.
 """
 
 from __future__ import annotations
@@ -407,13 +414,131 @@ def _item_id(feed: Feed, instrument: str, link_id: str) -> str:
     return found[0].id
 
 
-def write(feed: Feed, out: Path) -> None:
+# What mappings/outcomes.py must make of examples/sample-outcomes (tests/submission check it):
+# case id → outcome field → expected value.
+LABELLED: dict[str, dict[str, Any]] = {
+    "sample:proc-0004": {
+        "comorbidities": {
+            "diabetes": "E11.9",
+            "obesity": "E66.01",
+            "tobacco_use": "F17.210",
+            "depression": "F32.9",
+        },
+        "complications": {"surgical_site_infection": 20},
+        "readmission_days": 45,
+        "readmission_30d": False,
+        "readmission_90d": True,
+        "reoperation_days": 200,
+        "reoperation_30d": False,
+        "reoperation_90d": False,
+        "reoperation_365d": True,
+        "reoperation_case": "sample:proc-0004-revision",
+        "discharge_disposition": "home",
+        "bmi": 32.4,
+        "smoking_status": "current",
+    },
+    "sample:proc-0004-revision": {"reoperation_of": "sample:proc-0004"},
+    "sample:proc-0007": {"complications": {"death": 60}},
+}
+
+
+def _updated(resource: dict[str, Any]) -> dict[str, Any]:
+    """A later version of a resource the feed already sent (same id, new version)."""
+    later = json.loads(json.dumps(resource))
+    later["meta"] = {"versionId": "2", "lastUpdated": "2025-12-01T02:00:00Z"}
+    return later
+
+
+def build_outcomes(base: Feed) -> Feed:
+    """Late records with hand-labelled outcomes about patients of ``base`` (see LABELLED).
+
+    Fixed values only (no random draws), derived from the base feed's surgery dates.
+    """
+    feed = Feed(0, base.as_of)
+    feed.instruments = base.instruments
+    pid, surgery, discharge = base.stays[4]
+    sent = {r["id"]: r for rtype in ("Patient", "Encounter") for r in base.out[rtype]}
+    # The patient's phone and address arrive later: the submission must never carry them.
+    patient = _updated(sent[pid])
+    patient["telecom"].append({"system": "phone", "value": "+1-555-0100-4477"})
+    patient["address"] = [{"line": ["742 Evergreen Terrace"], "city": "Springfield", "postalCode": "62704"}]
+    feed.add(patient)
+    stay = _updated(sent["enc-0004"])
+    stay["hospitalization"] = {
+        "dischargeDisposition": {
+            "coding": [coding("http://terminology.hl7.org/CodeSystem/discharge-disposition", "home")]
+        }
+    }
+    feed.add(stay)
+    # Comorbidities: on the problem list before surgery, and coded on the surgical stay.
+    for cid, code, recorded, eid in (
+        ("cond-0004-dm", "E11.9", surgery - timedelta(days=30), None),
+        ("cond-0004-obesity", "E66.01", surgery - timedelta(days=100), None),
+        ("cond-0004-tobacco", "F17.210", surgery + timedelta(days=2), "enc-0004"),
+        ("cond-0004-depression", "F32.9", surgery - timedelta(days=900), None),
+    ):
+        feed.condition(cid, pid, eid, code)
+        feed.out["Condition"][-1]["recordedDate"] = recorded.isoformat()
+    # Surgical site infection diagnosed in clinic on day 20.
+    feed.add(
+        {
+            "resourceType": "Encounter",
+            "id": "enc-0004-clinic",
+            "status": "finished",
+            "class": coding("http://terminology.hl7.org/CodeSystem/v3-ActCode", "AMB"),
+            "subject": ref("Patient", pid),
+            "period": {
+                "start": local_dt(surgery + timedelta(days=20), 9),
+                "end": local_dt(surgery + timedelta(days=20), 10),
+            },
+        }
+    )
+    feed.condition("cond-0004-ssi", pid, "enc-0004-clinic", "T81.41XA")
+    feed.out["Condition"][-1]["onsetDateTime"] = local_dt(surgery + timedelta(days=20), 9)
+    feed.out["Condition"][-1]["recordedDate"] = (surgery + timedelta(days=20)).isoformat()
+    # Readmitted 45 days after discharge.
+    feed.encounter(pid, "enc-0004-readmit", discharge + timedelta(days=45), 3)
+    # Back to the OR at day 200: a revision, its own case, linked to the first.
+    feed.encounter(pid, "enc-0004-reop", surgery + timedelta(days=200), 2)
+    feed.procedure(
+        "proc-0004-revision",
+        pid,
+        "enc-0004-reop",
+        ["63047", "22830"],
+        surgery + timedelta(days=200),
+        text="Revision",
+    )
+    # BMI and smoking status a week before surgery.
+    for oid, loinc, value in (
+        ("obs-0004-bmi", "39156-5", {"valueQuantity": {"value": 32.4, "unit": "kg/m2"}}),
+        ("obs-0004-smoking", "72166-2", {"valueCodeableConcept": {"coding": [coding(SCT, "449868002")]}}),
+    ):
+        feed.add(
+            {
+                "resourceType": "Observation",
+                "id": oid,
+                "status": "final",
+                "code": {"coding": [coding("http://loinc.org", loinc)]},
+                "subject": ref("Patient", pid),
+                "effectiveDateTime": local_dt(surgery - timedelta(days=7), 10),
+                **value,
+            }
+        )
+    # Patient 7 died 60 days after surgery.
+    pid7, surgery7, _ = base.stays[7]
+    died = _updated(sent[pid7])
+    died["deceasedDateTime"] = local_dt(surgery7 + timedelta(days=60), 14)
+    feed.add(died)
+    return feed
+
+
+def write(feed: Feed, out: Path, *, bundles: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*"):
         old.unlink()
     for rtype, resources in sorted(feed.out.items()):
         # Patients and Encounters also arrive as a transaction Bundle, as some EHR exports do.
-        if rtype in ("Patient", "Encounter"):
+        if bundles and rtype in ("Patient", "Encounter"):
             head, tail = resources[:5], resources[5:]
             bundle = {
                 "resourceType": "Bundle",
@@ -423,7 +548,7 @@ def write(feed: Feed, out: Path) -> None:
             (out / f"{rtype}-bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
             resources = tail
         lines = [json.dumps(r, separators=(",", ":")) for r in resources]
-        if rtype == "Condition":
+        if bundles and rtype == "Condition":
             # A line broken in transfer: must become an error naming file and line, not a crash.
             lines.insert(3, '{"resourceType":"Condition","id":"cond-broken-1","code":{"coding":[')
         (out / f"{rtype}.ndjson").write_text("\n".join(lines) + "\n")
@@ -446,9 +571,12 @@ def main() -> None:
         metavar="DATE",
         help="Date the feed as exported on DATE (YYYY-MM-DD), e.g. today for a demo.",
     )
+    parser.add_argument("--outcomes-out", type=Path, default=Path(__file__).with_name("sample-outcomes"))
     args = parser.parse_args()
-    write(build(args.patients, args.seed, args.as_of), args.out)
-    print(f"wrote {args.out}")
+    feed = build(args.patients, args.seed, args.as_of)
+    write(feed, args.out)
+    write(build_outcomes(feed), args.outcomes_out, bundles=False)
+    print(f"wrote {args.out} and {args.outcomes_out}")
 
 
 if __name__ == "__main__":

@@ -57,10 +57,14 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 
 def _replan(app: App, reason: str) -> None:
-    """What follows new data (reminder planning, registered by the scheduler's commands)."""
-    from registry_adapter.intake_hooks import after_intake
+    """Run the after-store plug-ins (the scheduler plans reminders there), so that reminders
+    follow the cases just stored and the reminder pages are never silently empty."""
+    from registry_adapter.plugins import AFTER_STORE, plugins
 
-    after_intake(app, reason)
+    for plugin in plugins(AFTER_STORE):
+        hook = plugin.load()
+        if callable(hook):
+            hook(app, reason)
 
 
 def _emit_json(data: Any) -> None:

@@ -11,6 +11,7 @@ import orjson
 from adapters.hl7v2.check import check_directory
 from mappings.codemaps import load_codemaps
 from mappings.engine import MappingFileError, RegistryMapping, load_mappings, load_spec
+from mappings.outcomes import OutcomeDefinitionError, check_definitions, load_definitions
 from registry_adapter.app import App, target_columns
 
 
@@ -29,6 +30,11 @@ def check_all(app: App) -> tuple[list[str], dict[str, int]]:
     # The folder build_app chose for this site (its own hl7v2/, else the bundled one).
     v2_problems, v2_counts = check_directory()
     problems += v2_problems
+    # Outcome definitions (windows, the comorbidity and complication code maps and their sources).
+    try:
+        problems += check_definitions(load_definitions(app.settings.mappings.directory), codemaps)
+    except OutcomeDefinitionError as exc:
+        problems.append(str(exc))
     counts = {
         "code maps": len(codemaps),
         "codes": sum(len(c.exact) + len(c.prefixes) + len(c.patterns) for c in codemaps.values()),

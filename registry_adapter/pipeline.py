@@ -35,11 +35,12 @@ from adapters.base import (
     SourceIncomplete,
 )
 from adapters.hl7v2.records import HL7_CONTENT_TYPE, Converted, convert_staged, converted_origin
-from adapters.validation import check, settle
+from adapters.validation import as_mapped, quick_validate, settle, validator_id
 from mappings.cases import assemble_cases
 from registry_adapter import logs
 from registry_adapter.app import App
 from registry_store import sync_runs
+from registry_store.case_queue import dequeue, enqueue, queued
 from registry_store.errors import replace_errors, resolve_all
 from registry_store.leases import holders, job_lock, sync_lock_name
 from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
@@ -67,6 +68,7 @@ from registry_store.tables import (
     STAGING,
 )
 from registry_store.timeutil import utcnow
+from registry_store.verdicts import known_verdicts, record_verdicts
 from registry_types import metrics
 from registry_types.issues import Issue
 
@@ -132,6 +134,8 @@ class Prepared:
     out: dict[str, Any] | None = None
     remove: bool = False  # the record no longer produces registry rows: delete them
     converted: Converted | None = None
+    # A validation verdict given now (digest of the raw bytes, issues), kept with the batch.
+    verdict: tuple[str, list[Issue]] | None = None
 
 
 @dataclass
@@ -468,12 +472,47 @@ class Pipeline:
                 continue
             last_id = batch[-1].id
             converted |= self._map_batch(batch, counts)
+        counts.cases += self.assemble_queued()
         return counts
+
+    def assemble_queued(self, chunk: int = 500) -> int:
+        """Assemble the cases of every queued patient (touched by mapping since the last drain),
+        ``chunk`` patients a transaction; returns how many of their cases are active.
+
+        A chunk that fails is assembled patient by patient, so one patient whose data trips a
+        bug stays queued (and logged) while the others' cases land.
+        """
+        with self.app.engine.connect() as conn:
+            todo = queued(conn)
+        total = 0
+        for start in range(0, len(todo), chunk):
+            pairs = todo[start : start + chunk]
+            try:
+                total += self._assemble_pairs(pairs)
+            except Exception:
+                for pair in pairs:
+                    try:
+                        total += self._assemble_pairs([pair])
+                    except Exception as exc:
+                        log.error("cases.assembly_failed", source=pair[0], error=type(exc).__name__)
+            if len(todo) > chunk:
+                self.progress("cases", {"cases": total})
+        return total
+
+    def _assemble_pairs(self, pairs: Sequence[tuple[str, str]]) -> int:
+        by_source: dict[str, set[str]] = defaultdict(set)
+        for source, patient in pairs:
+            by_source[source].add(patient)
+        with self.app.engine.begin() as conn:
+            total = self._assemble(conn, by_source)
+            dequeue(conn, pairs)
+        return total
 
     def _map_batch(self, batch: Sequence[Any], counts: RunCounts) -> bool:
         """Map one batch of staged rows: prepare outside any transaction, write in one.
         Returns whether it converted v2 messages (which stage records)."""
-        prepared = [self._prepare(row) for row in batch]
+        verdicts = self._known_verdicts(batch)
+        prepared = [self._prepare(row, verdicts) for row in batch]
         try:
             with self.app.engine.begin() as conn:
                 counts.add(self._write(conn, prepared))
@@ -482,6 +521,16 @@ class Pipeline:
                 counts.add(self._write_alone(one))
         self.progress("mapping", counts.as_dict())
         return any(one.converted is not None and one.converted.records for one in prepared)
+
+    def _known_verdicts(self, batch: Sequence[Any]) -> dict[str, list[Issue]]:
+        """Validation verdicts already given on the exact bytes of this batch's FHIR records."""
+        if self.strictness == "off":
+            return {}
+        digests = [_raw_digest(r.raw) for r in batch if r.content_type != HL7_CONTENT_TYPE]
+        if not digests:
+            return {}
+        with self.app.engine.connect() as conn:
+            return known_verdicts(conn, validator_id(), digests)
 
     def _write_alone(self, one: Prepared) -> RunCounts:
         try:
@@ -513,6 +562,7 @@ class Pipeline:
     def _write(self, conn: Connection, prepared: Sequence[Prepared]) -> RunCounts:
         counts = RunCounts()
         ids = [p.row.id for p in prepared]
+        record_verdicts(conn, validator_id(), [p.verdict for p in prepared if p.verdict is not None])
         with_errors = {
             r.staging_id
             for r in conn.execute(
@@ -561,7 +611,8 @@ class Pipeline:
                 touched[source] |= self._patients_of(conn, target, source, [r["id"] for r in here])
             write_mapped_rows(conn, target, rows)
         record_mapping_outcomes(conn, statuses)
-        counts.cases += self._assemble(conn, touched)
+        # Assembled once per run when map_pending drains the queue, not once per batch.
+        enqueue(conn, touched)
         return counts
 
     def _write_converted(self, conn: Connection, row: Any, one: Prepared) -> None:
@@ -582,12 +633,12 @@ class Pipeline:
             report = merge_patient(conn, row.source, merged, surviving, staging_id=row.id)
             one.issues = [*one.issues, report.issue()]
 
-    def _prepare(self, row: Any) -> Prepared:
+    def _prepare(self, row: Any, verdicts: dict[str, list[Issue]] | None = None) -> Prepared:
         """Map or convert one staged record. Pure (no database), and never raises."""
         try:
             if row.content_type == HL7_CONTENT_TYPE:
                 return self._prepare_hl7(row)
-            return self._prepare_fhir(row)
+            return self._prepare_fhir(row, verdicts or {})
         except Exception as exc:  # the mapping engine reports its own problems; this is a bug
             log.error("mapping.internal_error", staging_id=row.id, error=type(exc).__name__)
             issue = Issue(
@@ -610,18 +661,30 @@ class Pipeline:
         status = "failed" if converted.failed else "mapped"
         return Prepared(row, status, converted.issues, "hl7v2", converted=converted)
 
-    def _prepare_fhir(self, row: Any) -> Prepared:
+    def _prepare_fhir(self, row: Any, verdicts: dict[str, list[Issue]]) -> Prepared:
         try:
             resource = orjson.loads(row.raw)
         except orjson.JSONDecodeError:
             issue = Issue("intake.malformed_json", "staged content is not valid JSON", rule="intake")
             return Prepared(row, "invalid", [issue], "intake", remove=True)
         issues: list[Issue] = []
+        verdict: tuple[str, list[Issue]] | None = None
         if self.strictness != "off":
+            digest = _raw_digest(row.raw)
+            known = verdicts.get(digest)
+            if known is None:
+                known = quick_validate(resource)
+                verdict = (digest, known)
+            issues = list(known)
             # Wrong-typed primitives are left out of what the mapping sees (named in issues).
-            issues, resource = check(resource)
+            resource = as_mapped(resource, issues)
             if self.strictness == "strict" and any(i.severity == "error" for i in issues):
-                return Prepared(row, "invalid", issues, "validation", remove=True)
+                return Prepared(row, "invalid", issues, "validation", remove=True, verdict=verdict)
+        prepared = self._map_fhir(row, resource, issues)
+        prepared.verdict = verdict
+        return prepared
+
+    def _map_fhir(self, row: Any, resource: dict[str, Any], issues: list[Issue]) -> Prepared:
         mapping = self.app.mappings.get(row.resource_type)
         if mapping is None:
             # Types we receive but do not map (Practitioner, Location, ...) are kept staged.
@@ -707,6 +770,10 @@ class Pipeline:
         if cause_id is None:
             return selected, self.map_pending()
         return selected, self.map_pending(where=STAGING.c.updated_at >= started)
+
+
+def _raw_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
 def stats(app: App) -> dict[str, int]:

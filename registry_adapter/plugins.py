@@ -7,7 +7,9 @@
 - ``spine_registry_adapter.settings``: top-level config sections owned by a package (its
   pydantic model; ``reminders``, ``scheduler``, ``review``), composed into ``Settings``;
 - ``spine_registry_adapter.commands``: modules whose ``COMMANDS`` join the command line;
-- ``spine_registry_adapter.doctor``: extra ``registry-adapter doctor`` checks.
+- ``spine_registry_adapter.doctor``: extra ``registry-adapter doctor`` checks;
+- ``spine_registry_adapter.after_store``: functions ``(app, reason)`` run after a sync, an
+  import or a re-process stored data (the scheduler plans reminders there).
 
 Nothing here names a plug-in module: a package adds one by declaring the entry point (and
 ``pip install -e .`` refreshes the declarations of a source checkout).
@@ -22,6 +24,7 @@ FEEDS = "spine_registry_adapter.feeds"
 SETTINGS = "spine_registry_adapter.settings"
 COMMANDS = "spine_registry_adapter.commands"
 DOCTOR = "spine_registry_adapter.doctor"
+AFTER_STORE = "spine_registry_adapter.after_store"
 
 
 class PluginsMissing(RuntimeError):

@@ -30,6 +30,9 @@ class StagedRecord(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("source", "resource_type", "resource_id", name="uq_staging_identity"),
         Index("ix_staging_status_type", "status", "resource_type"),
+        # The mapper's "next pending batch" (status = 'pending' AND id > ? ORDER BY id) walks
+        # this index instead of sorting every pending row per batch (quadratic in the backlog).
+        Index("ix_staging_status_id", "status", "id"),
         # What a staged v2 message converted into (origin "hl7v2 <message identity>"), found
         # again when it is re-converted so records it no longer makes are deleted.
         Index("ix_staging_source_origin", "source", "origin"),
@@ -86,6 +89,8 @@ class Patient(SQLModel, table=True):
 
 class Encounter(SQLModel, table=True):
     __tablename__ = "encounters"
+    # Case assembly reads "source = ? AND patient_id IN (...)": one index seek per patient.
+    __table_args__ = (Index("ix_encounters_source_patient", "source", "patient_id"),)
 
     source: str = Field(primary_key=True, max_length=100)
     id: str = Field(primary_key=True, max_length=256)
@@ -98,6 +103,8 @@ class Encounter(SQLModel, table=True):
 
 class Procedure(SQLModel, table=True):
     __tablename__ = "procedures"
+    # Case assembly reads "source = ? AND patient_id IN (...)": one index seek per patient.
+    __table_args__ = (Index("ix_procedures_source_patient", "source", "patient_id"),)
 
     source: str = Field(primary_key=True, max_length=100)
     id: str = Field(primary_key=True, max_length=256)
@@ -121,6 +128,8 @@ class Procedure(SQLModel, table=True):
 
 class Condition(SQLModel, table=True):
     __tablename__ = "conditions"
+    # Case assembly reads "source = ? AND patient_id IN (...)": one index seek per patient.
+    __table_args__ = (Index("ix_conditions_source_patient", "source", "patient_id"),)
 
     source: str = Field(primary_key=True, max_length=100)
     id: str = Field(primary_key=True, max_length=256)
@@ -136,6 +145,8 @@ class Condition(SQLModel, table=True):
 
 class PromResponse(SQLModel, table=True):
     __tablename__ = "prom_responses"
+    # Case assembly reads "source = ? AND patient_id IN (...)": one index seek per patient.
+    __table_args__ = (Index("ix_prom_responses_source_patient", "source", "patient_id"),)
 
     source: str = Field(primary_key=True, max_length=100)
     id: str = Field(primary_key=True, max_length=256)
@@ -157,6 +168,8 @@ class Case(SQLModel, table=True):
     """One index spine procedure with its patient, encounter dates and diagnoses."""
 
     __tablename__ = "cases"
+    # Case assembly reads "source = ? AND patient_id IN (...)": one index seek per patient.
+    __table_args__ = (Index("ix_cases_source_patient", "source", "patient_id"),)
 
     id: str = Field(primary_key=True, max_length=400)
     source: str = Field(max_length=100, index=True)
@@ -366,6 +379,58 @@ class Hl7Ack(SQLModel, table=True):
     delivered: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default=true()))
 
 
+class Submission(SQLModel, table=True):
+    """One package sent to the registry (the ledger): what period, where, and its digest.
+
+    Written only after delivery succeeded (the SFTP rename, or the folder's atomic move), so a
+    row here always means the registry has the file.
+    """
+
+    __tablename__ = "submissions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # 2025Q3, or since-2025-07-01 for a --since run.
+    period: str = Field(max_length=32, index=True)
+    site_id: str = Field(max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime = Field(default_factory=utcnow)
+    # folder:<path> or sftp://user@host:port/dir (never a password: key auth only).
+    destination: str = Field(max_length=500)
+    package_name: str = Field(max_length=200)
+    package_sha256: str = Field(max_length=64)
+    dictionary_version: str = Field(max_length=32)
+    counts: dict[str, Any] = _json_field({})
+
+
+class SubmissionItem(SQLModel, table=True):
+    """A case as it was sent in one submission: new, changed, or withdrawn, with the digest of
+    its rows so the next run sends it again only when something changed."""
+
+    __tablename__ = "submission_items"
+    __table_args__ = (Index("ix_submission_items_case", "case_id", "submission_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    submission_id: int = Field(index=True)
+    case_id: str = Field(max_length=400)
+    # What the registry knows the case by (keyed HMAC of the case id; never the MRN).
+    case_key: str = Field(max_length=64, index=True)
+    # new | changed | withdrawn
+    action: str = Field(max_length=16)
+    content_hash: str = Field(max_length=64)
+
+
+class CaseOutcome(SQLModel, table=True):
+    """Outcome fields of a case as last computed (mappings/outcomes.py), for the review UI,
+    measures and submission."""
+
+    __tablename__ = "case_outcomes"
+
+    case_id: str = Field(primary_key=True, max_length=400)
+    source: str = Field(max_length=100, index=True)
+    outcomes: dict[str, Any] = _json_field({})
+    computed_at: datetime = Field(default_factory=utcnow)
+
+
 class WorklistItem(SQLModel, table=True):
     """Where a coordinator's work on one reminder (a case's time point) stands.
 
@@ -403,3 +468,32 @@ class WorklistAction(SQLModel, table=True):
     outcome: str | None = Field(default=None, max_length=24)
     note: str | None = Field(default=None, sa_column=Column(Text))
     detail: dict[str, Any] = _json_field({})
+
+
+class ValidationVerdict(SQLModel, table=True):
+    """What structural validation said of a staged record's exact bytes, so a remap of
+    unchanged raw input never validates it again (``registry_store/verdicts.py``)."""
+
+    __tablename__ = "validation_verdicts"
+
+    # SHA-256 of the staged raw bytes (not the meta-blind content hash: meta is validated too).
+    digest: str = Field(primary_key=True, max_length=64)
+    # Which validator gave it (model package and version): another one decides afresh.
+    validator: str = Field(primary_key=True, max_length=64)
+    # The issues as dicts (``[]``: clean); the mapping's view is derived from them again.
+    issues: list[dict[str, Any]] = _json_field([])
+    checked_at: datetime = Field(default_factory=utcnow)
+
+
+class CaseQueue(SQLModel, table=True):
+    """Patients whose cases must be assembled again (their registry rows changed).
+
+    Written in the same transaction as the rows, drained at the end of a mapping run, so each
+    patient is assembled once per run however many batches touched them, and a run killed
+    before the drain leaves the work for the next one (``registry_store/case_queue.py``).
+    """
+
+    __tablename__ = "case_queue"
+
+    source: str = Field(primary_key=True, max_length=100)
+    patient_id: str = Field(primary_key=True, max_length=256)

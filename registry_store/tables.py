@@ -20,6 +20,8 @@ from sqlmodel import SQLModel
 from registry_store.models import (
     AuditEntry,
     Case,
+    CaseOutcome,
+    CaseQueue,
     Condition,
     Encounter,
     ErrorCause,
@@ -34,8 +36,13 @@ from registry_store.models import (
     ReminderSend,
     SourceState,
     StagedRecord,
+    Submission,
+    SubmissionItem,
     SyncRun,
     User,
+    ValidationVerdict,
+    WorklistAction,
+    WorklistItem,
 )
 
 
@@ -70,6 +77,13 @@ USERS = table_of(User)
 AUDIT_LOG = table_of(AuditEntry)
 ERROR_CAUSES = table_of(ErrorCause)
 HL7_ACKS = table_of(Hl7Ack)
+SUBMISSIONS = table_of(Submission)
+SUBMISSION_ITEMS = table_of(SubmissionItem)
+CASE_OUTCOMES = table_of(CaseOutcome)
+WORKLIST_ITEMS = table_of(WorklistItem)
+WORKLIST_ACTIONS = table_of(WorklistAction)
+CASE_QUEUE = table_of(CaseQueue)
+VALIDATION_VERDICTS = table_of(ValidationVerdict)
 
 # Registry tables a mapping may write to, by the name mapping files use.
 MAPPING_TARGETS: dict[str, Table] = {

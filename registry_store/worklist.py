@@ -18,15 +18,11 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
 
 from registry_store.db import upsert
-from registry_store.models import AuditEntry, Case, Patient, Reminder, WorklistAction, WorklistItem
+from registry_store.tables import AUDIT_LOG as AUDIT
+from registry_store.tables import CASES, PATIENTS, REMINDERS
+from registry_store.tables import WORKLIST_ACTIONS as ACTIONS
+from registry_store.tables import WORKLIST_ITEMS as ITEMS
 from registry_store.timeutil import utcnow
-
-ITEMS = WorklistItem.__table__  # type: ignore[attr-defined]
-ACTIONS = WorklistAction.__table__  # type: ignore[attr-defined]
-AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
-REMINDERS = Reminder.__table__  # type: ignore[attr-defined]
-CASES = Case.__table__  # type: ignore[attr-defined]
-PATIENTS = Patient.__table__  # type: ignore[attr-defined]
 
 CALL_OUTCOMES = ("reached", "left_message", "wrong_number", "declined")
 COMPLETED_HOW = ("phone", "paper")

@@ -14,12 +14,11 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
-from registry_store.models import ReminderClick
+from registry_store.tables import CASES, PATIENTS, REMINDERS
+from registry_store.tables import REMINDER_CLICKS as CLICKS
 from registry_store.tables import REMINDER_SENDS as SENDS
 from registry_store.worklist import ITEMS, actions_of
-from scheduler.queries import CASES, PATIENTS, REMINDERS, with_case_and_patient
-
-CLICKS = ReminderClick.__table__  # type: ignore[attr-defined]
+from scheduler.queries import with_case_and_patient
 
 # Plain words for the channels and call outcomes, as coordinators say them.
 CHANNEL_NAMES = {"email": "E-mail", "webhook": "Text messages (SMS gateway)", "fhir": "Hospital FHIR server"}

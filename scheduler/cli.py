@@ -20,7 +20,6 @@ from scheduler.clock import Clock, FixedClock, SystemClock
 from scheduler.dispatcher import Dispatcher, no_send_in_flight
 from scheduler.planner import PlanningError, check_configuration, plan_reminders
 from scheduler.queries import SCHEDULE_COLUMNS, due_now, rolled_back, unconfirmed_flag
-from scheduler.replan import replan  # noqa: F401  (registers reminder planning after intake)
 from scheduler.settings import RemindersSettings
 
 out = Console(soft_wrap=True)

@@ -45,6 +45,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from registry_adapter.app import App
+from registry_adapter.submission.settings import SubmissionSettings
 from registry_types import metrics
 from scheduler import jobs
 from scheduler.clock import Clock
@@ -94,7 +95,7 @@ def discover_services(app: App, modules: Iterable[str] = SERVICE_MODULES) -> lis
 
 def desired_jobs(app: App) -> dict[str, dict[str, Any]]:
     s = app.settings.section(SchedulerSettings)
-    return {
+    wanted = {
         jobs.NIGHTLY_JOB: {
             "func": "scheduler.jobs:nightly",
             "trigger": jobs.nightly_trigger(s.nightly.cron, s.nightly.timezone),
@@ -108,6 +109,14 @@ def desired_jobs(app: App) -> dict[str, dict[str, Any]]:
             "name": "reminder planning and dispatch",
         },
     }
+    schedule = app.settings.section(SubmissionSettings).schedule
+    if schedule.enabled:
+        wanted[jobs.SUBMISSION_JOB] = {
+            "func": "scheduler.jobs:submission",
+            "trigger": jobs.nightly_trigger(schedule.cron, schedule.timezone),
+            "name": "registry submission (last complete quarter)",
+        }
+    return wanted
 
 
 class Daemon:
@@ -153,7 +162,12 @@ class Daemon:
         grace = self.app.settings.section(SchedulerSettings).misfire_grace_seconds
         options = {"coalesce": True, "max_instances": 1, "misfire_grace_time": grace}
         done: dict[str, str] = {}
-        for job_id, spec in desired_jobs(self.app).items():
+        desired = desired_jobs(self.app)
+        # A schedule switched off in the config takes its stored job away.
+        if jobs.SUBMISSION_JOB not in desired and self.scheduler.get_job(jobs.SUBMISSION_JOB) is not None:
+            self.scheduler.remove_job(jobs.SUBMISSION_JOB)
+            done[jobs.SUBMISSION_JOB] = "removed"
+        for job_id, spec in desired.items():
             job = self.scheduler.get_job(job_id)
             if job is None:
                 self.scheduler.add_job(

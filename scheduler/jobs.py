@@ -27,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 NIGHTLY_JOB = "nightly-sync"
 DISPATCH_JOB = "reminders-dispatch"
+SUBMISSION_JOB = "registry-submission"
 NIGHTLY_LOCK = "nightly"
 
 
@@ -140,6 +141,28 @@ def dispatch() -> None:
 
     rt = _bound()
     Dispatcher(rt.app, rt.clock).run()
+
+
+def submission() -> None:
+    """Submit the last complete quarter to the registry (delta since the last package).
+
+    Same rules as the nightly job: a lease (the ``submission`` lock, held by
+    ``run_submission``) so two processes never submit at once, and a run another process is
+    already doing is skipped, not queued; coalescing and the misfire grace come from the
+    daemon's job options. A failed delivery records nothing and raises, so the job is logged
+    as failed and the next run sends the same delta again.
+    """
+    from registry_adapter.submission.service import SubmissionBusy, run_submission
+
+    rt = _bound()
+    app = rt.app
+    refresh_mappings(app, SUBMISSION_JOB)
+    try:
+        result = run_submission(app, today=rt.clock.now().astimezone(app.site.tz).date())
+    except SubmissionBusy:
+        log.info("job.skipped", job=SUBMISSION_JOB, reason="another process holds the lock")
+        return
+    log.info("job.done", job=SUBMISSION_JOB, period=result.period, package=result.package, **result.counts)
 
 
 class WallClockCronTrigger(BaseTrigger):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import structlog
 
 from registry_adapter.app import App
-from registry_adapter.intake_hooks import on_intake
 from scheduler.planner import PlanCounts, PlanningError
 
 log = structlog.get_logger(__name__)
@@ -32,7 +31,3 @@ def replan(app: App, reason: str) -> PlanCounts | None:
         return None
     log.info("reminders.replanned", reason=reason, created=counts.created, updated=counts.updated)
     return counts
-
-
-# After every sync, import and re-process on the command line (registry_adapter.cli).
-on_intake(replan)

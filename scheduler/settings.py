@@ -12,9 +12,10 @@ import warnings
 from datetime import time
 from pathlib import Path
 from typing import Literal, cast, get_args
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from registry_adapter.cron_schedule import CronSchedule
 
 Channel = Literal["email", "webhook", "fhir", "worklist"]
 # Channels that cannot ask the receiver whether an earlier send arrived.
@@ -221,31 +222,9 @@ class RemindersSettings(_Strict):
         return self
 
 
-class NightlySettings(_Strict):
-    # Standard 5-field crontab. In UTC by default (libraries.md 4.3: APScheduler's cron has DST
-    # bugs in local zones); another zone is run as a DST-safe wall-clock schedule.
-    cron: str = "30 2 * * *"
-    timezone: str = "UTC"
+class NightlySettings(CronSchedule):
+    """The nightly sync: 02:30 UTC unless configured."""
 
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
-            raise ValueError(f"not a valid crontab expression: {exc}") from None
-        return value
 
 
 class SchedulerSettings(_Strict):

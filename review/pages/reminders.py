@@ -78,8 +78,15 @@ async def reminders(request: Request) -> Response:
     )
     with app.engine.connect() as conn:
         counts = reminder_counts(conn, today, calls_on)
-        page_size = app.settings.section(ReviewSettings).page_size
-        page = reminders_page(conn, tab, today, page_arg(request), page_size, calls_on, view)
+        page = reminders_page(
+            conn,
+            tab,
+            today,
+            page_arg(request),
+            app.settings.section(ReviewSettings).page_size,
+            calls_on,
+            view,
+        )
         latest = latest_sends(conn, [r["reminder_id"] for r in page.rows])
         outages = channel_outages(conn, utcnow())
     down = {o.channel for o in outages}

@@ -23,12 +23,11 @@ from typing import IO, Any, ClassVar
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.engine import Connection
 
-from registry_store.models import WorklistItem
 from registry_store.tables import CASES, PATIENTS, REMINDERS
+from registry_store.tables import WORKLIST_ITEMS as ITEMS
 from scheduler.channels.base import Message
 from scheduler.queries import unconfirmed_flag, with_case_and_patient
 
-ITEMS = WorklistItem.__table__  # type: ignore[attr-defined]
 # What a spreadsheet reads as the start of a formula (CWE-1236).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 

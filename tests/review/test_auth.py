@@ -114,7 +114,7 @@ def test_secure_cookies_follow_the_listening_host(
 def test_secure_cookies_setting_parses_from_config(tmp_path: Path) -> None:
     for value, expected in (("auto", "auto"), (True, True), (False, False)):
         parsed = parse_settings(base_config(tmp_path, review={"secure_cookies": value}))
-        assert parsed.review.secure_cookies == expected
+        assert parsed.section(ReviewSettings).secure_cookies == expected
     with pytest.raises(ConfigError, match="secure_cookies"):
         parse_settings(base_config(tmp_path, review={"secure_cookies": "sometimes"}))
 
@@ -263,7 +263,7 @@ def test_session_secret_is_generated_once_beside_the_config(
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    settings = load_settings(config).review
+    settings = load_settings(config).section(ReviewSettings)
     first = settings.secret()
     assert first == settings.secret()
     key = config.parent / "review-session.key"

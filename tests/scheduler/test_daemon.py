@@ -102,7 +102,11 @@ def leave_overdue(app: App, hours_late: float) -> None:
     """A first daemon registers the jobs; the host 'goes down' with the nightly run ahead."""
     d = Daemon(app)
     d.scheduler.start(paused=True)
-    assert d.ensure_jobs() == {jobs.NIGHTLY_JOB: "added", jobs.DISPATCH_JOB: "added"}
+    assert d.ensure_jobs() == {
+        jobs.NIGHTLY_JOB: "added",
+        jobs.DISPATCH_JOB: "added",
+        jobs.SUBMISSION_JOB: "added",
+    }
     d.scheduler.modify_job(jobs.NIGHTLY_JOB, next_run_time=datetime.now(UTC) - timedelta(hours=hours_late))
     d.stop()  # must not process (and so lose) the overdue run on the way down
 
@@ -132,7 +136,11 @@ def test_missed_nightly_runs_once_at_start(make_app: Callable[..., App]) -> None
     # Restarting again registers nothing new and does not run the nightly job again.
     again = Daemon(app)
     again.scheduler.start(paused=True)
-    assert again.ensure_jobs() == {jobs.NIGHTLY_JOB: "kept", jobs.DISPATCH_JOB: "kept"}
+    assert again.ensure_jobs() == {
+        jobs.NIGHTLY_JOB: "kept",
+        jobs.DISPATCH_JOB: "kept",
+        jobs.SUBMISSION_JOB: "kept",
+    }
     nxt = again.scheduler.get_job(jobs.NIGHTLY_JOB).next_run_time
     again.stop()
     assert timedelta(0) < nxt - datetime.now(UTC) <= timedelta(days=1)

@@ -1,7 +1,7 @@
 """worklist items and actions
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-06 03:00:00
 
 What coordinators do on the reminder worklist: ``worklist_items`` holds where each reminder
@@ -18,7 +18,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

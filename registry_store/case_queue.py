@@ -1,0 +1,45 @@
+"""The durable queue of patients whose cases are to be assembled again.
+
+Mapping batches enqueue the patients they touch (one multi-row insert, duplicates ignored) in
+the batch's own transaction; ``Pipeline.map_pending`` drains the queue once at the end, so a
+patient whose procedures, stay, diagnoses and PROMs arrive in five batches is assembled once,
+not five times. Rows leave the queue in the transaction that assembled them: a crash in between
+leaves them queued, and the next mapping run assembles them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.engine import Connection
+
+from registry_store.db import upsert
+from registry_store.tables import CASE_QUEUE as QUEUE
+
+
+def enqueue(conn: Connection, touched: Mapping[str, Iterable[str]]) -> None:
+    rows = [{"source": s, "patient_id": p} for s, patients in touched.items() for p in set(patients) if p]
+    for start in range(0, len(rows), 1000):
+        upsert(conn, QUEUE, rows[start : start + 1000], keys=["source", "patient_id"], update=[])
+
+
+def queued(conn: Connection) -> list[tuple[str, str]]:
+    """Every queued (source, patient id), in a stable order."""
+    rows = conn.execute(
+        select(QUEUE.c.source, QUEUE.c.patient_id).order_by(QUEUE.c.source, QUEUE.c.patient_id)
+    )
+    return [(r.source, r.patient_id) for r in rows]
+
+
+def dequeue(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
+    for start in range(0, len(pairs), 400):
+        chunk = pairs[start : start + 400]
+        by_source: dict[str, list[str]] = {}
+        for source, patient in chunk:
+            by_source.setdefault(source, []).append(patient)
+        conn.execute(
+            QUEUE.delete().where(
+                or_(*(and_(QUEUE.c.source == s, QUEUE.c.patient_id.in_(ps)) for s, ps in by_source.items()))
+            )
+        )

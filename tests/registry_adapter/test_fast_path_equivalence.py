@@ -1,0 +1,103 @@
+"""The fast import path leaves the registry exactly as the reference path does.
+
+Reference: every record validated by the fhir.resources models, no verdict cache. Fast: the
+compiled pre-check, verdicts cached by content, then ``reprocess --all`` reading the cache.
+The feed is the bundled sample plus records with validation faults (a time without an offset,
+a wrong JSON type, an empty string, an unknown element), so both the clean and the faulty
+ways through validation are compared, on every registry table and every mapping error.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+import adapters.validation
+from adapters.base import SourceContext
+from adapters.files import FilesSource
+from registry_adapter.app import App
+from registry_adapter.pipeline import Pipeline
+from tests.conftest import SAMPLE_FEED
+
+# Columns that say when or in which order something was written, not what.
+VOLATILE = {"id", "first_seen", "last_seen", "updated_at", "received_at", "mapped_at", "checked_at"}
+TABLES = {
+    "patients": "source, id",
+    "encounters": "source, id",
+    "procedures": "source, id",
+    "conditions": "source, id",
+    "prom_responses": "source, id",
+    "cases": "id",
+    "mapping_errors": "staging_id, code, field",
+    "staging": "source, resource_type, resource_id",
+}
+
+
+def _faulty_records() -> list[dict[str, Any]]:
+    base = orjson.loads((SAMPLE_FEED / "Procedure.ndjson").read_bytes().splitlines()[0])
+    naive = {**base, "id": "fault-naive", "performedDateTime": "2025-03-14T08:30:00"}
+    wrong_type = {**base, "id": "fault-type", "status": 7}
+    empty = {**base, "id": "fault-empty", "code": {**base["code"], "text": ""}}
+    unknown = {**base, "id": "fault-unknown", "surgeonNickname": "x"}
+    return [naive, wrong_type, empty, unknown]
+
+
+@pytest.fixture
+def feed(tmp_path: Path) -> Path:
+    dest = tmp_path / "feed"
+    shutil.copytree(SAMPLE_FEED, dest)
+    (dest / "Faults.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in _faulty_records()) + b"\n")
+    return dest
+
+
+def _snapshot(app: App) -> dict[str, list[tuple[Any, ...]]]:
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with app.engine.connect() as conn:
+        for table, order in TABLES.items():
+            rows = conn.execute(text(f"SELECT * FROM {table} ORDER BY {order}")).mappings().all()
+            out[table] = [tuple((k, v) for k, v in row.items() if k not in VOLATILE) for row in rows]
+    return out
+
+
+def _import(app: App, feed: Path) -> None:
+    Pipeline(app).ingest(FilesSource("sample", [feed]), SourceContext())
+
+
+@pytest.mark.parametrize("validation", ["warn", "strict"])
+def test_fast_path_gives_the_reference_rows(
+    make_app: Callable[..., App], tmp_path: Path, feed: Path, monkeypatch: pytest.MonkeyPatch, validation: str
+) -> None:
+    fast = make_app(f"sqlite:///{tmp_path / 'fast.db'}", mappings={"validation": validation})
+    _import(fast, feed)
+    fast_rows = _snapshot(fast)
+    with fast.engine.connect() as conn:
+        verdicts = conn.execute(text("SELECT count(*) FROM validation_verdicts")).scalar_one()
+    assert verdicts > 200  # every FHIR record's verdict was kept
+
+    # Remap from raw: verdicts come from the cache, no validation runs at all.
+    def no_validation(_resource: dict[str, Any]) -> list[Any]:
+        raise AssertionError("a cached verdict was validated again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(adapters.validation, "validate", no_validation)
+        patched.setattr(adapters.validation, "certainly_clean", no_validation)
+        Pipeline(fast).reprocess(everything=True)
+    assert _snapshot(fast) == fast_rows
+
+    reference = make_app(f"sqlite:///{tmp_path / 'reference.db'}", mappings={"validation": validation})
+    with monkeypatch.context() as patched:
+        # The reference path: fhir.resources on every record, nothing cached.
+        patched.setattr(adapters.validation, "certainly_clean", lambda _resource: False)
+        patched.setattr("registry_adapter.pipeline.known_verdicts", lambda *_args: {})
+        _import(reference, feed)
+    reference_rows = _snapshot(reference)
+    assert reference_rows == fast_rows
+    # The faults really went through validation and were reported.
+    codes = {dict(r)["code"] for r in reference_rows["mapping_errors"]}
+    assert {"validation.time_without_offset", "validation.wrong_type", "validation.invalid_element"} <= codes

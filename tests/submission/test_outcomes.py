@@ -1,0 +1,82 @@
+"""Outcomes per case from the sample feed's hand-labelled records (examples/sample-outcomes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from examples.generate_sample_feed import LABELLED
+from mappings.codemaps import load_codemaps
+from mappings.outcomes import check_definitions, load_definitions
+from registry_adapter.app import App
+from registry_adapter.mapping_tools import check_all
+from registry_adapter.submission.service import refresh_outcomes
+from tests.conftest import SAMPLE_FEED
+from tests.submission.conftest import SAMPLE_OUTCOMES, ingest
+
+
+def _outcomes(app: App) -> dict[str, dict[str, Any]]:
+    with app.engine.begin() as conn:
+        return refresh_outcomes(conn, app)
+
+
+def test_labelled_outcomes_come_out(sample_app: App) -> None:
+    got = _outcomes(sample_app)
+    for case_id, expected in LABELLED.items():
+        case = got[case_id]
+        for name, value in expected.items():
+            if name == "comorbidities":
+                assert {c["comorbidity"]: c["code"] for c in case["comorbidities"]} == value, case_id
+            elif name == "complications":
+                assert {c["complication"]: c["days"] for c in case["complications"]} == value, case_id
+            else:
+                assert case[name] == value, (case_id, name)
+    # A case without labelled outcomes has none: the labels are what makes them.
+    quiet = got["sample:proc-0001"]
+    assert quiet["complications"] == [] and not quiet["readmission_90d"] and quiet["reoperation_days"] is None
+
+
+def test_late_data_changes_an_earlier_case(make_app: Callable[..., App], tmp_path: Path) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'late.db'}")
+    ingest(app, SAMPLE_FEED)
+    before = _outcomes(app)["sample:proc-0004"]
+    assert before["readmission_days"] is None and before["complications"] == []
+    ingest(app, SAMPLE_OUTCOMES)  # next month's records about the same patient
+    after = _outcomes(app)["sample:proc-0004"]
+    assert after["readmission_days"] == 45 and after["complications"][0]["days"] == 20
+
+
+def test_bundled_definitions_and_code_maps_check_clean(sqlite_app: App) -> None:
+    defs = load_definitions()
+    assert defs.readmission_windows == (30, 90) and defs.reoperation_windows == (30, 90, 365)
+    assert check_definitions(defs, load_codemaps()) == []
+    problems, counts = check_all(sqlite_app)
+    assert problems == [] and counts["code maps"] >= 4
+
+
+def test_mappings_check_names_a_row_without_its_source(tmp_path: Path, make_app: Callable[..., App]) -> None:
+    site = tmp_path / "codemaps"
+    site.mkdir()
+    bundled = Path(load_codemaps()["complications"].table)
+    (site / "complications.yaml").write_text(bundled.with_suffix(".yaml").read_text())
+    rows = bundled.read_text().splitlines()
+    rows.append("icd10cm,K91.89,exact,sepsis,90,Other postprocedural complications of digestive system,")
+    (site / "complications.csv").write_text("\n".join(rows) + "\n")
+    app = make_app(f"sqlite:///{tmp_path / 'c.db'}", mappings={"codemaps": str(site)})
+    problems, _ = check_all(app)
+    assert problems == [f"{site / 'complications.csv'}:{len(rows)}: source must cite ICD-10-CM FY2026"]
+
+
+def test_site_outcome_definitions_replace_the_bundled(tmp_path: Path, sqlite_app: App) -> None:
+    data = yaml.safe_load(load_definitions().path.read_text())
+    data["readmission"]["windows_days"] = [30, 60]
+    (tmp_path / "outcomes.yaml").write_text(yaml.safe_dump(data))
+    assert load_definitions(tmp_path).readmission_windows == (30, 60)
+    data["readmission"]["windows_days"] = "soon"
+    (tmp_path / "outcomes.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(Exception, match=r"readmission\.windows_days must be a list"):
+        load_definitions(tmp_path)
