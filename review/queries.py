@@ -471,13 +471,17 @@ def _worklist_view(query: Select[Any], view: WorklistView, today: date) -> Selec
 
 
 def _tab_query(
-    tab: str, today: date, calls_on: date | None = None, view: WorklistView | None = None
+    tab: str,
+    today: date,
+    calls_on: date | None = None,
+    view: WorklistView | None = None,
+    where: tuple[Any, ...] = (),
 ) -> Select[Any]:
     # The worklist is the scheduler's own query, so the page, its CSV and the CLI's export
-    # can never disagree on what is on it.
+    # can never disagree on what is on it. ``where``: the list's date and period filters.
     if tab == "worklist":
-        return _worklist_view(worklist_query(calls_on), view or WorklistView(), today)
-    return _reminder_query(tab, today)
+        return _worklist_view(worklist_query(calls_on), view or WorklistView(), today).where(*where)
+    return _reminder_query(tab, today).where(*where)
 
 
 def reminders_page(
@@ -488,16 +492,17 @@ def reminders_page(
     size: int,
     calls_on: date | None = None,
     view: WorklistView | None = None,
+    where: tuple[Any, ...] = (),
 ) -> Page:
-    return _paged(conn, _tab_query(tab, today, calls_on, view), page, size)
+    return _paged(conn, _tab_query(tab, today, calls_on, view, where), page, size)
 
 
 def reminders_all(
-    conn: Connection, tab: str, today: date, calls_on: date | None = None
+    conn: Connection, tab: str, today: date, calls_on: date | None = None, where: tuple[Any, ...] = ()
 ) -> Iterator[dict[str, Any]]:
     """Every reminder of a tab, streamed (the CSV export)."""
     result = conn.execution_options(stream_results=True, yield_per=1000).execute(
-        _tab_query(tab, today, calls_on)
+        _tab_query(tab, today, calls_on, where=where)
     )
     for row in result:
         yield {**row._mapping, "unconfirmed": bool(row.unconfirmed)}

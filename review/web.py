@@ -22,6 +22,7 @@ from review.settings import ReviewSettings
 HERE = Path(__file__).resolve().parent
 
 NAV = (
+    ("start", "/", "This month"),
     ("causes", "/causes", "Errors by cause"),
     ("cases", "/cases", "Cases"),
     ("reminders", "/reminders", "Reminders"),

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from registry_adapter.app import App
 from registry_store import audit, worklist
+from registry_store.tables import CASES, REMINDERS
 from registry_store.timeutil import utcnow
 from review import csrf
 from review.queries import (
@@ -29,6 +30,7 @@ from review.queries import (
 )
 from review.raw_view import MASK
 from review.settings import ReviewSettings
+from review.this_month import OUTCOME_STATUSES, PERIODS, in_period, period_bounds
 from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
 from review.worklist_view import (
     OUTCOME_NAMES,
@@ -58,6 +60,43 @@ def _calls_on(app: App, today: date) -> date | None:
     return calls_due_on(app.settings.section(RemindersSettings).enabled, today)
 
 
+def _date_arg(request: Request, name: str) -> date | None:
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name.replace('_', ' ')} must be a date (YYYY-MM-DD).") from None
+
+
+def list_filters(request: Request, today: date) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The date and period filters of the reminder lists (``surgery_from``/``surgery_to``;
+    ``period`` month|quarter with ``timepoint`` and ``outcome``, as the start page links them)."""
+    where: list[Any] = []
+    shown: dict[str, Any] = {}
+    surgery_from, surgery_to = _date_arg(request, "surgery_from"), _date_arg(request, "surgery_to")
+    if surgery_from:
+        where.append(CASES.c.surgery_date >= surgery_from)
+    if surgery_to:
+        where.append(CASES.c.surgery_date <= surgery_to)
+    shown.update(surgery_from=surgery_from, surgery_to=surgery_to)
+    period = choice(request, "period", PERIODS)
+    if period:
+        start, end = period_bounds(today, period)
+        where.append(in_period(start, end, today))
+        shown.update(period=period, period_start=start, period_end=end)
+    timepoint = text_arg(request, "timepoint", 16)
+    if timepoint:
+        where.append(REMINDERS.c.timepoint == timepoint)
+        shown["timepoint"] = timepoint
+    outcome = choice(request, "outcome", tuple(OUTCOME_STATUSES))
+    if outcome:
+        where.append(REMINDERS.c.status.in_(OUTCOME_STATUSES[outcome]))
+        shown["outcome"] = outcome
+    return tuple(where), shown
+
+
 def mask_contacts(row: dict[str, Any], masked: bool) -> dict[str, Any]:
     if not masked:
         return row
@@ -76,6 +115,7 @@ async def reminders(request: Request) -> Response:
         sort=choice(request, "sort", WORKLIST_SORTS, "due"),
         assigned=text_arg(request, "assigned"),
     )
+    where, filters = list_filters(request, today)
     with app.engine.connect() as conn:
         counts = reminder_counts(conn, today, calls_on)
         page = reminders_page(
@@ -86,6 +126,7 @@ async def reminders(request: Request) -> Response:
             app.settings.section(ReviewSettings).page_size,
             calls_on,
             view,
+            where,
         )
         latest = latest_sends(conn, [r["reminder_id"] for r in page.rows])
         outages = channel_outages(conn, utcnow())
@@ -120,6 +161,8 @@ async def reminders(request: Request) -> Response:
             "today": today,
             "masked": masked,
             "view": view,
+            "filters": filters,
+            "tz_name": str(app.settings.site.tz),
             "reasons": REASONS,
             "outages": outages,
             "down_channels": down,
@@ -135,6 +178,7 @@ async def export(request: Request) -> Response:
     tab = choice(request, "status", REMINDER_TABS, "due")
     today = site_today(app)
     masked = masked_for(request, user)
+    where, _ = list_filters(request, today)
     audit.record_alone(
         app.engine,
         username=user.username,
@@ -149,7 +193,7 @@ async def export(request: Request) -> Response:
         buf = io.StringIO()
         writer = csv_writer(buf)
         with app.engine.connect() as conn:
-            for n, row in enumerate(reminders_all(conn, tab, today, _calls_on(app, today)), 1):
+            for n, row in enumerate(reminders_all(conn, tab, today, _calls_on(app, today), where), 1):
                 writer.writerow(csv_row(mask_contacts(row, masked)))
                 if n % _CHUNK_ROWS == 0:
                     yield buf.getvalue()
