@@ -306,6 +306,8 @@ class CaseFilter:
     # Status of a time point tracked without reminders (the baseline): missing, open, completed.
     baseline: str = ""
     tracked: tuple[str, ...] = ("baseline",)
+    surgery_from: date | None = None
+    surgery_to: date | None = None
 
 
 BASELINE_STATUSES = ("missing", "open", "completed")
@@ -319,6 +321,10 @@ def cases_page(conn: Connection, flt: CaseFilter, page: int, size: int) -> Page:
         flt.q,
         (CASES.c.id, CASES.c.patient_id, CASES.c.procedure_id),
     )
+    if flt.surgery_from:
+        cond.append(CASES.c.surgery_date >= flt.surgery_from)
+    if flt.surgery_to:
+        cond.append(CASES.c.surgery_date <= flt.surgery_to)
     if flt.baseline:
         cond.append(
             exists().where(

@@ -27,6 +27,7 @@ from registry_adapter.error_catalogue import info
 from registry_store.tables import MAPPING_ERRORS as ERRORS
 from registry_store.tables import REMINDER_SENDS as SENDS
 from registry_store.tables import REMINDERS, SUBMISSION_ITEMS, SUBMISSIONS
+from review.cause_help import VALUE_IS_A_CODE
 from review.queries import latest_run_per_source
 
 PERIODS = ("month", "quarter")
@@ -85,6 +86,8 @@ def _causes(conn: Connection, since: datetime) -> dict[str, list[dict[str, Any]]
             "cause_id": r.cause_id,
             "code": r.code,
             "title": entry.title if entry else r.code,
+            # Only a code or a form URL: other values may be patient data.
+            "value": r.value if str(r.code).startswith(VALUE_IS_A_CODE) else None,
             "open": int(r.open),
             "since_yesterday": int(r.since),
         }

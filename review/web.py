@@ -87,6 +87,17 @@ def choice(request: Request, name: str, allowed: tuple[str, ...] | list[str], de
     return value if value in allowed else default
 
 
+def date_arg(request: Request, name: str) -> date | None:
+    """``?name=YYYY-MM-DD`` (the lists' date filters); anything else is a 400 naming the field."""
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name.replace('_', ' ')} must be a date (YYYY-MM-DD).") from None
+
+
 def text_arg(request: Request, name: str, limit: int = 100) -> str:
     return request.query_params.get(name, "").strip()[:limit]
 

@@ -10,7 +10,7 @@ from starlette.routing import Route
 from registry_adapter.app import App
 from review.queries import BASELINE_STATUSES, CaseFilter, case_detail, case_facets, cases_page
 from review.settings import ReviewSettings
-from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
+from review.web import choice, date_arg, masked_for, page_arg, registry, render, require, text_arg
 from scheduler.settings import RemindersSettings
 
 
@@ -26,6 +26,8 @@ async def cases(request: Request) -> Response:
             include_removed=request.query_params.get("removed") == "1",
             baseline=choice(request, "baseline", BASELINE_STATUSES),
             tracked=_tracked_timepoints(app),
+            surgery_from=date_arg(request, "surgery_from"),
+            surgery_to=date_arg(request, "surgery_to"),
         )
         page = cases_page(conn, flt, page_arg(request), app.settings.section(ReviewSettings).page_size)
     return render(

@@ -31,7 +31,7 @@ from review.queries import (
 from review.raw_view import MASK
 from review.settings import ReviewSettings
 from review.this_month import OUTCOME_STATUSES, PERIODS, in_period, period_bounds
-from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
+from review.web import choice, date_arg, masked_for, page_arg, registry, render, require, text_arg
 from review.worklist_view import (
     OUTCOME_NAMES,
     REASONS,
@@ -60,22 +60,12 @@ def _calls_on(app: App, today: date) -> date | None:
     return calls_due_on(app.settings.section(RemindersSettings).enabled, today)
 
 
-def _date_arg(request: Request, name: str) -> date | None:
-    raw = request.query_params.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return date.fromisoformat(raw)
-    except ValueError:
-        raise HTTPException(400, f"{name.replace('_', ' ')} must be a date (YYYY-MM-DD).") from None
-
-
 def list_filters(request: Request, today: date) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The date and period filters of the reminder lists (``surgery_from``/``surgery_to``;
     ``period`` month|quarter with ``timepoint`` and ``outcome``, as the start page links them)."""
     where: list[Any] = []
     shown: dict[str, Any] = {}
-    surgery_from, surgery_to = _date_arg(request, "surgery_from"), _date_arg(request, "surgery_to")
+    surgery_from, surgery_to = date_arg(request, "surgery_from"), date_arg(request, "surgery_to")
     if surgery_from:
         where.append(CASES.c.surgery_date >= surgery_from)
     if surgery_to:

@@ -188,3 +188,29 @@ def test_cause_page_speaks_words_and_gives_an_it_ticket(signed_in: Callable[[str
     label = page.get_by_role("button", name=re.compile("Cop")).inner_text()
     assert label == "Copied" or "Records: 3 open" in selected
     shot(page, "05-cause")
+
+
+def test_start_page_shows_this_month_and_opens_the_lists(
+    signed_in: Callable[[str, str], Page], today_app: App
+) -> None:
+    from review.this_month import this_month
+    from tests.review.conftest import site_today
+
+    page = signed_in("vera", "desktop")
+    expect(page).to_have_url(re.compile(r"/$"))  # signing in lands on the start page
+    expect(page.get_by_role("heading", level=1)).to_have_text("This month at a glance")
+    with today_app.engine.connect() as conn:
+        figures = this_month(conn, site_today(today_app), today_app.settings.site.tz)
+    # The same figures as `registry-adapter month --json` (test_start_page.py runs the CLI).
+    for row in figures["completeness"]:
+        cells = page.locator(f"tr[data-timepoint='{row['timepoint']}'] td.num a")
+        assert cells.all_inner_texts() == [str(row["completed"]), str(row["open"]), str(row["missing"])]
+    expect(page.locator("svg[role='img'] rect")).not_to_have_count(0)
+    expect(page.locator("#submission")).to_have_text("No submission yet.")
+    shot(page, "00-start")
+
+    open_1y = next(r for r in figures["completeness"] if r["timepoint"] == "1y")
+    page.locator("tr[data-timepoint='1y'] a[href*='outcome=open']").click()
+    expect(page).to_have_url(re.compile(r"/reminders\?status=all&period=month&timepoint=1y&outcome=open"))
+    expect(page.locator(".pager span").first).to_contain_text(f"of {open_1y['open']}")
+    shot(page, "06-reminders-this-month")

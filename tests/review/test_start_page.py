@@ -137,3 +137,15 @@ def test_reminder_lists_filter_by_surgery_date(today_app: App, vera: TestClient)
     assert total_of(html) == len(expected) > 0
     bad = vera.get("/reminders?status=all&surgery_from=last-week")
     assert bad.status_code == 400 and "surgery from must be a date (YYYY-MM-DD)." in bad.text
+
+
+def test_cases_list_filters_by_surgery_date(today_app: App, vera: TestClient) -> None:
+    today = site_today(today_app)
+    start, end = today - timedelta(days=400), today - timedelta(days=300)
+    with today_app.engine.connect() as conn:
+        expected = conn.execute(
+            select(CASES.c.id).where(CASES.c.surgery_date.between(start, end), CASES.c.status == "active")
+        ).all()
+    html = vera.get(f"/cases?surgery_from={start}&surgery_to={end}").text
+    assert total_of(html) == len(expected) > 0
+    assert vera.get("/cases?surgery_to=31/12/2026").status_code == 400
