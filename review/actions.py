@@ -91,7 +91,13 @@ def _site_copy(app: App, cmap: CodeMap) -> CodeMap:
     would overwrite them.
     """
     site_dir = app.settings.mappings.codemaps
-    if site_dir is None or cmap.table.parent.resolve() == Path(site_dir).resolve():
+    if site_dir is None:
+        # Never the installed package: an upgrade would silently undo the edit.
+        raise ActionError(
+            "no site folder for code maps is configured: set mappings.codemaps in the config "
+            "(e.g. var/site-codemaps) so edits never go into the installed package"
+        )
+    if cmap.table.parent.resolve() == Path(site_dir).resolve():
         return cmap
     site_dir.mkdir(parents=True, exist_ok=True)
     manifest = next((p for p in cmap.table.parent.glob("*.yaml") if load_codemap(p).name == cmap.name), None)

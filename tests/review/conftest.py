@@ -128,11 +128,13 @@ def today_feed(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def today_app(make_app: Callable[..., App], today_feed: Path, tmp_path: Path) -> App:
-    """The demo store: synced from today's feed, reminders planned, one user per role."""
+def today_app(make_app: Callable[..., App], today_feed: Path, site_codemaps: Path, tmp_path: Path) -> App:
+    """The demo store: synced from today's feed, reminders planned, one user per role; code-map
+    edits go to a copy of the bundled code maps configured as the site's folder."""
     from scheduler.replan import replan
 
     app = make_app(
+        mappings={"codemaps": str(site_codemaps)},
         sources=[{"name": "sample", "type": "files", "path": str(today_feed)}],
         review={"session_secret_file": str(_secret(tmp_path)), "page_size": 50},
     )

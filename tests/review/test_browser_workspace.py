@@ -214,3 +214,46 @@ def test_start_page_shows_this_month_and_opens_the_lists(
     expect(page).to_have_url(re.compile(r"/reminders\?status=all&period=month&timepoint=1y&outcome=open"))
     expect(page.locator(".pager span").first).to_contain_text(f"of {open_1y['open']}")
     shot(page, "06-reminders-this-month")
+
+
+def test_add_code_preview_apply_and_undo(signed_in: Callable[[str, str], Page], today_app: App) -> None:
+    def counts() -> tuple[int, int]:
+        from sqlalchemy import func
+
+        from registry_store.tables import CASES, MAPPING_ERRORS
+
+        with today_app.engine.connect() as conn:
+            cases = conn.execute(select(func.count()).where(CASES.c.status == "active")).scalar_one()
+            errors = conn.execute(
+                select(func.count()).where(
+                    MAPPING_ERRORS.c.cause_id == UNLISTED_CAUSE, MAPPING_ERRORS.c.status == "open"
+                )
+            ).scalar_one()
+        return int(cases), int(errors)
+
+    before = counts()
+    page = signed_in("rita", "desktop")
+    page.goto(f"/causes/{UNLISTED_CAUSE}")
+    form = page.locator("form[action$='/add-code']")
+    form.get_by_label("Category").select_option("other_lumbar_fusion")
+    form.get_by_label("Module").select_option("lumbar")
+    form.get_by_label("Role").select_option("index")
+    form.get_by_label("Rank").fill("10")
+    form.get_by_label("Label").fill("Unlisted procedure, spine")
+    form.get_by_role("button", name="Preview").click()
+    words = page.locator("#preview-words")
+    expect(words).to_contain_text("creates 3 case(s) (3 lumbar other lumbar fusion), removes 0, changes 0")
+    expect(words).to_contain_text("clears 3 error(s)")
+    assert counts() == before  # the preview saved nothing
+    shot(page, "07-add-code-preview")
+
+    page.locator("form[action$='/add-code']").get_by_role("button", name="Add code and re-process").click()
+    expect(page.get_by_role("status")).to_contain_text("3 record(s) re-processed: 3 mapped")
+    cases, errors = counts()
+    assert (cases - before[0], before[1] - errors) == (3, 3)  # what the preview said
+    shot(page, "08-add-code-applied")
+
+    page.get_by_role("button", name="Undo").click()
+    expect(page.get_by_role("status")).to_contain_text("Undone: CPT 22899 is no longer in spine-procedures")
+    assert counts() == before
+    shot(page, "09-add-code-undone")

@@ -134,3 +134,24 @@ def test_add_code_preview_equals_the_apply_and_undo_restores(
     assert "Undo the code added" not in undone.text
     again = client.post(f"/causes/{UNLISTED_CAUSE}/undo", data={"csrf_token": token})
     assert again.status_code == 400 and "no code added in review for this cause to undo" in again.text
+
+
+def test_without_a_site_folder_the_installed_code_maps_are_never_edited(
+    make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    from mappings.codemaps import BUNDLED
+    from review.app import create_app
+    from tests.review.conftest import fill, login
+
+    secret = tmp_path / "s.secret"
+    secret.write_text("s" * 48)
+    app = make_app(review={"session_secret_file": str(secret)})  # mappings.codemaps unset
+    fill(app)
+    bundled = (BUNDLED / "spine-procedures.csv").read_bytes()
+    client = TestClient(create_app(app), base_url="http://testserver")
+    assert login(client, "rita").status_code == 303
+    token = csrf_of(client.get(f"/causes/{UNLISTED_CAUSE}").text)
+    refused = client.post(f"/causes/{UNLISTED_CAUSE}/add-code", data={**CODE_FORM, "csrf_token": token})
+    assert refused.status_code == 400
+    assert "set mappings.codemaps in the config" in refused.text
+    assert (BUNDLED / "spine-procedures.csv").read_bytes() == bundled
