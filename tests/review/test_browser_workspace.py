@@ -155,6 +155,13 @@ def test_coordinator_works_the_worklist_and_a_phone_completion_stops_reminders(
     expect(page.locator(f"a[href='/reminders/{rid}']")).to_have_count(0)
     expect(page.locator("tbody tr")).to_have_count(total - 1)
 
+    # The case page: the reminder history links each time point to its page.
+    with today_app.engine.connect() as conn:
+        case_id = conn.execute(select(REMINDERS.c.case_id).where(REMINDERS.c.id == rid)).scalar_one()
+    page.goto(f"/cases/{case_id}")
+    expect(page.locator(f"a[href='/reminders/{rid}']")).to_have_count(1)
+    shot(page, "10-case")
+
 
 def test_worklist_at_phone_width_has_no_sideways_scrolling(signed_in: Callable[[str, str], Page]) -> None:
     page = signed_in("rita", "phone")

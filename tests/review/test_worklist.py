@@ -286,3 +286,34 @@ def test_csv_export_escapes_cells_a_spreadsheet_would_execute(
     # Nothing else starts with a formula character.
     for row in rows.values():
         assert not any(str(v).startswith(("=", "+", "-", "@")) for v in row.values())
+
+
+def test_case_page_shows_reminder_attempts_and_a_prom_trajectory(today_app: App, rita: TestClient) -> None:
+    from registry_store.tables import PROM_RESPONSES
+
+    rid = worklist_ids(rita)[0]
+    _failed_sends(today_app, [rid])
+    case_id = reminder(today_app, rid).case_id
+    html = rita.get(f"/cases/{case_id}").text
+    assert f'href="/reminders/{rid}"' in html
+    assert "attempt 1 · email · failed" in html
+
+    with today_app.engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                PROM_RESPONSES.c.case_id,
+                PROM_RESPONSES.c.instrument,
+                PROM_RESPONSES.c.timepoint,
+                PROM_RESPONSES.c.scores,
+            ).where(PROM_RESPONSES.c.timepoint.in_(["baseline", "90d", "1y"]))
+        ).all()
+    by_case: dict[str, set[tuple[str, str]]] = {}
+    for r in rows:
+        if r.scores:
+            by_case.setdefault(r.case_id, set()).add((r.instrument, r.timepoint))
+    case_id, points = max(by_case.items(), key=lambda kv: len(kv[1]))
+    assert len(points) >= 2
+    html = rita.get(f"/cases/{case_id}").text
+    chart = html.split('class="chart trajectory"')[1].split("</figure>")[0]
+    assert chart.count("<circle") == len(points)
+    assert chart.count("<polyline") == len({i for i, _ in points})
