@@ -595,8 +595,33 @@ def ack_counts(conn: Connection, since: datetime) -> dict[str, int]:
 # -- audit and metrics ------------------------------------------------------------------------
 
 
-def audit_page(conn: Connection, page: int, size: int) -> Page:
-    return _paged(conn, select(AUDIT_LOG).order_by(desc(AUDIT_LOG.c.id)), page, size)
+@dataclass(frozen=True)
+class AuditFilter:
+    username: str = ""
+    action: str = ""
+    since: datetime | None = None  # UTC instants (site-local days, converted by the page)
+    until: datetime | None = None
+
+
+def audit_page(conn: Connection, page: int, size: int, flt: AuditFilter | None = None) -> Page:
+    query = select(AUDIT_LOG).order_by(desc(AUDIT_LOG.c.id))
+    if flt is not None:
+        if flt.username:
+            query = query.where(AUDIT_LOG.c.username == flt.username)
+        if flt.action:
+            query = query.where(AUDIT_LOG.c.action == flt.action)
+        if flt.since is not None:
+            query = query.where(AUDIT_LOG.c.at >= flt.since)
+        if flt.until is not None:
+            query = query.where(AUDIT_LOG.c.at < flt.until)
+    return _paged(conn, query, page, size)
+
+
+def audit_facets(conn: Connection) -> dict[str, list[str]]:
+    def distinct(column: Any) -> list[str]:
+        return list(conn.execute(select(column).distinct().order_by(column)).scalars())
+
+    return {"username": distinct(AUDIT_LOG.c.username), "action": distinct(AUDIT_LOG.c.action)}
 
 
 def store_counts(conn: Connection, jobstore_table: str | None = None) -> dict[str, Any]:
