@@ -51,3 +51,36 @@ def test_readable_changes_flatten_and_keep_only_what_changed() -> None:
     assert {"field": "counts.open", "before": "3", "after": "0"} in lines
     assert {"field": "decision.status", "before": "", "after": "ignored"} in lines
     assert all(line["field"] != "counts.ignored" or line["before"] == "0" for line in lines)
+
+
+def _post(client: TestClient, **form: str) -> str:
+    token = csrf_of(client.get("/users").text)
+    done = client.post("/users", data={"csrf_token": token, **form}, follow_redirects=False)
+    assert done.status_code == 303
+    return client.get("/users").text
+
+
+def test_admin_manages_users_in_the_ui(client_for: Client, review_app: App) -> None:
+    admin = client_for("adam")
+    page = _post(admin, action="add", username="cora", role="reviewer", password="coordinator-pass-1")
+    assert "User cora added as reviewer." in page
+    cora = client_for(None)
+    assert login(cora, "cora", "coordinator-pass-1").status_code == 303
+    assert cora.get("/reminders").status_code == 200
+
+    assert "cora is now viewer." in _post(admin, action="role", username="cora", role="viewer")
+    reset = _post(admin, action="password", username="cora", password="another-pass-12")
+    assert "Password of cora reset" in reset
+    assert cora.get("/reminders", follow_redirects=False).status_code == 303  # her session ended
+    assert login(client_for(None), "cora", "another-pass-12").status_code == 303
+
+    assert "cora is disabled." in _post(admin, action="disable", username="cora")
+    assert login(client_for(None), "cora", "another-pass-12").status_code == 400
+    assert "you cannot disable your own account" in _post(admin, action="disable", username="adam")
+    assert "at least" in _post(admin, action="add", username="dan", role="viewer", password="short")
+
+    log = admin.get("/audit?user=adam").text
+    for action in ("user.add", "user.role", "user.password", "user.disable"):
+        assert action in log
+    assert "another-pass-12" not in log and "coordinator-pass-1" not in log
+    assert client_for("rita").get("/users").status_code == 403
