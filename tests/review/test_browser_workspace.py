@@ -90,13 +90,18 @@ def shot(page: Page, name: str) -> None:
         page.set_viewport_size(original)
 
 
-def no_sideways_scroll(page: Page) -> bool:
-    return bool(
-        page.evaluate(
-            "() => [document.documentElement, ...document.querySelectorAll('.table-wrap')]"
-            ".every(el => el.scrollWidth <= el.clientWidth + 1)"
-        )
+def sideways(page: Page) -> list[str]:
+    """The page and table boxes that scroll sideways (empty: none), with their widths."""
+    found: list[str] = page.evaluate(
+        "() => [document.documentElement, ...document.querySelectorAll('.table-wrap')]"
+        ".filter(el => el.scrollWidth > el.clientWidth + 1)"
+        ".map(el => `${el.tagName}.${el.className} ${el.scrollWidth}>${el.clientWidth}`)"
     )
+    return found
+
+
+def no_sideways_scroll(page: Page) -> bool:
+    return not sideways(page)
 
 
 def test_coordinator_works_the_worklist_and_a_phone_completion_stops_reminders(
@@ -171,9 +176,10 @@ def test_worklist_at_phone_width_has_no_sideways_scrolling(signed_in: Callable[[
     expect(page.locator("thead th", has_text="Why call")).to_be_visible()
     expect(page.locator("thead th", has_text="MRN")).to_be_hidden()
     assert no_sideways_scroll(page)
-    for tab in ("due", "all"):
-        page.goto(f"/reminders?status={tab}")
-        assert no_sideways_scroll(page), tab
+    for path in ("/reminders?status=due", "/reminders?status=all", "/causes", "/cases", "/"):
+        page.goto(path)
+        assert no_sideways_scroll(page), (path, sideways(page))
+    shot(page, "11-start-phone")
 
 
 def test_cause_page_speaks_words_and_gives_an_it_ticket(signed_in: Callable[[str, str], Page]) -> None:
@@ -264,3 +270,22 @@ def test_add_code_preview_apply_and_undo(signed_in: Callable[[str, str], Page], 
     expect(page.get_by_role("status")).to_contain_text("Undone: CPT 22899 is no longer in spine-procedures")
     assert counts() == before
     shot(page, "09-add-code-undone")
+
+
+def test_admin_pages_audit_log_and_users(signed_in: Callable[[str, str], Page]) -> None:
+    page = signed_in("adam", "desktop")
+    page.goto("/users")
+    page.get_by_label("Username").fill("cora")
+    page.get_by_label("Role", exact=True).select_option("reviewer")
+    page.get_by_label("Password", exact=True).fill("coordinator-pass-1")
+    page.get_by_role("button", name="Add user").click()
+    expect(page.get_by_role("status")).to_have_text("User cora added as reviewer.")
+    expect(page.locator("tr[data-user='cora']")).to_contain_text("reviewer")
+    shot(page, "12-users")
+    page.goto("/audit")
+    page.get_by_label("Action").select_option("user.add")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("tbody tr")).to_have_count(1)
+    expect(page.locator("tbody tr").first).to_contain_text("role:")
+    page.goto("/audit")
+    shot(page, "13-audit")
