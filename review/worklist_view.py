@@ -146,6 +146,7 @@ def reminder_history(conn: Connection, reminder_id: int) -> dict[str, Any] | Non
             REMINDERS,
             CASES.c.procedure_id,
             CASES.c.patient_id,
+            CASES.c.source,
             CASES.c.module,
             CASES.c.category,
             CASES.c.surgery_date,

@@ -20,6 +20,7 @@ from registry_store import audit, worklist
 from registry_store.tables import CASES, REMINDERS
 from registry_store.timeutil import utcnow
 from review import csrf
+from review.phone_answers import AnswersError, enter_answers, instruments_for
 from review.queries import (
     REMINDER_TABS,
     WORKLIST_SORTS,
@@ -307,8 +308,64 @@ async def act(request: Request) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
+async def answers_form(request: Request) -> Response:
+    """Enter the answers a patient gave by phone or on paper, for one instrument."""
+    require(request, "reviewer")
+    app = registry(request)
+    rid = _reminder_id(request)
+    with app.engine.connect() as conn:
+        history = reminder_history(conn, rid)
+    if history is None:
+        raise HTTPException(404)
+    item = history["reminder"]
+    choices = instruments_for(app, item.get("module"))
+    chosen = request.query_params.get("instrument") or (choices[0].id if choices else "")
+    instrument = next((i for i in choices if i.id == chosen), None)
+    return render(
+        request,
+        "answers.html",
+        {
+            "section": "reminders",
+            "r": item,
+            "choices": choices,
+            "instrument": instrument,
+            "today": site_today(app),
+            "error": request.session.pop("flash_error", None),
+        },
+    )
+
+
+async def answers_save(request: Request) -> Response:
+    user = require(request, "reviewer")
+    app = registry(request)
+    rid = _reminder_id(request)
+    form = await csrf.checked_form(request)
+    fields = {k: str(v) for k, v in form.items()}
+    with app.engine.connect() as conn:
+        history = reminder_history(conn, rid)
+    if history is None:
+        raise HTTPException(404)
+    instrument_id = fields.get("instrument", "")
+    try:
+        on = _date_field(fields, "completed_on", rid, required=False) or site_today(app)
+        response_id = await run_in_threadpool(
+            enter_answers, app, user.username, history["reminder"], instrument_id, fields,
+            fields.get("how", "phone"), on,
+        )  # fmt: skip
+    except (AnswersError, worklist.WorklistError) as exc:
+        request.session["flash_error"] = str(exc)
+        return RedirectResponse(f"/reminders/{rid}/answers?instrument={instrument_id}", status_code=303)
+    await run_in_threadpool(replan, app, "worklist.answers")
+    request.session["flash"] = (
+        f"Answers saved and scored as response {response_id}; its reminders have stopped."
+    )
+    return RedirectResponse(f"/reminders/{rid}", status_code=303)
+
+
 ROUTES = [
     Route("/reminders", reminders, methods=["GET"]),
+    Route("/reminders/{reminder_id}/answers", answers_form, methods=["GET"]),
+    Route("/reminders/{reminder_id}/answers", answers_save, methods=["POST"]),
     Route("/reminders.csv", export, methods=["GET"]),
     Route("/reminders/{reminder_id}", reminder, methods=["GET"]),
     Route("/reminders/{reminder_id}/act", act, methods=["POST"]),

@@ -317,3 +317,43 @@ def test_case_page_shows_reminder_attempts_and_a_prom_trajectory(today_app: App,
     chart = html.split('class="chart trajectory"')[1].split("</figure>")[0]
     assert chart.count("<circle") == len(points)
     assert chart.count("<polyline") == len({i for i, _ in points})
+
+
+def test_answers_taken_by_phone_are_scored_like_any_response(today_app: App, rita: TestClient) -> None:
+    from registry_store.tables import PROM_RESPONSES
+
+    with today_app.engine.connect() as conn:
+        rid = next(
+            r
+            for r in worklist_ids(rita)
+            if conn.execute(
+                select(CASES.c.module)
+                .join(REMINDERS, REMINDERS.c.case_id == CASES.c.id)
+                .where(REMINDERS.c.id == r)
+            ).scalar_one()
+            == "lumbar"
+        )
+    form_page = rita.get(f"/reminders/{rid}/answers?instrument=odi").text
+    assert "Oswestry Disability Index" in form_page
+    token = csrf_of(form_page)
+    # Out of range: refused, naming the reminder and the item; nothing stored.
+    bad = {f"item.odi{i}": "1" for i in range(1, 11)} | {"item.odi3": "9"}
+    refused = rita.post(f"/reminders/{rid}/answers", data={"csrf_token": token, "instrument": "odi", **bad})
+    assert f"reminder {rid}: odi3 must be from 0 to 5" in refused.text
+    assert reminder(today_app, rid).status != "completed"
+
+    answers = {f"item.odi{i}": "1" for i in range(1, 11)}  # each section 1 of 5: ODI 20 %
+    done = rita.post(
+        f"/reminders/{rid}/answers",
+        data={"csrf_token": token, "instrument": "odi", "how": "phone", **answers},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303 and done.headers["location"] == f"/reminders/{rid}"
+    assert "Answers saved and scored as response" in rita.get(f"/reminders/{rid}").text
+    row = reminder(today_app, rid)
+    with today_app.engine.connect() as conn:
+        query = select(PROM_RESPONSES).where(PROM_RESPONSES.c.id == row.completed_response_id)
+        response = conn.execute(query).one()
+    assert (row.status, row.next_attempt_on) == ("completed", None)
+    assert (response.case_id, response.timepoint, response.instrument) == (row.case_id, row.timepoint, "odi")
+    assert response.scores == {"odi": 20.0}
