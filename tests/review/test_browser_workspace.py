@@ -289,3 +289,22 @@ def test_admin_pages_audit_log_and_users(signed_in: Callable[[str, str], Page]) 
     expect(page.locator("tbody tr").first).to_contain_text("role:")
     page.goto("/audit")
     shot(page, "13-audit")
+
+
+def test_answers_entered_by_phone_are_scored(signed_in: Callable[[str, str], Page], today_app: App) -> None:
+    page = signed_in("rita", "desktop")
+    page.goto("/reminders?status=worklist")
+    page.locator("tbody tr").first.get_by_role("link").first.click()
+    page.get_by_role("link", name="Enter the answers").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Enter the answers")
+    form = page.locator("#answers")
+    selects = form.locator("select[name^='item.']")
+    numbers = form.locator("input[type='number'][name^='item.']")
+    for i in range(selects.count()):
+        selects.nth(i).select_option(index=2)  # the second statement of each section
+    for i in range(numbers.count()):
+        numbers.nth(i).fill("1")
+    shot(page, "14-answers")
+    form.get_by_role("button", name="Save and score").click()
+    expect(page.get_by_role("status")).to_contain_text("Answers saved and scored as response")
+    expect(page.locator("#reminder-status")).to_contain_text("completed")
