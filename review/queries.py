@@ -308,6 +308,10 @@ class CaseFilter:
     tracked: tuple[str, ...] = ("baseline",)
     surgery_from: date | None = None
     surgery_to: date | None = None
+    # A patient by registry pseudonym, or by MRN for roles that see patient data (exact match:
+    # no partial MRNs to probe with).
+    patient: str = ""
+    patient_by_mrn: bool = False
 
 
 BASELINE_STATUSES = ("missing", "open", "completed")
@@ -321,6 +325,15 @@ def cases_page(conn: Connection, flt: CaseFilter, page: int, size: int) -> Page:
         flt.q,
         (CASES.c.id, CASES.c.patient_id, CASES.c.procedure_id),
     )
+    if flt.patient:
+        match = [PATIENTS.c.pseudonym == flt.patient]
+        if flt.patient_by_mrn:
+            match.append(PATIENTS.c.mrn == flt.patient)
+        cond.append(
+            exists().where(
+                PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id, or_(*match)
+            )
+        )
     if flt.surgery_from:
         cond.append(CASES.c.surgery_date >= flt.surgery_from)
     if flt.surgery_to:

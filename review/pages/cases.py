@@ -18,8 +18,9 @@ from scheduler.settings import RemindersSettings
 
 
 async def cases(request: Request) -> Response:
-    require(request)
+    user = require(request)
     app = registry(request)
+    by_mrn = not masked_for(request, user)
     with app.engine.connect() as conn:
         facets = case_facets(conn)
         flt = CaseFilter(
@@ -29,6 +30,8 @@ async def cases(request: Request) -> Response:
             include_removed=request.query_params.get("removed") == "1",
             baseline=choice(request, "baseline", BASELINE_STATUSES),
             tracked=_tracked_timepoints(app),
+            patient=text_arg(request, "patient", 128),
+            patient_by_mrn=by_mrn,
             surgery_from=date_arg(request, "surgery_from"),
             surgery_to=date_arg(request, "surgery_to"),
         )
@@ -42,6 +45,7 @@ async def cases(request: Request) -> Response:
             "flt": flt,
             "facets": facets,
             "baseline_statuses": BASELINE_STATUSES,
+            "patient_label": "MRN or registry pseudonym" if by_mrn else "Registry pseudonym",
         },
     )
 

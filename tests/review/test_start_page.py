@@ -149,3 +149,23 @@ def test_cases_list_filters_by_surgery_date(today_app: App, vera: TestClient) ->
     html = vera.get(f"/cases?surgery_from={start}&surgery_to={end}").text
     assert total_of(html) == len(expected) > 0
     assert vera.get("/cases?surgery_to=31/12/2026").status_code == 400
+
+
+def test_cases_search_by_mrn_for_reviewers_and_by_pseudonym_for_everyone(
+    today_app: App, vera: TestClient
+) -> None:
+    from registry_store.tables import PATIENTS
+
+    with today_app.engine.connect() as conn:
+        mrn, pseudonym, patient_id = conn.execute(
+            select(PATIENTS.c.mrn, PATIENTS.c.pseudonym, PATIENTS.c.id).where(PATIENTS.c.id == "pat-0004")
+        ).one()
+    rita = TestClient(create_app(today_app), base_url="http://testserver")
+    assert login(rita, "rita").status_code == 303
+    by_mrn = rita.get(f"/cases?patient={mrn}").text
+    assert total_of(by_mrn) >= 1 and f">{patient_id}<" in by_mrn
+    assert "MRN or registry pseudonym" in rita.get("/cases").text
+    # A viewer sees no MRNs: searching by one finds nothing; the pseudonym works.
+    assert total_of(vera.get(f"/cases?patient={mrn}").text) == 0
+    assert total_of(vera.get(f"/cases?patient={pseudonym}").text) == total_of(by_mrn)
+    assert total_of(rita.get(f"/cases?patient={mrn[:-1]}").text) == 0  # exact match only
