@@ -121,6 +121,10 @@ class Feed:
                 "telecom": [{"system": "email", "value": f"patient{n}@example.invalid"}],
             }
         )
+        if self.as_of is not None:
+            # The demo's worklist has numbers to call: 555-0100..0199 are reserved for fiction.
+            phone = {"system": "phone", "value": f"+1 312 555 01{n % 100:02d}"}
+            self.out["Patient"][-1]["telecom"].append(phone)
         return pid
 
     def encounter(self, pid: str, eid: str, admit: date, days: int) -> None:
