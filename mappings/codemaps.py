@@ -281,7 +281,8 @@ def append_code(cmap: CodeMap, system: str, code: str, values: dict[str, Any], n
         "system": system,
         "code": code,
         "match": "exact",
-        **{k: "" if v is None else v for k, v in clean.items()},
+        # Booleans as the file writes them (false, not Python's False).
+        **{k: "" if v is None else (str(v).lower() if isinstance(v, bool) else v) for k, v in clean.items()},
     }
     if "source" in header:
         row["source"] = note or "added in review"

@@ -628,6 +628,51 @@ def mappings_test(obj: Ctx, mapping_file: Path, resource_file: Path) -> None:
     _emit_json(try_mapping(obj.app, mapping_file, resource_file))
 
 
+@mappings.command("diff")
+@click.option(
+    "--views",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Edited copy of the mappings folder [default: the configured one].",
+)
+@click.option(
+    "--codemaps",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Edited copy of the code-map folder [default: the configured one].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Counts and field-level changes as one JSON object.")
+@pass_ctx
+def mappings_diff(obj: Ctx, views: Path | None, codemaps: Path | None, as_json: bool) -> None:
+    """What mapping the staged records with edited mappings or code maps would change (nothing
+    is written): cases created, removed and changed by field; errors cleared and added."""
+    from mappings.codemaps import CodeMapError as _CodeMapError
+    from registry_adapter.shadow_remap import shadow_remap
+
+    try:
+        diff = shadow_remap(obj.app, views, codemaps).as_dict()
+    except (_CodeMapError, MappingFileError) as exc:
+        raise click.ClickException(f"the edited files do not load: {exc}") from None
+    if as_json:
+        _emit_json(diff)
+        return
+    out.print(
+        f"cases: {diff['cases_created']:,} created, {diff['cases_removed']:,} removed, "
+        f"{diff['cases_changed']:,} changed; errors: {diff['errors_cleared']:,} cleared, "
+        f"{diff['errors_added']:,} added (nothing was saved)"
+    )
+    changes = diff["changes"]
+    for case in changes["cases_created"]:
+        out.print(f"+ case {case['id']}: {case['module']} {case['category']} ({case['surgery_date']})")
+    for case in changes["cases_removed"]:
+        out.print(f"- case {case['id']}: {case['module']} {case['category']} ({case['surgery_date']})")
+    for case in changes["cases_changed"]:
+        for name, change in case["fields"].items():
+            out.print(f"~ case {case['id']} {name}: {change['before']} -> {change['after']}")
+    for sign, key in (("-", "errors_cleared"), ("+", "errors_added")):
+        for err in changes[key]:
+            record = f"{err['resource_type']}/{err['resource_id']}"
+            out.print(f"{sign} error {err['code']} on {record} (cause {err['cause_id']})")
+
+
 @mappings.command("conformance")
 @click.option(
     "--tests",

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
 
 from mappings.codemaps import CodeMap, CodeMapError, append_code, display_code, load_codemap
 from registry_adapter.app import App
 from registry_adapter.pipeline import Pipeline
 from registry_store import audit
 from registry_store.errors import decide_cause
+from registry_store.tables import AUDIT_LOG
 from review.auth import CurrentUser
+from review.code_map_versions import keep_version, restore_version
 from review.queries import cause_summary, open_error_count
 
 UNMAPPED_CODE = "codemap.unmapped_code"
@@ -85,7 +91,13 @@ def _site_copy(app: App, cmap: CodeMap) -> CodeMap:
     would overwrite them.
     """
     site_dir = app.settings.mappings.codemaps
-    if site_dir is None or cmap.table.parent.resolve() == Path(site_dir).resolve():
+    if site_dir is None:
+        # Never the installed package: an upgrade would silently undo the edit.
+        raise ActionError(
+            "no site folder for code maps is configured: set mappings.codemaps in the config "
+            "(e.g. var/site-codemaps) so edits never go into the installed package"
+        )
+    if cmap.table.parent.resolve() == Path(site_dir).resolve():
         return cmap
     site_dir.mkdir(parents=True, exist_ok=True)
     manifest = next((p for p in cmap.table.parent.glob("*.yaml") if load_codemap(p).name == cmap.name), None)
@@ -119,11 +131,13 @@ def add_code_and_reprocess(
         if cmap.lookup(target.system, target.code) is not None:
             raise ActionError(f"{target.system} {target.code} is already in {cmap.name}; re-process instead")
         cmap = _site_copy(app, cmap)
+        previous = keep_version(cmap.table)
         note = f"added in review by {user.username} (cause {cause_id})"
         try:
             append_code(cmap, target.system, target.code, values, note)
         except CodeMapError as exc:
             # The message names the column and the allowed values, never patient data.
+            previous.unlink(missing_ok=True)
             raise ActionError(str(exc).split(": ", 1)[-1]) from None
         added = {
             "codemap": cmap.name,
@@ -131,6 +145,8 @@ def add_code_and_reprocess(
             "system": target.system,
             "code": target.code,
             "values": {k: v for k, v in values.items() if k in cmap.value_columns},
+            # The file as it was, for "Undo" (code_map_versions.py).
+            "previous_version": previous.name,
         }
         audit.record_alone(
             app.engine,
@@ -203,3 +219,115 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _pick_codemap(app: App, summary: dict[str, Any], codemap_name: str) -> tuple[CodeTarget, CodeMap]:
+    target = code_target(app, summary)
+    if target is None:
+        raise ActionError("this cause is not a code missing from a code map")
+    cmap = next((m for m in target.codemaps if m.name == codemap_name), None)
+    if cmap is None:
+        raise ActionError(f"code map {codemap_name} does not take {target.system} codes")
+    if cmap.lookup(target.system, target.code) is not None:
+        raise ActionError(f"{target.system} {target.code} is already in {cmap.name}; re-process instead")
+    return target, cmap
+
+
+def preview_add_code(app: App, cause_id: str, codemap_name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """What adding the cause's code would do, computed before anything is saved: the cause's
+    records mapped with an edited copy of the code maps in a rolled-back transaction."""
+    from registry_adapter.shadow_remap import shadow_remap
+
+    with app.engine.connect() as conn:
+        summary = cause_summary(conn, cause_id)
+    if summary is None:
+        raise ActionError("no such cause")
+    with _CODEMAP_LOCK:
+        target, cmap = _pick_codemap(app, summary, codemap_name)
+        with tempfile.TemporaryDirectory(prefix="codemap-preview-") as tmp:
+            folder = Path(tmp)
+            site = app.settings.mappings.codemaps
+            if site is not None and Path(site).is_dir():
+                for path in Path(site).iterdir():
+                    if path.is_file():
+                        shutil.copy2(path, folder / path.name)
+            manifests = cmap.table.parent.glob("*.yaml")
+            manifest = next((p for p in manifests if load_codemap(p).name == cmap.name), None)
+            if manifest is None:
+                raise ActionError(f"cannot find the manifest of code map {cmap.name}")
+            shutil.copy2(manifest, folder / manifest.name)
+            shutil.copy2(cmap.table, folder / cmap.table.name)
+            try:
+                edited = load_codemap(folder / manifest.name)
+                append_code(edited, target.system, target.code, values, "preview")
+            except CodeMapError as exc:
+                raise ActionError(str(exc).split(": ", 1)[-1]) from None
+            diff = shadow_remap(app, codemaps=folder, cause_id=cause_id).as_dict()
+    kinds: dict[str, int] = {}
+    for case in diff["changes"]["cases_created"]:
+        kind = " ".join(str(v).replace("_", " ") for v in (case["module"], case["category"]) if v)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    made = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    words = (
+        f"creates {diff['cases_created']} case(s)" + (f" ({made})" if made else "")
+        + f", removes {diff['cases_removed']}, changes {diff['cases_changed']}"
+        + f", clears {diff['errors_cleared']} error(s), adds {diff['errors_added']}"
+    )
+    return {**diff, "words": words, "codemap": cmap.name, "system": target.system, "code": target.code}
+
+
+def last_add(conn: Connection, cause_id: str) -> dict[str, Any] | None:
+    """The latest code added for this cause in review that was not undone since (for "Undo")."""
+    entries = conn.execute(
+        select(AUDIT_LOG.c.action, AUDIT_LOG.c.after, AUDIT_LOG.c.at)
+        .where(
+            AUDIT_LOG.c.target == f"cause:{cause_id}",
+            AUDIT_LOG.c.action.in_(["codemap.add_code", "codemap.undo"]),
+        )
+        .order_by(AUDIT_LOG.c.id.desc())
+        .limit(1)
+    ).first()
+    if entries is None or entries.action != "codemap.add_code" or not entries.after.get("previous_version"):
+        return None
+    return {**entries.after, "at": entries.at}
+
+
+def undo_add_code(app: App, user: CurrentUser, cause_id: str) -> dict[str, Any]:
+    """Put back the code map as it was before the last code added for this cause, and map the
+    records of the cause's resource type again, so its errors (and cases) are as before."""
+    with app.engine.connect() as conn:
+        summary = cause_summary(conn, cause_id)
+        added = last_add(conn, cause_id)
+    if summary is None:
+        raise ActionError("no such cause")
+    if added is None:
+        raise ActionError("no code added in review for this cause to undo")
+    with _CODEMAP_LOCK:
+        cmap = app.codemaps.get(added["codemap"])
+        if cmap is None:
+            raise ActionError(f"code map {added['codemap']} is no longer configured")
+        try:
+            restore_version(cmap.table, added["previous_version"])
+        except FileNotFoundError as exc:
+            raise ActionError(str(exc)) from None
+        app.reload_mappings_if_changed()
+        selected, _ = Pipeline(app).reprocess(resource_type=summary["resource_type"])
+        with app.engine.connect() as conn:
+            open_after = open_error_count(conn, cause_id)
+        result = {
+            "codemap": cmap.name,
+            "system": added["system"],
+            "code": added["code"],
+            "restored_version": added["previous_version"],
+            "reprocessed": selected,
+            "open_errors": open_after,
+        }
+        audit.record_alone(
+            app.engine,
+            username=user.username,
+            action="codemap.undo",
+            target=f"cause:{cause_id}",
+            before={"open_errors": summary["counts"]["open"]},
+            after=result,
+        )
+    return result

@@ -10,7 +10,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,10 +18,22 @@ from registry_adapter.app import App
 from registry_store.timeutil import utcnow
 from review.access_log import AccessLog
 from review.login_limits import ClientFailures, HashPool
-from review.pages import audit_log, cases, errors, feeds, ops, reminder_link, reminders, session
+from review.pages import (
+    audit_log,
+    cases,
+    errors,
+    feeds,
+    measures,
+    ops,
+    reminder_link,
+    reminders,
+    session,
+    start,
+    users,
+)
 from review.pages.ops import metrics_registry
 from review.settings import ReviewSettings
-from review.web import HERE, make_templates, render, require
+from review.web import HERE, make_templates, render
 
 SESSION_COOKIE = "registry_review"
 # How uvicorn serves the UI (``serve`` and the daemon's service): AccessLog writes the access
@@ -62,11 +74,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def home(request: Request) -> Response:
-    require(request)
-    return RedirectResponse("/causes", status_code=303)
-
-
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 401:
@@ -89,14 +96,16 @@ def create_app(app: App, host: str | None = None) -> Starlette:
     """
     settings = app.settings.section(ReviewSettings)
     routes = [
-        Route("/", home, methods=["GET"]),
+        *start.ROUTES,
         *session.ROUTES,
         *errors.ROUTES,
         *cases.ROUTES,
         *reminders.ROUTES,
         *feeds.ROUTES,
         *audit_log.ROUTES,
+        *users.ROUTES,
         *ops.ROUTES,
+        *measures.ROUTES,
         *reminder_link.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

@@ -112,4 +112,41 @@ def users_list(obj: Ctx, as_json: bool) -> None:
         out.print(f"{u['username']:<24} {u['role']:<9} {state:<9} last login {last}", highlight=False)
 
 
-COMMANDS = [serve, users]
+@click.command()
+@click.option(
+    "--period", type=click.Choice(["month", "quarter"]), default="month", show_default=True,
+    help="Completeness of the PROM windows open today or closing this month or quarter.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The start page's figures as one JSON object.")
+@pass_ctx
+def month(obj: Ctx, period: str, as_json: bool) -> None:
+    """This month at a glance: the review UI's start page, on the command line."""
+    from review.this_month import this_month
+
+    app = obj.app
+    tz = app.settings.site.tz
+    with app.engine.connect() as conn:
+        figures = this_month(conn, datetime.now(tz).date(), tz, period)
+    if as_json:
+        _emit_json(figures)
+        return
+    out.print(
+        f"As of {figures['as_of']} ({figures['timezone']}), {period} "
+        f"{figures['period_start']} – {figures['period_end']}"
+    )
+    for row in figures["completeness"]:
+        out.print(
+            f"  {row['timepoint']:>8}: {row['completed']} completed, {row['open']} open, "
+            f"{row['missing']} missing ({row['percent_completed']}% completed)"
+        )
+    sends = figures["reminders_this_month"]
+    out.print(
+        f"Reminders this month: {sends['sent']} sent, {sends['failed']} failed, {sends['retrying']} retrying"
+    )
+    causes = figures["causes"]
+    out.print(f"Causes since yesterday: {len(causes['new'])} new, {len(causes['growing'])} growing")
+    sub = figures["submission"]
+    out.print("Submission: " + ("none yet" if sub["status"] == "none" else f"{sub['period']} delivered"))
+
+
+COMMANDS = [serve, users, month]

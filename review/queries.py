@@ -306,6 +306,12 @@ class CaseFilter:
     # Status of a time point tracked without reminders (the baseline): missing, open, completed.
     baseline: str = ""
     tracked: tuple[str, ...] = ("baseline",)
+    surgery_from: date | None = None
+    surgery_to: date | None = None
+    # A patient by registry pseudonym, or by MRN for roles that see patient data (exact match:
+    # no partial MRNs to probe with).
+    patient: str = ""
+    patient_by_mrn: bool = False
 
 
 BASELINE_STATUSES = ("missing", "open", "completed")
@@ -319,6 +325,19 @@ def cases_page(conn: Connection, flt: CaseFilter, page: int, size: int) -> Page:
         flt.q,
         (CASES.c.id, CASES.c.patient_id, CASES.c.procedure_id),
     )
+    if flt.patient:
+        match = [PATIENTS.c.pseudonym == flt.patient]
+        if flt.patient_by_mrn:
+            match.append(PATIENTS.c.mrn == flt.patient)
+        cond.append(
+            exists().where(
+                PATIENTS.c.source == CASES.c.source, PATIENTS.c.id == CASES.c.patient_id, or_(*match)
+            )
+        )
+    if flt.surgery_from:
+        cond.append(CASES.c.surgery_date >= flt.surgery_from)
+    if flt.surgery_to:
+        cond.append(CASES.c.surgery_date <= flt.surgery_to)
     if flt.baseline:
         cond.append(
             exists().where(
@@ -471,13 +490,17 @@ def _worklist_view(query: Select[Any], view: WorklistView, today: date) -> Selec
 
 
 def _tab_query(
-    tab: str, today: date, calls_on: date | None = None, view: WorklistView | None = None
+    tab: str,
+    today: date,
+    calls_on: date | None = None,
+    view: WorklistView | None = None,
+    where: tuple[Any, ...] = (),
 ) -> Select[Any]:
     # The worklist is the scheduler's own query, so the page, its CSV and the CLI's export
-    # can never disagree on what is on it.
+    # can never disagree on what is on it. ``where``: the list's date and period filters.
     if tab == "worklist":
-        return _worklist_view(worklist_query(calls_on), view or WorklistView(), today)
-    return _reminder_query(tab, today)
+        return _worklist_view(worklist_query(calls_on), view or WorklistView(), today).where(*where)
+    return _reminder_query(tab, today).where(*where)
 
 
 def reminders_page(
@@ -488,16 +511,17 @@ def reminders_page(
     size: int,
     calls_on: date | None = None,
     view: WorklistView | None = None,
+    where: tuple[Any, ...] = (),
 ) -> Page:
-    return _paged(conn, _tab_query(tab, today, calls_on, view), page, size)
+    return _paged(conn, _tab_query(tab, today, calls_on, view, where), page, size)
 
 
 def reminders_all(
-    conn: Connection, tab: str, today: date, calls_on: date | None = None
+    conn: Connection, tab: str, today: date, calls_on: date | None = None, where: tuple[Any, ...] = ()
 ) -> Iterator[dict[str, Any]]:
     """Every reminder of a tab, streamed (the CSV export)."""
     result = conn.execution_options(stream_results=True, yield_per=1000).execute(
-        _tab_query(tab, today, calls_on)
+        _tab_query(tab, today, calls_on, where=where)
     )
     for row in result:
         yield {**row._mapping, "unconfirmed": bool(row.unconfirmed)}
@@ -584,8 +608,33 @@ def ack_counts(conn: Connection, since: datetime) -> dict[str, int]:
 # -- audit and metrics ------------------------------------------------------------------------
 
 
-def audit_page(conn: Connection, page: int, size: int) -> Page:
-    return _paged(conn, select(AUDIT_LOG).order_by(desc(AUDIT_LOG.c.id)), page, size)
+@dataclass(frozen=True)
+class AuditFilter:
+    username: str = ""
+    action: str = ""
+    since: datetime | None = None  # UTC instants (site-local days, converted by the page)
+    until: datetime | None = None
+
+
+def audit_page(conn: Connection, page: int, size: int, flt: AuditFilter | None = None) -> Page:
+    query = select(AUDIT_LOG).order_by(desc(AUDIT_LOG.c.id))
+    if flt is not None:
+        if flt.username:
+            query = query.where(AUDIT_LOG.c.username == flt.username)
+        if flt.action:
+            query = query.where(AUDIT_LOG.c.action == flt.action)
+        if flt.since is not None:
+            query = query.where(AUDIT_LOG.c.at >= flt.since)
+        if flt.until is not None:
+            query = query.where(AUDIT_LOG.c.at < flt.until)
+    return _paged(conn, query, page, size)
+
+
+def audit_facets(conn: Connection) -> dict[str, list[str]]:
+    def distinct(column: Any) -> list[str]:
+        return list(conn.execute(select(column).distinct().order_by(column)).scalars())
+
+    return {"username": distinct(AUDIT_LOG.c.username), "action": distinct(AUDIT_LOG.c.action)}
 
 
 def store_counts(conn: Connection, jobstore_table: str | None = None) -> dict[str, Any]:

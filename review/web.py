@@ -22,10 +22,12 @@ from review.settings import ReviewSettings
 HERE = Path(__file__).resolve().parent
 
 NAV = (
+    ("start", "/", "This month"),
     ("causes", "/causes", "Errors by cause"),
     ("cases", "/cases", "Cases"),
     ("reminders", "/reminders", "Reminders"),
     ("feeds", "/feeds", "Feed health"),
+    ("measures", "/measures", "Measures"),
 )
 
 
@@ -84,6 +86,17 @@ def page_arg(request: Request) -> int:
 def choice(request: Request, name: str, allowed: tuple[str, ...] | list[str], default: str = "") -> str:
     value = request.query_params.get(name, default)
     return value if value in allowed else default
+
+
+def date_arg(request: Request, name: str) -> date | None:
+    """``?name=YYYY-MM-DD`` (the lists' date filters); anything else is a 400 naming the field."""
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name.replace('_', ' ')} must be a date (YYYY-MM-DD).") from None
 
 
 def text_arg(request: Request, name: str, limit: int = 100) -> str:

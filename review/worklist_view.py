@@ -146,6 +146,7 @@ def reminder_history(conn: Connection, reminder_id: int) -> dict[str, Any] | Non
             REMINDERS,
             CASES.c.procedure_id,
             CASES.c.patient_id,
+            CASES.c.source,
             CASES.c.module,
             CASES.c.category,
             CASES.c.surgery_date,
@@ -184,3 +185,16 @@ def reminder_history(conn: Connection, reminder_id: int) -> dict[str, Any] | Non
         "clicks": clicks,
         "actions": actions_of(conn, reminder_id),
     }
+
+
+def sends_of(conn: Connection, reminder_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """Every attempt of each reminder, in order (the case page's reminder history)."""
+    ids = list(reminder_ids)
+    out: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    if not ids:
+        return out
+    for r in conn.execute(
+        select(SENDS).where(SENDS.c.reminder_id.in_(ids)).order_by(SENDS.c.attempt, SENDS.c.id)
+    ):
+        out[r.reminder_id].append(dict(r._mapping))
+    return out

@@ -86,6 +86,8 @@ def _cause_context(request: Request, cause_id: str, **extra: Any) -> dict[str, A
     target = actions.code_target(app, summary)
     fixed = bool(target and any(m.lookup(target.system, target.code) is not None for m in target.codemaps))
     entry = info(summary["code"])
+    with app.engine.connect() as conn:
+        undoable = actions.last_add(conn, cause_id)
     helps, why = reprocess_helps(app, summary, entry, request.app.state.started_at, fixed)
     return {
         "section": "causes",
@@ -94,6 +96,8 @@ def _cause_context(request: Request, cause_id: str, **extra: Any) -> dict[str, A
         "reprocess_helps": helps,
         "reprocess_why": why,
         "code_fixed": fixed,
+        "undoable": undoable,
+        "preview": None,
         "ticket": ticket_text(app.settings.site.id, summary, entry, examples),
         "examples": shown,
         "records": records,
@@ -174,6 +178,45 @@ async def add_code(request: Request) -> Response:
     )
 
 
+def _code_form(form: Any) -> tuple[str, dict[str, str]]:
+    codemap = str(form.get("codemap", ""))
+    # Each code map has its own fieldset (value.<map>.<column>): read only the chosen map's.
+    prefix = f"value.{codemap}."
+    return codemap, {k.removeprefix(prefix): str(v) for k, v in form.items() if k.startswith(prefix)}
+
+
+async def preview(request: Request) -> Response:
+    """The add-code form's "Preview": what adding the code would do, nothing saved yet."""
+    require(request, "reviewer")
+    cause_id = _cause_id(request)
+    form = await csrf.checked_form(request)
+    codemap, values = _code_form(form)
+    try:
+        app = registry(request)
+        result = await run_in_threadpool(actions.preview_add_code, app, cause_id, codemap, values)
+    except actions.ActionError as exc:
+        return _refused(request, cause_id, exc, form={"codemap": codemap, "values": values})
+    ctx = _cause_context(request, cause_id, form={"codemap": codemap, "values": values}, preview=result)
+    return render(request, "cause.html", ctx)
+
+
+async def undo(request: Request) -> Response:
+    user = require(request, "reviewer")
+    cause_id = _cause_id(request)
+    await csrf.checked_form(request)
+    try:
+        result = await run_in_threadpool(actions.undo_add_code, registry(request), user, cause_id)
+    except actions.ActionError as exc:
+        return _refused(request, cause_id, exc)
+    return _done(
+        request,
+        cause_id,
+        f"Undone: {result['system'].upper()} {result['code']} is no longer in {result['codemap']} "
+        f"(previous version restored); {result['reprocessed']:,} record(s) re-processed, "
+        f"{result['open_errors']:,} open error(s) of this cause.",
+    )
+
+
 async def reprocess(request: Request) -> Response:
     user = require(request, "reviewer")
     cause_id = _cause_id(request)
@@ -199,4 +242,6 @@ ROUTES = [
     Route("/causes/{cause_id}/reopen", reopen, methods=["POST"]),
     Route("/causes/{cause_id}/add-code", add_code, methods=["POST"]),
     Route("/causes/{cause_id}/reprocess", reprocess, methods=["POST"]),
+    Route("/causes/{cause_id}/preview", preview, methods=["POST"]),
+    Route("/causes/{cause_id}/undo", undo, methods=["POST"]),
 ]

@@ -17,8 +17,10 @@ from starlette.routing import Route
 
 from registry_adapter.app import App
 from registry_store import audit, worklist
+from registry_store.tables import CASES, REMINDERS
 from registry_store.timeutil import utcnow
 from review import csrf
+from review.phone_answers import AnswersError, enter_answers, instruments_for
 from review.queries import (
     REMINDER_TABS,
     WORKLIST_SORTS,
@@ -29,7 +31,8 @@ from review.queries import (
 )
 from review.raw_view import MASK
 from review.settings import ReviewSettings
-from review.web import choice, masked_for, page_arg, registry, render, require, text_arg
+from review.this_month import OUTCOME_STATUSES, PERIODS, in_period, period_bounds
+from review.web import choice, date_arg, masked_for, page_arg, registry, render, require, text_arg
 from review.worklist_view import (
     OUTCOME_NAMES,
     REASONS,
@@ -58,6 +61,33 @@ def _calls_on(app: App, today: date) -> date | None:
     return calls_due_on(app.settings.section(RemindersSettings).enabled, today)
 
 
+def list_filters(request: Request, today: date) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The date and period filters of the reminder lists (``surgery_from``/``surgery_to``;
+    ``period`` month|quarter with ``timepoint`` and ``outcome``, as the start page links them)."""
+    where: list[Any] = []
+    shown: dict[str, Any] = {}
+    surgery_from, surgery_to = date_arg(request, "surgery_from"), date_arg(request, "surgery_to")
+    if surgery_from:
+        where.append(CASES.c.surgery_date >= surgery_from)
+    if surgery_to:
+        where.append(CASES.c.surgery_date <= surgery_to)
+    shown.update(surgery_from=surgery_from, surgery_to=surgery_to)
+    period = choice(request, "period", PERIODS)
+    if period:
+        start, end = period_bounds(today, period)
+        where.append(in_period(start, end, today))
+        shown.update(period=period, period_start=start, period_end=end)
+    timepoint = text_arg(request, "timepoint", 16)
+    if timepoint:
+        where.append(REMINDERS.c.timepoint == timepoint)
+        shown["timepoint"] = timepoint
+    outcome = choice(request, "outcome", tuple(OUTCOME_STATUSES))
+    if outcome:
+        where.append(REMINDERS.c.status.in_(OUTCOME_STATUSES[outcome]))
+        shown["outcome"] = outcome
+    return tuple(where), shown
+
+
 def mask_contacts(row: dict[str, Any], masked: bool) -> dict[str, Any]:
     if not masked:
         return row
@@ -76,6 +106,7 @@ async def reminders(request: Request) -> Response:
         sort=choice(request, "sort", WORKLIST_SORTS, "due"),
         assigned=text_arg(request, "assigned"),
     )
+    where, filters = list_filters(request, today)
     with app.engine.connect() as conn:
         counts = reminder_counts(conn, today, calls_on)
         page = reminders_page(
@@ -86,6 +117,7 @@ async def reminders(request: Request) -> Response:
             app.settings.section(ReviewSettings).page_size,
             calls_on,
             view,
+            where,
         )
         latest = latest_sends(conn, [r["reminder_id"] for r in page.rows])
         outages = channel_outages(conn, utcnow())
@@ -120,6 +152,8 @@ async def reminders(request: Request) -> Response:
             "today": today,
             "masked": masked,
             "view": view,
+            "filters": filters,
+            "tz_name": str(app.settings.site.tz),
             "reasons": REASONS,
             "outages": outages,
             "down_channels": down,
@@ -135,6 +169,7 @@ async def export(request: Request) -> Response:
     tab = choice(request, "status", REMINDER_TABS, "due")
     today = site_today(app)
     masked = masked_for(request, user)
+    where, _ = list_filters(request, today)
     audit.record_alone(
         app.engine,
         username=user.username,
@@ -149,7 +184,7 @@ async def export(request: Request) -> Response:
         buf = io.StringIO()
         writer = csv_writer(buf)
         with app.engine.connect() as conn:
-            for n, row in enumerate(reminders_all(conn, tab, today, _calls_on(app, today)), 1):
+            for n, row in enumerate(reminders_all(conn, tab, today, _calls_on(app, today), where), 1):
                 writer.writerow(csv_row(mask_contacts(row, masked)))
                 if n % _CHUNK_ROWS == 0:
                     yield buf.getvalue()
@@ -273,8 +308,64 @@ async def act(request: Request) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
+async def answers_form(request: Request) -> Response:
+    """Enter the answers a patient gave by phone or on paper, for one instrument."""
+    require(request, "reviewer")
+    app = registry(request)
+    rid = _reminder_id(request)
+    with app.engine.connect() as conn:
+        history = reminder_history(conn, rid)
+    if history is None:
+        raise HTTPException(404)
+    item = history["reminder"]
+    choices = instruments_for(app, item.get("module"))
+    chosen = request.query_params.get("instrument") or (choices[0].id if choices else "")
+    instrument = next((i for i in choices if i.id == chosen), None)
+    return render(
+        request,
+        "answers.html",
+        {
+            "section": "reminders",
+            "r": item,
+            "choices": choices,
+            "instrument": instrument,
+            "today": site_today(app),
+            "error": request.session.pop("flash_error", None),
+        },
+    )
+
+
+async def answers_save(request: Request) -> Response:
+    user = require(request, "reviewer")
+    app = registry(request)
+    rid = _reminder_id(request)
+    form = await csrf.checked_form(request)
+    fields = {k: str(v) for k, v in form.items()}
+    with app.engine.connect() as conn:
+        history = reminder_history(conn, rid)
+    if history is None:
+        raise HTTPException(404)
+    instrument_id = fields.get("instrument", "")
+    try:
+        on = _date_field(fields, "completed_on", rid, required=False) or site_today(app)
+        response_id = await run_in_threadpool(
+            enter_answers, app, user.username, history["reminder"], instrument_id, fields,
+            fields.get("how", "phone"), on,
+        )  # fmt: skip
+    except (AnswersError, worklist.WorklistError) as exc:
+        request.session["flash_error"] = str(exc)
+        return RedirectResponse(f"/reminders/{rid}/answers?instrument={instrument_id}", status_code=303)
+    await run_in_threadpool(replan, app, "worklist.answers")
+    request.session["flash"] = (
+        f"Answers saved and scored as response {response_id}; its reminders have stopped."
+    )
+    return RedirectResponse(f"/reminders/{rid}", status_code=303)
+
+
 ROUTES = [
     Route("/reminders", reminders, methods=["GET"]),
+    Route("/reminders/{reminder_id}/answers", answers_form, methods=["GET"]),
+    Route("/reminders/{reminder_id}/answers", answers_save, methods=["POST"]),
     Route("/reminders.csv", export, methods=["GET"]),
     Route("/reminders/{reminder_id}", reminder, methods=["GET"]),
     Route("/reminders/{reminder_id}/act", act, methods=["POST"]),

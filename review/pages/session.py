@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from registry_store import audit
 from review import csrf
 from review.auth import CurrentUser, authenticate, end_sessions
 from review.login_limits import ClientFailures, HashPool
@@ -57,6 +59,14 @@ async def login(request: Request) -> Response:
     user = await pool.run(check)
     if user is None:
         limits.record_failure(address)
+        # Who tried (the name as typed, never the password) is on record for the admins.
+        await run_in_threadpool(
+            audit.record_alone,
+            app.engine,
+            username=username or "(empty)",
+            action="session.sign_in_failed",
+            target=f"user:{username}",
+        )
         # One message for unknown user, wrong password, disabled and locked account alike.
         return render(
             request, "login.html", {"error": "Wrong username or password.", "username": username}, 400
@@ -66,6 +76,13 @@ async def login(request: Request) -> Response:
     request.session["uid"] = user.id
     request.session["sv"] = user.session_version
     csrf.rotate(request)
+    await run_in_threadpool(
+        audit.record_alone,
+        app.engine,
+        username=user.username,
+        action="session.sign_in",
+        target=f"user:{user.username}",
+    )
     return RedirectResponse("/", status_code=303)
 
 

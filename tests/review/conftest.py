@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 from collections.abc import Callable
+from datetime import date, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -95,3 +98,46 @@ def client_for(review_app: App) -> Callable[[str | None], TestClient]:
         return client
 
     return make
+
+
+# -- a store filled from the sample feed dated to today (the coordinator's workspace) ----------
+
+GENERATOR = Path(__file__).resolve().parents[2] / "examples" / "generate_sample_feed.py"
+
+
+def generator() -> ModuleType:
+    """examples/generate_sample_feed.py as a module (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("generate_sample_feed", GENERATOR)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def site_today(app: App) -> date:
+    return datetime.now(app.settings.site.tz).date()
+
+
+@pytest.fixture
+def today_feed(tmp_path: Path) -> Path:
+    """The sample feed as `make demo` writes it: dated as exported today."""
+    out = tmp_path / "demo-feed"
+    gen = generator()
+    gen.write(gen.build(40, 20251101, datetime.now(gen.TZ).date()), out)
+    return out
+
+
+@pytest.fixture
+def today_app(make_app: Callable[..., App], today_feed: Path, site_codemaps: Path, tmp_path: Path) -> App:
+    """The demo store: synced from today's feed, reminders planned, one user per role; code-map
+    edits go to a copy of the bundled code maps configured as the site's folder."""
+    from scheduler.replan import replan
+
+    app = make_app(
+        mappings={"codemaps": str(site_codemaps)},
+        sources=[{"name": "sample", "type": "files", "path": str(today_feed)}],
+        review={"session_secret_file": str(_secret(tmp_path)), "page_size": 50},
+    )
+    fill(app)
+    replan(app, "test")
+    return app

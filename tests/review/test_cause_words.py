@@ -9,10 +9,13 @@ from collections.abc import Callable
 from html import unescape
 from pathlib import Path
 
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from mappings.codemaps import append_code, load_codemap
-from tests.review.conftest import UNLISTED_CAUSE
+from registry_adapter.app import App
+from registry_store.tables import CASES, MAPPING_ERRORS
+from tests.review.conftest import UNLISTED_CAUSE, csrf_of
 
 Client = Callable[[str | None], TestClient]
 REQUIRED_MISSING = "e7cb050d8e29ac78"  # mapping.required_missing: a procedure without a date
@@ -71,3 +74,84 @@ def test_a_cause_the_hospital_must_fix_offers_no_re_process(client_for: Client) 
     text = ticket(page)
     assert "Error code: mapping.required_missing; cause" in text  # no value for this kind of code
     assert "field surgery_date" in text
+
+
+CODE_FORM = {
+    "codemap": "spine-procedures",
+    "value.spine-procedures.category": "other_lumbar_fusion",
+    "value.spine-procedures.module": "lumbar",
+    "value.spine-procedures.role": "index",
+    "value.spine-procedures.rank": "10",
+    "value.spine-procedures.revision": "false",
+    "value.spine-procedures.label": "Unlisted procedure, spine",
+}
+
+
+def _counts(app: App) -> tuple[int, int]:
+    with app.engine.connect() as conn:
+        cases = conn.execute(select(func.count()).where(CASES.c.status == "active")).scalar_one()
+        open_errors = conn.execute(
+            select(func.count()).where(
+                MAPPING_ERRORS.c.cause_id == UNLISTED_CAUSE, MAPPING_ERRORS.c.status == "open"
+            )
+        ).scalar_one()
+    return int(cases), int(open_errors)
+
+
+def test_add_code_preview_equals_the_apply_and_undo_restores(
+    client_for: Client, review_app: App, site_codemaps: Path
+) -> None:
+    csv_before = (site_codemaps / "spine-procedures.csv").read_bytes()
+    cases_before, open_before = _counts(review_app)
+    client = client_for("rita")
+    page = client.get(f"/causes/{UNLISTED_CAUSE}").text
+    token = csrf_of(page)
+
+    preview = client.post(f"/causes/{UNLISTED_CAUSE}/preview", data={**CODE_FORM, "csrf_token": token})
+    assert preview.status_code == 200, preview.text
+    words = re.search(r'<p id="preview-words">This (.*?)\. Nothing is saved yet\.</p>', preview.text)
+    assert words, preview.text
+    assert words.group(1).startswith("creates 3 case(s) (3 lumbar other lumbar fusion), removes 0, changes 0")
+    assert "clears 3 error(s)" in words.group(1)
+    # Nothing saved: the file, the cases and the errors are as they were.
+    assert (site_codemaps / "spine-procedures.csv").read_bytes() == csv_before
+    assert _counts(review_app) == (cases_before, open_before)
+    assert 'value="Unlisted procedure, spine"' in preview.text  # the form keeps the values to confirm
+
+    done = client.post(f"/causes/{UNLISTED_CAUSE}/add-code", data={**CODE_FORM, "csrf_token": token})
+    assert done.status_code == 200, done.text
+    cases_after, open_after = _counts(review_app)
+    assert cases_after - cases_before == 3 and open_before - open_after == 3  # as previewed
+    row = (site_codemaps / "spine-procedures.csv").read_text().splitlines()[-1]
+    assert ",false," in row and "False" not in row  # the file keeps its own spelling
+
+    assert "Undo the code added" in done.text
+    undone = client.post(f"/causes/{UNLISTED_CAUSE}/undo", data={"csrf_token": token})
+    assert undone.status_code == 200, undone.text
+    assert "Undone: CPT 22899 is no longer in spine-procedures" in undone.text
+    assert (site_codemaps / "spine-procedures.csv").read_bytes() == csv_before
+    assert _counts(review_app) == (cases_before, open_before)
+    assert "Undo the code added" not in undone.text
+    again = client.post(f"/causes/{UNLISTED_CAUSE}/undo", data={"csrf_token": token})
+    assert again.status_code == 400 and "no code added in review for this cause to undo" in again.text
+
+
+def test_without_a_site_folder_the_installed_code_maps_are_never_edited(
+    make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    from mappings.codemaps import BUNDLED
+    from review.app import create_app
+    from tests.review.conftest import fill, login
+
+    secret = tmp_path / "s.secret"
+    secret.write_text("s" * 48)
+    app = make_app(review={"session_secret_file": str(secret)})  # mappings.codemaps unset
+    fill(app)
+    bundled = (BUNDLED / "spine-procedures.csv").read_bytes()
+    client = TestClient(create_app(app), base_url="http://testserver")
+    assert login(client, "rita").status_code == 303
+    token = csrf_of(client.get(f"/causes/{UNLISTED_CAUSE}").text)
+    refused = client.post(f"/causes/{UNLISTED_CAUSE}/add-code", data={**CODE_FORM, "csrf_token": token})
+    assert refused.status_code == 400
+    assert "set mappings.codemaps in the config" in refused.text
+    assert (BUNDLED / "spine-procedures.csv").read_bytes() == bundled

@@ -10,14 +10,11 @@ test_browser_workspace.py).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,42 +30,7 @@ from registry_store.timeutil import utcnow
 from review.app import create_app
 from scheduler.replan import replan
 from tests.conftest import ROOT, SAMPLE_FEED, write_config_file
-from tests.review.conftest import csrf_of, fill, login
-
-GENERATOR = ROOT / "examples" / "generate_sample_feed.py"
-
-
-def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_sample_feed", GENERATOR)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def site_today(app: App) -> date:
-    return datetime.now(app.settings.site.tz).date()
-
-
-@pytest.fixture
-def today_feed(tmp_path: Path) -> Path:
-    out = tmp_path / "demo-feed"
-    gen = generator()
-    gen.write(gen.build(40, 20251101, datetime.now(gen.TZ).date()), out)
-    return out
-
-
-@pytest.fixture
-def today_app(make_app: Callable[..., App], today_feed: Path, tmp_path: Path) -> App:
-    secret = tmp_path / "session.secret"
-    secret.write_text("s" * 48)
-    app = make_app(
-        sources=[{"name": "sample", "type": "files", "path": str(today_feed)}],
-        review={"session_secret_file": str(secret), "page_size": 50},
-    )
-    fill(app)
-    replan(app, "test")
-    return app
+from tests.review.conftest import GENERATOR, csrf_of, generator, login, site_today
 
 
 @pytest.fixture
@@ -324,3 +286,74 @@ def test_csv_export_escapes_cells_a_spreadsheet_would_execute(
     # Nothing else starts with a formula character.
     for row in rows.values():
         assert not any(str(v).startswith(("=", "+", "-", "@")) for v in row.values())
+
+
+def test_case_page_shows_reminder_attempts_and_a_prom_trajectory(today_app: App, rita: TestClient) -> None:
+    from registry_store.tables import PROM_RESPONSES
+
+    rid = worklist_ids(rita)[0]
+    _failed_sends(today_app, [rid])
+    case_id = reminder(today_app, rid).case_id
+    html = rita.get(f"/cases/{case_id}").text
+    assert f'href="/reminders/{rid}"' in html
+    assert "attempt 1 · email · failed" in html
+
+    with today_app.engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                PROM_RESPONSES.c.case_id,
+                PROM_RESPONSES.c.instrument,
+                PROM_RESPONSES.c.timepoint,
+                PROM_RESPONSES.c.scores,
+            ).where(PROM_RESPONSES.c.timepoint.in_(["baseline", "90d", "1y"]))
+        ).all()
+    by_case: dict[str, set[tuple[str, str]]] = {}
+    for r in rows:
+        if r.scores:
+            by_case.setdefault(r.case_id, set()).add((r.instrument, r.timepoint))
+    case_id, points = max(by_case.items(), key=lambda kv: len(kv[1]))
+    assert len(points) >= 2
+    html = rita.get(f"/cases/{case_id}").text
+    chart = html.split('class="chart trajectory"')[1].split("</figure>")[0]
+    assert chart.count("<circle") == len(points)
+    assert chart.count("<polyline") == len({i for i, _ in points})
+
+
+def test_answers_taken_by_phone_are_scored_like_any_response(today_app: App, rita: TestClient) -> None:
+    from registry_store.tables import PROM_RESPONSES
+
+    with today_app.engine.connect() as conn:
+        rid = next(
+            r
+            for r in worklist_ids(rita)
+            if conn.execute(
+                select(CASES.c.module)
+                .join(REMINDERS, REMINDERS.c.case_id == CASES.c.id)
+                .where(REMINDERS.c.id == r)
+            ).scalar_one()
+            == "lumbar"
+        )
+    form_page = rita.get(f"/reminders/{rid}/answers?instrument=odi").text
+    assert "Oswestry Disability Index" in form_page
+    token = csrf_of(form_page)
+    # Out of range: refused, naming the reminder and the item; nothing stored.
+    bad = {f"item.odi{i}": "1" for i in range(1, 11)} | {"item.odi3": "9"}
+    refused = rita.post(f"/reminders/{rid}/answers", data={"csrf_token": token, "instrument": "odi", **bad})
+    assert f"reminder {rid}: odi3 must be from 0 to 5" in refused.text
+    assert reminder(today_app, rid).status != "completed"
+
+    answers = {f"item.odi{i}": "1" for i in range(1, 11)}  # each section 1 of 5: ODI 20 %
+    done = rita.post(
+        f"/reminders/{rid}/answers",
+        data={"csrf_token": token, "instrument": "odi", "how": "phone", **answers},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303 and done.headers["location"] == f"/reminders/{rid}"
+    assert "Answers saved and scored as response" in rita.get(f"/reminders/{rid}").text
+    row = reminder(today_app, rid)
+    with today_app.engine.connect() as conn:
+        query = select(PROM_RESPONSES).where(PROM_RESPONSES.c.id == row.completed_response_id)
+        response = conn.execute(query).one()
+    assert (row.status, row.next_attempt_on) == ("completed", None)
+    assert (response.case_id, response.timepoint, response.instrument) == (row.case_id, row.timepoint, "odi")
+    assert response.scores == {"odi": 20.0}
