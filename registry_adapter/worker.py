@@ -38,8 +38,9 @@ log = structlog.get_logger(__name__)
 _RETRIES = 5
 
 
-def _claim_and_map(pipeline: Pipeline, counts: RunCounts, batch_size: int) -> int:
-    """Claim, map and write one batch; returns how many records it held (0: none pending)."""
+def _claim_and_map(pipeline: Pipeline, counts: RunCounts, batch_size: int, after: int = 0) -> int:
+    """Claim, map and write one batch of pending records with ids above ``after``; returns the
+    highest id it held (0: none pending there)."""
     failed: list[Prepared] = []
     with pipeline.app.engine.begin() as conn:
         query = (
@@ -47,7 +48,7 @@ def _claim_and_map(pipeline: Pipeline, counts: RunCounts, batch_size: int) -> in
                 STAGING.c.id, STAGING.c.source, STAGING.c.resource_type, STAGING.c.resource_id,
                 STAGING.c.content_type, STAGING.c.content_hash, STAGING.c.raw,
             )
-            .where(STAGING.c.status == "pending")
+            .where(STAGING.c.status == "pending", STAGING.c.id > after)
             .order_by(STAGING.c.id)
             .limit(batch_size)
             .with_for_update(skip_locked=True)
@@ -67,7 +68,7 @@ def _claim_and_map(pipeline: Pipeline, counts: RunCounts, batch_size: int) -> in
     for one in failed:
         counts.add(pipeline._write_alone(one))
     pipeline.progress("mapping", counts.as_dict())
-    return len(rows)
+    return rows[-1].id
 
 
 def _drain_cases(pipeline: Pipeline, chunk: int = 200) -> int:
@@ -111,8 +112,18 @@ def run_worker(
 
     counts = RunCounts()
     stop = stop or threading.Event()
+    # Claims go forward from the last one: the (status, id) index still holds entries of rows
+    # mapped moments ago (PostgreSQL keeps them until vacuum), and starting from the lowest id
+    # every time would walk them all on every claim. Records re-staged at lower ids (a v2
+    # message re-converted) are found when a forward claim comes back empty.
+    after = 0
     while not stop.is_set():
-        if _claim_and_map(pipeline, counts, pipeline.batch_size):
+        last = _claim_and_map(pipeline, counts, pipeline.batch_size, after)
+        if last:
+            after = last
+            continue
+        if after:
+            after = 0
             continue
         counts.cases += _drain_cases(pipeline)
         if until_idle:
