@@ -196,10 +196,13 @@ def test_cause_page_speaks_words_and_gives_an_it_ticket(signed_in: Callable[[str
     expect(ticket).to_contain_text("Records: 3 open")
     expect(ticket).to_contain_text("Procedure/proc-unlisted-0 (source sample)")
     page.get_by_role("button", name="Copy").click()
-    # Copied to the clipboard, or (no clipboard permission) selected for Ctrl+C.
-    selected = page.evaluate("() => window.getSelection().toString()")
-    label = page.get_by_role("button", name=re.compile("Cop")).inner_text()
-    assert label == "Copied" or "Records: 3 open" in selected
+    # Copied to the clipboard, or (no clipboard permission) selected for Ctrl+C; the clipboard
+    # answers asynchronously, so wait for either.
+    page.wait_for_function(
+        "() => document.querySelector('button[data-copy]').textContent === 'Copied'"
+        " || window.getSelection().toString().includes('Records: 3 open')",
+        timeout=5000,
+    )
     shot(page, "05-cause")
 
 

@@ -200,6 +200,7 @@ def test_email_killed_process_is_recovered(
         from scheduler.channels import build_channels
         from scheduler.clock import at_local
         from scheduler.dispatcher import Dispatcher
+        from scheduler.settings import RemindersSettings
 
         settings = Settings.model_validate_json(open({str(settings_json)!r}).read())
         app = build_app(settings, {app.db_url!r})
