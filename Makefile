@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck install clean sample-feed bench services golden
+.PHONY: demo test lint typecheck install clean sample-feed bench bench-1m services golden
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ golden: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+## bench-1m: peak RSS and throughput of an import of ~1,000,000 resources vs ~10,000 (long: ~10+ min)
+bench-1m: $(STAMP)
+	$(BIN)/python benchmarks/bench_import.py --skip-fhir --rss 1600,160000
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

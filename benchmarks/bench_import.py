@@ -12,7 +12,12 @@ with its peak RSS read from the kernel (``wait4``):
 The feed is made by ``examples/generate_sample_feed.py --patients N`` (31,921 resources at
 5,000 patients). Figures are resources per second and the ratio ``pipeline time / floor time``.
 
-Run: .venv/bin/python benchmarks/bench_import.py [--patients 2000] [--rounds 1] [--postgres]
+Also, on request: an HL7 v2 file of N distinct ADT^A08s to registry rows (``--v2 N``, messages/s),
+and peak RSS of imports at two feed sizes (``--rss 1600,16000``: ~10,000 and ~100,000 resources;
+``make bench-1m`` runs 1,600 vs 160,000 patients, ~1,000,000 resources).
+
+Run: .venv/bin/python benchmarks/bench_import.py [--patients 5000] [--rounds 1] [--postgres]
+     [--workers 2] [--v2 2000] [--rss 1600,16000] [--skip-fhir]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -92,12 +98,13 @@ def timed(argv: list[str]) -> tuple[float, float, int]:
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024
 
 
-def write_config(work: Path, url: str) -> Path:
+def write_config(work: Path, url: str, workers: int = 1) -> Path:
     cfg = work / "config.yaml"
     cfg.write_text(
         "site: {id: bench, timezone: America/Chicago, pseudonym_key: bench-key-0123456789abcdef}\n"
         f"database: {{url: '{url}'}}\n"
         "logging: {format: json, level: WARNING}\n"
+        f"mapping_workers: {workers}\n"
     )
     return cfg
 
@@ -127,8 +134,8 @@ def drop_pg(name: str) -> None:
     engine.dispose()
 
 
-def run_store(work: Path, feed: Path, url: str) -> dict[str, tuple[float, float, int]]:
-    cfg = write_config(work, url)
+def run_store(work: Path, feed: Path, url: str, workers: int) -> dict[str, tuple[float, float, int]]:
+    cfg = write_config(work, url, workers)
     subprocess.run(registry(cfg, "db", "upgrade"), check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return {
         "import": timed(registry(cfg, "import", str(feed))),
@@ -136,24 +143,79 @@ def run_store(work: Path, feed: Path, url: str) -> dict[str, tuple[float, float,
     }
 
 
+def generate(feed: Path, patients: int) -> None:
+    subprocess.run(
+        [sys.executable, "examples/generate_sample_feed.py", "--patients", str(patients), "--out", str(feed)],
+        check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+    )
+
+
+def bench_v2(work: Path, messages: int, workers: int) -> None:
+    """HL7 v2 file → registry rows: ``registry-adapter import`` of a file of distinct ADT^A08s."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from v2_feed import write
+
+    path = work / "feed.hl7"
+    write(path, messages)
+    d = work / "v2"
+    d.mkdir()
+    cfg = write_config(d, f"sqlite:///{d / 'registry.db'}", workers)
+    subprocess.run(registry(cfg, "db", "upgrade"), check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    seconds, cpu, rss = timed(registry(cfg, "import", str(path)))
+    print(
+        f"{'HL7 v2 file -> registry rows':34s} {messages / seconds:9,.0f} messages/s  {seconds:7.2f} s wall  "
+        f"{cpu:7.2f} s CPU ({messages / cpu:,.0f} messages per CPU-second)  peak RSS {rss} MB",
+        flush=True,
+    )
+
+
+def bench_rss(work: Path, sizes: list[int], workers: int) -> None:
+    """Peak RSS of ``registry-adapter import`` at two (or more) feed sizes."""
+    peaks: list[tuple[int, int]] = []
+    for patients in sizes:
+        feed = work / f"rss-feed-{patients}"
+        generate(feed, patients)
+        n = len(feed_lines(feed))
+        d = work / f"rss-{patients}"
+        d.mkdir()
+        cfg = write_config(d, f"sqlite:///{d / 'registry.db'}", workers)
+        subprocess.run(registry(cfg, "db", "upgrade"), check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        seconds, cpu, rss = timed(registry(cfg, "import", str(feed)))
+        peaks.append((n, rss))
+        print(f"{'peak RSS, import of':34s} {n:9,d} resources: {rss} MB  ({n / seconds:,.0f} resources/s, "
+              f"{cpu:.1f} s CPU)", flush=True)
+        shutil.rmtree(feed)
+        shutil.rmtree(d)
+    (n0, r0), (n1, r1) = peaks[0], peaks[-1]
+    print(f"peak RSS at {n1:,} / at {n0:,} resources: {r1 / r0:.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=2000)
+    parser.add_argument("--patients", type=int, default=5000, help="feed size (5,000: 31,921 resources)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds; the median is printed")
     parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL (ratio to SQLite)")
     parser.add_argument("--feed", type=Path, help="an existing feed folder instead of generating one")
+    parser.add_argument("--workers", type=int, default=1, help="mapping_workers for the runs")
+    parser.add_argument("--v2", type=int, default=0, metavar="N",
+                        help="also: a file of N v2 messages to rows")
+    parser.add_argument("--rss", type=str, default="", metavar="P1,P2",
+                        help="also: peak RSS of imports of P1 and P2 patients (~6.4 resources each)")
+    parser.add_argument("--skip-fhir", action="store_true", help="only the --v2 / --rss parts")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         work = Path(tmp)
+        if args.v2:
+            bench_v2(work, args.v2, args.workers)
+        if args.rss:
+            bench_rss(work, [int(p) for p in args.rss.split(",")], args.workers)
+        if args.skip_fhir:
+            return 0
         feed = args.feed
         if feed is None:
             feed = work / "feed"
-            subprocess.run(
-                [sys.executable, "examples/generate_sample_feed.py", "--patients", str(args.patients),
-                 "--out", str(feed)],
-                check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-            )
+            generate(feed, args.patients)
         lines = feed_lines(feed)
         n = len(lines)
         print(f"feed: {n:,} resources ({args.patients:,} patients)", flush=True)
@@ -163,14 +225,15 @@ def main() -> int:
             floors.append(floor(lines, work / f"floor{r}.db"))
             rnd = work / f"sqlite{r}"
             rnd.mkdir()
-            for name, figure in run_store(rnd, feed, f"sqlite:///{rnd / 'registry.db'}").items():
+            url = f"sqlite:///{rnd / 'registry.db'}"
+            for name, figure in run_store(rnd, feed, url, args.workers).items():
                 results.setdefault(f"sqlite {name}", []).append(figure)
             if args.postgres:
                 db = f"bench_import_{os.getpid()}_{r}"
                 pg = work / f"pg{r}"
                 pg.mkdir()
                 try:
-                    for name, figure in run_store(pg, feed, pg_database(db)).items():
+                    for name, figure in run_store(pg, feed, pg_database(db), args.workers).items():
                         results.setdefault(f"postgresql {name}", []).append(figure)
                 finally:
                     drop_pg(db)

@@ -9,6 +9,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 RUNS = [
+    ("FHIR import, reprocess --all, PostgreSQL vs SQLite, v2 file to rows, peak RSS (vs a floor)",
+     ["bench_import.py", "--patients", "5000", "--postgres", "--v2", "2000", "--rss", "1600,16000"]),
+    ("the same with mapping in 2 worker processes",
+     ["bench_import.py", "--patients", "5000", "--workers", "2"]),
     ("mapping engine and pipeline vs raw JSON parsing", ["bench_mapping.py", "--n", "20000"]),
     ("SQL-on-FHIR view engine vs fhirpathpy", ["bench_viewdef.py", "-n", "20000"]),
     ("HL7 v2 listener and conversion", ["bench_hl7v2.py"]),

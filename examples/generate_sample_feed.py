@@ -559,9 +559,13 @@ def _as_of(text: str) -> date:
     return datetime.now(TZ).date() if text == "today" else date.fromisoformat(text)
 
 
+DEFAULT_OUT = Path(__file__).with_name("sample-feed")
+DEFAULT_OUTCOMES = Path(__file__).with_name("sample-outcomes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("sample-feed"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--patients", type=int, default=40)
     parser.add_argument("--seed", type=int, default=20251101)
     parser.add_argument(
@@ -571,12 +575,22 @@ def main() -> None:
         metavar="DATE",
         help="Date the feed as exported on DATE (YYYY-MM-DD), e.g. today for a demo.",
     )
-    parser.add_argument("--outcomes-out", type=Path, default=Path(__file__).with_name("sample-outcomes"))
+    parser.add_argument(
+        "--outcomes-out",
+        type=Path,
+        default=None,
+        help="Where the labelled outcome records go (default: examples/sample-outcomes for the "
+        "bundled feed, else OUT-outcomes beside --out, so a test or demo never rewrites the bundle).",
+    )
     args = parser.parse_args()
+    outcomes_out = args.outcomes_out
+    if outcomes_out is None:
+        bundled = args.out.resolve() == DEFAULT_OUT.resolve()
+        outcomes_out = DEFAULT_OUTCOMES if bundled else args.out.with_name(args.out.name + "-outcomes")
     feed = build(args.patients, args.seed, args.as_of)
     write(feed, args.out)
-    write(build_outcomes(feed), args.outcomes_out, bundles=False)
-    print(f"wrote {args.out} and {args.outcomes_out}")
+    write(build_outcomes(feed), outcomes_out, bundles=False)
+    print(f"wrote {args.out} and {outcomes_out}")
 
 
 if __name__ == "__main__":

@@ -423,6 +423,7 @@ def _assign_proms(conn: Connection, source: str, patients: list[str], timepoints
                     cases[person[(src, case.patient_id)]].append(case)
         for rows in _by_patient(conn, PROM_RESPONSES, src, pids).values():
             responses.extend(rows)
+    placements: list[tuple[str, str, str | None, str | None]] = []
     for resp in responses:
         best: tuple[int, str, str] | None = None
         for case in cases.get(person[(resp.source, resp.patient_id)], []):
@@ -437,4 +438,5 @@ def _assign_proms(conn: Connection, source: str, patients: list[str], timepoints
                         best = (distance, case.id, name)
         new_case, new_tp = (best[1], best[2]) if best else (None, None)
         if (resp.case_id, resp.timepoint) != (new_case, new_tp):
-            case_store.file_prom_response(conn, resp.source, resp.id, new_case, new_tp)
+            placements.append((resp.source, resp.id, new_case, new_tp))
+    case_store.file_prom_responses(conn, placements)

@@ -50,6 +50,7 @@ class OutcomeDefinitions:
     readmission_windows: tuple[int, ...]
     inpatient_classes: frozenset[str]
     planned_priorities: frozenset[str]
+    planned_map: str
     reoperation_windows: tuple[int, ...]
     link_within_days: int
     bmi_loinc: str
@@ -113,6 +114,7 @@ def load_definitions(directory: Path | None = None) -> OutcomeDefinitions:
         readmission_windows=_day_list(data, "readmission.windows_days", path),
         inpatient_classes=_codes(data, "readmission.inpatient_classes", path),
         planned_priorities=_codes(data, "readmission.planned_priorities", path),
+        planned_map=str(_get(data, "readmission.planned_codemap", path)),
         reoperation_windows=_day_list(data, "reoperation.windows_days", path),
         link_within_days=_days(data, "reoperation.link_within_days", path),
         bmi_loinc=str(_get(data, "observations.bmi.loinc", path)),
@@ -129,7 +131,11 @@ def check_definitions(defs: OutcomeDefinitions, codemaps: Mapping[str, CodeMap])
     """Problems ``mappings check`` reports: missing code maps, rows without a cited source,
     complication rows without a window."""
     problems: list[str] = []
-    for name, needs in ((defs.comorbidity_map, "comorbidity"), (defs.complication_map, "complication")):
+    for name, needs in (
+        (defs.comorbidity_map, "comorbidity"),
+        (defs.complication_map, "complication"),
+        (defs.planned_map, "reason"),
+    ):
         cmap = codemaps.get(name)
         if cmap is None:
             problems.append(f"{defs.path}: code map {name!r} is not defined")
@@ -152,6 +158,7 @@ class _Stay:
     klass: str | None
     priority: str | None
     disposition: str | None
+    reasons: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -250,6 +257,7 @@ def gather_facts(conn: Connection, source: str, site: SiteContext) -> dict[str, 
                 klass=str(klass.get("code")) if isinstance(klass, dict) and klass.get("code") else None,
                 priority=_first_code(res.get("priority")),
                 disposition=_first_code(hosp.get("dischargeDisposition")) if isinstance(hosp, dict) else None,
+                reasons=[c for concept in res.get("reasonCode") or [] for c in _codings(concept)],
             )
         elif res.get("status") not in ("entered-in-error", "cancelled"):
             when = _date(res.get("effectiveDateTime"), site) or _date(
@@ -299,6 +307,7 @@ def case_outcomes(
     )
     comorbid = codemaps[defs.comorbidity_map]
     complic = codemaps[defs.complication_map]
+    planned_map = codemaps[defs.planned_map]
 
     comorbidities: dict[str, str] = {}
     complications: dict[str, dict[str, Any]] = {}
@@ -332,7 +341,7 @@ def case_outcomes(
         if stay.klass not in defs.inpatient_classes:
             continue
         days = (stay.start - discharge).days
-        if stay.priority in defs.planned_priorities:
+        if stay.priority in defs.planned_priorities or _classify(planned_map, stay.reasons) is not None:
             planned = planned or days <= max(defs.readmission_windows)
             continue
         readmit_days = days if readmit_days is None else min(readmit_days, days)

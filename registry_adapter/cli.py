@@ -398,6 +398,8 @@ def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) 
 @click.option("--cause", "cause_id", help="Only records with an open error of this cause.")
 @click.option("--source", "source_name", help="Only records of this source.")
 @click.option("--all", "everything", is_flag=True, help="Every staged record, not only failed ones.")
+@click.option("--no-map", "no_map", is_flag=True,
+              help="Only mark them pending; `registry-adapter worker` processes map them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_ctx
 def reprocess(
@@ -406,6 +408,7 @@ def reprocess(
     cause_id: str | None,
     source_name: str | None,
     everything: bool,
+    no_map: bool,
     as_json: bool,
 ) -> None:
     """Map staged records again after fixing a mapping or code map (default: failed ones)."""
@@ -417,7 +420,8 @@ def reprocess(
     _require_known_cause(app, cause_id)
     with _progress(not as_json) as progress:
         selected, counts = Pipeline(app, progress).reprocess(
-            resource_type=resource_type, cause_id=cause_id, source=source_name, everything=everything
+            resource_type=resource_type, cause_id=cause_id, source=source_name, everything=everything,
+            map_now=not no_map,
         )
     _replan(app, "reprocess")
     if as_json:
@@ -428,6 +432,30 @@ def reprocess(
         f"out of scope {counts.out_of_scope:,}, excluded {counts.excluded:,}"
     )
     _report(app)
+
+
+@cli.command()
+@click.option("--until-idle", is_flag=True, help="Exit when nothing is pending (else wait for more).")
+@click.option("--poll", "poll_seconds", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              help="Seconds between looks for pending records when idle.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_ctx
+def worker(obj: Ctx, until_idle: bool, poll_seconds: float, as_json: bool) -> None:
+    """Map pending staged records beside other workers (PostgreSQL: claims batches with
+    SELECT ... FOR UPDATE SKIP LOCKED; run as many as the database and hosts allow)."""
+    from registry_adapter.worker import run_worker
+
+    app = obj.app
+    with _progress(not as_json) as progress:
+        counts = run_worker(Pipeline(app, progress), until_idle=until_idle, poll_seconds=poll_seconds)
+    _replan(app, "worker")
+    if as_json:
+        _emit_json(counts.as_dict())
+        return
+    out.print(
+        f"Worker mapped {counts.mapped:,}, failed {counts.failed:,}, out of scope {counts.out_of_scope:,}, "
+        f"excluded {counts.excluded:,}; {counts.cases:,} active cases assembled"
+    )
 
 
 @cli.command("stats")

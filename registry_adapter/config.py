@@ -20,9 +20,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from adapters.auth import AuthConfig
-from adapters.fhir_bulk import FhirBulkConfig
-from adapters.http import HttpConfig
 from registry_adapter.feeds import feed_types
 from registry_adapter.feeds.base import ConfigError, FeedSettings, StrictSettings
 from registry_adapter.plugins import SETTINGS, plugins
@@ -171,6 +168,9 @@ class Settings(StrictSettings):
     proms: PromConfig = Field(default_factory=PromConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     batch_size: int = Field(default=500, ge=1, le=50_000)
+    # Processes that map staged records in parallel (registry_adapter/mapping_pool.py); the
+    # writes stay in the calling process. 1: map in the calling process.
+    mapping_workers: int = Field(default=1, ge=1, le=64)
     # The sections other packages own, written at the top level of config.yaml.
     sections: Sections = Field(default_factory=Sections)
 
@@ -179,9 +179,11 @@ class Settings(StrictSettings):
     def _gather_sections(cls, data: Any) -> Any:
         if isinstance(data, dict):
             names = set(Sections.model_fields)
-            data = {k: v for k, v in data.items() if k not in names} | {
-                "sections": {k: v for k, v in data.items() if k in names}
-            }
+            # Written at the top level in config.yaml; already nested in a model_dump().
+            nested = data.get("sections")
+            gathered = dict(nested) if isinstance(nested, dict) else {}
+            gathered.update({k: data[k] for k in names & set(data)})
+            data = {k: v for k, v in data.items() if k not in names} | {"sections": gathered}
         return data
 
     @model_validator(mode="after")
@@ -292,12 +294,10 @@ def parse_settings(data: Any, *, base_dir: Path | None = None) -> Settings:
     return _relative_to(settings, base_dir) if base_dir else settings
 
 
-# Path settings of the adapters' dataclasses, which keep paths as ``str`` (``verify`` is a
-# CA bundle path only when it is a string; ``True``/``False`` stay as they are).
+# Path settings of the adapters' dataclasses, which keep paths as ``str``: each feed type
+# names its own (``FeedType.path_strings``).
 _PATH_STRINGS: dict[type, frozenset[str]] = {
-    AuthConfig: frozenset({"private_key_file"}),
-    HttpConfig: frozenset({"verify"}),
-    FhirBulkConfig: frozenset({"work_dir"}),
+    cls: fields for feed in feed_types().values() for cls, fields in feed.path_strings.items()
 }
 
 

@@ -13,6 +13,7 @@ from mappings.codemaps import load_codemaps
 from mappings.engine import MappingFileError, RegistryMapping, load_mappings, load_spec
 from mappings.outcomes import OutcomeDefinitionError, check_definitions, load_definitions
 from registry_adapter.app import App, target_columns
+from registry_adapter.submission.dictionary import check_dictionary, load_dictionary
 
 
 def check_all(app: App) -> tuple[list[str], dict[str, int]]:
@@ -35,6 +36,9 @@ def check_all(app: App) -> tuple[list[str], dict[str, int]]:
         problems += check_definitions(load_definitions(app.settings.mappings.directory), codemaps)
     except OutcomeDefinitionError as exc:
         problems.append(str(exc))
+    # The submission's data dictionary takes some allowed values from code maps: a site's
+    # replacement code map must still have those columns.
+    problems += check_dictionary(load_dictionary(), codemaps)
     counts = {
         "code maps": len(codemaps),
         "codes": sum(len(c.exact) + len(c.prefixes) + len(c.patterns) for c in codemaps.values()),

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,6 +40,7 @@ from adapters.validation import as_mapped, quick_validate, settle, validator_id
 from mappings.cases import assemble_cases
 from registry_adapter import logs
 from registry_adapter.app import App
+from registry_adapter.mapping_pool import StagedForMapping, as_plain, mapping_pool, prepare_batch
 from registry_store import sync_runs
 from registry_store.case_queue import dequeue, enqueue, queued
 from registry_store.errors import replace_errors, resolve_all
@@ -46,7 +48,9 @@ from registry_store.leases import holders, job_lock, sync_lock_name
 from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
 from registry_store.patient_merge import file_under_survivors, merge_patient
 from registry_store.staging import (
+    ORIGIN_MAX,
     StageCounts,
+    content_hash,
     mark_deleted,
     mark_pending,
     record_mapping_outcomes,
@@ -54,6 +58,7 @@ from registry_store.staging import (
     stage_errors,
     stage_records,
     staged_from,
+    staged_from_origins,
 )
 from registry_store.tables import (
     CASES,
@@ -213,6 +218,7 @@ class Pipeline:
         self.app = app
         self.progress = progress or (lambda _note, _counts: None)
         self.batch_size = app.settings.batch_size
+        self.workers = app.settings.mapping_workers
         self.strictness = app.settings.mappings.validation
 
     # -- intake -------------------------------------------------------------------------
@@ -447,15 +453,11 @@ class Pipeline:
         """
         counts = RunCounts()
         names = list(sources) if sources is not None else None
-        last_id = 0
-        # A converted v2 message re-stages records it updates (an A08's Procedure) at their old,
-        # lower staging ids: after such a batch, one more pass from the start maps them (one:
-        # what that pass converts again was re-staged meanwhile and waits for the next run).
-        converted, restarted = False, False
-        while True:
+
+        def read(after: int) -> list[StagedForMapping]:
             query = (
                 select(*_MAP_COLUMNS)
-                .where(STAGING.c.status == "pending", STAGING.c.id > last_id)
+                .where(STAGING.c.status == "pending", STAGING.c.id > after)
                 .order_by(STAGING.c.id)
                 .limit(self.batch_size)
             )
@@ -464,16 +466,62 @@ class Pipeline:
             if where is not None:
                 query = query.where(where)
             with self.app.engine.connect() as conn:
-                batch = conn.execute(query).all()
+                return [as_plain(r) for r in conn.execute(query)]
+
+        first = read(0)
+        if len(first) == self.batch_size and self.workers > 1:
+            self._map_in_pool(first, read, counts)
+        else:
+            self._map_here(first, read, counts)
+        counts.cases += self.assemble_queued()
+        return counts
+
+    def _map_here(
+        self, batch: list[StagedForMapping], read: Callable[[int], list[StagedForMapping]], counts: RunCounts
+    ) -> None:
+        # A converted v2 message re-stages records it updates (an A08's Procedure) at their old,
+        # lower staging ids: after such a batch, one more pass from the start maps them (one:
+        # what that pass converts again was re-staged meanwhile and waits for the next run).
+        converted, restarted = False, False
+        while True:
             if not batch:
                 if not converted or restarted:
                     break
-                last_id, restarted = 0, True
+                restarted = True
+                batch = read(0)
                 continue
-            last_id = batch[-1].id
             converted |= self._map_batch(batch, counts)
-        counts.cases += self.assemble_queued()
-        return counts
+            batch = read(batch[-1].id)
+
+    def _map_in_pool(
+        self, batch: list[StagedForMapping], read: Callable[[int], list[StagedForMapping]], counts: RunCounts
+    ) -> None:
+        """``_map_here`` with the mapping in worker processes, up to ``workers + 1`` batches
+        ahead of the writes (which stay here, in staging order)."""
+        converted, restarted = False, False
+        in_flight: deque[tuple[list[StagedForMapping], Future[list[Prepared]]]] = deque()
+        last_id = 0
+        with mapping_pool(self, self.workers) as pool:
+            assert pool is not None
+            while True:
+                while batch and len(in_flight) <= self.workers:
+                    last_id = batch[-1].id
+                    in_flight.append((batch, pool.submit(prepare_batch, batch, self._known_verdicts(batch))))
+                    batch = read(last_id)
+                if not in_flight:
+                    # Everything read is written: what conversions staged meanwhile is read now.
+                    batch = read(last_id)
+                    if batch:
+                        continue
+                    if not converted or restarted:
+                        break
+                    restarted, last_id = True, 0
+                    batch = read(0)
+                    continue
+                _mapped, future = in_flight.popleft()
+                converted |= self._write_batch(future.result(), counts)
+                if not batch:
+                    batch = read(last_id)
 
     def assemble_queued(self, chunk: int = 500) -> int:
         """Assemble the cases of every queued patient (touched by mapping since the last drain),
@@ -512,7 +560,9 @@ class Pipeline:
         """Map one batch of staged rows: prepare outside any transaction, write in one.
         Returns whether it converted v2 messages (which stage records)."""
         verdicts = self._known_verdicts(batch)
-        prepared = [self._prepare(row, verdicts) for row in batch]
+        return self._write_batch([self._prepare(row, verdicts) for row in batch], counts)
+
+    def _write_batch(self, prepared: list[Prepared], counts: RunCounts) -> bool:
         try:
             with self.app.engine.begin() as conn:
                 counts.add(self._write(conn, prepared))
@@ -576,10 +626,10 @@ class Pipeline:
         touched: dict[str, set[str]] = defaultdict(set)
         statuses: list[dict[str, Any]] = []
         now = utcnow()
+        self._write_conversions(conn, [one for one in prepared if one.converted is not None])
         for one in prepared:
             row = one.row
             if one.converted is not None:
-                self._write_converted(conn, row, one)
                 touched[row.source] |= {p for pair in one.converted.merges for p in pair}
             if one.target is not None and one.out is not None:
                 writes[one.target].append(one.out)
@@ -614,6 +664,62 @@ class Pipeline:
         # Assembled once per run when map_pending drains the queue, not once per batch.
         enqueue(conn, touched)
         return counts
+
+    def _write_conversions(self, conn: Connection, prepared: Sequence[Prepared]) -> None:
+        """Stage what the batch's v2 messages converted into, in message order.
+
+        Messages that only add or update records are staged together, one ``stage_records``
+        per run of them (a message costs ~1 ms of round trips alone); a run ends before a
+        message that deletes, merges, or leaves behind records of an earlier conversion, and
+        before one that stages an identity the run already holds with other content, and that
+        message is written on its own, so the result is the one of writing each message in
+        turn. (The same content again, e.g. the surgeon's Practitioner in every message, is
+        left out of the run: written in turn it would be an unchanged no-op.)
+        """
+        if not prepared:
+            return
+        earlier: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for source in {one.row.source for one in prepared}:
+            origins = [converted_origin(one.row.resource_id) for one in prepared if one.row.source == source]
+            for origin, keys in staged_from_origins(conn, source, origins).items():
+                earlier[(source, origin)] = keys
+        run: list[Record] = []
+        run_ids: dict[tuple[str, str], Record] = {}
+        run_source: str | None = None
+
+        def flush() -> None:
+            if run and run_source is not None:
+                stage_records(conn, run_source, run)
+            run.clear()
+            run_ids.clear()
+
+        for one in prepared:
+            converted = one.converted
+            assert converted is not None
+            made = {(r.resource["resourceType"], r.resource["id"]) for r in converted.records}
+            left = earlier.get((one.row.source, converted_origin(one.row.resource_id)[:ORIGIN_MAX]), [])
+            alone = (
+                bool(converted.deleted or converted.merges)
+                or (not converted.failed and any(key not in made for key in left))
+            )
+            repeated = {key: run_ids[key] for key in made if key in run_ids}
+            if alone or one.row.source != run_source or any(
+                content_hash(run_ids[key].resource) != content_hash(rec.resource)
+                for rec in converted.records
+                if (key := (rec.resource["resourceType"], rec.resource["id"])) in repeated
+            ):
+                flush()
+                run_source = one.row.source
+                repeated = {}
+            if alone:
+                self._write_converted(conn, one.row, one)
+                continue
+            for rec in converted.records:
+                key = (rec.resource["resourceType"], rec.resource["id"])
+                if key not in repeated:
+                    run.append(rec)
+                    run_ids[key] = rec
+        flush()
 
     def _write_converted(self, conn: Connection, row: Any, one: Prepared) -> None:
         """Stage what a v2 message converted into; delete what an earlier conversion of it
@@ -740,6 +846,7 @@ class Pipeline:
         cause_id: str | None = None,
         source: str | None = None,
         everything: bool = False,
+        map_now: bool = True,
     ) -> tuple[int, RunCounts]:
         """Send staged records back through mapping (after a mapping or code-map fix).
 
@@ -767,6 +874,8 @@ class Pipeline:
             # The cause's records carry the mark's time, as do the records their conversion
             # stages (HL7 v2 → FHIR): mapping "pending since then" covers both, and nothing else.
             selected = mark_pending(conn, cond, started)
+        if not map_now:  # `registry-adapter worker` processes map them
+            return selected, RunCounts()
         if cause_id is None:
             return selected, self.map_pending()
         return selected, self.map_pending(where=STAGING.c.updated_at >= started)

@@ -11,14 +11,17 @@
 - ``spine_registry_adapter.after_store``: functions ``(app, reason)`` run after a sync, an
   import or a re-process stored data (the scheduler plans reminders there).
 
-Nothing here names a plug-in module: a package adds one by declaring the entry point (and
-``pip install -e .`` refreshes the declarations of a source checkout).
+Nothing here names a plug-in module: a package adds one by declaring the entry point
+(``pip install -e .`` refreshes the installed declarations of a source checkout; until then a
+checkout falls back to what its ``pyproject.toml`` declares).
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 FEEDS = "spine_registry_adapter.feeds"
 SETTINGS = "spine_registry_adapter.settings"
@@ -41,9 +44,21 @@ class Plugin:
         return self.entry_point.load()
 
 
+def declared_in_source_tree(group: str) -> list[EntryPoint]:
+    """The entry points ``pyproject.toml`` declares, when running from a source checkout whose
+    installed metadata predates them (a new group added since the last ``pip install -e .``)."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        declared = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+    table = declared.get("project", {}).get("entry-points", {}).get(group, {})
+    return [EntryPoint(name, value, group) for name, value in table.items()]
+
+
 def plugins(group: str, *, required: bool = False) -> list[Plugin]:
     """The entry points of ``group``, by name (so the order does not depend on install order)."""
-    found = sorted(entry_points(group=group), key=lambda ep: ep.name)
+    found = sorted(entry_points(group=group) or declared_in_source_tree(group), key=lambda ep: ep.name)
     if required and not found:
         raise PluginsMissing(
             f"no {group} entry points are installed: reinstall the package (pip install -e .) "

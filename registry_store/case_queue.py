@@ -43,3 +43,16 @@ def dequeue(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
                 or_(*(and_(QUEUE.c.source == s, QUEUE.c.patient_id.in_(ps)) for s, ps in by_source.items()))
             )
         )
+
+
+def claim_queued(conn: Connection, limit: int) -> list[tuple[str, str]]:
+    """Up to ``limit`` queued patients no other transaction holds, locked until the caller's
+    transaction ends (PostgreSQL ``FOR UPDATE SKIP LOCKED``: several workers drain the queue
+    side by side without assembling one patient twice at once)."""
+    rows = conn.execute(
+        select(QUEUE.c.source, QUEUE.c.patient_id)
+        .order_by(QUEUE.c.source, QUEUE.c.patient_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [(r.source, r.patient_id) for r in rows]

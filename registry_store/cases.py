@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
@@ -31,12 +31,17 @@ def set_case_status(conn: Connection, case_id: str, status: str, reason: str | N
     )
 
 
-def file_prom_response(
-    conn: Connection, source: str, response_id: str, case_id: str | None, timepoint: str | None
+def file_prom_responses(
+    conn: Connection, placements: Sequence[tuple[str, str, str | None, str | None]]
 ) -> None:
-    """File a PROM response under a case's time point (None, None: under none)."""
+    """File many PROM responses at once: (source, response id, case id, time point) each, one
+    executemany (case assembly places every response of the patients it rebuilds)."""
+    if not placements:
+        return
     conn.execute(
         update(PROM_RESPONSES)
-        .where(PROM_RESPONSES.c.source == source, PROM_RESPONSES.c.id == response_id)
-        .values(case_id=case_id, timepoint=timepoint)
+        .where(PROM_RESPONSES.c.source == bindparam("src"), PROM_RESPONSES.c.id == bindparam("rid"))
+        .values(case_id=bindparam("cid"), timepoint=bindparam("tp")),
+        [{"src": s, "rid": r, "cid": c, "tp": t} for s, r, c, t in placements],
     )
+

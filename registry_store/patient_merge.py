@@ -19,22 +19,25 @@ from sqlalchemy.engine import Connection
 
 from registry_store import audit
 from registry_store.db import upsert
-from registry_store.models import (
-    Condition,
-    Encounter,
-    Procedure,
-    PromResponse,
+from registry_store.tables import (
+    AUDIT_LOG,
+    CASES,
+    CONDITIONS,
+    ENCOUNTERS,
+    PATIENTS,
+    PROCEDURES,
+    PROM_RESPONSES,
+    REMINDERS,
 )
-from registry_store.tables import AUDIT_LOG, CASES, PATIENTS, REMINDERS
 from registry_store.timeutil import utcnow
 from registry_types.issues import Issue
 
 # Registry tables whose rows belong to a patient through ``patient_id``.
 PATIENT_ROWS = {
-    "encounters": Encounter.__table__,  # type: ignore[attr-defined]
-    "procedures": Procedure.__table__,  # type: ignore[attr-defined]
-    "conditions": Condition.__table__,  # type: ignore[attr-defined]
-    "prom_responses": PromResponse.__table__,  # type: ignore[attr-defined]
+    "encounters": ENCOUNTERS,
+    "procedures": PROCEDURES,
+    "conditions": CONDITIONS,
+    "prom_responses": PROM_RESPONSES,
 }
 MERGED_ISSUE = "hl7.patient_merged"
 MERGE_ACTION = "patient.merge"

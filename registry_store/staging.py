@@ -525,6 +525,25 @@ def staged_from(conn: Connection, source: str, origin: str) -> list[tuple[str, s
     return [(r.resource_type, r.resource_id) for r in rows]
 
 
+def staged_from_origins(
+    conn: Connection, source: str, origins: Sequence[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """``staged_from`` for many origins in one query per 900: origin → its live (type, id)."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    wanted = sorted({o[:ORIGIN_MAX] for o in origins})
+    for start in range(0, len(wanted), 900):
+        rows = conn.execute(
+            select(STAGING.c.origin, STAGING.c.resource_type, STAGING.c.resource_id).where(
+                STAGING.c.source == source,
+                STAGING.c.origin.in_(wanted[start : start + 900]),
+                STAGING.c.status != "deleted",
+            )
+        )
+        for r in rows:
+            found.setdefault(r.origin, []).append((r.resource_type, r.resource_id))
+    return found
+
+
 def record_mapping_outcomes(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
     """Each staged record's new status after mapping: ``{"sid", "digest", "new_status", "at"}``.
 

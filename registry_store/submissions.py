@@ -178,6 +178,20 @@ def add_feedback_errors(
     return len(rows)
 
 
+def resolve_feedback_errors(conn: Connection, staging_ids: Sequence[int]) -> None:
+    """The registry's findings on these cases' anchors are resolved: the corrected case was sent."""
+    for start in range(0, len(staging_ids), 400):
+        conn.execute(
+            update(ERRORS)
+            .where(
+                ERRORS.c.mapping == FEEDBACK_SCOPE,
+                ERRORS.c.status == "open",
+                ERRORS.c.staging_id.in_(list(staging_ids[start : start + 400])),
+            )
+            .values(status="resolved", last_seen=utcnow())
+        )
+
+
 def open_readiness_errors(conn: Connection) -> int:
     return int(
         conn.execute(

@@ -18,7 +18,19 @@ from registry_adapter.app import App
 from registry_store.timeutil import utcnow
 from review.access_log import AccessLog
 from review.login_limits import ClientFailures, HashPool
-from review.pages import audit_log, cases, errors, feeds, ops, reminder_link, reminders, session, start, users
+from review.pages import (
+    audit_log,
+    cases,
+    errors,
+    feeds,
+    measures,
+    ops,
+    reminder_link,
+    reminders,
+    session,
+    start,
+    users,
+)
 from review.pages.ops import metrics_registry
 from review.settings import ReviewSettings
 from review.web import HERE, make_templates, render
@@ -93,6 +105,7 @@ def create_app(app: App, host: str | None = None) -> Starlette:
         *audit_log.ROUTES,
         *users.ROUTES,
         *ops.ROUTES,
+        *measures.ROUTES,
         *reminder_link.ROUTES,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

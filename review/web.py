@@ -27,6 +27,7 @@ NAV = (
     ("cases", "/cases", "Cases"),
     ("reminders", "/reminders", "Reminders"),
     ("feeds", "/feeds", "Feed health"),
+    ("measures", "/measures", "Measures"),
 )
 
 

@@ -194,7 +194,7 @@ def _load_config(d: Path) -> HL7Config:
         field_separators=str(messages.get("field_separators", "|")),
         max_repetitions=int(messages.get("max_repetitions", 100)),
         strict_check=bool(messages.get("strict_check", False)),
-        hl7apy_parse=bool(messages.get("hl7apy_parse", True)),
+        hl7apy_parse=bool(messages.get("hl7apy_parse", False)),
         charsets=charsets,
         messages=_message_rules(
             _require(messages, "messages", dict, "messages.yaml"), "messages.yaml"

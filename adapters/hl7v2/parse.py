@@ -1,11 +1,19 @@
-"""hl7apy wrapper: bytes → decoded, line-ending-normalised, per-segment parsed message.
+"""HL7 v2 bytes → decoded, line-ending-normalised message with the mapped segments split.
 
-Why per segment: hl7apy's ``parse_message`` costs 20-110 ms on real ADTs and with
-``find_groups=True`` silently drops Z and out-of-place segments (crs4/hl7apy #89, #145). We
-parse each segment the mappings read with ``parse_segment`` (TOLERANT): there is no grouping
-to lose segments, the cost is roughly halved, and an hl7apy exception is naturally tied to a
-segment; the field is then found by parsing that segment's fields one at a time. Segments no
-mapping reads (Z segments, IN1, ...) are kept as text only; the raw message is staged anyway.
+One parser for values: each segment a mapping reads is split positionally here (fields,
+repetitions, components, subcomponents, escape sequences decoded); the message type was
+already recognised from MSH alone (``header.read_header``) before anything is parsed, so a type
+we do not convert costs nothing more. Segments no mapping reads (Z segments, IN1, ...) are kept
+as text only; the raw message is staged anyway.
+
+Where hl7apy stands (settled, issue 14): it is not on the hot path. Its TOLERANT
+``parse_segment`` used to gate every mapped segment and then be discarded: ~90 % of conversion
+time (32 msg/s end to end) while accepting everything a test could craft. It remains
+available, off by default: ``hl7apy_parse: true`` in messages.yaml restores that gate, and
+``strict_check: true`` runs its STRICT datatype/length/cardinality checks as warnings naming
+segment and field (``_locate_field``), the check worth its cost when onboarding a new feed.
+(``parse_message`` is never used: 20-110 ms on real ADTs, and with ``find_groups=True`` it
+silently drops Z and out-of-place segments, crs4/hl7apy #89, #145.)
 
 Values are returned positionally (field → repetitions → components → subcomponents, escape
 sequences decoded) so mappings address ``PID-3.4.1`` the same way in 2.3 and 2.8, where hl7apy
@@ -149,12 +157,15 @@ def _split_fields(
                 )
             )
             reps = reps[:max_repetitions]
-        fields.append(
-            [
-                [[hl7.util.unescape(container, s) for s in c.split(sub)] for c in r.split(comp)]
-                for r in reps
-            ]
-        )
+        if esc in value:
+            fields.append(
+                [
+                    [[hl7.util.unescape(container, s) for s in c.split(sub)] for c in r.split(comp)]
+                    for r in reps
+                ]
+            )
+        else:  # nothing to unescape (most fields): split only
+            fields.append([[c.split(sub) for c in r.split(comp)] for r in reps])
     return fields
 
 

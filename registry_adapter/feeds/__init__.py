@@ -10,8 +10,8 @@ listener and ``doctor`` all look feed types up here; nothing else lists them. Th
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,9 @@ class FeedType:
     settings: type[FeedSettings]
     build: Callable[[Any, App], Source] | None = None
     description: str = ""
+    # String fields of the adapter's settings dataclasses that hold paths, resolved against the
+    # config file's folder like every ``Path`` setting: {dataclass: field names}.
+    path_strings: Mapping[type, frozenset[str]] = field(default_factory=dict)
 
     @property
     def pulled(self) -> bool:

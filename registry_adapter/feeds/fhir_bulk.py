@@ -28,4 +28,10 @@ def build(cfg: FhirBulkSource, app: App) -> Source:
     return FhirBulkReader(cfg.name, cfg.settings)
 
 
-FEED = FeedType("fhir_bulk", FhirBulkSource, build, "FHIR Bulk Data $export")
+PATH_STRINGS = {
+    AuthConfig: frozenset({"private_key_file"}),
+    HttpConfig: frozenset({"verify"}),
+    FhirBulkConfig: frozenset({"work_dir"}),
+}
+
+FEED = FeedType("fhir_bulk", FhirBulkSource, build, "FHIR Bulk Data $export", PATH_STRINGS)

@@ -28,4 +28,9 @@ def build(cfg: FhirRestSource, app: App) -> Source:
     return FhirRestReader(cfg.name, cfg.settings)
 
 
-FEED = FeedType("fhir_rest", FhirRestSource, build, "FHIR REST search, incremental by _lastUpdated")
+# ``verify`` is a CA bundle path only when it is a string; ``True``/``False`` stay as they are.
+PATH_STRINGS = {AuthConfig: frozenset({"private_key_file"}), HttpConfig: frozenset({"verify"})}
+
+FEED = FeedType(
+    "fhir_rest", FhirRestSource, build, "FHIR REST search, incremental by _lastUpdated", PATH_STRINGS
+)

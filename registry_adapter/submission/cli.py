@@ -36,7 +36,7 @@ def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> da
 @click.option("--since", callback=_date, metavar="DATE", help="Cases operated on from DATE up to today.")
 @click.option("--dry-run", is_flag=True, help="Count what would go and what is held back; send nothing.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the package into this folder instead.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @pass_ctx
 def submit(
     obj: Ctx, period: str | None, since: date | None, dry_run: bool, output: Path | None, as_json: bool
@@ -72,7 +72,7 @@ def submissions() -> None:
 
 
 @submissions.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @pass_ctx
 def submissions_list(obj: Ctx, as_json: bool) -> None:
     """Packages delivered to the registry, newest first."""
@@ -113,7 +113,7 @@ def submissions_list(obj: Ctx, as_json: bool) -> None:
 
 @submissions.command("feedback")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @pass_ctx
 def submissions_feedback(obj: Ctx, file: Path, as_json: bool) -> None:
     """Turn the registry's validation file (case_id, field, message) into review errors."""
@@ -132,7 +132,7 @@ def submissions_feedback(obj: Ctx, file: Path, as_json: bool) -> None:
 
 @click.command("measures")
 @click.option("--period", metavar="YYYYQn", help="Cases operated on in this quarter [default: all].")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @pass_ctx
 def measures(obj: Ctx, period: str | None, as_json: bool) -> None:
     """Outcome and PROM figures per module, as the registry measures the site."""

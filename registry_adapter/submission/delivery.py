@@ -105,6 +105,7 @@ class SftpDestination:
             port=s.port,
             username=s.username,
             key_filename=str(s.private_key_file),
+            passphrase=s.passphrase(),
             look_for_keys=False,
             allow_agent=False,
             timeout=s.timeout_seconds,

@@ -79,6 +79,23 @@ def allowed_values(spec: FieldSpec, codemaps: Mapping[str, CodeMap]) -> tuple[st
     return None
 
 
+def check_dictionary(dictionary: DataDictionary, codemaps: Mapping[str, CodeMap]) -> list[str]:
+    """Fields whose ``allowed_from`` names a code map or column that is not there."""
+    problems = []
+    for file, specs in dictionary.files.items():
+        for spec in specs:
+            if not spec.allowed_from:
+                continue
+            cmap_name, column = spec.allowed_from.rsplit(".", 1)
+            cmap = codemaps.get(cmap_name)
+            if cmap is None or not isinstance(cmap.value_columns.get(column), list):
+                problems.append(
+                    f"{DICTIONARY}: {file} field {spec.name} takes its values from {spec.allowed_from},"
+                    " which is not a code map column with a list of values"
+                )
+    return problems
+
+
 def value_problem(spec: FieldSpec, value: str, codemaps: Mapping[str, CodeMap]) -> str | None:
     """Why ``value`` does not fit the field, or None."""
     if value == "":

@@ -108,9 +108,10 @@ def compute_measures(app: App, period: str | None = None) -> dict[str, Any]:
 
 
 def measures_by_quarter(app: App) -> dict[str, dict[str, Any]]:
-    """The same figures for every quarter with cases (the review UI's Measures page)."""
-    with app.engine.begin() as conn:
-        outcomes = refresh_outcomes(conn, app)
+    """The same figures for every quarter with cases (the review UI's Measures page; computed
+    without writing, as a page view must not change the store)."""
+    with app.engine.connect() as conn:
+        outcomes = refresh_outcomes(conn, app, store=False)
         cases = conn.execute(select(CASES).where(CASES.c.status == "active")).all()
         proms = _proms(conn, (c.id for c in cases))
     quarters: dict[str, list[Any]] = defaultdict(list)

@@ -37,6 +37,8 @@ class CaseRecord:
     case_key: str
     rows: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     action: str = "new"
+    # The staged record of the case's anchor procedure (where its review errors live).
+    anchor_staging_id: int | None = None
 
     def content_hash(self) -> str:
         """Digest of everything sent about the case except how it is sent (new or changed)."""

@@ -34,6 +34,7 @@ from registry_store.submissions import (
     ledger_state,
     record_submission,
     replace_readiness_errors,
+    resolve_feedback_errors,
     save_case_outcomes,
 )
 from registry_store.tables import CASES, PATIENTS
@@ -117,15 +118,30 @@ class Plan:
         return dict(sorted(Counter(r for reasons in self.held_back.values() for r in reasons).items()))
 
 
-def refresh_outcomes(conn: Connection, app: App) -> dict[str, dict[str, Any]]:
-    """Recompute and store the outcomes of every active case (all sources)."""
+def refresh_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[str, dict[str, Any]]:
+    """Recompute the outcomes of every active case (all sources); ``store``: keep them in
+    ``case_outcomes`` (the review UI computes without writing: its pages only read)."""
     defs = load_definitions(app.settings.mappings.directory)
     out: dict[str, dict[str, Any]] = {}
     for source in conn.execute(select(CASES.c.source).distinct()).scalars():
         computed = compute_outcomes(conn, source, app.site, defs, app.codemaps)
-        save_case_outcomes(conn, source, computed)
+        if store:
+            save_case_outcomes(conn, source, computed)
         out.update(computed)
     return out
+
+
+def after_store(app: App, reason: str) -> None:
+    """After-store plug-in: recompute case outcomes once a sync, an import or a re-process
+    stored data, so late data shows on case pages at once. Never fails the run that stored the
+    data (submission and measures recompute anyway); only the error's type is logged."""
+    try:
+        with app.engine.begin() as conn:
+            cases = len(refresh_outcomes(conn, app))
+    except Exception as exc:
+        log.error("outcomes.refresh_failed", reason=reason, error=type(exc).__name__)
+        return
+    log.info("outcomes.refreshed", reason=reason, cases=cases)
 
 
 def _settings(app: App) -> SubmissionSettings:
@@ -335,6 +351,7 @@ def plan_submission(conn: Connection, app: App, selection: Selection) -> Plan:
             case_keys,
         )
         staging_id = anchors.get((case.source, case.procedure_id))
+        record.anchor_staging_id = staging_id
         if staging_id is not None:
             considered[case.source].append(staging_id)
         reasons = _readiness(record, dictionary, app.codemaps)
@@ -445,6 +462,10 @@ def _record(app: App, selection: Selection, package: Package, plan: Plan, where:
         for w in plan.withdrawals
     ]
     with app.engine.begin() as conn:
+        # The registry's earlier findings on a case are answered by sending it corrected.
+        resolve_feedback_errors(
+            conn, [r.anchor_staging_id for r in plan.records if r.action == "changed" and r.anchor_staging_id]
+        )
         return record_submission(
             conn,
             period=selection.label,

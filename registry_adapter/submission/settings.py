@@ -22,6 +22,9 @@ class SftpSettings(_Strict):
     port: int = Field(default=22, ge=1, le=65535)
     username: str
     private_key_file: Path
+    # For an encrypted key: ${ENV_VAR}, or private_key_passphrase_file: path (never the file).
+    private_key_passphrase: str | None = None
+    private_key_passphrase_file: Path | None = None
     known_hosts_file: Path
     # The folder on the server the package goes into.
     remote_dir: str = "."
@@ -29,6 +32,11 @@ class SftpSettings(_Strict):
     # Whole upload attempts (connect, upload, verify, rename) before giving up.
     attempts: int = Field(default=3, ge=1, le=20)
     retry_delay_seconds: float = Field(default=10.0, ge=0)
+
+    def passphrase(self) -> str | None:
+        if self.private_key_passphrase_file is None:
+            return self.private_key_passphrase
+        return self.private_key_passphrase_file.read_text().rstrip("\r\n")
 
 
 class SubmissionSchedule(CronSchedule):

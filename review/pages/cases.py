@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from registry_adapter.app import App
+from review.case_outcomes import submission_context
 from review.queries import BASELINE_STATUSES, CaseFilter, case_detail, case_facets, cases_page
 from review.settings import ReviewSettings
 from review.web import choice, date_arg, masked_for, page_arg, registry, render, require, text_arg
@@ -112,6 +113,7 @@ async def case(request: Request) -> Response:
         detail = case_detail(conn, request.path_params["case_id"])
         if detail is None:
             raise HTTPException(404)
+        detail |= submission_context(conn, detail["case"]["id"])
         attempts = sends_of(conn, [r["id"] for r in detail["reminders"]])
     context = {
         "section": "cases",

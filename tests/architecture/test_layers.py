@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import tomllib
 
 import pytest
 
@@ -113,3 +114,10 @@ def test_cycles_are_found() -> None:
     edges = {"a": {"b": ["x"]}, "b": {"c": ["x"]}, "c": {"a": ["x"]}, "d": {"a": ["x"]}}
     assert cycles(edges) == [["a", "b", "c"]]
     assert cycles({"a": {"b": ["x"]}, "b": {}}) == []
+
+
+def test_every_packaged_top_level_package_has_a_layer() -> None:
+    """A new top-level package must take its place in ``LAYERS`` (and so in these checks)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {pattern.rstrip("*") for pattern in include} == set(LAYERS)

@@ -292,7 +292,10 @@ def test_hl7apy_failure_names_segment_and_field(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(parse_mod, "parse_segment", boom_segment)
     monkeypatch.setattr(parse_mod, "parse_field", boom_field)
-    r = _conv(_adt("A01"))
+    import dataclasses
+
+    with_hl7apy = dataclasses.replace(load_config(), hl7apy_parse=True)
+    r = convert_message(_adt("A01").replace("\n", "\r").encode(), source="test", tz=CHICAGO, cfg=with_hl7apy)
     err = next(e for e in r.errors if e.code == "hl7.parse_error")
     assert (err.segment, err.field) == ("PR1", "PR1-5")
     assert any(e.code == "hl7.not_converted" and e.segment == "PR1" for e in r.errors)
@@ -340,13 +343,14 @@ def test_oru_questionnaire_panel_becomes_questionnaire_response() -> None:
     assert "derivedFrom" not in obs["8867-4"] and "category" not in obs["8867-4"]
 
 
-def test_hl7apy_parse_can_be_switched_off_without_changing_results() -> None:
+def test_hl7apy_parse_off_by_default_gives_the_results_it_gave_on() -> None:
     import dataclasses
 
-    fast = dataclasses.replace(load_config(), hl7apy_parse=False)
+    assert load_config().hl7apy_parse is False
+    with_hl7apy = dataclasses.replace(load_config(), hl7apy_parse=True)
     for path in sorted(MESSAGES.glob("*.hl7")):
         raw = path.read_bytes()
-        a = convert_message(raw, source=path.name, tz=CHICAGO)
-        b = convert_message(raw, source=path.name, tz=CHICAGO, cfg=fast)
+        a = convert_message(raw, source=path.name, tz=CHICAGO, cfg=with_hl7apy)
+        b = convert_message(raw, source=path.name, tz=CHICAGO)
         assert a.resources == b.resources and a.errors == b.errors, path.name
 

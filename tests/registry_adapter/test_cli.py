@@ -143,7 +143,7 @@ def test_the_demo_runs_from_the_example_config(tmp_path: Path) -> None:
 
 def test_mappings_check_conformance_and_test(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
-    assert "all good: 2 code maps" in run("mappings", "check", config=cfg).stdout
+    assert "all good: 5 code maps" in run("mappings", "check", config=cfg).stdout
     # A broken site copy of the code maps is reported with file and line, exit status 1.
     site_maps = tmp_path / "codemaps"
     shutil.copytree(ROOT / "mappings" / "codemaps", site_maps)

@@ -196,3 +196,26 @@ def test_the_example_config_documents_every_key() -> None:
         if name not in _INTERNAL_KEYS and not re.search(rf"(?<![\w-]){re.escape(name)}\s*:", text)
     )
     assert not missing, f"config.example.yaml does not document: {', '.join(missing)}"
+
+
+def test_sections_owned_by_other_packages_are_composed_and_survive_a_json_round_trip() -> None:
+    from review.settings import ReviewSettings
+    from scheduler.settings import RemindersSettings, SchedulerSettings
+
+    data = {
+        "site": {"id": "s", "timezone": "UTC", "pseudonym_key": "k" * 32},
+        "scheduler": {"lock_ttl_seconds": 120},
+        "review": {"page_size": 25},
+    }
+    settings = parse_settings(data)
+    assert settings.section(SchedulerSettings).lock_ttl_seconds == 120
+    assert settings.lease_ttl_seconds() == 120.0
+    assert settings.section(ReviewSettings).page_size == 25
+    assert settings.section(RemindersSettings) == RemindersSettings()  # absent: its defaults
+    # What a subprocess gets (model_dump_json, then model_validate_json) is the same settings.
+    assert Settings.model_validate_json(settings.model_dump_json()) == settings
+    changed = settings.with_section(ReviewSettings(page_size=10))
+    assert changed.section(ReviewSettings).page_size == 10
+    assert settings.section(ReviewSettings).page_size == 25  # a copy: the original is unchanged
+    with pytest.raises(ConfigError, match=r"scheduler\.lock_ttl_seconds"):
+        parse_settings({**data, "scheduler": {"lock_ttl_seconds": 1}})

@@ -50,6 +50,11 @@ def _faulty_records() -> list[dict[str, Any]]:
 
 @pytest.fixture
 def feed(tmp_path: Path) -> Path:
+    return make_feed(tmp_path)
+
+
+def make_feed(tmp_path: Path) -> Path:
+    """The sample feed plus records with validation faults, in a folder of its own."""
     dest = tmp_path / "feed"
     shutil.copytree(SAMPLE_FEED, dest)
     (dest / "Faults.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in _faulty_records()) + b"\n")
@@ -101,3 +106,38 @@ def test_fast_path_gives_the_reference_rows(
     # The faults really went through validation and were reported.
     codes = {dict(r)["code"] for r in reference_rows["mapping_errors"]}
     assert {"validation.time_without_offset", "validation.wrong_type", "validation.invalid_element"} <= codes
+
+
+def _adt(i: int) -> bytes:
+    """A spine-surgery ADT^A08 (made-up patient); every third one re-sends patient 0's stay
+    with a new procedure code, so conversions update records staged by earlier messages."""
+    pid = 0 if i % 3 == 0 else i
+    code = ("22633", "63047", "22551")[i % 3]
+    segs = [
+        f"MSH|^~\\&|EPIC|GOODHEALTH|REG|SPINE|20250301101500||ADT^A08^ADT_A01|EQ{i:05d}|P|2.5.1",
+        "EVN|A08|20250301101500",
+        f"PID|1||DEMO{pid:05d}^^^GOODHEALTH^MR||TESTPERSON^ALEX||19700101|F",
+        f"PV1|1|I|4W^401^1^GOODHEALTH||||1234^BONE^ROBERT^^^DR|||ORT||||1|||1234^BONE^ROBERT^^^DR|IN|"
+        f"V{pid:05d}|||||||||||||||||||||||||20250301080000|20250303120000",
+        "DG1|1||M48.062^Spinal stenosis^I10||20250301|A",
+        f"PR1|1||{code}^Spine procedure^C4||20250301093000|||||||5678^CUTTER^SAM^^^DR^^^GOODHEALTH",
+    ]
+    return "\r".join(segs).encode() + b"\r"
+
+
+def test_mapping_in_worker_processes_gives_the_same_rows(
+    make_app: Callable[..., App], tmp_path: Path, feed: Path
+) -> None:
+    # Small batches so the pool runs with several batches in flight, v2 messages among them
+    # (their conversions stage records while later batches are already being mapped).
+    (feed / "adt.hl7").write_bytes(b"\n".join(_adt(i) for i in range(40)))
+    one = make_app(f"sqlite:///{tmp_path / 'one.db'}", batch_size=40)
+    _import(one, feed)
+    pooled = make_app(f"sqlite:///{tmp_path / 'pooled.db'}", batch_size=40, mapping_workers=2)
+    _import(pooled, feed)
+    rows = _snapshot(one)
+    assert len(rows["staging"]) > 400
+    assert any(dict(r)["resource_type"] == "HL7v2Message" for r in rows["staging"])
+    assert _snapshot(pooled) == rows
+    Pipeline(pooled).reprocess(everything=True)
+    assert _snapshot(pooled) == rows

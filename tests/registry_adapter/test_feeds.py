@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,15 @@ from registry_adapter.app import App
 from registry_adapter.config import ConfigError, parse_settings
 from registry_adapter.feeds import FeedType, build_source, feed_types, is_pulled
 from registry_adapter.feeds.mllp import MllpSource
+from registry_adapter.plugins import (
+    AFTER_STORE,
+    COMMANDS,
+    DOCTOR,
+    FEEDS,
+    SETTINGS,
+    declared_in_source_tree,
+    plugins,
+)
 
 SITE = {"id": "site", "timezone": "UTC", "pseudonym_key": "k" * 32}
 
@@ -51,9 +61,7 @@ def test_an_unknown_feed_type_is_a_config_error_naming_the_source() -> None:
         assert name in str(err.value)  # the message lists the types that exist
 
 
-def test_build_source_makes_each_pulled_feed_and_refuses_a_pushed_one(
-    sqlite_app: App, tmp_path: Path
-) -> None:
+def test_build_source_makes_pulled_feeds_and_refuses_a_pushed_one(sqlite_app: App, tmp_path: Path) -> None:
     settings = parse_settings(
         {
             "site": SITE,
@@ -71,3 +79,13 @@ def test_build_source_makes_each_pulled_feed_and_refuses_a_pushed_one(
         build_source(settings.source("listener"), sqlite_app)
     with pytest.raises(ConfigError, match=r"sources\.gone\.path"):
         build_source(settings.source("gone"), sqlite_app)
+
+
+@pytest.mark.parametrize("group", [FEEDS, SETTINGS, COMMANDS, DOCTOR, AFTER_STORE])
+def test_pyproject_declares_what_the_installed_metadata_lists(group: str) -> None:
+    """A checkout whose metadata predates a new entry point falls back to pyproject.toml; both
+    must list the same plug-ins (if this fails, run `make install`)."""
+    declared = {(ep.name, ep.value) for ep in declared_in_source_tree(group)}
+    assert declared
+    assert declared == {(ep.name, ep.value) for ep in entry_points(group=group)}
+    assert {p.name for p in plugins(group)} == {name for name, _ in declared}

@@ -232,6 +232,7 @@ A11Y_PAGES = [
     "/cases/sample:proc-0001",
     "/reminders",
     "/feeds",
+    "/measures",
     "/audit",
 ]
 

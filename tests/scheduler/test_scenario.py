@@ -11,10 +11,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 
 from registry_adapter.app import App
-from registry_store.models import Patient
+from registry_store.reminders import set_opted_out
 from scheduler.channels.base import verify_link_token
 from scheduler.clock import at_local
 from scheduler.dispatcher import Dispatcher
@@ -93,9 +93,8 @@ def test_year_of_reminders(
     case("e", D(2025, 4, 1), D(2025, 4, 3))
 
     def e_opts_out() -> None:
-        patients = Patient.__table__  # type: ignore[attr-defined]
         with app.engine.begin() as conn:
-            conn.execute(update(patients).where(patients.c.id == "pat-e").values(opted_out=True))
+            set_opted_out(conn, "pat-e", source=None, opted_out=True)
 
     events[D(2025, 6, 15)].append(e_opts_out)
     case("f", D(2025, 4, 7), D(2025, 4, 8))

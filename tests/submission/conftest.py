@@ -26,12 +26,12 @@ SAMPLE_OUTCOMES = ROOT / "examples" / "sample-outcomes"
 SSHD = Path("/usr/sbin/sshd")
 
 
-def ingest(app: App, folder: Path, name: str = "sample") -> None:
+def ingest(app: App, folder: Path, name: str = "sample", kind: str = "files") -> None:
     """Import ``folder`` as source ``name`` (the outcomes folder adds to the sample source)."""
     from registry_adapter.config import parse_settings
 
     data = app.settings.model_dump(mode="json", exclude_none=True)
-    data["sources"] = [{"name": name, "type": "files", "path": str(folder)}]
+    data["sources"] = [{"name": name, "type": kind, "path": str(folder)}]
     settings = parse_settings(data)
     Pipeline(app).ingest(build_source(settings.sources[0], app), SourceContext())
 

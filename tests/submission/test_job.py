@@ -69,3 +69,14 @@ def test_disabled_schedule_removes_the_stored_job(make_app: Callable[..., App]) 
     assert d.ensure_jobs()[jobs.SUBMISSION_JOB] == "removed"
     assert d.scheduler.get_job(jobs.SUBMISSION_JOB) is None
     d.stop()
+
+
+def test_nightly_job_refreshes_case_outcomes(make_app: Callable[..., App]) -> None:
+    from registry_store.tables import CASE_OUTCOMES
+
+    app = make_app()  # its source is the sample feed
+    jobs.bind(app)
+    jobs.nightly()
+    with app.engine.connect() as conn:
+        stored = dict(conn.execute(select(CASE_OUTCOMES.c.case_id, CASE_OUTCOMES.c.outcomes)).all())
+    assert len(stored) == 40 and stored["sample:proc-0001"]["definitions_version"] == "2026.1"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,3 +82,76 @@ def test_site_outcome_definitions_replace_the_bundled(tmp_path: Path, sqlite_app
     (tmp_path / "outcomes.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(Exception, match=r"readmission\.windows_days must be a list"):
         load_definitions(tmp_path)
+
+
+GOLDEN = Path(__file__).with_name("golden") / "sample_outcomes.json"
+
+
+def test_outcomes_of_every_sample_case_match_the_golden_file(sqlite_app: App) -> None:
+    """Every outcome field of every case of the sample feed + labelled outcomes. A change to
+    the definitions or code maps that moves any of them shows here; regenerate on purpose with
+    REGENERATE_GOLDEN=1 and review the diff."""
+    got = json.dumps(_outcomes(sqlite_app), indent=1, sort_keys=True) + "\n"
+    if os.environ.get("REGENERATE_GOLDEN"):
+        GOLDEN.write_text(got)
+    assert got == GOLDEN.read_text()
+
+
+def test_discharge_disposition_from_pv1_36_through_the_v2_conversion(
+    make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    golden = Path(__file__).parents[1] / "golden" / "hl7v2" / "ADT-A03.hl7"
+    segments = golden.read_text().replace("\n", "\r").strip("\r").split("\r")
+    pv1 = segments[3].split("|")
+    pv1 += [""] * (46 - len(pv1))
+    pv1[36] = "01"  # HL7 table 0112: discharged to home or self care
+    segments[3] = "|".join(pv1)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    message = inbox / "a03.hl7"
+    message.write_text("\r".join(segments) + "\r")
+    os.utime(message, (1, 1))  # long settled: the drop folder leaves files still being written
+    app = make_app(f"sqlite:///{tmp_path / 'v2.db'}")
+    ingest(app, inbox, name="adt", kind="hl7v2_files")
+    (case,) = _outcomes(app).values()
+    assert case["discharge_disposition"] == "home" and case["length_of_stay_days"] == 3
+
+
+def test_a_readmission_the_feed_marks_planned_is_reported_not_counted(
+    make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'p.db'}")
+    ingest(app, SAMPLE_FEED)
+    case = _outcomes(app)["sample:proc-0001"]  # discharged 2024-03-19
+    assert not case["planned_readmission"] and case["readmission_days"] is None
+    later = tmp_path / "later"
+    later.mkdir()
+    stays = [
+        # Planned by its reason (surgical aftercare, planned-readmissions code map), day 10.
+        ("enc-0001-aftercare", "2024-03-29", {"reasonCode": [{"coding": [
+            {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "Z48.811"}]}]}),
+        # Planned by its priority (elective), day 20.
+        ("enc-0001-staged", "2024-04-08", {"priority": {"coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActPriority", "code": "EL"}]}}),
+        # An emergency stay on day 70: the one readmission that counts.
+        ("enc-0001-er", "2024-05-28", {}),
+    ]  # fmt: skip
+    lines = [
+        json.dumps(
+            {
+                "resourceType": "Encounter",
+                "id": eid,
+                "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                "subject": {"reference": "Patient/pat-0001"},
+                "period": {"start": f"{start}T08:00:00-05:00", "end": f"{start}T18:00:00-05:00"},
+                **extra,
+            }
+        )
+        for eid, start, extra in stays
+    ]
+    (later / "Encounter.ndjson").write_text("\n".join(lines) + "\n")
+    ingest(app, later)
+    case = _outcomes(app)["sample:proc-0001"]
+    assert case["planned_readmission"] is True
+    assert case["readmission_days"] == 70 and not case["readmission_30d"] and case["readmission_90d"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from registry_adapter.app import App
-from registry_adapter.submission.dictionary import load_dictionary, validate_csv
+from registry_adapter.submission.dictionary import DICTIONARY, load_dictionary, validate_csv
 from registry_adapter.submission.package import verify_package
 from registry_adapter.submission.service import run_submission
 from tests.conftest import SAMPLE_FEED
@@ -107,3 +107,17 @@ def test_full_birth_date_only_when_configured(make_app: Callable[..., App], tmp_
     births = phi_of_input(SAMPLE_FEED) - phi_of_input(SAMPLE_FEED, birth_dates=False)
     assert births and all(b in cases for b in births)
     assert validate_csv(load_dictionary(), "cases.csv", cases, app.codemaps) == []
+
+
+def test_dictionary_fields_taking_values_from_code_maps_resolve(sample_app: App) -> None:
+    from registry_adapter.submission.dictionary import allowed_values, check_dictionary
+
+    dictionary = load_dictionary()
+    assert check_dictionary(dictionary, sample_app.codemaps) == []
+    linked = [s for specs in dictionary.files.values() for s in specs if s.allowed_from]
+    assert len(linked) == 4 and all(allowed_values(s, sample_app.codemaps) for s in linked)
+    without = {k: v for k, v in sample_app.codemaps.items() if k != "comorbidities"}
+    assert check_dictionary(dictionary, without) == [
+        f"{DICTIONARY}: comorbidities.csv field comorbidity takes its values from comorbidities.comorbidity,"
+        " which is not a code map column with a list of values"
+    ]

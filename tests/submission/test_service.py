@@ -139,6 +139,23 @@ def test_cli_submit_list_feedback_measures(tmp_path: Path) -> None:
     errors = json.loads(run("errors", "list", "--json"))
     rejected = [e for e in errors if e["code"] == "registry.rejected"]
     assert len(rejected) == 1 and rejected[0]["field"] == "bmi"
+    # The BMI arrives; the case goes again (changed) and the registry's finding is resolved.
+    late = tmp_path / "late"
+    late.mkdir()
+    bmi = {
+        "resourceType": "Observation",
+        "id": "obs-0001-bmi",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "39156-5"}]},
+        "subject": {"reference": "Patient/pat-0001"},
+        "effectiveDateTime": "2024-03-10T09:00:00-05:00",
+        "valueQuantity": {"value": 27.1},
+    }
+    (late / "Observation.ndjson").write_text(json.dumps(bmi) + "\n")
+    run("import", str(late), "--source", "sample")
+    resent = json.loads(run("submit", "--period", "2025Q4", "--json"))
+    assert resent["counts"]["changed"] == 1
+    assert not [e for e in json.loads(run("errors", "list", "--json")) if e["code"] == "registry.rejected"]
     measures = json.loads(run("measures", "--json"))
     lumbar = measures["modules"]["lumbar"]
     assert lumbar["cases"] == 28 and lumbar["surgical_site_infection_rate"] == round(100 / 28, 1)
@@ -146,3 +163,35 @@ def test_cli_submit_list_feedback_measures(tmp_path: Path) -> None:
     assert "module" in run("measures", "--period", "2024Q1")
     bad = runner.invoke(cli, ["--config", str(config), "submit", "--period", "2025-13"])
     assert bad.exit_code != 0 and "not a quarter" in bad.output
+
+
+def test_feedback_file_without_the_expected_columns_is_refused(sqlite_app: App, tmp_path: Path) -> None:
+    from registry_adapter.submission.feedback import FeedbackFileError, load_feedback
+
+    bad = tmp_path / "feedback.csv"
+    bad.write_text("record;problem\nx;y\n")
+    expected = r"feedback\.csv:1: expected the columns case_id, field, message"
+    with pytest.raises(FeedbackFileError, match=expected):
+        load_feedback(sqlite_app, bad)
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(FeedbackFileError, match="cannot read the feedback file"):
+        load_feedback(sqlite_app, bad)
+
+
+def test_import_recomputes_case_outcomes_at_once(tmp_path: Path) -> None:
+    """The after-store plug-in: late data shows in case_outcomes right after the import."""
+    from registry_store.tables import CASE_OUTCOMES
+
+    config = write_config_file(tmp_path)
+    runner = CliRunner()
+    for folder in (SAMPLE_FEED, SAMPLE_OUTCOMES):
+        result = runner.invoke(cli, ["--config", str(config), "import", str(folder), "--source", "sample"])
+        assert result.exit_code == 0, result.output
+    from registry_adapter.app import build_app
+    from registry_adapter.config import load_settings
+
+    app = build_app(load_settings(config))
+    with app.engine.connect() as conn:
+        stored = dict(conn.execute(select(CASE_OUTCOMES.c.case_id, CASE_OUTCOMES.c.outcomes)).all())
+    app.engine.dispose()
+    assert len(stored) == 41 and stored["sample:proc-0004"]["readmission_days"] == 45

@@ -135,3 +135,34 @@ def test_configured_sftp_destination_is_used(
     result = run_submission(app, period="2025Q4")
     assert result.destination is not None and result.destination.startswith("sftp://")
     assert (sshd.root / str(result.package)).exists()
+
+
+def test_encrypted_client_key_with_its_passphrase(sqlite_app: App, sshd: SshServer, tmp_path: Path) -> None:
+    key = tmp_path / "encrypted_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "correct horse", "-f", str(key)], check=True)
+    authorized = sshd.client_key.parent / "authorized_keys"
+    authorized.write_text(authorized.read_text() + key.with_suffix(".pub").read_text())
+    passfile = tmp_path / "passphrase"
+    passfile.write_text("correct horse\n")
+    settings = _settings(sshd).model_copy(
+        update={"private_key_file": key, "private_key_passphrase_file": passfile}
+    )
+    result = run_submission(sqlite_app, period="2025Q4", destination=SftpDestination(settings))
+    verify_package((sshd.root / str(result.package)).read_bytes())
+
+
+def test_cli_reports_a_failed_delivery_and_records_nothing(sshd: SshServer, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from registry_adapter.cli import cli
+    from tests.conftest import SAMPLE_FEED, write_config_file
+    from tests.submission.conftest import free_port
+
+    closed = _settings(sshd, port=free_port(), attempts=2).model_dump(mode="json")
+    config = write_config_file(tmp_path, submission={"destination": "sftp", "sftp": closed})
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--config", str(config), "import", str(SAMPLE_FEED)]).exit_code == 0
+    failed = runner.invoke(cli, ["--config", str(config), "submit", "--period", "2025Q4"])
+    assert failed.exit_code == 1 and "gave up after 2 attempts" in failed.output
+    listed = runner.invoke(cli, ["--config", str(config), "submissions", "list", "--json"])
+    assert listed.exit_code == 0 and listed.output.strip() == "[]"

@@ -1,0 +1,109 @@
+"""``registry-adapter worker``: map staged records side by side with other workers.
+
+Several worker processes, on one host or several, share one PostgreSQL store; PostgreSQL is
+the only coordinator. Each worker repeatedly claims the oldest batch of pending staged records
+no other transaction holds (``SELECT … FOR UPDATE SKIP LOCKED``), maps it and writes its
+registry rows, errors and statuses in that same transaction, so a batch is mapped by exactly
+one worker and a worker killed mid-batch only releases its claim (the rows stay pending for
+the others). When nothing is pending, workers drain the case queue the same way (patients
+claimed with ``SKIP LOCKED``, assembled, dequeued in one transaction). Syncs and sources keep
+their leases; with workers running, ``import``/``sync`` may stage only and ``reprocess
+--no-map`` only marks records pending, leaving the mapping to the workers.
+
+On SQLite there are no row locks: run one worker there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import structlog
+from sqlalchemy import select
+
+from adapters.hl7v2.records import HL7_CONTENT_TYPE
+from adapters.validation import validator_id
+from registry_adapter.mapping_pool import StagedForMapping, as_plain
+from registry_store.case_queue import claim_queued, dequeue
+from registry_store.tables import STAGING
+from registry_store.verdicts import known_verdicts
+
+if TYPE_CHECKING:
+    from registry_adapter.pipeline import Pipeline, Prepared, RunCounts
+
+log = structlog.get_logger(__name__)
+
+
+def _claim_and_map(pipeline: Pipeline, counts: RunCounts, batch_size: int) -> int:
+    """Claim, map and write one batch; returns how many records it held (0: none pending)."""
+    failed: list[Prepared] = []
+    with pipeline.app.engine.begin() as conn:
+        query = (
+            select(
+                STAGING.c.id, STAGING.c.source, STAGING.c.resource_type, STAGING.c.resource_id,
+                STAGING.c.content_type, STAGING.c.content_hash, STAGING.c.raw,
+            )
+            .where(STAGING.c.status == "pending")
+            .order_by(STAGING.c.id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        rows: list[StagedForMapping] = [as_plain(r) for r in conn.execute(query)]
+        if not rows:
+            return 0
+        digests = [hashlib.sha256(r.raw).hexdigest() for r in rows if r.content_type != HL7_CONTENT_TYPE]
+        verdicts = known_verdicts(conn, validator_id(), digests) if pipeline.strictness != "off" else {}
+        prepared = [pipeline._prepare(row, verdicts) for row in rows]
+        try:
+            with conn.begin_nested():
+                counts.add(pipeline._write(conn, prepared))
+        except Exception:
+            failed = prepared
+    # Outside the claim (its locks are released): record by record, as map_pending does.
+    for one in failed:
+        counts.add(pipeline._write_alone(one))
+    pipeline.progress("mapping", counts.as_dict())
+    return len(rows)
+
+
+def _drain_cases(pipeline: Pipeline, chunk: int = 200) -> int:
+    total = 0
+    while True:
+        with pipeline.app.engine.begin() as conn:
+            pairs = claim_queued(conn, chunk)
+            if not pairs:
+                return total
+            by_source: dict[str, set[str]] = defaultdict(set)
+            for source, patient in pairs:
+                by_source[source].add(patient)
+            total += pipeline._assemble(conn, by_source)
+            dequeue(conn, pairs)
+
+
+def run_worker(
+    pipeline: Pipeline,
+    *,
+    until_idle: bool = False,
+    poll_seconds: float = 5.0,
+    stop: threading.Event | None = None,
+) -> RunCounts:
+    """Map pending records until stopped (or, ``until_idle``, until none is pending)."""
+    from registry_adapter.pipeline import RunCounts
+
+    counts = RunCounts()
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        if _claim_and_map(pipeline, counts, pipeline.batch_size):
+            continue
+        counts.cases += _drain_cases(pipeline)
+        if until_idle:
+            # Another worker may still be writing a batch that queues patients: one more look.
+            if _claim_and_map(pipeline, counts, pipeline.batch_size):
+                continue
+            counts.cases += _drain_cases(pipeline)
+            break
+        stop.wait(poll_seconds)
+    log.info("worker.stopped", **counts.as_dict())
+    return counts

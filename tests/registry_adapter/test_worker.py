@@ -1,0 +1,73 @@
+"""`registry-adapter worker`: workers side by side on PostgreSQL map every pending record once,
+and the registry ends exactly as a single process leaves it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from registry_adapter.app import App
+from registry_adapter.pipeline import Pipeline, RunCounts
+from registry_adapter.worker import run_worker
+from tests.registry_adapter.test_fast_path_equivalence import _adt, _import, _snapshot, make_feed
+
+
+def _handled(c: RunCounts) -> int:
+    return c.mapped + c.failed + c.out_of_scope + c.excluded
+
+
+def test_two_workers_on_postgresql_give_the_single_process_rows(
+    make_app: Callable[..., App], pg_url: str, tmp_path: Path
+) -> None:
+    feed = make_feed(tmp_path)
+    (feed / "adt.hl7").write_bytes(b"\n".join(_adt(i) for i in range(40)))
+    app = make_app(pg_url, batch_size=25)
+    _import(app, feed)
+    single = _snapshot(app)
+
+    selected, nothing = Pipeline(app).reprocess(everything=True, map_now=False)
+    assert selected > 400 and _handled(nothing) == 0
+    results: list[RunCounts] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            results.append(run_worker(Pipeline(app), until_idle=True))
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == [] and len(results) == 2
+    # Every record was claimed by exactly one worker, and both took a share.
+    assert sum(_handled(c) for c in results) == selected
+    assert all(_handled(c) > 0 for c in results)
+    assert _snapshot(app) == single
+
+
+def test_worker_command_maps_what_reprocess_no_map_left_pending(
+    make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    from registry_adapter.cli import cli
+    from tests.conftest import write_config_file
+
+    app = make_app()
+    _import(app, make_feed(tmp_path))
+    single = _snapshot(app)
+    config = write_config_file(tmp_path, sources=[])
+    runner = CliRunner()
+    marked = runner.invoke(cli, ["--config", str(config), "reprocess", "--all", "--no-map", "--json"])
+    assert marked.exit_code == 0, marked.output
+    with app.engine.connect() as conn:
+        from sqlalchemy import text
+
+        assert conn.execute(text("SELECT count(*) FROM staging WHERE status = 'pending'")).scalar_one() > 200
+    done = runner.invoke(cli, ["--config", str(config), "worker", "--until-idle", "--json"])
+    assert done.exit_code == 0, done.output
+    assert _snapshot(app) == single
