@@ -82,7 +82,8 @@ def shadow_app(
             **({"codemaps": codemaps} if codemaps is not None else {}),
         }
     )
-    settings = app.settings.model_copy(update={"mappings": mappings})
+    # Mapped in this process: the shadow's one connection is the whole point (no worker pool).
+    settings = app.settings.model_copy(update={"mappings": mappings, "mapping_workers": 1})
     engine = make_engine(app.engine.url)
     _savepoint_ready(engine)
     try:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from adapters.hl7v2.records import HL7_CONTENT_TYPE
 from adapters.validation import validator_id
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from registry_adapter.pipeline import Pipeline, Prepared, RunCounts
 
 log = structlog.get_logger(__name__)
+_RETRIES = 5
 
 
 def _claim_and_map(pipeline: Pipeline, counts: RunCounts, batch_size: int) -> int:
@@ -69,17 +71,32 @@ def _claim_and_map(pipeline: Pipeline, counts: RunCounts, batch_size: int) -> in
 
 
 def _drain_cases(pipeline: Pipeline, chunk: int = 200) -> int:
+    """Assemble queued patients, ``chunk`` a transaction, until none is left unclaimed.
+
+    A chunk can meet another worker's batch writing the same patients' rows; should PostgreSQL
+    break the tie (a deadlock or serialization error), that chunk rolls back, stays queued and
+    is tried again (up to ``_RETRIES`` times in a row, then the error stands)."""
     total = 0
+    failures = 0
     while True:
-        with pipeline.app.engine.begin() as conn:
-            pairs = claim_queued(conn, chunk)
-            if not pairs:
-                return total
-            by_source: dict[str, set[str]] = defaultdict(set)
-            for source, patient in pairs:
-                by_source[source].add(patient)
-            total += pipeline._assemble(conn, by_source)
-            dequeue(conn, pairs)
+        try:
+            with pipeline.app.engine.begin() as conn:
+                pairs = claim_queued(conn, chunk)
+                if not pairs:
+                    return total
+                by_source: dict[str, set[str]] = defaultdict(set)
+                for source, patient in pairs:
+                    by_source[source].add(patient)
+                assembled = pipeline._assemble(conn, by_source)
+                dequeue(conn, pairs)
+        except DBAPIError as exc:
+            failures += 1
+            log.warning("worker.assembly_retried", error=type(exc.orig).__name__, attempt=failures)
+            if failures > _RETRIES:
+                raise
+            continue
+        failures = 0
+        total += assembled
 
 
 def run_worker(

@@ -19,9 +19,15 @@ from registry_store.tables import CASE_QUEUE as QUEUE
 
 
 def enqueue(conn: Connection, touched: Mapping[str, Iterable[str]]) -> None:
-    rows = [{"source": s, "patient_id": p} for s, patients in touched.items() for p in set(patients) if p]
+    """Queue these patients. An already queued one is updated (to itself), not skipped: the
+    update waits for a worker that is assembling that patient right now (it holds the row,
+    ``claim_queued``) and then re-queues them, so the rows this transaction writes are
+    assembled again after it commits rather than lost to an assembly that read before them."""
+    # In key order, as claim_queued locks them: two transactions never wait on each other crosswise.
+    pairs = sorted({(s, p) for s, patients in touched.items() for p in patients if p})
+    rows = [{"source": s, "patient_id": p} for s, p in pairs]
     for start in range(0, len(rows), 1000):
-        upsert(conn, QUEUE, rows[start : start + 1000], keys=["source", "patient_id"], update=[])
+        upsert(conn, QUEUE, rows[start : start + 1000], keys=["source", "patient_id"], update=["patient_id"])
 
 
 def queued(conn: Connection) -> list[tuple[str, str]]:
