@@ -43,7 +43,9 @@ def parse_ids(values: Iterable[object]) -> list[int]:
     if not unique:
         raise ActionError("select at least one record to re-process")
     if len(unique) > MAX_SELECTED:
-        raise ActionError(f"at most {MAX_SELECTED} records can be re-processed at once ({len(unique)} selected)")
+        raise ActionError(
+            f"at most {MAX_SELECTED} records can be re-processed at once ({len(unique)} selected)"
+        )
     return unique
 
 
@@ -69,7 +71,9 @@ def _remappable(conn: Connection, ids: list[int]) -> list[int]:
 
 
 def _open_errors(conn: Connection, ids: list[int]) -> int:
-    query = select(func.count()).where(MAPPING_ERRORS.c.staging_id.in_(ids), MAPPING_ERRORS.c.status == "open")
+    query = select(func.count()).where(
+        MAPPING_ERRORS.c.staging_id.in_(ids), MAPPING_ERRORS.c.status == "open"
+    )
     return int(conn.execute(query).scalar_one())
 
 

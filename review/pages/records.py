@@ -11,8 +11,7 @@ from starlette.routing import Route
 from review import csrf
 from review.actions import ActionError
 from review.raw_view import render_raw
-from review.record_reprocess import parse_ids, reprocess_records, summary
-from review.record_reprocess import back_to as _back_to
+from review.record_reprocess import back_to, parse_ids, reprocess_records, summary
 from review.record_view import record_detail
 from review.web import masked_for, registry, render, require
 
@@ -46,7 +45,7 @@ async def reprocess_selected(request: Request) -> Response:
     """Re-process the ticked staged records, then back to the page the form was on."""
     user = require(request, "reviewer")
     form = await csrf.checked_form(request)
-    back = _back_to(form.get("back"))
+    back = back_to(form.get("back"))
     if not form.getlist("staging_id"):
         request.session["flash_error"] = "Select at least one record to re-process."
         return RedirectResponse(back, status_code=303)

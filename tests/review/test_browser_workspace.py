@@ -205,6 +205,21 @@ def test_cause_page_speaks_words_and_gives_an_it_ticket(signed_in: Callable[[str
     )
     shot(page, "05-cause")
 
+    # Re-process the records selected: "select all" ticks the page's boxes, then one is sent.
+    boxes = page.locator("#records-form input[name='staging_id']")
+    expect(boxes).to_have_count(3)
+    page.get_by_label("Select all records on this page").check()
+    for box in boxes.all():
+        expect(box).to_be_checked()
+    page.get_by_label("Select all records on this page").uncheck()
+    boxes.first.check()
+    expect(page.get_by_label("Select all records on this page")).not_to_be_checked()
+    page.get_by_role("button", name="Re-process selected").click()
+    # No code was added: the record is mapped again and still fails, and the page says so.
+    expect(page.get_by_role("status")).to_contain_text("Re-processed 1 record: 0 mapped, 1 still failing")
+    expect(page).to_have_url(re.compile(rf"/causes/{UNLISTED_CAUSE}\?records=open$"))
+    shot(page, "05b-cause-reprocessed-selected")
+
 
 def test_start_page_shows_this_month_and_opens_the_lists(
     signed_in: Callable[[str, str], Page], today_app: App
