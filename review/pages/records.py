@@ -56,7 +56,8 @@ async def reprocess_selected(request: Request) -> Response:
         # Only a forged or stale form gets here (the page offers existing ids, one page at a time).
         raise HTTPException(400, str(exc)) from None
     request.session["flash"] = summary(result)
-    return RedirectResponse(back, status_code=303)
+    # Without a page of ours to go back to, the first record's page shows the summary.
+    return RedirectResponse(back_to(form.get("back"), f"/records/{ids[0]}"), status_code=303)
 
 
 ROUTES = [

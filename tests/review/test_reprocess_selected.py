@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
@@ -195,3 +196,25 @@ def test_ids_are_bounded_and_must_exist(client_for: Client, review_app: App) -> 
     assert none.status_code == 303 and none.headers["location"] == "/causes"
     assert "Select at least one record" in client.get("/causes/" + UNLISTED_CAUSE).text
     assert _state(review_app, records) == before and _reprocess_audits(review_app) == []
+
+
+@pytest.mark.postgres
+def test_reprocess_selected_on_postgresql(
+    make_review_app: Callable[..., App], pg_url: str, site_codemaps: Path
+) -> None:
+    from review.app import create_app
+    from tests.review.conftest import login
+
+    app = make_review_app(pg_url)
+    records = _cause_records(app)
+    _fix_code_map(site_codemaps)
+    client = TestClient(create_app(app))
+    assert login(client, "rita").status_code == 303
+    page = client.get(f"/causes/{UNLISTED_CAUSE}")
+    done = client.post(
+        "/records/reprocess",
+        data={"csrf_token": csrf_of(page.text), "staging_id": [str(records[0]), str(records[2])]},
+    )
+    assert done.url.path == f"/records/{records[0]}"  # no "back" sent: the first record's page
+    assert "Re-processed 2 records: 2 mapped, 0 still failing" in done.text
+    assert _open_by_record(app) == {records[1]: 1}
