@@ -753,7 +753,7 @@ def db_downgrade(obj: Ctx, revision: str) -> None:
 
 # Commands of plugin modules that need an optional extra: listed, and naming the extra when
 # run, even where the extra is not installed and the module cannot be imported.
-_OPTIONAL_COMMANDS = {"review.cli": ("serve", "users")}
+_OPTIONAL_COMMANDS = {"review.cli": ("serve", "users", "month")}
 
 
 def _register_plugin_commands() -> None:

@@ -844,6 +844,7 @@ class Pipeline:
         *,
         resource_type: str | None = None,
         cause_id: str | None = None,
+        staging_ids: Sequence[int] | None = None,
         source: str | None = None,
         everything: bool = False,
         map_now: bool = True,
@@ -854,11 +855,15 @@ class Pipeline:
         conversion staged, e.g. the FHIR resources of a re-converted HL7 v2 message), so the
         review UI's re-process costs the cause's size, not the whole pending backlog. Without
         it, the selected records are mapped together with anything else pending.
+        ``staging_ids`` restricts the selection to those staged records (the review UI's
+        "re-process the records selected"), mapped on their own like a cause's.
         """
         started = utcnow()
         with self.app.engine.begin() as conn:
             cond: list[ColumnElement[bool]] = [STAGING.c.status.notin_(["deleted"])]
-            if not everything and not resource_type and not cause_id:
+            if staging_ids is not None:
+                cond.append(STAGING.c.id.in_(list(staging_ids)))
+            if not everything and not resource_type and not cause_id and staging_ids is None:
                 cond.append(STAGING.c.status.in_(["failed", "invalid"]))
             if resource_type:
                 cond.append(STAGING.c.resource_type == resource_type)
@@ -876,7 +881,7 @@ class Pipeline:
             selected = mark_pending(conn, cond, started)
         if not map_now:  # `registry-adapter worker` processes map them
             return selected, RunCounts()
-        if cause_id is None:
+        if cause_id is None and staging_ids is None:
             return selected, self.map_pending()
         return selected, self.map_pending(where=STAGING.c.updated_at >= started)
 

@@ -9,7 +9,9 @@
 - ``spine_registry_adapter.commands``: modules whose ``COMMANDS`` join the command line;
 - ``spine_registry_adapter.doctor``: extra ``registry-adapter doctor`` checks;
 - ``spine_registry_adapter.after_store``: functions ``(app, reason)`` run after a sync, an
-  import or a re-process stored data (the scheduler plans reminders there).
+  import or a re-process stored data (the scheduler plans reminders there);
+- ``spine_registry_adapter.services``: ``make_service(app)`` functions of background services
+  the daemon runs beside its jobs (the MLLP listener, the review web UI).
 
 Nothing here names a plug-in module: a package adds one by declaring the entry point
 (``pip install -e .`` refreshes the installed declarations of a source checkout; until then a
@@ -28,6 +30,7 @@ SETTINGS = "spine_registry_adapter.settings"
 COMMANDS = "spine_registry_adapter.commands"
 DOCTOR = "spine_registry_adapter.doctor"
 AFTER_STORE = "spine_registry_adapter.after_store"
+SERVICES = "spine_registry_adapter.services"
 
 
 class PluginsMissing(RuntimeError):

@@ -21,14 +21,13 @@ finish. After a ``kill -9`` the next start finds the dead process's leases: its 
 are marked ``interrupted`` and an interrupted nightly run is run again at once.
 
 Other background services (the MLLP listener, the review web UI) plug in as
-:class:`Service` objects: pass them to :class:`Daemon`, or let ``run`` find them through
-:data:`SERVICE_MODULES` (each module exposes ``make_service(app) -> Service | None``,
-returning None when the service is not configured).
+:class:`Service` objects: pass them to :class:`Daemon`, or let ``run`` find them through the
+``spine_registry_adapter.services`` entry points (each names a ``make_service(app) -> Service
+| None``, returning None when the service is not configured).
 """
 
 from __future__ import annotations
 
-import importlib
 import signal
 import threading
 from collections.abc import Iterable
@@ -45,6 +44,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from registry_adapter.app import App
+from registry_adapter.extras import extra_for
+from registry_adapter.plugins import SERVICES, plugins
 from registry_adapter.submission.settings import SubmissionSettings
 from registry_types import metrics
 from scheduler import jobs
@@ -55,8 +56,6 @@ from scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger(__name__)
 
-# Modules that may provide a background service; missing modules are skipped.
-SERVICE_MODULES = ("registry_adapter.listener", "review.service")
 # Interval runs are aligned to this origin, so an hourly dispatch runs at :00 wherever it starts.
 _INTERVAL_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 # How often the main thread looks at the signal flag (stop latency on SIGTERM).
@@ -77,17 +76,19 @@ class Service(Protocol):
     def stop(self) -> None: ...
 
 
-def discover_services(app: App, modules: Iterable[str] = SERVICE_MODULES) -> list[Service]:
+def discover_services(app: App) -> list[Service]:
+    """The configured background services of the installed plug-ins, by entry point name."""
     found: list[Service] = []
-    for module_name in modules:
+    for plugin in plugins(SERVICES):
         try:
-            module = importlib.import_module(module_name)
+            factory = plugin.load()
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        factory = getattr(module, "make_service", None)
-        service = factory(app) if factory else None
+            if extra_for(exc) is None:
+                raise
+            continue  # that service needs an extra that is not installed
+        if not callable(factory):
+            raise TypeError(f"entry point {plugin.name} = {plugin.value} is not a make_service function")
+        service = factory(app)
         if service is not None:
             found.append(service)
     return found

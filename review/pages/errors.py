@@ -117,6 +117,8 @@ async def cause(request: Request) -> Response:
     # Set by the action just done (post/redirect/get); counts and codes only, no patient data.
     flash = request.session.pop("flash", None)
     ctx["message"] = flash if isinstance(flash, str) else None
+    flash_error = request.session.pop("flash_error", None)  # "Re-process selected" with none ticked
+    ctx["error"] = flash_error if isinstance(flash_error, str) else None
     return render(request, "cause.html", ctx)
 
 

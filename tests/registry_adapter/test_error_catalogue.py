@@ -26,15 +26,30 @@ CODE = re.compile(rf"^({'|'.join(ERROR_DOMAINS)})\.(?!html$)[a-z0-9_]+$")
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "msg"}
 
 
+def _is_action(node: ast.AST) -> bool:
+    """``x.action`` or ``TABLE.c.action``: an audit entry's action, not an error code."""
+    return isinstance(node, ast.Attribute) and node.attr == "action"
+
+
+def _constants(node: ast.AST) -> list[int]:
+    return [id(n) for n in ast.walk(node) if isinstance(n, ast.Constant)]
+
+
 def _not_codes(tree: ast.AST) -> set[int]:
     """Ids of the string nodes that are log events or audit actions."""
     skip: set[int] = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(_is_action(n) for n in (node.left, *node.comparators)):
+            for n in node.comparators:
+                skip.update(_constants(n))
         if not isinstance(node, ast.Call):
             continue
         func = node.func
         if isinstance(func, ast.Attribute) and func.attr in LOG_METHODS and node.args:
             skip.add(id(node.args[0]))
+        if isinstance(func, ast.Attribute) and func.attr == "in_" and _is_action(func.value):
+            for arg in node.args:
+                skip.update(_constants(arg))  # AUDIT_LOG.c.action.in_([...])
         skip.update(id(kw.value) for kw in node.keywords if kw.arg in ("action", "event"))
     return skip
 

@@ -18,6 +18,7 @@ from registry_adapter.plugins import (
     COMMANDS,
     DOCTOR,
     FEEDS,
+    SERVICES,
     SETTINGS,
     declared_in_source_tree,
     plugins,
@@ -81,7 +82,7 @@ def test_build_source_makes_pulled_feeds_and_refuses_a_pushed_one(sqlite_app: Ap
         build_source(settings.source("gone"), sqlite_app)
 
 
-@pytest.mark.parametrize("group", [FEEDS, SETTINGS, COMMANDS, DOCTOR, AFTER_STORE])
+@pytest.mark.parametrize("group", [FEEDS, SETTINGS, COMMANDS, DOCTOR, AFTER_STORE, SERVICES])
 def test_pyproject_declares_what_the_installed_metadata_lists(group: str) -> None:
     """A checkout whose metadata predates a new entry point falls back to pyproject.toml; both
     must list the same plug-ins (if this fails, run `make install`)."""

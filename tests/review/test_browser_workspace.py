@@ -196,11 +196,29 @@ def test_cause_page_speaks_words_and_gives_an_it_ticket(signed_in: Callable[[str
     expect(ticket).to_contain_text("Records: 3 open")
     expect(ticket).to_contain_text("Procedure/proc-unlisted-0 (source sample)")
     page.get_by_role("button", name="Copy").click()
-    # Copied to the clipboard, or (no clipboard permission) selected for Ctrl+C.
-    selected = page.evaluate("() => window.getSelection().toString()")
-    label = page.get_by_role("button", name=re.compile("Cop")).inner_text()
-    assert label == "Copied" or "Records: 3 open" in selected
+    # Copied to the clipboard, or (no clipboard permission) selected for Ctrl+C; the clipboard
+    # answers asynchronously, so wait for either.
+    page.wait_for_function(
+        "() => document.querySelector('button[data-copy]').textContent === 'Copied'"
+        " || window.getSelection().toString().includes('Records: 3 open')",
+        timeout=5000,
+    )
     shot(page, "05-cause")
+
+    # Re-process the records selected: "select all" ticks the page's boxes, then one is sent.
+    boxes = page.locator("#records-form input[name='staging_id']")
+    expect(boxes).to_have_count(3)
+    page.get_by_label("Select all records on this page").check()
+    for box in boxes.all():
+        expect(box).to_be_checked()
+    page.get_by_label("Select all records on this page").uncheck()
+    boxes.first.check()
+    expect(page.get_by_label("Select all records on this page")).not_to_be_checked()
+    page.get_by_role("button", name="Re-process selected").click()
+    # No code was added: the record is mapped again and still fails, and the page says so.
+    expect(page.get_by_role("status")).to_contain_text("Re-processed 1 record: 0 mapped, 1 still failing")
+    expect(page).to_have_url(re.compile(rf"/causes/{UNLISTED_CAUSE}\?records=open$"))
+    shot(page, "05b-cause-reprocessed-selected")
 
 
 def test_start_page_shows_this_month_and_opens_the_lists(

@@ -155,3 +155,36 @@ def test_without_a_site_folder_the_installed_code_maps_are_never_edited(
     assert refused.status_code == 400
     assert "set mappings.codemaps in the config" in refused.text
     assert (BUNDLED / "spine-procedures.csv").read_bytes() == bundled
+
+
+def _staging_id(app: App, resource_type: str, resource_id: str) -> int:
+    from registry_store.tables import STAGING
+
+    with app.engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(STAGING.c.id).where(
+                    STAGING.c.resource_type == resource_type, STAGING.c.resource_id == resource_id
+                )
+            ).scalar_one()
+        )
+
+
+def test_record_drill_down_shows_raw_beside_what_the_mapping_made(
+    client_for: Client, review_app: App
+) -> None:
+    failed = _staging_id(review_app, "Procedure", "proc-unlisted-0")
+    rita = client_for("rita")
+    assert f'href="/records/{failed}"' in rita.get(f"/causes/{UNLISTED_CAUSE}").text
+    page = rita.get(f"/records/{failed}").text
+    assert "22899" in page and "No registry row: the record failed." in page
+    assert f'href="/causes/{UNLISTED_CAUSE}"' in page
+    assert 'href="/cases?q=pat-0003"' in page and 'href="/cases/sample%3Aproc-0003' in page
+
+    patient = _staging_id(review_app, "Patient", "pat-0003")
+    assert "DEMO-100003" in rita.get(f"/records/{patient}").text
+    viewer = client_for("vera").get(f"/records/{patient}").text
+    assert "DEMO-100003" not in viewer and "•••" in viewer
+    mapped = rita.get(f"/records/{_staging_id(review_app, 'Procedure', 'proc-0001')}").text
+    assert "<h3>procedures</h3>" in mapped
+    assert rita.get("/records/999999").status_code == 404
