@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Connection
@@ -25,6 +27,36 @@ CASE_SCOPE = "case-assembly"
 
 def cause_id(code: str, mapping: str, value: str | None) -> str:
     return hashlib.sha256(f"{code}\x1f{mapping}\x1f{value or ''}".encode()).hexdigest()[:16]
+
+
+def error_row(
+    source: str,
+    staging_id: int,
+    resource_type: str,
+    resource_id: str,
+    mapping: str,
+    issue: Issue,
+    now: datetime,
+) -> dict[str, Any]:
+    """A new open ``mapping_errors`` row for ``issue`` (one shape for every scope)."""
+    return {
+        "staging_id": staging_id,
+        "source": source,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "mapping": mapping,
+        # Bounded to their columns: a hostile element path must not fail the batch.
+        "field": issue.field[:200],
+        "rule": issue.rule[:100],
+        "severity": issue.severity,
+        "code": issue.code[:80],
+        "value": (issue.value or None) and issue.value[:200],
+        "message": issue.message,
+        "cause_id": cause_id(issue.code, mapping, issue.value),
+        "status": "open",
+        "first_seen": now,
+        "last_seen": now,
+    }
 
 
 def replace_errors(
@@ -53,26 +85,7 @@ def replace_errors(
         if key in seen:
             continue
         seen.add(key)
-        rows.append(
-            {
-                "staging_id": staging_id,
-                "source": source,
-                "resource_type": resource_type,
-                "resource_id": resource_id,
-                "mapping": mapping,
-                # Bounded to their columns: a hostile element path must not fail the batch.
-                "field": issue.field[:200],
-                "rule": issue.rule[:100],
-                "severity": issue.severity,
-                "code": issue.code[:80],
-                "value": (issue.value or None) and issue.value[:200],
-                "message": issue.message,
-                "cause_id": cause_id(issue.code, mapping, issue.value),
-                "status": "open",
-                "first_seen": now,
-                "last_seen": now,
-            }
-        )
+        rows.append(error_row(source, staging_id, resource_type, resource_id, mapping, issue, now))
     existing = [
         r
         for r in conn.execute(

@@ -12,7 +12,7 @@ from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
-from registry_store.errors import cause_id
+from registry_store.errors import error_row
 from registry_store.tables import CASE_OUTCOMES as OUTCOMES
 from registry_store.tables import MAPPING_ERRORS as ERRORS
 from registry_store.tables import SUBMISSION_ITEMS as ITEMS
@@ -98,29 +98,6 @@ def record_submission(
     return int(sid)
 
 
-def _error_row(
-    source: str, staging_id: int, rtype: str, rid: str, scope: str, issue: Issue
-) -> dict[str, Any]:
-    now = utcnow()
-    return {
-        "staging_id": staging_id,
-        "source": source,
-        "resource_type": rtype,
-        "resource_id": rid,
-        "mapping": scope,
-        "field": issue.field[:200],
-        "rule": issue.rule[:100],
-        "severity": issue.severity,
-        "code": issue.code[:80],
-        "value": (issue.value or None) and issue.value[:200],
-        "message": issue.message,
-        "cause_id": cause_id(issue.code, scope, issue.value),
-        "status": "open",
-        "first_seen": now,
-        "last_seen": now,
-    }
-
-
 _UPDATE = [
     "mapping",
     "rule",
@@ -145,8 +122,9 @@ def replace_readiness_errors(
     """Open an error for each required field a held-back case misses (on its anchor record,
     ``flagged``: staging id → resource type, id, issues), and resolve the readiness errors of the
     ``considered`` records that are now complete. Errors staff ignored stay ignored."""
+    now = utcnow()
     rows = [
-        _error_row(source, sid, rtype, rid, READINESS_SCOPE, issue)
+        error_row(source, sid, rtype, rid, READINESS_SCOPE, issue, now)
         for sid, (rtype, rid, issues) in flagged.items()
         for issue in issues
     ]
@@ -173,7 +151,8 @@ def add_feedback_errors(
     conn: Connection, source: str, staging_id: int, rtype: str, rid: str, issues: Sequence[Issue]
 ) -> int:
     """Open the registry's validation findings as review errors on a case's anchor record."""
-    rows = [_error_row(source, staging_id, rtype, rid, FEEDBACK_SCOPE, issue) for issue in issues]
+    now = utcnow()
+    rows = [error_row(source, staging_id, rtype, rid, FEEDBACK_SCOPE, issue, now) for issue in issues]
     upsert(conn, ERRORS, rows, keys=["staging_id", "code", "field"], update=_UPDATE)
     return len(rows)
 

@@ -122,14 +122,7 @@ def add_code_and_reprocess(
     if summary is None:
         raise ActionError("no such cause")
     with _CODEMAP_LOCK:
-        target = code_target(app, summary)
-        if target is None:
-            raise ActionError("this cause is not a code missing from a code map")
-        cmap = next((m for m in target.codemaps if m.name == codemap_name), None)
-        if cmap is None:
-            raise ActionError(f"code map {codemap_name} does not take {target.system} codes")
-        if cmap.lookup(target.system, target.code) is not None:
-            raise ActionError(f"{target.system} {target.code} is already in {cmap.name}; re-process instead")
+        target, cmap = _pick_codemap(app, summary, codemap_name)
         cmap = _site_copy(app, cmap)
         previous = keep_version(cmap.table)
         note = f"added in review by {user.username} (cause {cause_id})"

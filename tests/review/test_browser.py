@@ -8,7 +8,6 @@ tests/artifacts/screenshots/ for a human to look at.
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,25 +18,12 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from registry_adapter.app import App
 from registry_store.tables import REMINDERS
 from review.service import ReviewService
+from tests.review.browser_kit import ARGS, BROWSER_MARKS, CHROMIUM, free_port
 from tests.review.conftest import PASSWORDS, UNLISTED_CAUSE
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
+pytestmark = BROWSER_MARKS
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed (apt-get install chromium)"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -61,7 +47,7 @@ def server(review_app: App) -> Iterator[str]:
                 for i in range(1, 8)
             ],
         )
-    service = ReviewService(review_app, host="127.0.0.1", port=_free_port())
+    service = ReviewService(review_app, host="127.0.0.1", port=free_port())
     service.start()
     yield service.url
     service.stop()

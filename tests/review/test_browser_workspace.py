@@ -9,7 +9,6 @@ Every page visited is saved at 1366x768 (desktop) and 390x844 (phone) under var/
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,31 +19,18 @@ from sqlalchemy import select
 from registry_adapter.app import App
 from registry_store.tables import AUDIT_LOG, REMINDERS
 from review.service import ReviewService
+from tests.review.browser_kit import ARGS, BROWSER_MARKS, CHROMIUM, free_port
 from tests.review.conftest import PASSWORDS, UNLISTED_CAUSE
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
+pytestmark = BROWSER_MARKS
 SIZES = {"desktop": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed (apt-get install chromium)"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def server(today_app: App) -> Iterator[str]:
-    service = ReviewService(today_app, host="127.0.0.1", port=_free_port())
+    service = ReviewService(today_app, host="127.0.0.1", port=free_port())
     service.start()
     yield service.url
     service.stop()
