@@ -24,9 +24,8 @@ from adapters.files import FilesSource
 from registry_adapter.app import App
 from registry_adapter.pipeline import Pipeline
 from tests.conftest import SAMPLE_FEED
+from tests.registry_content import registry_content
 
-# Columns that say when or in which order something was written, not what.
-VOLATILE = {"id", "first_seen", "last_seen", "updated_at", "received_at", "mapped_at", "checked_at"}
 TABLES = {
     "patients": "source, id",
     "encounters": "source, id",
@@ -62,12 +61,8 @@ def make_feed(tmp_path: Path) -> Path:
 
 
 def _snapshot(app: App) -> dict[str, list[tuple[Any, ...]]]:
-    out: dict[str, list[tuple[Any, ...]]] = {}
     with app.engine.connect() as conn:
-        for table, order in TABLES.items():
-            rows = conn.execute(text(f"SELECT * FROM {table} ORDER BY {order}")).mappings().all()
-            out[table] = [tuple((k, v) for k, v in row.items() if k not in VOLATILE) for row in rows]
-    return out
+        return registry_content(conn)
 
 
 def _import(app: App, feed: Path) -> None:
