@@ -194,13 +194,16 @@ class Settings(StrictSettings):
             raise ValueError(f"source names must be unique: {', '.join(dupes)}")
         return self
 
+    def _section_name(self, model: type[BaseModel]) -> str:
+        for name in type(self.sections).model_fields:
+            if type(getattr(self.sections, name)) is model:
+                return name
+        raise LookupError(f"no settings section is read by {model.__name__} (is its entry point installed?)")
+
     def section(self, model: type[M]) -> M:
         """The section of config.yaml that ``model`` reads (``settings.section(RemindersSettings)``)."""
-        for name in type(self.sections).model_fields:
-            value = getattr(self.sections, name)
-            if type(value) is model:
-                return value
-        raise LookupError(f"no settings section is read by {model.__name__} (is its entry point installed?)")
+        value: M = getattr(self.sections, self._section_name(model))
+        return value
 
     def lease_ttl_seconds(self) -> float:
         """How long a lease (a sync's or a job's) lives without a heartbeat.
@@ -214,10 +217,8 @@ class Settings(StrictSettings):
 
     def with_section(self, value: BaseModel) -> Settings:
         """A copy with one section replaced (tests, and callers that adjust a section)."""
-        for name in type(self.sections).model_fields:
-            if type(getattr(self.sections, name)) is type(value):
-                return self.model_copy(update={"sections": self.sections.model_copy(update={name: value})})
-        raise LookupError(f"no settings section is read by {type(value).__name__}")
+        name = self._section_name(type(value))
+        return self.model_copy(update={"sections": self.sections.model_copy(update={name: value})})
 
     def source(self, name: str) -> SourceConfig:
         for src in self.sources:

@@ -499,14 +499,14 @@ class Pipeline:
         """``_map_here`` with the mapping in worker processes, up to ``workers + 1`` batches
         ahead of the writes (which stay here, in staging order)."""
         converted, restarted = False, False
-        in_flight: deque[tuple[list[StagedForMapping], Future[list[Prepared]]]] = deque()
+        in_flight: deque[Future[list[Prepared]]] = deque()
         last_id = 0
         with mapping_pool(self, self.workers) as pool:
             assert pool is not None
             while True:
                 while batch and len(in_flight) <= self.workers:
                     last_id = batch[-1].id
-                    in_flight.append((batch, pool.submit(prepare_batch, batch, self._known_verdicts(batch))))
+                    in_flight.append(pool.submit(prepare_batch, batch, self._known_verdicts(batch)))
                     batch = read(last_id)
                 if not in_flight:
                     # Everything read is written: what conversions staged meanwhile is read now.
@@ -518,8 +518,7 @@ class Pipeline:
                     restarted, last_id = True, 0
                     batch = read(0)
                     continue
-                _mapped, future = in_flight.popleft()
-                converted |= self._write_batch(future.result(), counts)
+                converted |= self._write_batch(in_flight.popleft().result(), counts)
                 if not batch:
                     batch = read(last_id)
 
@@ -548,12 +547,17 @@ class Pipeline:
         return total
 
     def _assemble_pairs(self, pairs: Sequence[tuple[str, str]]) -> int:
+        with self.app.engine.begin() as conn:
+            return self.assemble_and_dequeue(conn, pairs)
+
+    def assemble_and_dequeue(self, conn: Connection, pairs: Sequence[tuple[str, str]]) -> int:
+        """Assemble these queued (source, patient) pairs and take them off the queue, in
+        ``conn``'s transaction; returns how many of their cases are active."""
         by_source: dict[str, set[str]] = defaultdict(set)
         for source, patient in pairs:
             by_source[source].add(patient)
-        with self.app.engine.begin() as conn:
-            total = self._assemble(conn, by_source)
-            dequeue(conn, pairs)
+        total = self._assemble(conn, by_source)
+        dequeue(conn, pairs)
         return total
 
     def _map_batch(self, batch: Sequence[Any], counts: RunCounts) -> bool:
@@ -572,15 +576,18 @@ class Pipeline:
         self.progress("mapping", counts.as_dict())
         return any(one.converted is not None and one.converted.records for one in prepared)
 
-    def _known_verdicts(self, batch: Sequence[Any]) -> dict[str, list[Issue]]:
-        """Validation verdicts already given on the exact bytes of this batch's FHIR records."""
+    def _known_verdicts(self, batch: Sequence[Any], conn: Connection | None = None) -> dict[str, list[Issue]]:
+        """Validation verdicts already given on the exact bytes of this batch's FHIR records
+        (read through ``conn`` when given, else on a connection of its own)."""
         if self.strictness == "off":
             return {}
         digests = [_raw_digest(r.raw) for r in batch if r.content_type != HL7_CONTENT_TYPE]
         if not digests:
             return {}
-        with self.app.engine.connect() as conn:
+        if conn is not None:
             return known_verdicts(conn, validator_id(), digests)
+        with self.app.engine.connect() as own:
+            return known_verdicts(own, validator_id(), digests)
 
     def _write_alone(self, one: Prepared) -> RunCounts:
         try:

@@ -197,9 +197,6 @@ def shadow_remap(
     with app.engine.connect() as conn:
         before_cases, before_errors = _cases(conn), _open_errors(conn)
     with shadow_app(app, views, codemaps) as (shadow, conn):
-        if cause_id is not None:
-            Pipeline(shadow).reprocess(cause_id=cause_id)
-        else:
-            Pipeline(shadow).reprocess(everything=True)
+        Pipeline(shadow).reprocess(cause_id=cause_id, everything=cause_id is None)
         after_cases, after_errors = _cases(conn), _open_errors(conn)
     return compare(before_cases, after_cases, before_errors, after_errors)

@@ -15,24 +15,16 @@ On SQLite there are no row locks: run one worker there.
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from adapters.hl7v2.records import HL7_CONTENT_TYPE
-from adapters.validation import validator_id
 from registry_adapter.mapping_pool import StagedForMapping, as_plain
-from registry_store.case_queue import claim_queued, dequeue
+from registry_adapter.pipeline import _MAP_COLUMNS, Pipeline, Prepared, RunCounts
+from registry_store.case_queue import claim_queued
 from registry_store.tables import STAGING
-from registry_store.verdicts import known_verdicts
-
-if TYPE_CHECKING:
-    from registry_adapter.pipeline import Pipeline, Prepared, RunCounts
 
 log = structlog.get_logger(__name__)
 _RETRIES = 5
@@ -44,10 +36,7 @@ def _claim_and_map(pipeline: Pipeline, counts: RunCounts, batch_size: int, after
     failed: list[Prepared] = []
     with pipeline.app.engine.begin() as conn:
         query = (
-            select(
-                STAGING.c.id, STAGING.c.source, STAGING.c.resource_type, STAGING.c.resource_id,
-                STAGING.c.content_type, STAGING.c.content_hash, STAGING.c.raw,
-            )
+            select(*_MAP_COLUMNS)
             .where(STAGING.c.status == "pending", STAGING.c.id > after)
             .order_by(STAGING.c.id)
             .limit(batch_size)
@@ -56,8 +45,7 @@ def _claim_and_map(pipeline: Pipeline, counts: RunCounts, batch_size: int, after
         rows: list[StagedForMapping] = [as_plain(r) for r in conn.execute(query)]
         if not rows:
             return 0
-        digests = [hashlib.sha256(r.raw).hexdigest() for r in rows if r.content_type != HL7_CONTENT_TYPE]
-        verdicts = known_verdicts(conn, validator_id(), digests) if pipeline.strictness != "off" else {}
+        verdicts = pipeline._known_verdicts(rows, conn)
         prepared = [pipeline._prepare(row, verdicts) for row in rows]
         try:
             with conn.begin_nested():
@@ -85,11 +73,7 @@ def _drain_cases(pipeline: Pipeline, chunk: int = 200) -> int:
                 pairs = claim_queued(conn, chunk)
                 if not pairs:
                     return total
-                by_source: dict[str, set[str]] = defaultdict(set)
-                for source, patient in pairs:
-                    by_source[source].add(patient)
-                assembled = pipeline._assemble(conn, by_source)
-                dequeue(conn, pairs)
+                assembled = pipeline.assemble_and_dequeue(conn, pairs)
         except DBAPIError as exc:
             failures += 1
             log.warning("worker.assembly_retried", error=type(exc.orig).__name__, attempt=failures)
@@ -108,8 +92,6 @@ def run_worker(
     stop: threading.Event | None = None,
 ) -> RunCounts:
     """Map pending records until stopped (or, ``until_idle``, until none is pending)."""
-    from registry_adapter.pipeline import RunCounts
-
     counts = RunCounts()
     stop = stop or threading.Event()
     # Claims go forward from the last one: the (status, id) index still holds entries of rows

@@ -29,6 +29,22 @@ def cause_id(code: str, mapping: str, value: str | None) -> str:
     return hashlib.sha256(f"{code}\x1f{mapping}\x1f{value or ''}".encode()).hexdigest()[:16]
 
 
+# What a recurring error refreshes on its row (keyed by staging id, code and field).
+ERROR_UPDATE_COLUMNS = [
+    "mapping",
+    "rule",
+    "severity",
+    "value",
+    "message",
+    "cause_id",
+    "status",
+    "last_seen",
+    "resource_type",
+    "resource_id",
+    "source",
+]
+
+
 def error_row(
     source: str,
     staging_id: int,
@@ -130,19 +146,7 @@ def replace_errors(
         MAPPING_ERRORS,
         rows,
         keys=["staging_id", "code", "field"],
-        update=[
-            "mapping",
-            "rule",
-            "severity",
-            "value",
-            "message",
-            "cause_id",
-            "status",
-            "last_seen",
-            "resource_type",
-            "resource_id",
-            "source",
-        ],
+        update=ERROR_UPDATE_COLUMNS,
     )
 
 

@@ -38,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from registry_store.db import is_postgres
 from registry_store.tables import JOB_LOCKS
+from registry_store.timeutil import as_utc
 from registry_types.clock import Clock, SystemClock
 
 log = structlog.get_logger(__name__)
@@ -72,11 +73,6 @@ def default_owner() -> str:
     return owner
 
 
-def _aware(at: datetime | None) -> datetime | None:
-    # Stored timestamps are UTC; SQLite hands them back naive.
-    return at if at is None or at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
 def process_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (a zombie still counts)."""
     try:
@@ -107,9 +103,9 @@ class Holder:
             owner=row.owner,
             host=row.host,
             pid=row.pid,
-            acquired_at=_aware(row.acquired_at) or row.acquired_at,
-            heartbeat_at=_aware(row.heartbeat_at),
-            expires_at=_aware(row.expires_at) or row.expires_at,
+            acquired_at=as_utc(row.acquired_at) or row.acquired_at,
+            heartbeat_at=as_utc(row.heartbeat_at),
+            expires_at=as_utc(row.expires_at) or row.expires_at,
         )
 
     def gone(self, now: datetime) -> str | None:

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 
 from adapters.hl7v2.header import message_digest
 from registry_store.db import upsert
+from registry_store.errors import replace_errors
 from registry_store.tables import STAGING, column_length
 from registry_store.timeutil import utcnow
 from registry_types.issues import Issue
@@ -454,8 +455,6 @@ def error_identity(err: RecordError) -> tuple[str, str]:
 
 def stage_errors(conn: Connection, source: str, errors: Iterable[RecordError]) -> StageCounts:
     """Keep unusable input as ``invalid`` staging rows, each with its mapping error."""
-    from registry_store.errors import replace_errors
-
     counts = StageCounts()
     now = utcnow()
     for err in errors:

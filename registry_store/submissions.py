@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
-from registry_store.errors import error_row
+from registry_store.errors import ERROR_UPDATE_COLUMNS, error_row
 from registry_store.tables import CASE_OUTCOMES as OUTCOMES
 from registry_store.tables import MAPPING_ERRORS as ERRORS
 from registry_store.tables import SUBMISSION_ITEMS as ITEMS
@@ -98,19 +98,6 @@ def record_submission(
     return int(sid)
 
 
-_UPDATE = [
-    "mapping",
-    "rule",
-    "severity",
-    "value",
-    "message",
-    "cause_id",
-    "status",
-    "last_seen",
-    "resource_type",
-    "resource_id",
-    "source",
-]
 
 
 def replace_readiness_errors(
@@ -140,11 +127,9 @@ def replace_readiness_errors(
     ignored = {(r.staging_id, r.code, r.field) for r in existing if r.status == "ignored"}
     stale = [r.id for r in existing if r.status == "open" and (r.staging_id, r.code, r.field) not in keep]
     if stale:
-        conn.execute(
-            update(ERRORS).where(ERRORS.c.id.in_(stale)).values(status="resolved", last_seen=utcnow())
-        )
+        conn.execute(update(ERRORS).where(ERRORS.c.id.in_(stale)).values(status="resolved", last_seen=now))
     rows = [r for r in rows if (r["staging_id"], r["code"], r["field"]) not in ignored]
-    upsert(conn, ERRORS, rows, keys=["staging_id", "code", "field"], update=_UPDATE)
+    upsert(conn, ERRORS, rows, keys=["staging_id", "code", "field"], update=ERROR_UPDATE_COLUMNS)
 
 
 def add_feedback_errors(
@@ -153,7 +138,7 @@ def add_feedback_errors(
     """Open the registry's validation findings as review errors on a case's anchor record."""
     now = utcnow()
     rows = [error_row(source, staging_id, rtype, rid, FEEDBACK_SCOPE, issue, now) for issue in issues]
-    upsert(conn, ERRORS, rows, keys=["staging_id", "code", "field"], update=_UPDATE)
+    upsert(conn, ERRORS, rows, keys=["staging_id", "code", "field"], update=ERROR_UPDATE_COLUMNS)
     return len(rows)
 
 
@@ -169,11 +154,3 @@ def resolve_feedback_errors(conn: Connection, staging_ids: Sequence[int]) -> Non
             )
             .values(status="resolved", last_seen=utcnow())
         )
-
-
-def open_readiness_errors(conn: Connection) -> int:
-    return int(
-        conn.execute(
-            select(func.count()).where(and_(ERRORS.c.mapping == READINESS_SCOPE, ERRORS.c.status == "open"))
-        ).scalar_one()
-    )

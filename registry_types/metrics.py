@@ -63,11 +63,10 @@ JOB_RUNS = Counter(
     ["job", "outcome"],
     registry=REGISTRY,
 )
-# The registry submission does not exist yet. When it does, it calls observe_submission()
-# once per submission with its outcome (e.g. accepted, rejected, failed).
+# Counted by registry_adapter.submission.service once per package: delivered or failed.
 SUBMISSIONS = Counter(
     "registry_submissions",
-    "Submissions to the national registry, by outcome (none yet: no submission step exists)",
+    "Packages sent to the national registry, by outcome (delivered, failed)",
     ["outcome"],
     registry=REGISTRY,
 )

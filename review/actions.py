@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from mappings.codemaps import CodeMap, CodeMapError, append_code, display_code, load_codemap
 from registry_adapter.app import App
-from registry_adapter.pipeline import Pipeline
+from registry_adapter.pipeline import Pipeline, RunCounts
 from registry_store import audit
 from registry_store.errors import decide_cause
 from registry_store.tables import AUDIT_LOG
@@ -187,15 +188,7 @@ def _reprocess_locked(app: App, user: CurrentUser, cause_id: str, open_before: i
             after=after,
         )
 
-    try:
-        selected, counts = Pipeline(app).reprocess(cause_id=cause_id)
-    except Exception as exc:
-        # Recorded with the error's class only: driver messages may quote patient values.
-        audited({"outcome": "failed", "error": type(exc).__name__})
-        raise ActionError(
-            f"re-processing failed ({type(exc).__name__}); the records are unchanged or pending: "
-            "re-process the cause again"
-        ) from exc
+    selected, counts = reprocess_audited(app, audited, "re-process the cause again", cause_id=cause_id)
     with app.engine.connect() as conn:
         open_after = open_error_count(conn, cause_id)
     result = {
@@ -206,6 +199,21 @@ def _reprocess_locked(app: App, user: CurrentUser, cause_id: str, open_before: i
     }
     audited({"outcome": "done", **result})
     return result
+
+
+def reprocess_audited(
+    app: App, audited: Callable[[dict[str, Any]], None], again: str, **selection: Any
+) -> tuple[int, RunCounts]:
+    """Pipeline.reprocess over ``selection``; a failure is audited, then refused with ``again``
+    (what the reviewer should do next). The caller holds _CODEMAP_LOCK."""
+    try:
+        return Pipeline(app).reprocess(**selection)
+    except Exception as exc:
+        # Recorded with the error's class only: driver messages may quote patient values.
+        audited({"outcome": "failed", "error": type(exc).__name__})
+        raise ActionError(
+            f"re-processing failed ({type(exc).__name__}); the records are unchanged or pending: {again}"
+        ) from exc
 
 
 def _plain(value: Any) -> Any:

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from registry_adapter.submission.measures import MODULES
+
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 720, 200, 44, 28, 12
-MODULES = ("lumbar", "cervical")
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,18 @@ def charts(by_quarter: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[Me
     bar_w = max(2.0, slot * 0.36)
     out = []
     for key, title in MEASURES:
-        values = [
-            _value(by_quarter[q][m], key) for q in quarters for m in MODULES if by_quarter[q][m]["cases"]
-        ]
-        peak = max([5.0, *(v for v in values if v is not None)])
+        values = {
+            (q, m): _value(by_quarter[q][m], key) if by_quarter[q][m]["cases"] else None
+            for q in quarters
+            for m in MODULES
+        }
+        peak = max([5.0, *(v for v in values.values() if v is not None)])
         bars, labels = [], []
         for i, q in enumerate(quarters):
             x0 = LEFT + i * slot + slot * 0.14
             labels.append((q, round(x0 + bar_w, 1)))
             for j, m in enumerate(MODULES):
-                v = _value(by_quarter[q][m], key) if by_quarter[q][m]["cases"] else None
+                v = values[q, m]
                 h = plot_h * (v or 0.0) / peak
                 bars.append(
                     Bar(

@@ -15,10 +15,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from registry_adapter.app import App
-from registry_adapter.pipeline import Pipeline
 from registry_store import audit
 from registry_store.tables import MAPPING_ERRORS, STAGING
-from review.actions import _CODEMAP_LOCK, ActionError
+from review.actions import _CODEMAP_LOCK, ActionError, reprocess_audited
 from review.auth import CurrentUser
 
 # One request re-maps at most this many records: a bigger batch belongs to the cause's
@@ -106,15 +105,7 @@ def reprocess_records(app: App, user: CurrentUser, ids: list[int]) -> dict[str, 
     with _CODEMAP_LOCK:
         # Pick up code-map files edited outside the UI since the mappings were compiled.
         app.reload_mappings_if_changed()
-        try:
-            selected, _ = Pipeline(app).reprocess(staging_ids=ids)
-        except Exception as exc:
-            # The error's class only: driver messages may quote patient values.
-            audited({"outcome": "failed", "error": type(exc).__name__})
-            raise ActionError(
-                f"re-processing failed ({type(exc).__name__}); the records are unchanged or pending: "
-                "select them and re-process again"
-            ) from exc
+        selected, _ = reprocess_audited(app, audited, "select them and re-process again", staging_ids=ids)
     with app.engine.connect() as conn:
         after = _statuses(conn, remappable)
         open_after = _open_errors(conn, ids)

@@ -103,6 +103,14 @@ def text_arg(request: Request, name: str, limit: int = 100) -> str:
     return request.query_params.get(name, "").strip()[:limit]
 
 
+def id_param(request: Request, name: str) -> int:
+    """A numeric row id from the URL path; anything else (or too long for a row id) is a 404."""
+    raw = str(request.path_params[name])
+    if not raw.isdigit() or len(raw) > 12:
+        raise HTTPException(404)
+    return int(raw)
+
+
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
     app = registry(request)
     ctx = {

@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from registry_adapter.submission.dictionary import DataDictionary, as_csv
@@ -62,7 +63,7 @@ class Package:
     data: bytes
     manifest: dict[str, Any]
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 

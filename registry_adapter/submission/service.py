@@ -25,7 +25,7 @@ from mappings.codemaps import CodeMap
 from mappings.outcomes import compute_outcomes, load_definitions
 from registry_adapter.app import App
 from registry_adapter.submission.delivery import Destination, FolderDestination, SftpDestination
-from registry_adapter.submission.dictionary import DataDictionary, as_csv, load_dictionary, value_problem
+from registry_adapter.submission.dictionary import FieldSpec, as_csv, load_dictionary, value_problem
 from registry_adapter.submission.package import CaseRecord, Package, Withdrawal, build_package, keyed_id
 from registry_adapter.submission.settings import SubmissionSettings
 from registry_store.errors import Issue
@@ -41,6 +41,7 @@ from registry_store.tables import CASES, PATIENTS
 from registry_store.tables import PROCEDURES as PROCS
 from registry_store.tables import PROM_RESPONSES as PROMS
 from registry_store.timeutil import utcnow
+from registry_types import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -148,7 +149,7 @@ def _settings(app: App) -> SubmissionSettings:
     return app.settings.section(SubmissionSettings)
 
 
-def _withdrawal_reason(status: str | None, reason: str | None) -> str:
+def _withdrawal_reason(reason: str | None) -> str:
     reason = reason or ""
     if reason == "deleted at source":
         return "deleted_at_source"
@@ -295,14 +296,16 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _readiness(record: CaseRecord, dictionary: DataDictionary, codemaps: Mapping[str, CodeMap]) -> list[str]:
-    """Why a case cannot be sent: a required field missing or a value the dictionary refuses."""
+def _readiness(
+    record: CaseRecord, specs: Mapping[str, Mapping[str, FieldSpec]], codemaps: Mapping[str, CodeMap]
+) -> list[str]:
+    """Why a case cannot be sent: a required field missing or a value the dictionary refuses
+    (``specs``: file → field name → spec)."""
     reasons = []
     for file, rows in record.rows.items():
-        specs = {s.name: s for s in dictionary.files[file]}
         for row in rows:
             for name, value in row.items():
-                why = value_problem(specs[name], value, codemaps)
+                why = value_problem(specs[file][name], value, codemaps)
                 if why == "required, empty":
                     reasons.append(f"missing {name}")
                 elif why:
@@ -314,6 +317,7 @@ def plan_submission(conn: Connection, app: App, selection: Selection) -> Plan:
     """What a run would send, and what it holds back; writes outcomes and readiness errors."""
     settings = _settings(app)
     dictionary = load_dictionary()
+    specs = {file: {s.name: s for s in fields} for file, fields in dictionary.files.items()}
     key = app.site.pseudonym_key
     outcomes = refresh_outcomes(conn, app)
     ledger: dict[str, LedgerEntry] = ledger_state(conn)
@@ -354,7 +358,7 @@ def plan_submission(conn: Connection, app: App, selection: Selection) -> Plan:
         record.anchor_staging_id = staging_id
         if staging_id is not None:
             considered[case.source].append(staging_id)
-        reasons = _readiness(record, dictionary, app.codemaps)
+        reasons = _readiness(record, specs, app.codemaps)
         if reasons:
             plan.held_back[case.id] = reasons
             if staging_id is not None:
@@ -382,7 +386,7 @@ def plan_submission(conn: Connection, app: App, selection: Selection) -> Plan:
         sent = by_id.get(case_id)
         if last.action == "withdrawn" or (sent is not None and sent.status == "active"):
             continue
-        reason = _withdrawal_reason(sent.status if sent else None, sent.status_reason if sent else None)
+        reason = _withdrawal_reason(sent.status_reason if sent else None)
         plan.withdrawals.append(Withdrawal(case_id, last.case_key, reason))
     for source in set(considered) | set(flagged):
         replace_readiness_errors(conn, source, flagged[source], considered[source])
@@ -446,9 +450,15 @@ def run_submission(
             generated_at=utcnow().replace(microsecond=0),
         )
         target = destination or destination_for(app, output)
-        target.deliver(package)  # raises DeliveryError: nothing recorded
-        result.submission_id = _record(app, selection, package, plan, target.describe())
-        result.package, result.sha256, result.destination = package.name, package.sha256, target.describe()
+        try:
+            target.deliver(package)  # raises DeliveryError: nothing recorded
+        except Exception:
+            metrics.observe_submission("failed")
+            raise
+        metrics.observe_submission("delivered")
+        where = target.describe()
+        result.submission_id = _record(app, selection, package, plan, where)
+        result.package, result.sha256, result.destination = package.name, package.sha256, where
         log.info("submission.sent", period=selection.label, package=package.name, **plan.counts())
         return result
 

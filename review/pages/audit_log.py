@@ -4,9 +4,8 @@ before and after shown as readable changes rather than raw JSON."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,6 +13,7 @@ from starlette.routing import Route
 
 from review.queries import AuditFilter, audit_facets, audit_page
 from review.settings import ReviewSettings
+from review.this_month import local_midnight_utc
 from review.web import choice, date_arg, page_arg, registry, render, require
 
 
@@ -53,10 +53,6 @@ def readable_changes(before: dict[str, Any] | None, after: dict[str, Any] | None
     return lines
 
 
-def _midnight(day: date, tz: ZoneInfo) -> datetime:
-    return datetime.combine(day, time(0), tz).astimezone(UTC)
-
-
 async def audit_list(request: Request) -> Response:
     require(request, "admin")
     app = registry(request)
@@ -68,8 +64,8 @@ async def audit_list(request: Request) -> Response:
             username=choice(request, "user", facets["username"]),
             action=choice(request, "action", facets["action"]),
             # Whole site-local days, "until" included.
-            since=_midnight(since_day, tz) if since_day else None,
-            until=_midnight(until_day + timedelta(days=1), tz) if until_day else None,
+            since=local_midnight_utc(since_day, tz) if since_day else None,
+            until=local_midnight_utc(until_day + timedelta(days=1), tz) if until_day else None,
         )
         page = audit_page(conn, page_arg(request), app.settings.section(ReviewSettings).page_size, flt)
     rows = [{**a, "changes": readable_changes(a.get("before"), a.get("after"))} for a in page.rows]

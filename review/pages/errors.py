@@ -161,10 +161,7 @@ async def add_code(request: Request) -> Response:
     user = require(request, "reviewer")
     cause_id = _cause_id(request)
     form = await csrf.checked_form(request)
-    codemap = str(form.get("codemap", ""))
-    # Each code map has its own fieldset (value.<map>.<column>): read only the chosen map's.
-    prefix = f"value.{codemap}."
-    values = {k.removeprefix(prefix): str(v) for k, v in form.items() if k.startswith(prefix)}
+    codemap, values = _code_form(form)
     try:
         # Re-mapping can take a while for a big cause: keep the event loop free meanwhile.
         result = await run_in_threadpool(

@@ -13,17 +13,15 @@ from review.actions import ActionError
 from review.raw_view import render_raw
 from review.record_reprocess import back_to, parse_ids, reprocess_records, summary
 from review.record_view import record_detail
-from review.web import masked_for, registry, render, require
+from review.web import id_param, masked_for, registry, render, require
 
 
 async def record(request: Request) -> Response:
     user = require(request)
-    raw_id = str(request.path_params["staging_id"])
-    if not raw_id.isdigit() or len(raw_id) > 12:
-        raise HTTPException(404)
+    staging_id = id_param(request, "staging_id")
     masked = masked_for(request, user)
     with registry(request).engine.connect() as conn:
-        detail = record_detail(conn, int(raw_id), masked)
+        detail = record_detail(conn, staging_id, masked)
     if detail is None:
         raise HTTPException(404)
     staged = detail["staged"]

@@ -32,7 +32,7 @@ from review.queries import (
 from review.raw_view import MASK
 from review.settings import ReviewSettings
 from review.this_month import OUTCOME_STATUSES, PERIODS, in_period, period_bounds
-from review.web import choice, date_arg, masked_for, page_arg, registry, render, require, text_arg
+from review.web import choice, date_arg, id_param, masked_for, page_arg, registry, render, require, text_arg
 from review.worklist_view import (
     OUTCOME_NAMES,
     REASONS,
@@ -201,10 +201,7 @@ async def export(request: Request) -> Response:
 
 
 def _reminder_id(request: Request) -> int:
-    raw = str(request.path_params["reminder_id"])
-    if not raw.isdigit() or len(raw) > 12:
-        raise HTTPException(404)
-    return int(raw)
+    return id_param(request, "reminder_id")
 
 
 async def reminder(request: Request) -> Response:

@@ -36,21 +36,21 @@ def ingest(app: App, folder: Path, name: str = "sample", kind: str = "files") ->
     Pipeline(app).ingest(build_source(settings.sources[0], app), SourceContext())
 
 
-@pytest.fixture
-def sample_app(make_app: Callable[..., App], db_url: str) -> App:
-    """The sample feed and its labelled outcomes, on SQLite and on PostgreSQL."""
-    app = make_app(db_url)
+def _with_samples(app: App) -> App:
     ingest(app, SAMPLE_FEED)
     ingest(app, SAMPLE_OUTCOMES)
     return app
+
+
+@pytest.fixture
+def sample_app(make_app: Callable[..., App], db_url: str) -> App:
+    """The sample feed and its labelled outcomes, on SQLite and on PostgreSQL."""
+    return _with_samples(make_app(db_url))
 
 
 @pytest.fixture
 def sqlite_app(make_app: Callable[..., App], tmp_path: Path) -> App:
-    app = make_app(f"sqlite:///{tmp_path / 'registry.db'}")
-    ingest(app, SAMPLE_FEED)
-    ingest(app, SAMPLE_OUTCOMES)
-    return app
+    return _with_samples(make_app(f"sqlite:///{tmp_path / 'registry.db'}"))
 
 
 @dataclass

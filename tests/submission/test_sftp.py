@@ -17,6 +17,7 @@ from registry_adapter.submission.package import verify_package
 from registry_adapter.submission.service import run_submission
 from registry_adapter.submission.settings import SftpSettings
 from registry_store.submissions import SUBMISSIONS
+from registry_types.metrics import REGISTRY
 from tests.submission.conftest import CuttingProxy, SshServer
 
 
@@ -119,6 +120,24 @@ def test_wrong_host_key_is_refused_and_nothing_recorded(
     with pytest.raises(DeliveryError, match="not in the known_hosts file"):
         run_submission(sqlite_app, period="2025Q4", destination=SftpDestination(settings))
     assert _ledger(sqlite_app) == [] and list(sshd.root.iterdir()) == []
+
+
+def _sent(outcome: str) -> float:
+    return REGISTRY.get_sample_value("registry_submissions_total", {"outcome": outcome}) or 0.0
+
+
+def test_submission_outcomes_are_counted_for_metrics(
+    sqlite_app: App, sshd: SshServer, tmp_path: Path
+) -> None:
+    delivered, failed = _sent("delivered"), _sent("failed")
+    empty = tmp_path / "known_hosts_empty"
+    empty.write_text("")
+    refused = _settings(sshd).model_copy(update={"known_hosts_file": empty})
+    with pytest.raises(DeliveryError):
+        run_submission(sqlite_app, period="2025Q4", destination=SftpDestination(refused))
+    assert (_sent("delivered"), _sent("failed")) == (delivered, failed + 1)
+    run_submission(sqlite_app, period="2025Q4", destination=SftpDestination(_settings(sshd)))
+    assert (_sent("delivered"), _sent("failed")) == (delivered + 1, failed + 1)
 
 
 def test_configured_sftp_destination_is_used(
