@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 import ssl
 import threading
@@ -43,6 +44,9 @@ _CONVERTER: Pipeline | None = None
 # Its batches are smaller than an import's: each batch's writes hold SQLite's write lock, and
 # every ACK waits for that lock (500 messages a batch: ACK p99 ~180 ms; 100: ~90 ms).
 CONVERT_BATCH = 100
+# And it yields the CPU to the ACK path: conversion is background work that catches up when
+# traffic pauses, while a sender waits for every ACK (stop-and-wait).
+CONVERT_NICENESS = 10
 
 
 def tls_context(cfg: MllpSource) -> ssl.SSLContext | None:
@@ -77,6 +81,8 @@ def _start_converter(settings: Settings, db_url: str) -> None:
     global _CONVERTER
     from registry_adapter.app import build_app
 
+    with suppress(OSError):  # not permitted everywhere: then it converts at equal priority
+        os.nice(CONVERT_NICENESS)
     _CONVERTER = Pipeline(build_app(settings, db_url))
     _CONVERTER.batch_size = min(_CONVERTER.batch_size, CONVERT_BATCH)
 

@@ -106,6 +106,7 @@ class _Run:
         self._segment: str | None = None
         self._field: str | None = None
         self._resource: tuple[str, str] | None = None
+        self._valued: dict[tuple[int, int], list[dt.Repetition]] = {}
 
     # datatypes.Context
     def table(self, name: str) -> dict[str, Any]:
@@ -161,7 +162,14 @@ class _Run:
             return []
         if path.segment == "MSH" and seg.fields is None:
             return []
-        reps = [r for r in seg.field(path.field) if any(any(s for s in c) for c in r)]
+        key = (seg.position, path.field)
+        reps = self._valued.get(key)
+        if reps is None:
+            # Valued repetitions of a field, once per message: rules read the same fields
+            # many times (ids, conditions, elements); callers never mutate the list.
+            reps = self._valued[key] = [
+                r for r in seg.field(path.field) if any(any(s for s in c) for c in r)
+            ]
         if path.filter:
             ci, want = path.filter
             reps = [r for r in reps if dt.comp(r, ci).upper() == want.upper()]
