@@ -24,6 +24,8 @@ _LINK_ID_NOISE = re.compile(r"[-_\s]+")
 _SPACES = re.compile(r"\s+")
 _TOKEN_SEPARATORS = re.compile(r"[/#|:]")
 _NO_CODES: frozenset[str] = frozenset()
+# A tuple, not ``int | float``: that expression builds a new union object at every call.
+NUMBER_TYPES = (int, float)
 
 JSON = dict[str, Any]
 
@@ -188,10 +190,10 @@ def read_answer(
         return RawAnswer(None, True, f"answer code {code!r} has no score for {item.id}")
     for key in ("valueInteger", "valueDecimal"):
         value = answer.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
             return RawAnswer(float(value), form_relative=True)
     quantity = answer.get("valueQuantity")
-    if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
+    if isinstance(quantity, dict) and isinstance(quantity.get("value"), NUMBER_TYPES):
         return RawAnswer(float(quantity["value"]), form_relative=True)
     text = answer.get("valueString")
     if isinstance(text, str):
@@ -211,7 +213,7 @@ def _ordinal(element: Mapping[str, Any]) -> float | None:
         if isinstance(extension, dict) and extension.get("url") in _ORDINAL_URLS:
             for key in ("valueDecimal", "valueInteger"):
                 value = extension.get(key)
-                if isinstance(value, int | float) and not isinstance(value, bool):
+                if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
                     return float(value)
     return None
 

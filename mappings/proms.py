@@ -38,6 +38,7 @@ from mappings.prom_definitions import (
     validate_definition,
 )
 from mappings.prom_fhir import (
+    NUMBER_TYPES,
     ResponseIndex,
     answer_codes_for,
     build_response,
@@ -71,6 +72,7 @@ class Instrument:
         self._aliases: dict[str, tuple[ItemDef, bool]] = {}
         self._codes: dict[str, ItemDef] = {}
         self._items = {item.id: item for item in definition.items}
+        self._item_ids = tuple(self._items)
         for item in definition.items:
             # linkIds are compared ignoring case, "-", "_" and spaces (see link_id_key).
             for link_id in item.link_ids:
@@ -274,7 +276,7 @@ class Instrument:
             )
         reversed_items = self._form_reversed_items(index)
         form = self.form_link_ids(index.questionnaire)
-        values: dict[str, Number | None] = dict.fromkeys(self.item_ids)
+        values: dict[str, Number | None] = dict.fromkeys(self._item_ids)
         seen: dict[str, str] = {}
         for link_id, qr_item in index.items:
             answers = [a for a in qr_item.get("answer") or [] if isinstance(a, dict)]
@@ -382,12 +384,12 @@ def _plain_number(answer: object) -> float | None:
         return None
     for key in ("valueDecimal", "valueInteger"):
         value = answer.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
             return float(value)
     quantity = answer.get("valueQuantity")
     if isinstance(quantity, dict):
         value = quantity.get("value")
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
             return float(value)
     text = answer.get("valueString")
     if isinstance(text, str):
