@@ -32,11 +32,11 @@ from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
-from sqlalchemy import ColumnElement, and_, bindparam, select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.engine import Connection
 
 from adapters.hl7v2.header import message_digest
-from registry_store.db import upsert
+from registry_store.db import insert_new, one_of, update_rows, upsert
 from registry_store.errors import replace_errors
 from registry_store.tables import STAGING, column_length
 from registry_store.timeutil import utcnow
@@ -61,6 +61,11 @@ UNPARSED = "Unparsed"
 _MAX_ROUNDS = 4
 
 T = TypeVar("T")
+
+# What a changed record's staging row takes of it (``_incoming`` values).
+_RESTAGED = (
+    "version_id", "last_updated", "content_type", "content_hash", "raw", "origin", "status", "updated_at"
+)
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -135,8 +140,8 @@ def staged_rows(
     found: dict[tuple[str, str], StagedRow] = {}
     for rtype, id_set in by_type.items():
         ids = sorted(id_set)
-        # One IN list per type uses the (source, type, id) unique index directly.
-        for start in range(0, len(ids), 900):
+        # One list per type uses the (source, type, id) unique index directly.
+        for start in range(0, len(ids), 5000):
             rows = conn.execute(
                 select(
                     STAGING.c.id,
@@ -148,7 +153,7 @@ def staged_rows(
                 ).where(
                     STAGING.c.source == source,
                     STAGING.c.resource_type == rtype,
-                    STAGING.c.resource_id.in_(ids[start : start + 900]),
+                    one_of(STAGING.c.resource_id, ids[start : start + 5000], conn.dialect),
                 )
             )
             for row in rows:
@@ -167,25 +172,18 @@ def insert_new_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[in
     """
     if not rows:
         return []
-    identities = [(r["source"], r["resource_type"], r["resource_id"]) for r in rows]
-    # RETURNING names the rows that landed: only the others need a second look (the common
-    # case, no other writer, costs no extra query; the MLLP listener's ACK latency is this).
-    result = upsert(conn, STAGING, rows, keys=IDENTITY, update=[], returning=[STAGING.c[k] for k in IDENTITY])
-    assert result is not None
-    landed = {(r.source, r.resource_type, r.resource_id) for r in result}
-    if len(set(identities)) == len(identities):
-        unsure = [i for i, key in enumerate(identities) if key not in landed]
-    else:  # one identity twice in the batch: only content can tell which one landed
-        unsure = list(range(len(rows)))
-    if not unsure:
+    # All of them landing (the common case: no other writer, every identity once) leaves
+    # nothing to look at again; the MLLP listener's ACK latency is this.
+    if insert_new(conn, STAGING, rows, keys=IDENTITY) == len(rows):
         return []
-    rows = [rows[i] for i in unsure]
+    # Otherwise only content tells which rows are this batch's (an identity twice in the
+    # batch, or one another process staged meanwhile).
     there: dict[tuple[str, str, str], str] = {}
     for source in {r["source"] for r in rows}:
         keys = [(r["resource_type"], r["resource_id"]) for r in rows if r["source"] == source]
         there |= {(source, *key): row.content_hash for key, row in staged_rows(conn, source, keys).items()}
     return [
-        unsure[i]
+        i
         for i, r in enumerate(rows)
         if there[(r["source"], r["resource_type"], r["resource_id"])] != r["content_hash"]
     ]
@@ -395,6 +393,7 @@ def _stage_round(
     staged = staged_rows(conn, source, ((i.rtype, rid) for i in items for rid in i.identities()))
     inserts: list[dict[str, Any]] = []
     inserted: list[_Incoming] = []
+    updates: list[dict[str, Any]] = []
     for item in items:
         if item.raw_message:
             rid, there = place_raw_message(item.rtype, item.rid, item.digest, staged)
@@ -427,7 +426,7 @@ def _stage_round(
                 counts.stale += 1
                 continue
         # Changed, or sent again after its source deleted it: back to pending.
-        conn.execute(update(STAGING).where(STAGING.c.id == found.id).values(**item.values))
+        updates.append({"id": found.id, **item.values})
         staged[(item.rtype, rid)] = found._replace(
             content_hash=item.digest,
             status="pending",
@@ -435,6 +434,7 @@ def _stage_round(
             version_id=item.values["version_id"],
         )
         counts.updated += 1
+    update_rows(conn, STAGING, updates, where=("id",), values=_RESTAGED)
     lost = insert_new_rows(conn, inserts)
     counts.inserted += len(inserts) - len(lost)
     return [inserted[i] for i in lost]
@@ -551,12 +551,9 @@ def record_mapping_outcomes(conn: Connection, outcomes: Sequence[Mapping[str, An
     """
     if not outcomes:
         return
-    conn.execute(
-        update(STAGING)
-        .where(STAGING.c.id == bindparam("sid"), STAGING.c.content_hash == bindparam("digest"))
-        .values(status=bindparam("new_status"), mapped_at=bindparam("at")),
-        list(outcomes),
-    )
+    rows = [{"id": o["sid"], "content_hash": o["digest"], "status": o["new_status"], "mapped_at": o["at"]}
+            for o in outcomes]
+    update_rows(conn, STAGING, rows, where=("id", "content_hash"), values=("status", "mapped_at"))
 
 
 def mark_pending(conn: Connection, where: Sequence[ColumnElement[bool]], at: datetime) -> int:
