@@ -28,7 +28,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Dialect, Result
+from sqlalchemy.engine import Connection, Dialect, Result, Row
 from sqlalchemy.engine.url import URL, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlmodel import SQLModel
@@ -179,7 +179,7 @@ def update_rows(
     if is_postgres(conn):
         last = {tuple(r[c] for c in where): r for r in rows}
         rows = list(last.values())
-        casts = ", ".join(f"%s::{c.type.compile(dialect=dialect)}[]" for c in columns)
+        casts = ", ".join(f"%b::{c.type.compile(dialect=dialect)}[]" for c in columns)
         names = ", ".join(quote(c.name) for c in columns)
         sql = (
             f"UPDATE {name} SET {', '.join(f'{quote(c)} = u.{quote(c)}' for c in values)}"
@@ -210,6 +210,43 @@ def one_of(column: ColumnElement[Any], values: Collection[Any], dialect: Dialect
         return column == any_(bindparam(None, items, type_=ARRAY(column.type)))
     listed = func.json_each(bindparam(None, _json_list(items)))
     return column.in_(select(literal_column("value")).select_from(listed))
+
+
+def lookup(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    where: Mapping[str, Any],
+    key: str,
+    values: Collection[Any],
+) -> list[Row[Any]]:
+    """``columns`` (as the driver returns them: plain strings and numbers only) of the rows of
+    ``table`` matching ``where`` whose ``key`` is one of ``values``, probing ``key``'s index
+    once per value.
+
+    On PostgreSQL ``key = ANY(array)`` is left to the planner, which, before the table's first
+    ANALYZE (the first import), scans every row matching ``where`` per batch instead; a
+    lateral join of the values probes the index whatever the statistics say."""
+    wanted = list(dict.fromkeys(values))
+    if not wanted:
+        return []
+    dialect = conn.dialect
+    quote = dialect.identifier_preparer.quote
+    name = dialect.identifier_preparer.format_table(table)
+    listed = ", ".join(quote(table.c[c].name) for c in columns)
+    column = quote(table.c[key].name)
+    if is_postgres(conn):
+        cond = " AND ".join(f"{quote(table.c[c].name)} = %s" for c in where)
+        sql = (
+            f"SELECT t.* FROM unnest(%b::{table.c[key].type.compile(dialect=dialect)}[]) AS u(k)"
+            f" CROSS JOIN LATERAL (SELECT {listed} FROM {name} WHERE {cond} AND {column} = u.k) AS t"
+        )
+        return list(conn.exec_driver_sql(sql, (wanted, *where.values())))
+    cond = " AND ".join(f"{quote(table.c[c].name)} = ?" for c in where)
+    sql = (
+        f"SELECT {listed} FROM {name} WHERE {cond} AND {column} IN (SELECT value FROM json_each(?))"
+    )
+    return list(conn.exec_driver_sql(sql, (*where.values(), _json_list(wanted))))
 
 
 def _json_list(items: list[Any]) -> str:
@@ -352,7 +389,7 @@ def _make_plan(dialect: Dialect, tbl: Table, names: tuple[str, ...], constants: 
     table_name = dialect.identifier_preparer.format_table(tbl)
     arrays = dialect.name == "postgresql"
     if arrays:
-        casts = ", ".join(f"%s::{c.type.compile(dialect=dialect)}[]" for c in columns)
+        casts = ", ".join(f"%b::{c.type.compile(dialect=dialect)}[]" for c in columns)
         sql = f"INSERT INTO {table_name} ({target}) SELECT * FROM unnest({casts}){conflict}"
     else:
         sql = f"INSERT INTO {table_name} ({target}) VALUES ({', '.join('?' for _ in columns)}){conflict}"

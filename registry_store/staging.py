@@ -36,7 +36,7 @@ from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.engine import Connection
 
 from adapters.hl7v2.header import message_digest
-from registry_store.db import insert_new, one_of, update_rows, upsert
+from registry_store.db import insert_new, lookup, update_rows, upsert
 from registry_store.errors import replace_errors
 from registry_store.tables import STAGING, column_length
 from registry_store.timeutil import utcnow
@@ -130,6 +130,9 @@ class StagedRow(NamedTuple):
     version_id: str | None = None
 
 
+_STAGED_COLUMNS = ("id", "resource_id", "content_hash", "last_updated", "status", "version_id")
+
+
 def staged_rows(
     conn: Connection, source: str, identities: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], StagedRow]:
@@ -139,27 +142,13 @@ def staged_rows(
         by_type.setdefault(rtype, set()).add(rid)
     found: dict[tuple[str, str], StagedRow] = {}
     for rtype, id_set in by_type.items():
-        ids = sorted(id_set)
-        # One list per type uses the (source, type, id) unique index directly.
-        for start in range(0, len(ids), 5000):
-            rows = conn.execute(
-                select(
-                    STAGING.c.id,
-                    STAGING.c.resource_id,
-                    STAGING.c.content_hash,
-                    STAGING.c.last_updated,
-                    STAGING.c.status,
-                    STAGING.c.version_id,
-                ).where(
-                    STAGING.c.source == source,
-                    STAGING.c.resource_type == rtype,
-                    one_of(STAGING.c.resource_id, ids[start : start + 5000], conn.dialect),
-                )
+        # One probe of the (source, type, id) unique index per id.
+        rows = lookup(conn, STAGING, _STAGED_COLUMNS, {"source": source, "resource_type": rtype},
+                      "resource_id", sorted(id_set))
+        for row in rows:
+            found[(rtype, row.resource_id)] = StagedRow(
+                row.id, row.content_hash, row.last_updated, row.status, row.version_id
             )
-            for row in rows:
-                found[(rtype, row.resource_id)] = StagedRow(
-                    row.id, row.content_hash, row.last_updated, row.status, row.version_id
-                )
     return found
 
 
