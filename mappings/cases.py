@@ -251,6 +251,16 @@ def assemble_cases(
     return len(rows)
 
 
+def case_ids_of(conn: Connection, source: str, patients: Iterable[str]) -> list[str]:
+    """The ids of every case (any status) of these patients of ``source``."""
+    ids: list[str] = []
+    for chunk in _chunks(sorted(set(patients))):
+        ids += conn.execute(
+            select(CASES.c.id).where(CASES.c.source == source, CASES.c.patient_id.in_(chunk))
+        ).scalars()
+    return ids
+
+
 def _why_gone(conn: Connection, source: str, gone: list[Row[Any]]) -> list[tuple[str, str | None]]:
     """Status and reason for cases no longer produced, from their anchor's staged record."""
     staged: dict[str, Any] = {}

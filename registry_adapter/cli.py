@@ -55,15 +55,26 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-def _replan(app: App, reason: str) -> None:
+def _replan(app: App, reason: str, since: datetime) -> None:
     """Run the after-store plug-ins (the scheduler plans reminders there), so that reminders
-    follow the cases just stored and the reminder pages are never silently empty."""
+    follow the cases just stored and the reminder pages are never silently empty.
+
+    ``since``: when the run started; what it stored is stamped at or after it (the cases it
+    assembled, the staged records it changed), so a plug-in redoes only that part.
+    """
     from registry_adapter.plugins import AFTER_STORE, plugins
 
     for plugin in plugins(AFTER_STORE):
         hook = plugin.load()
         if callable(hook):
-            hook(app, reason)
+            hook(app, reason, since)
+
+
+def _run_started() -> datetime:
+    """The time a storing run starts, as the store stamps its rows (``_replan``'s ``since``)."""
+    from registry_store.timeutil import utcnow
+
+    return utcnow()
 
 
 def _emit_json(data: Any) -> None:
@@ -325,6 +336,7 @@ def sync(
         raise click.UsageError("no sources to sync are configured (see sources: in the config file)")
     results = []
     failures: list[str] = []
+    started = _run_started()
     with _progress(not as_json) as progress:
         pipeline = Pipeline(app, progress)
         for cfg in configs:
@@ -343,7 +355,7 @@ def sync(
     # A partial run kept what it read, but something stopped: the exit code must say so.
     failures += [f"{r.source}: {r.outcome} ({r.failure})" for r in results if r.failure]
     if results:
-        _replan(app, "sync")
+        _replan(app, "sync", started)
     if as_json:
         for failure in failures:
             console.print(f"✗ {failure}", highlight=False)
@@ -387,6 +399,7 @@ def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) 
     from registry_adapter.sources import import_source
 
     app = obj.app
+    started = _run_started()
     with _progress(not as_json) as progress:
         result = Pipeline(app, progress).ingest(
             import_source(source_name, list(paths)), SourceContext(full=True), kind="import"
@@ -394,7 +407,7 @@ def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) 
     # Invalid input (binary, empty, unreadable, malformed) is staged as errors: when that is
     # all there was, the import did not do its job and a script must see that.
     nothing_accepted = result.counts.received - result.counts.invalid <= 0
-    _replan(app, "import")
+    _replan(app, "import", started)
     if as_json:
         _emit_json(
             {
@@ -447,12 +460,13 @@ def reprocess(
             staged = conn.execute(select(STAGING.c.resource_type).distinct()).scalars().all()
         require_known("--type", [resource_type], {*staged, *_mapped_types(app)})
     _require_known_cause(app, cause_id)
+    started = _run_started()
     with _progress(not as_json) as progress:
         selected, counts = Pipeline(app, progress).reprocess(
             resource_type=resource_type, cause_id=cause_id, source=source_name, everything=everything,
             map_now=not no_map,
         )
-    _replan(app, "reprocess")
+    _replan(app, "reprocess", started)
     if as_json:
         _emit_json({"selected": selected, **counts.as_dict()})
         return
@@ -476,9 +490,10 @@ def worker(obj: Ctx, until_idle: bool, poll_seconds: float, as_json: bool) -> No
     from registry_adapter.worker import run_worker
 
     app = obj.app
+    started = _run_started()
     with _progress(not as_json) as progress:
         counts = run_worker(Pipeline(app, progress), until_idle=until_idle, poll_seconds=poll_seconds)
-    _replan(app, "worker")
+    _replan(app, "worker", started)
     if as_json:
         _emit_json(counts.as_dict())
         return

@@ -11,7 +11,6 @@ import click
 from sqlalchemy import select
 
 from registry_adapter.cli import Ctx, out, pass_ctx, print_table
-from registry_adapter.submission.delivery import DeliveryError
 from registry_adapter.submission.feedback import FeedbackFileError, load_feedback
 from registry_adapter.submission.measures import compute_measures
 from registry_adapter.submission.service import SubmissionError, run_submission
@@ -42,6 +41,8 @@ def submit(
     obj: Ctx, period: str | None, since: date | None, dry_run: bool, output: Path | None, as_json: bool
 ) -> None:
     """Build the registry submission package (delta since the last one) and deliver it."""
+    from registry_adapter.submission.delivery import DeliveryError
+
     try:
         result = run_submission(obj.app, period=period, since=since, dry_run=dry_run, output=output)
     except (SubmissionError, DeliveryError) as exc:

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from mappings.cases import case_ids_of
 from mappings.codemaps import CodeMap
-from mappings.outcomes import compute_outcomes, load_definitions
+from mappings.outcomes import compute_outcomes, load_definitions, patients_changed_since
 from registry_adapter.app import App
-from registry_adapter.submission.delivery import Destination, FolderDestination, SftpDestination
 from registry_adapter.submission.dictionary import FieldSpec, as_csv, load_dictionary, value_problem
 from registry_adapter.submission.package import CaseRecord, Package, Withdrawal, build_package, keyed_id
 from registry_adapter.submission.settings import SubmissionSettings
@@ -42,6 +42,11 @@ from registry_store.tables import PROCEDURES as PROCS
 from registry_store.tables import PROM_RESPONSES as PROMS
 from registry_store.timeutil import utcnow
 from registry_types import metrics
+
+# Delivery (paramiko, for SFTP) is imported when a package is delivered: the after-store
+# hook and measures, which import this module after every run, deliver nothing.
+if TYPE_CHECKING:
+    from registry_adapter.submission.delivery import Destination
 
 log = structlog.get_logger(__name__)
 
@@ -119,26 +124,40 @@ class Plan:
         return dict(sorted(Counter(r for reasons in self.held_back.values() for r in reasons).items()))
 
 
-def refresh_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[str, dict[str, Any]]:
-    """Recompute the outcomes of every active case (all sources); ``store``: keep them in
-    ``case_outcomes`` (the review UI computes without writing: its pages only read)."""
+def refresh_outcomes(
+    conn: Connection,
+    app: App,
+    *,
+    store: bool = True,
+    patients: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Recompute the outcomes of every active case (all sources), or of the active cases of
+    ``patients`` (source → patient ids); ``store``: keep them in ``case_outcomes`` (the review
+    UI computes without writing: its pages only read)."""
     defs = load_definitions(app.settings.mappings.directory)
     out: dict[str, dict[str, Any]] = {}
-    for source in conn.execute(select(CASES.c.source).distinct()).scalars():
-        computed = compute_outcomes(conn, source, app.site, defs, app.codemaps)
+    sources = conn.execute(select(CASES.c.source).distinct()).scalars().all()
+    for source in sources:
+        wanted = None if patients is None else patients.get(source)
+        if patients is not None and not wanted:
+            continue
+        computed = compute_outcomes(conn, source, app.site, defs, app.codemaps, wanted)
         if store:
-            save_case_outcomes(conn, source, computed)
+            scope = None if wanted is None else case_ids_of(conn, source, wanted)
+            save_case_outcomes(conn, source, computed, scope)
         out.update(computed)
     return out
 
 
-def after_store(app: App, reason: str) -> None:
+def after_store(app: App, reason: str, since: datetime | None = None) -> None:
     """After-store plug-in: recompute case outcomes once a sync, an import or a re-process
-    stored data, so late data shows on case pages at once. Never fails the run that stored the
-    data (submission and measures recompute anyway); only the error's type is logged."""
+    stored data, so late data shows on case pages at once; with ``since`` (when the run
+    started) only those of the patients whose data changed since. Never fails the run that
+    stored the data (submission recomputes anyway); only the error's type is logged."""
     try:
         with app.engine.begin() as conn:
-            cases = len(refresh_outcomes(conn, app))
+            touched = None if since is None else patients_changed_since(conn, since)
+            cases = len(refresh_outcomes(conn, app, patients=touched))
     except Exception as exc:
         log.error("outcomes.refresh_failed", reason=reason, error=type(exc).__name__)
         return
@@ -394,6 +413,8 @@ def plan_submission(conn: Connection, app: App, selection: Selection) -> Plan:
 
 
 def destination_for(app: App, output: Path | None) -> Destination:
+    from registry_adapter.submission.delivery import FolderDestination, SftpDestination
+
     settings = _settings(app)
     if output is not None:
         return FolderDestination(output)
