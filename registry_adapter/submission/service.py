@@ -13,7 +13,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +21,10 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from mappings import codemaps as codemaps_module
 from mappings.cases import case_ids_of
 from mappings.codemaps import CodeMap
-from mappings.outcomes import compute_outcomes, load_definitions, patients_changed_since
+from mappings.outcomes import OutcomeDefinitions, compute_outcomes, load_definitions, patients_changed_since
 from registry_adapter.app import App
 from registry_adapter.submission.dictionary import FieldSpec, as_csv, load_dictionary, value_problem
 from registry_adapter.submission.package import CaseRecord, Package, Withdrawal, build_package, keyed_id
@@ -37,6 +38,7 @@ from registry_store.submissions import (
     resolve_feedback_errors,
     save_case_outcomes,
 )
+from registry_store.tables import CASE_OUTCOMES as OUTCOMES
 from registry_store.tables import CASES, PATIENTS
 from registry_store.tables import PROCEDURES as PROCS
 from registry_store.tables import PROM_RESPONSES as PROMS
@@ -147,6 +149,50 @@ def refresh_outcomes(
             save_case_outcomes(conn, source, computed, scope)
         out.update(computed)
     return out
+
+
+def _definition_files(app: App, defs: OutcomeDefinitions) -> list[Path]:
+    """The files outcomes are defined by: outcomes.yaml and every code map file."""
+    folders = [codemaps_module.BUNDLED, app.settings.mappings.codemaps]
+    return [defs.path] + [f for d in folders if d is not None and d.is_dir() for f in d.iterdir()]
+
+
+def current_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[str, dict[str, Any]]:
+    """The outcomes of every active case as they are now: those stored in ``case_outcomes``
+    (the after-store hooks and the nightly job keep them), recomputed only where they can be
+    out of date: cases without stored outcomes, patients whose cases or staged facts changed
+    since the oldest stored computation, or everything when the definitions changed (another
+    ``definitions_version``, or outcomes.yaml or a code map file edited since). ``store``:
+    save what was recomputed (a review UI page only reads)."""
+    defs = load_definitions(app.settings.mappings.directory)
+    stored: dict[str, dict[str, Any]] = {}
+    oldest: datetime | None = None
+    owners: dict[str, tuple[str, str]] = {}
+    for case_id, source, patient, outcomes, at in conn.execute(
+        select(CASES.c.id, CASES.c.source, CASES.c.patient_id, OUTCOMES.c.outcomes, OUTCOMES.c.computed_at)
+        .select_from(CASES.outerjoin(OUTCOMES, OUTCOMES.c.case_id == CASES.c.id))
+        .where(CASES.c.status == "active")
+    ):
+        owners[case_id] = (source, patient)
+        if outcomes is not None and outcomes.get("definitions_version") == defs.version:
+            stored[case_id] = outcomes
+            when = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+            oldest = when if oldest is None or when < oldest else oldest
+    if oldest is None or any(
+        datetime.fromtimestamp(f.stat().st_mtime, UTC) >= oldest for f in _definition_files(app, defs)
+    ):
+        return refresh_outcomes(conn, app, store=store)
+    stale: dict[str, set[str]] = defaultdict(set)
+    for source, patients in patients_changed_since(conn, oldest).items():
+        stale[source] |= patients
+    for case_id, (source, patient) in owners.items():
+        if case_id not in stored:
+            stale[source].add(patient)
+    if not stale:
+        return stored
+    fresh = refresh_outcomes(conn, app, store=store, patients=stale)
+    redone = {cid for cid, (source, patient) in owners.items() if patient in stale.get(source, ())}
+    return {cid: o for cid, o in stored.items() if cid not in redone} | fresh
 
 
 def after_store(app: App, reason: str, since: datetime | None = None) -> None:
