@@ -471,6 +471,17 @@ def case_outcomes(
     return out
 
 
+# What ``case_outcomes`` reads of a case (not its codes and diagnoses: JSON decoding costs).
+_CASE_COLUMNS = (
+    CASES.c.id,
+    CASES.c.patient_id,
+    CASES.c.encounter_id,
+    CASES.c.surgery_date,
+    CASES.c.admission_date,
+    CASES.c.discharge_date,
+)
+
+
 def compute_outcomes(
     conn: Connection,
     source: str,
@@ -482,8 +493,12 @@ def compute_outcomes(
     """Outcomes of every active case of ``source`` (or of these ``patients``' active cases),
     by case id. A case's outcomes depend only on its own patient (their records, cases and
     date of death), so those of a few patients are computed without the others'."""
+    if patients is not None:
+        with_cases = conn.execute(select(CASES.c.patient_id).where(CASES.c.source == source).distinct())
+        if set(with_cases.scalars()) <= set(patients):
+            patients = None  # every patient of the source (a first import): read it all at once
     facts = gather_facts(conn, source, site, patients)
-    case_query = select(CASES).where(CASES.c.source == source, CASES.c.status == "active")
+    case_query = select(*_CASE_COLUMNS).where(CASES.c.source == source, CASES.c.status == "active")
     death_query = select(PATIENTS.c.id, PATIENTS.c.deceased_date).where(
         PATIENTS.c.source == source, PATIENTS.c.deceased_date.is_not(None)
     )

@@ -247,13 +247,18 @@ def _summary(result: RunResult, app: App) -> None:
 
 
 def _report(app: App) -> None:
+    from sqlalchemy import select
+
     from registry_adapter.pipeline import stats
-    from registry_adapter.queries import list_cases, list_causes
+    from registry_adapter.queries import list_causes
+    from registry_store.tables import CASES
 
     s = stats(app)
     with app.engine.connect() as conn:
         causes = list_causes(conn, limit=15)
-        diag = sum(len(c["diagnoses"]) for c in list_cases(conn))
+        # The diagnoses of the active cases (only that column: whole case rows cost).
+        active = select(CASES.c.diagnoses).where(CASES.c.status == "active")
+        diag = sum(len(d) for d in conn.execute(active).scalars())
     out.print(
         f"Registry: {s['staged']:,} resources staged · {s['patients']:,} patients · "
         f"{s['cases']:,} cases · {diag:,} case diagnoses · {s['prom_responses']:,} PROM responses · "
