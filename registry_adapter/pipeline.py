@@ -43,7 +43,7 @@ from registry_adapter.app import App
 from registry_adapter.mapping_pool import StagedForMapping, as_plain, mapping_pool, prepare_batch
 from registry_store import sync_runs
 from registry_store.case_queue import dequeue, enqueue, queued
-from registry_store.db import lookup, one_of
+from registry_store.db import commit_unflushed, lookup, one_of
 from registry_store.errors import replace_errors, resolve_all
 from registry_store.leases import holders, job_lock, sync_lock_name
 from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
@@ -267,6 +267,8 @@ class Pipeline:
             reconciled = 0
             try:
                 with engine.begin() as conn:
+                    if checkpoint is None:
+                        commit_unflushed(conn)  # re-received if lost: it was not checkpointed
                     staged = self._stage_batch(conn, source.name, records, errors, deletions)
                     reconciled = self._reconcile(conn, source.name, inventories)
                     if checkpoint is not None:
@@ -549,6 +551,7 @@ class Pipeline:
 
     def _assemble_pairs(self, pairs: Sequence[tuple[str, str]]) -> int:
         with self.app.engine.begin() as conn:
+            commit_unflushed(conn)  # if lost, the pairs are still queued
             return self.assemble_and_dequeue(conn, pairs)
 
     def assemble_and_dequeue(self, conn: Connection, pairs: Sequence[tuple[str, str]]) -> int:
@@ -570,6 +573,7 @@ class Pipeline:
     def _write_batch(self, prepared: list[Prepared], counts: RunCounts) -> bool:
         try:
             with self.app.engine.begin() as conn:
+                commit_unflushed(conn)  # if lost, the records are still pending
                 counts.add(self._write(conn, prepared))
         except Exception:  # a database refusal, or a bug one record triggers: it fails alone
             for one in prepared:
