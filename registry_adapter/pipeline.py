@@ -532,11 +532,16 @@ class Pipeline:
         A chunk that fails is assembled patient by patient, so one patient whose data trips a
         bug stays queued (and logged) while the others' cases land.
         """
-        with self.app.engine.connect() as conn:
-            todo = queued(conn)
-        total = 0
-        for start in range(0, len(todo), chunk):
-            pairs = todo[start : start + chunk]
+        total, chunks = 0, 0
+        after: tuple[str, str] | None = None
+        while True:
+            # A chunk at a time (O(chunk) memory whatever the queue's length), from after the
+            # last one read: pairs that failed stay queued behind it and are not read again.
+            with self.app.engine.connect() as conn:
+                pairs = queued(conn, chunk, after)
+            if not pairs:
+                return total
+            after, chunks = pairs[-1], chunks + 1
             try:
                 total += self._assemble_pairs(pairs)
             except Exception:
@@ -545,9 +550,8 @@ class Pipeline:
                         total += self._assemble_pairs([pair])
                     except Exception as exc:
                         log.error("cases.assembly_failed", source=pair[0], error=type(exc).__name__)
-            if len(todo) > chunk:
+            if chunks > 1 or len(pairs) == chunk:
                 self.progress("cases", {"cases": total})
-        return total
 
     def _assemble_pairs(self, pairs: Sequence[tuple[str, str]]) -> int:
         with self.app.engine.begin() as conn:

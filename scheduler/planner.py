@@ -32,13 +32,13 @@ never overwritten with a stale next-attempt date.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
 from sqlalchemy.engine import Connection
 
 from mappings.cases import discharge_anchor
@@ -278,33 +278,43 @@ def local_day(at: datetime | None, tz: ZoneInfo) -> date | None:
     return at.astimezone(tz).date()
 
 
-def _load_facts(conn: Connection) -> tuple[list[CaseFacts], dict[str, tuple[str, str]]]:
-    patients = {
-        (r.source, r.id): r
-        for r in conn.execute(
-            select(
-                PATIENTS.c.source,
-                PATIENTS.c.id,
-                PATIENTS.c.deceased,
-                PATIENTS.c.deceased_date,
-                PATIENTS.c.opted_out,
-            )
-        )
-    }
+def _chunked(ids: Collection[str] | None) -> Iterator[list[str] | None]:
+    """``ids`` in slices a driver takes as bound parameters; one None (everything) for None."""
+    if ids is None:
+        yield None
+        return
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 400):
+        yield ordered[start : start + 400]
+
+
+def _load_facts(
+    conn: Connection, case_ids: Collection[str] | None = None
+) -> tuple[list[CaseFacts], dict[str, tuple[str, str]]]:
+    query = select(
+        CASES.c.id,
+        CASES.c.source,
+        CASES.c.procedure_id,
+        CASES.c.patient_id,
+        CASES.c.module,
+        CASES.c.surgery_date,
+        CASES.c.discharge_date,
+        CASES.c.status,
+    ).order_by(CASES.c.id)
+    cases: list[Any] = []
+    for chunk in _chunked(case_ids):
+        cases += conn.execute(query if chunk is None else query.where(CASES.c.id.in_(chunk))).all()
+    cases.sort(key=lambda c: c.id)
+    people = select(
+        PATIENTS.c.source, PATIENTS.c.id, PATIENTS.c.deceased, PATIENTS.c.deceased_date, PATIENTS.c.opted_out
+    )
+    patients = {}
+    for chunk in _chunked(None if case_ids is None else {c.patient_id for c in cases}):
+        for r in conn.execute(people if chunk is None else people.where(PATIENTS.c.id.in_(chunk))):
+            patients[(r.source, r.id)] = r
     facts: list[CaseFacts] = []
     owners: dict[str, tuple[str, str]] = {}
-    for c in conn.execute(
-        select(
-            CASES.c.id,
-            CASES.c.source,
-            CASES.c.procedure_id,
-            CASES.c.patient_id,
-            CASES.c.module,
-            CASES.c.surgery_date,
-            CASES.c.discharge_date,
-            CASES.c.status,
-        ).order_by(CASES.c.id)
-    ):
+    for c in cases:
         p = patients.get((c.source, c.patient_id))
         facts.append(
             CaseFacts(
@@ -322,31 +332,70 @@ def _load_facts(conn: Connection) -> tuple[list[CaseFacts], dict[str, tuple[str,
     return facts, owners
 
 
-def _load_responses(conn: Connection) -> dict[tuple[str, str], list[Response]]:
+def _load_responses(
+    conn: Connection, case_ids: Collection[str] | None = None
+) -> dict[tuple[str, str], list[Response]]:
     out: dict[tuple[str, str], list[Response]] = defaultdict(list)
-    for r in conn.execute(
-        select(
-            PROM_RESPONSES.c.id,
-            PROM_RESPONSES.c.case_id,
-            PROM_RESPONSES.c.timepoint,
-            PROM_RESPONSES.c.instrument,
-            PROM_RESPONSES.c.completion_date,
-            PROM_RESPONSES.c.status,
-        ).where(PROM_RESPONSES.c.case_id.is_not(None))
-    ):
-        out[(r.case_id, r.timepoint)].append(Response(r.id, r.instrument, r.completion_date, r.status))
+    query = select(
+        PROM_RESPONSES.c.id,
+        PROM_RESPONSES.c.case_id,
+        PROM_RESPONSES.c.timepoint,
+        PROM_RESPONSES.c.instrument,
+        PROM_RESPONSES.c.completion_date,
+        PROM_RESPONSES.c.status,
+    ).where(PROM_RESPONSES.c.case_id.is_not(None))
+    for chunk in _chunked(case_ids):
+        for r in conn.execute(query if chunk is None else query.where(PROM_RESPONSES.c.case_id.in_(chunk))):
+            out[(r.case_id, r.timepoint)].append(Response(r.id, r.instrument, r.completion_date, r.status))
     return out
 
 
-def plan_reminders(conn: Connection, settings: Settings, today: date) -> PlanCounts:
-    """Bring every case's reminder rows up to date as of ``today`` (a site-local date)."""
+def _load_reminders(conn: Connection, case_ids: Collection[str] | None = None) -> dict[tuple[str, str], Any]:
+    """The reminder rows of these cases (every row for None), and any still open whose case is
+    missing (only a hand-edited database has one)."""
+    rows = {}
+    for chunk in _chunked(case_ids):
+        query = select(REMINDERS)
+        if chunk is not None:
+            query = query.where(REMINDERS.c.case_id.in_(chunk))
+        rows.update({(r.case_id, r.timepoint): r for r in conn.execute(query)})
+    if case_ids is not None:
+        orphans = select(REMINDERS).where(
+            REMINDERS.c.status.in_(ACTIVE), ~exists().where(CASES.c.id == REMINDERS.c.case_id)
+        )
+        rows.update({(r.case_id, r.timepoint): r for r in conn.execute(orphans)})
+    return rows
+
+
+def cases_to_replan(conn: Connection, settings: Settings, changed: Collection[str]) -> set[str]:
+    """The cases whose reminder rows a plan can change after a run that changed the cases
+    ``changed``: those; the cases with a time point still open (scheduled, sent or open:
+    the date alone completes, expires or misses it, and a coordinator's completion or an
+    opt-out closes it); and the active cases not planned for every configured time point."""
+    names = list(settings.proms.timepoints)
+    live = select(REMINDERS.c.case_id).where(REMINDERS.c.status.in_((*ACTIVE, "open"))).distinct()
+    planned = (
+        select(func.count())
+        .select_from(REMINDERS)
+        .where(REMINDERS.c.case_id == CASES.c.id, REMINDERS.c.timepoint.in_(names))
+        .scalar_subquery()
+    )
+    unplanned = select(CASES.c.id).where(CASES.c.status == "active", planned < len(names))
+    return set(changed) | set(conn.execute(live).scalars()) | set(conn.execute(unplanned).scalars())
+
+
+def plan_reminders(
+    conn: Connection, settings: Settings, today: date, cases: Collection[str] | None = None
+) -> PlanCounts:
+    """Bring every case's reminder rows up to date as of ``today`` (a site-local date), or
+    only those of ``cases`` (``cases_to_replan`` names the ones a run can have changed)."""
     check_configuration(settings)
     tz = settings.site.tz
     counts = PlanCounts()
-    facts, _ = _load_facts(conn)
-    responses = _load_responses(conn)
+    facts, _ = _load_facts(conn, cases)
+    responses = _load_responses(conn, cases)
     staff = staff_completions(conn)
-    existing = {(r.case_id, r.timepoint): r for r in conn.execute(select(REMINDERS))}
+    existing = _load_reminders(conn, cases)
     known_cases = {f.case_id for f in facts}
     now = utcnow()
     inserts: list[dict[str, Any]] = []

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from mappings import codemaps as codemaps_module
+from mappings.cases import case_ids_of
 from mappings.codemaps import CodeMap
-from mappings.outcomes import compute_outcomes, load_definitions
+from mappings.outcomes import OutcomeDefinitions, compute_outcomes, load_definitions, patients_changed_since
 from registry_adapter.app import App
-from registry_adapter.submission.delivery import Destination, FolderDestination, SftpDestination
 from registry_adapter.submission.dictionary import FieldSpec, as_csv, load_dictionary, value_problem
 from registry_adapter.submission.package import CaseRecord, Package, Withdrawal, build_package, keyed_id
 from registry_adapter.submission.settings import SubmissionSettings
@@ -37,11 +38,17 @@ from registry_store.submissions import (
     resolve_feedback_errors,
     save_case_outcomes,
 )
+from registry_store.tables import CASE_OUTCOMES as OUTCOMES
 from registry_store.tables import CASES, PATIENTS
 from registry_store.tables import PROCEDURES as PROCS
 from registry_store.tables import PROM_RESPONSES as PROMS
 from registry_store.timeutil import utcnow
 from registry_types import metrics
+
+# Delivery (paramiko, for SFTP) is imported when a package is delivered: the after-store
+# hook and measures, which import this module after every run, deliver nothing.
+if TYPE_CHECKING:
+    from registry_adapter.submission.delivery import Destination
 
 log = structlog.get_logger(__name__)
 
@@ -119,26 +126,84 @@ class Plan:
         return dict(sorted(Counter(r for reasons in self.held_back.values() for r in reasons).items()))
 
 
-def refresh_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[str, dict[str, Any]]:
-    """Recompute the outcomes of every active case (all sources); ``store``: keep them in
-    ``case_outcomes`` (the review UI computes without writing: its pages only read)."""
+def refresh_outcomes(
+    conn: Connection,
+    app: App,
+    *,
+    store: bool = True,
+    patients: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Recompute the outcomes of every active case (all sources), or of the active cases of
+    ``patients`` (source → patient ids); ``store``: keep them in ``case_outcomes`` (the review
+    UI computes without writing: its pages only read)."""
     defs = load_definitions(app.settings.mappings.directory)
     out: dict[str, dict[str, Any]] = {}
-    for source in conn.execute(select(CASES.c.source).distinct()).scalars():
-        computed = compute_outcomes(conn, source, app.site, defs, app.codemaps)
+    sources = conn.execute(select(CASES.c.source).distinct()).scalars().all()
+    for source in sources:
+        wanted = None if patients is None else patients.get(source)
+        if patients is not None and not wanted:
+            continue
+        computed = compute_outcomes(conn, source, app.site, defs, app.codemaps, wanted)
         if store:
-            save_case_outcomes(conn, source, computed)
+            scope = None if wanted is None else case_ids_of(conn, source, wanted)
+            save_case_outcomes(conn, source, computed, scope)
         out.update(computed)
     return out
 
 
-def after_store(app: App, reason: str) -> None:
+def _definition_files(app: App, defs: OutcomeDefinitions) -> list[Path]:
+    """The files outcomes are defined by: outcomes.yaml and every code map file."""
+    folders = [codemaps_module.BUNDLED, app.settings.mappings.codemaps]
+    return [defs.path] + [f for d in folders if d is not None and d.is_dir() for f in d.iterdir()]
+
+
+def current_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[str, dict[str, Any]]:
+    """The outcomes of every active case as they are now: those stored in ``case_outcomes``
+    (the after-store hooks and the nightly job keep them), recomputed only where they can be
+    out of date: cases without stored outcomes, patients whose cases or staged facts changed
+    since the oldest stored computation, or everything when the definitions changed (another
+    ``definitions_version``, or outcomes.yaml or a code map file edited since). ``store``:
+    save what was recomputed (a review UI page only reads)."""
+    defs = load_definitions(app.settings.mappings.directory)
+    stored: dict[str, dict[str, Any]] = {}
+    oldest: datetime | None = None
+    owners: dict[str, tuple[str, str]] = {}
+    for case_id, source, patient, outcomes, at in conn.execute(
+        select(CASES.c.id, CASES.c.source, CASES.c.patient_id, OUTCOMES.c.outcomes, OUTCOMES.c.computed_at)
+        .select_from(CASES.outerjoin(OUTCOMES, OUTCOMES.c.case_id == CASES.c.id))
+        .where(CASES.c.status == "active")
+    ):
+        owners[case_id] = (source, patient)
+        if outcomes is not None and outcomes.get("definitions_version") == defs.version:
+            stored[case_id] = outcomes
+            when = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+            oldest = when if oldest is None or when < oldest else oldest
+    if oldest is None or any(
+        datetime.fromtimestamp(f.stat().st_mtime, UTC) >= oldest for f in _definition_files(app, defs)
+    ):
+        return refresh_outcomes(conn, app, store=store)
+    stale: dict[str, set[str]] = defaultdict(set)
+    for source, patients in patients_changed_since(conn, oldest).items():
+        stale[source] |= patients
+    for case_id, (source, patient) in owners.items():
+        if case_id not in stored:
+            stale[source].add(patient)
+    if not stale:
+        return stored
+    fresh = refresh_outcomes(conn, app, store=store, patients=stale)
+    redone = {cid for cid, (source, patient) in owners.items() if patient in stale.get(source, ())}
+    return {cid: o for cid, o in stored.items() if cid not in redone} | fresh
+
+
+def after_store(app: App, reason: str, since: datetime | None = None) -> None:
     """After-store plug-in: recompute case outcomes once a sync, an import or a re-process
-    stored data, so late data shows on case pages at once. Never fails the run that stored the
-    data (submission and measures recompute anyway); only the error's type is logged."""
+    stored data, so late data shows on case pages at once; with ``since`` (when the run
+    started) only those of the patients whose data changed since. Never fails the run that
+    stored the data (submission recomputes anyway); only the error's type is logged."""
     try:
         with app.engine.begin() as conn:
-            cases = len(refresh_outcomes(conn, app))
+            touched = None if since is None else patients_changed_since(conn, since)
+            cases = len(refresh_outcomes(conn, app, patients=touched))
     except Exception as exc:
         log.error("outcomes.refresh_failed", reason=reason, error=type(exc).__name__)
         return
@@ -394,6 +459,8 @@ def plan_submission(conn: Connection, app: App, selection: Selection) -> Plan:
 
 
 def destination_for(app: App, output: Path | None) -> Destination:
+    from registry_adapter.submission.delivery import FolderDestination, SftpDestination
+
     settings = _settings(app)
     if output is not None:
         return FolderDestination(output)
