@@ -44,7 +44,7 @@ from registry_adapter.mapping_pool import StagedForMapping, as_plain, mapping_po
 from registry_store import sync_runs
 from registry_store.case_queue import dequeue, enqueue, queued
 from registry_store.db import commit_unflushed, lookup, one_of
-from registry_store.errors import replace_errors, resolve_all
+from registry_store.errors import RecordErrors, replace_errors_of, resolve_all
 from registry_store.leases import holders, job_lock, sync_lock_name
 from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
 from registry_store.patient_merge import file_under_survivors, merge_patient
@@ -641,6 +641,7 @@ class Pipeline:
         removals: dict[tuple[str, str], list[str]] = defaultdict(list)
         touched: dict[str, set[str]] = defaultdict(set)
         statuses: list[dict[str, Any]] = []
+        error_updates: list[RecordErrors] = []
         now = utcnow()
         self._write_conversions(conn, [one for one in prepared if one.converted is not None])
         for one in prepared:
@@ -658,16 +659,13 @@ class Pipeline:
             statuses.append({"sid": row.id, "digest": row.content_hash, "new_status": one.status, "at": now})
             counts.tally(one.status)
             if one.issues or row.id in with_errors:
-                replace_errors(
-                    conn,
-                    staging_id=row.id,
-                    source=row.source,
-                    resource_type=row.resource_type,
-                    resource_id=row.resource_id,
-                    mapping=one.mapping_name,
-                    issues=one.issues,
-                    keep_case_errors=one.status == "mapped",
+                error_updates.append(
+                    RecordErrors(
+                        row.id, row.source, row.resource_type, row.resource_id, one.mapping_name, one.issues,
+                        keep_case_errors=one.status == "mapped",
+                    )
                 )
+        replace_errors_of(conn, error_updates)
         for (source, rtype), rids in removals.items():
             touched[source] |= self._remove_rows(conn, source, rtype, rids)
         for target, rows in writes.items():

@@ -263,16 +263,15 @@ def lookup(
     listed = ", ".join(quote(table.c[c].name) for c in columns)
     column = quote(table.c[key].name)
     if is_postgres(conn):
-        cond = " AND ".join(f"{quote(table.c[c].name)} = %s" for c in where)
+        cond = " AND ".join([*(f"{quote(table.c[c].name)} = %s" for c in where), f"{column} = u.k"])
         sql = (
             f"SELECT t.* FROM unnest(%b::{table.c[key].type.compile(dialect=dialect)}[]) AS u(k)"
-            f" CROSS JOIN LATERAL (SELECT {listed} FROM {name} WHERE {cond} AND {column} = u.k) AS t"
+            f" CROSS JOIN LATERAL (SELECT {listed} FROM {name} WHERE {cond}) AS t"
         )
         return list(conn.exec_driver_sql(sql, (wanted, *where.values())))
-    cond = " AND ".join(f"{quote(table.c[c].name)} = ?" for c in where)
-    sql = (
-        f"SELECT {listed} FROM {name} WHERE {cond} AND {column} IN (SELECT value FROM json_each(?))"
-    )
+    listed_in = f"{column} IN (SELECT value FROM json_each(?))"
+    cond = " AND ".join([*(f"{quote(table.c[c].name)} = ?" for c in where), listed_in])
+    sql = f"SELECT {listed} FROM {name} WHERE {cond}"
     return list(conn.exec_driver_sql(sql, (*where.values(), _json_list(wanted))))
 
 
