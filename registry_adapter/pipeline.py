@@ -43,6 +43,7 @@ from registry_adapter.app import App
 from registry_adapter.mapping_pool import StagedForMapping, as_plain, mapping_pool, prepare_batch
 from registry_store import sync_runs
 from registry_store.case_queue import dequeue, enqueue, queued
+from registry_store.db import lookup, one_of
 from registry_store.errors import replace_errors, resolve_all
 from registry_store.leases import holders, job_lock, sync_lock_name
 from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
@@ -529,11 +530,16 @@ class Pipeline:
         A chunk that fails is assembled patient by patient, so one patient whose data trips a
         bug stays queued (and logged) while the others' cases land.
         """
-        with self.app.engine.connect() as conn:
-            todo = queued(conn)
-        total = 0
-        for start in range(0, len(todo), chunk):
-            pairs = todo[start : start + chunk]
+        total, chunks = 0, 0
+        after: tuple[str, str] | None = None
+        while True:
+            # A chunk at a time (O(chunk) memory whatever the queue's length), from after the
+            # last one read: pairs that failed stay queued behind it and are not read again.
+            with self.app.engine.connect() as conn:
+                pairs = queued(conn, chunk, after)
+            if not pairs:
+                return total
+            after, chunks = pairs[-1], chunks + 1
             try:
                 total += self._assemble_pairs(pairs)
             except Exception:
@@ -542,9 +548,8 @@ class Pipeline:
                         total += self._assemble_pairs([pair])
                     except Exception as exc:
                         log.error("cases.assembly_failed", source=pair[0], error=type(exc).__name__)
-            if len(todo) > chunk:
+            if chunks > 1 or len(pairs) == chunk:
                 self.progress("cases", {"cases": total})
-        return total
 
     def _assemble_pairs(self, pairs: Sequence[tuple[str, str]]) -> int:
         with self.app.engine.begin() as conn:
@@ -624,7 +629,7 @@ class Pipeline:
             r.staging_id
             for r in conn.execute(
                 select(MAPPING_ERRORS.c.staging_id).where(
-                    MAPPING_ERRORS.c.staging_id.in_(ids), MAPPING_ERRORS.c.status == "open"
+                    one_of(MAPPING_ERRORS.c.staging_id, ids, conn.dialect), MAPPING_ERRORS.c.status == "open"
                 )
             )
         }
@@ -815,17 +820,8 @@ class Pipeline:
         table = MAPPING_TARGETS[target]
         if "patient_id" not in table.c:
             return set()
-        found: set[str] = set()
-        for start in range(0, len(ids), 400):
-            chunk = ids[start : start + 400]
-            found |= {
-                r.patient_id
-                for r in conn.execute(
-                    select(table.c.patient_id).where(table.c.source == source, table.c.id.in_(chunk))
-                )
-                if r.patient_id
-            }
-        return found
+        rows = lookup(conn, table, ["patient_id"], {"source": source}, "id", ids)
+        return {r.patient_id for r in rows if r.patient_id}
 
     def _remove_rows(self, conn: Connection, source: str, rtype: str, ids: list[str]) -> set[str]:
         """Delete registry rows a record no longer produces; returns the patients affected."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
@@ -30,12 +30,13 @@ def enqueue(conn: Connection, touched: Mapping[str, Iterable[str]]) -> None:
         upsert(conn, QUEUE, rows[start : start + 1000], keys=["source", "patient_id"], update=["patient_id"])
 
 
-def queued(conn: Connection) -> list[tuple[str, str]]:
-    """Every queued (source, patient id), in a stable order."""
-    rows = conn.execute(
-        select(QUEUE.c.source, QUEUE.c.patient_id).order_by(QUEUE.c.source, QUEUE.c.patient_id)
-    )
-    return [(r.source, r.patient_id) for r in rows]
+def queued(conn: Connection, limit: int, after: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+    """Up to ``limit`` queued (source, patient id) pairs in key order, after ``after``: the
+    queue is read a chunk at a time, since after a backfill it holds every patient."""
+    query = select(QUEUE.c.source, QUEUE.c.patient_id).order_by(QUEUE.c.source, QUEUE.c.patient_id)
+    if after is not None:
+        query = query.where(tuple_(QUEUE.c.source, QUEUE.c.patient_id) > tuple_(*after))
+    return [(r.source, r.patient_id) for r in conn.execute(query.limit(limit))]
 
 
 def dequeue(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
