@@ -13,7 +13,7 @@ readmission recorded next month changes last quarter's case in the next package.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -208,12 +208,16 @@ def _first_code(concept: Any) -> str | None:
 
 def _staged(conn: Connection, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
     rows = conn.execute(
-        select(STAGING.c.resource_type, STAGING.c.raw).where(
+        select(STAGING.c.resource_type, STAGING.c.raw)
+        .where(
             STAGING.c.source == source,
             STAGING.c.resource_type.in_(["Condition", "Encounter", "Observation"]),
             STAGING.c.status.not_in(_NOT_FACTS),
             STAGING.c.content_type == "application/fhir+json",
         )
+        # Streamed (a server-side cursor on PostgreSQL): the raw bytes of every fact record
+        # of a backfill would otherwise sit in the client at once.
+        .execution_options(yield_per=2000)
     )
     for rtype, raw in rows:
         try:
@@ -224,8 +228,11 @@ def _staged(conn: Connection, source: str) -> Iterator[tuple[str, dict[str, Any]
             yield rtype, resource
 
 
-def gather_facts(conn: Connection, source: str, site: SiteContext) -> dict[str, PatientFacts]:
-    """Conditions, stays and observations of every patient of ``source``, from staging.
+def gather_facts(
+    conn: Connection, source: str, site: SiteContext, patients: Collection[str] | None = None
+) -> dict[str, PatientFacts]:
+    """Conditions, stays and observations of every patient of ``source`` (with ``patients``:
+    of those only), from staging.
 
     Records of a merged patient count for the patient it was merged into.
     """
@@ -242,6 +249,8 @@ def gather_facts(conn: Connection, source: str, site: SiteContext) -> dict[str, 
         if patient is None:
             continue
         patient = merged.get(patient, patient)
+        if patients is not None and patient not in patients:
+            continue
         if rtype == "Condition":
             when = _date(res.get("onsetDateTime"), site) or _date(res.get("recordedDate"), site)
             facts[patient].conditions.append(
@@ -413,12 +422,68 @@ def compute_outcomes(
     codemaps: Mapping[str, CodeMap],
 ) -> dict[str, dict[str, Any]]:
     """Outcomes of every active case of ``source``, by case id."""
-    facts = gather_facts(conn, source, site)
-    cases = conn.execute(select(CASES).where(CASES.c.source == source, CASES.c.status == "active")).all()
+    out: dict[str, dict[str, Any]] = {}
+    for chunk in outcome_chunks(conn, source, site, defs, codemaps, patients_per_chunk=None):
+        out.update(chunk)
+    return out
+
+
+def outcome_chunks(
+    conn: Connection,
+    source: str,
+    site: SiteContext,
+    defs: OutcomeDefinitions,
+    codemaps: Mapping[str, CodeMap],
+    patients_per_chunk: int | None = 20_000,
+) -> Iterator[dict[str, dict[str, Any]]]:
+    """``compute_outcomes`` a range of patients at a time (``patients_per_chunk`` patients with
+    active cases, in id order; None: all at once), so a caller that stores them as they come
+    holds one chunk's facts, not a whole backfill's. Each chunk reads the staged fact records
+    again (one pass each, ~8 passes at 1,000,000 resources): staging has no patient column to
+    select them by."""
+    after: str | None = None
+    while True:
+        query = (
+            select(CASES.c.patient_id)
+            .where(CASES.c.source == source, CASES.c.status == "active")
+            .distinct()
+            .order_by(CASES.c.patient_id)
+        )
+        if after is not None:
+            query = query.where(CASES.c.patient_id > after)
+        if patients_per_chunk is not None:
+            query = query.limit(patients_per_chunk)
+        ids = list(conn.execute(query).scalars())
+        if not ids:
+            return
+        after = ids[-1]
+        yield _outcomes_of(conn, source, site, defs, codemaps, ids)
+        if patients_per_chunk is None:
+            return
+
+
+def _outcomes_of(
+    conn: Connection,
+    source: str,
+    site: SiteContext,
+    defs: OutcomeDefinitions,
+    codemaps: Mapping[str, CodeMap],
+    patients: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """Outcomes of the active cases of ``patients`` (ids of ``source``'s patients with active
+    cases, in the database's order: the range first..last holds exactly them)."""
+    facts = gather_facts(conn, source, site, set(patients))
+    # A range rather than an IN list of thousands; compared by the database, in its collation.
+    in_range = CASES.c.patient_id.between(patients[0], patients[-1])
+    cases = conn.execute(
+        select(CASES).where(CASES.c.source == source, CASES.c.status == "active", in_range)
+    ).all()
     deceased: dict[str, date] = dict(
         conn.execute(
             select(PATIENTS.c.id, PATIENTS.c.deceased_date).where(
-                PATIENTS.c.source == source, PATIENTS.c.deceased_date.is_not(None)
+                PATIENTS.c.source == source,
+                PATIENTS.c.deceased_date.is_not(None),
+                PATIENTS.c.id.between(patients[0], patients[-1]),
             )
         ).all()
     )

@@ -32,7 +32,7 @@ never overwritten with a stale next-attempt date.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -278,51 +278,44 @@ def local_day(at: datetime | None, tz: ZoneInfo) -> date | None:
     return at.astimezone(tz).date()
 
 
-def _load_facts(conn: Connection) -> tuple[list[CaseFacts], dict[str, tuple[str, str]]]:
-    patients = {
-        (r.source, r.id): r
-        for r in conn.execute(
-            select(
-                PATIENTS.c.source,
-                PATIENTS.c.id,
-                PATIENTS.c.deceased,
-                PATIENTS.c.deceased_date,
-                PATIENTS.c.opted_out,
-            )
-        )
-    }
-    facts: list[CaseFacts] = []
-    owners: dict[str, tuple[str, str]] = {}
-    for c in conn.execute(
+def _load_facts(conn: Connection, cases: tuple[str, str]) -> list[CaseFacts]:
+    """The facts of the cases whose id is in ``cases`` (first, last), by case id."""
+    rows = conn.execute(
         select(
             CASES.c.id,
-            CASES.c.source,
-            CASES.c.procedure_id,
-            CASES.c.patient_id,
             CASES.c.module,
             CASES.c.surgery_date,
             CASES.c.discharge_date,
             CASES.c.status,
-        ).order_by(CASES.c.id)
-    ):
-        p = patients.get((c.source, c.patient_id))
-        facts.append(
-            CaseFacts(
-                case_id=c.id,
-                module=c.module,
-                surgery_date=c.surgery_date,
-                discharge_date=c.discharge_date,
-                case_status=c.status,
-                deceased=bool(p and (p.deceased or p.deceased_date)),
-                deceased_date=p.deceased_date if p else None,
-                opted_out=bool(p and p.opted_out),
+            PATIENTS.c.id.label("patient_found"),
+            PATIENTS.c.deceased,
+            PATIENTS.c.deceased_date,
+            PATIENTS.c.opted_out,
+        )
+        .select_from(
+            CASES.outerjoin(
+                PATIENTS, (PATIENTS.c.source == CASES.c.source) & (PATIENTS.c.id == CASES.c.patient_id)
             )
         )
-        owners[c.id] = (c.source, c.patient_id)
-    return facts, owners
+        .where(CASES.c.id.between(*cases))
+        .order_by(CASES.c.id)
+    )
+    return [
+        CaseFacts(
+            case_id=c.id,
+            module=c.module,
+            surgery_date=c.surgery_date,
+            discharge_date=c.discharge_date,
+            case_status=c.status,
+            deceased=bool(c.patient_found is not None and (c.deceased or c.deceased_date)),
+            deceased_date=c.deceased_date,
+            opted_out=bool(c.patient_found is not None and c.opted_out),
+        )
+        for c in rows
+    ]
 
 
-def _load_responses(conn: Connection) -> dict[tuple[str, str], list[Response]]:
+def _load_responses(conn: Connection, cases: tuple[str, str]) -> dict[tuple[str, str], list[Response]]:
     out: dict[tuple[str, str], list[Response]] = defaultdict(list)
     for r in conn.execute(
         select(
@@ -332,68 +325,94 @@ def _load_responses(conn: Connection) -> dict[tuple[str, str], list[Response]]:
             PROM_RESPONSES.c.instrument,
             PROM_RESPONSES.c.completion_date,
             PROM_RESPONSES.c.status,
-        ).where(PROM_RESPONSES.c.case_id.is_not(None))
+        ).where(PROM_RESPONSES.c.case_id.between(*cases))
     ):
         out[(r.case_id, r.timepoint)].append(Response(r.id, r.instrument, r.completion_date, r.status))
     return out
 
 
-def plan_reminders(conn: Connection, settings: Settings, today: date) -> PlanCounts:
-    """Bring every case's reminder rows up to date as of ``today`` (a site-local date)."""
+def _case_ranges(conn: Connection, per_chunk: int) -> Iterator[tuple[str, str]]:
+    """(first, last) case ids of consecutive chunks of ``per_chunk`` cases, in the database's
+    order (a range compared by the database holds exactly that chunk)."""
+    after: str | None = None
+    while True:
+        query = select(CASES.c.id).order_by(CASES.c.id).limit(per_chunk)
+        if after is not None:
+            query = query.where(CASES.c.id > after)
+        ids = list(conn.execute(query).scalars())
+        if not ids:
+            return
+        after = ids[-1]
+        yield ids[0], ids[-1]
+
+
+def plan_reminders(
+    conn: Connection, settings: Settings, today: date, *, per_chunk: int = 20_000
+) -> PlanCounts:
+    """Bring every case's reminder rows up to date as of ``today`` (a site-local date).
+
+    ``per_chunk`` cases at a time (their facts, responses and reminder rows), so the memory
+    it needs does not grow with the store: it runs after every import and re-process."""
     check_configuration(settings)
     tz = settings.site.tz
     counts = PlanCounts()
-    facts, _ = _load_facts(conn)
-    responses = _load_responses(conn)
     staff = staff_completions(conn)
-    existing = {(r.case_id, r.timepoint): r for r in conn.execute(select(REMINDERS))}
-    known_cases = {f.case_id for f in facts}
     now = utcnow()
-    inserts: list[dict[str, Any]] = []
-    for f in facts:
-        for name, tp in settings.proms.timepoints.items():
-            row = existing.get((f.case_id, name))
-            if row is None and f.case_status != "active":
-                continue  # a case removed before it was ever planned needs no rows
-            plan = plan_timepoint(
-                name,
-                tp,
-                f,
-                responses.get((f.case_id, name), []),
-                attempts=row.attempts if row else 0,
-                last_sent_day=local_day(row.last_sent_at, tz) if row else None,
-                today=today,
-                settings=settings,
-                staff_completed=staff.get((f.case_id, name)),
-            )
-            counts.by_status[plan.status] = counts.by_status.get(plan.status, 0) + 1
-            values = {k: getattr(plan, k) for k in _PLANNED_FIELDS}
-            if row is not None:
-                values["note"] = moved_note(row, plan, tz)
-            if row is None:
-                inserts.append(
-                    {"case_id": f.case_id, "timepoint": name, **values, "created_at": now, "updated_at": now}
+    for cases in _case_ranges(conn, per_chunk):
+        facts = _load_facts(conn, cases)
+        responses = _load_responses(conn, cases)
+        existing = {
+            (r.case_id, r.timepoint): r
+            for r in conn.execute(select(REMINDERS).where(REMINDERS.c.case_id.between(*cases)))
+        }
+        inserts: list[dict[str, Any]] = []
+        for f in facts:
+            for name, tp in settings.proms.timepoints.items():
+                row = existing.get((f.case_id, name))
+                if row is None and f.case_status != "active":
+                    continue  # a case removed before it was ever planned needs no rows
+                plan = plan_timepoint(
+                    name,
+                    tp,
+                    f,
+                    responses.get((f.case_id, name), []),
+                    attempts=row.attempts if row else 0,
+                    last_sent_day=local_day(row.last_sent_at, tz) if row else None,
+                    today=today,
+                    settings=settings,
+                    staff_completed=staff.get((f.case_id, name)),
                 )
-            else:
-                _update_if_changed(conn, row, values, now, counts)
-    for (case_id, _name), row in existing.items():
-        if case_id not in known_cases and row.status in ACTIVE:
-            # Cases are never deleted; this only guards against hand-edited databases.
-            _update_if_changed(
-                conn,
-                row,
-                {
-                    **{k: getattr(row, k) for k in _PLANNED_FIELDS},
-                    "status": "cancelled",
-                    "next_attempt_on": None,
-                    "cancel_reason": "case_missing",
-                },
-                now,
-                counts,
-            )
-    if inserts:
-        _insert_new(conn, inserts)
-        counts.created += len(inserts)
+                counts.by_status[plan.status] = counts.by_status.get(plan.status, 0) + 1
+                values = {k: getattr(plan, k) for k in _PLANNED_FIELDS}
+                if row is not None:
+                    values["note"] = moved_note(row, plan, tz)
+                if row is None:
+                    inserts.append(
+                        {"case_id": f.case_id, "timepoint": name, **values}
+                        | {"created_at": now, "updated_at": now}
+                    )
+                else:
+                    _update_if_changed(conn, row, values, now, counts)
+        if inserts:
+            _insert_new(conn, inserts)
+            counts.created += len(inserts)
+    # Cases are never deleted; this only guards against hand-edited databases.
+    orphans = select(REMINDERS).where(
+        REMINDERS.c.case_id.not_in(select(CASES.c.id)), REMINDERS.c.status.in_(ACTIVE)
+    )
+    for row in conn.execute(orphans).all():
+        _update_if_changed(
+            conn,
+            row,
+            {
+                **{k: getattr(row, k) for k in _PLANNED_FIELDS},
+                "status": "cancelled",
+                "next_attempt_on": None,
+                "cancel_reason": "case_missing",
+            },
+            now,
+            counts,
+        )
     return counts
 
 

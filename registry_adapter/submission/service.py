@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from mappings.codemaps import CodeMap
-from mappings.outcomes import compute_outcomes, load_definitions
+from mappings.outcomes import compute_outcomes, load_definitions, outcome_chunks
 from registry_adapter.app import App
 from registry_adapter.submission.delivery import Destination, FolderDestination, SftpDestination
 from registry_adapter.submission.dictionary import FieldSpec, as_csv, load_dictionary, value_problem
@@ -31,6 +31,8 @@ from registry_adapter.submission.settings import SubmissionSettings
 from registry_store.errors import Issue
 from registry_store.submissions import (
     LedgerEntry,
+    drop_inactive_outcomes,
+    keep_case_outcomes,
     ledger_state,
     record_submission,
     replace_readiness_errors,
@@ -132,13 +134,27 @@ def refresh_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[
     return out
 
 
+def store_outcomes(conn: Connection, app: App) -> int:
+    """``refresh_outcomes`` (stored) without keeping them: a chunk of patients at a time, so the
+    memory it needs does not grow with the store (it runs after every import and re-process);
+    returns how many cases' outcomes it stored."""
+    defs = load_definitions(app.settings.mappings.directory)
+    stored = 0
+    for source in conn.execute(select(CASES.c.source).distinct()).scalars().all():
+        for computed in outcome_chunks(conn, source, app.site, defs, app.codemaps):
+            keep_case_outcomes(conn, source, computed)
+            stored += len(computed)
+        drop_inactive_outcomes(conn, source)
+    return stored
+
+
 def after_store(app: App, reason: str) -> None:
     """After-store plug-in: recompute case outcomes once a sync, an import or a re-process
     stored data, so late data shows on case pages at once. Never fails the run that stored the
     data (submission and measures recompute anyway); only the error's type is logged."""
     try:
         with app.engine.begin() as conn:
-            cases = len(refresh_outcomes(conn, app))
+            cases = store_outcomes(conn, app)
     except Exception as exc:
         log.error("outcomes.refresh_failed", reason=reason, error=type(exc).__name__)
         return

@@ -155,3 +155,24 @@ def test_a_readmission_the_feed_marks_planned_is_reported_not_counted(
     case = _outcomes(app)["sample:proc-0001"]
     assert case["planned_readmission"] is True
     assert case["readmission_days"] == 70 and not case["readmission_30d"] and case["readmission_90d"]
+
+
+def test_outcomes_a_chunk_of_patients_at_a_time_are_the_whole_run(sample_app: App) -> None:
+    """Stored chunk by chunk (as after every import) they are exactly what one whole pass
+    computes and stores; outcomes of a case no longer active are dropped either way."""
+    from sqlalchemy import select, update
+
+    from mappings.outcomes import outcome_chunks
+    from registry_adapter.submission.service import store_outcomes
+    from registry_store.tables import CASE_OUTCOMES, CASES
+
+    whole = _outcomes(sample_app)
+    defs = load_definitions(sample_app.settings.mappings.directory)
+    with sample_app.engine.begin() as conn:
+        chunks = list(outcome_chunks(conn, "sample", sample_app.site, defs, sample_app.codemaps, 2))
+        assert len(chunks) > 2
+        assert {k: v for c in chunks for k, v in c.items()} == whole
+        conn.execute(update(CASES).where(CASES.c.id == "sample:proc-0001").values(status="withdrawn"))
+        assert store_outcomes(conn, sample_app) == len(whole) - 1
+        stored = {r.case_id: r.outcomes for r in conn.execute(select(CASE_OUTCOMES))}
+    assert stored == {k: v for k, v in whole.items() if k != "sample:proc-0001"}
