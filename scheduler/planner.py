@@ -347,7 +347,7 @@ def _case_ranges(conn: Connection, per_chunk: int) -> Iterator[tuple[str, str]]:
 
 
 def plan_reminders(
-    conn: Connection, settings: Settings, today: date, *, per_chunk: int = 20_000
+    conn: Connection, settings: Settings, today: date, *, per_chunk: int = 10_000
 ) -> PlanCounts:
     """Bring every case's reminder rows up to date as of ``today`` (a site-local date).
 
