@@ -443,12 +443,14 @@ def reprocess(
 def worker(obj: Ctx, until_idle: bool, poll_seconds: float, as_json: bool) -> None:
     """Map pending staged records beside other workers (PostgreSQL: claims batches with
     SELECT ... FOR UPDATE SKIP LOCKED; run as many as the database and hosts allow)."""
-    from registry_adapter.worker import run_worker
+    from registry_adapter.worker import run_registered
 
     app = obj.app
     with _progress(not as_json) as progress:
-        counts = run_worker(Pipeline(app, progress), until_idle=until_idle, poll_seconds=poll_seconds)
-    _replan(app, "worker")
+        pipeline = Pipeline(app, progress)
+        counts, last = run_registered(pipeline, until_idle=until_idle, poll_seconds=poll_seconds)
+    if last:  # the last worker to stop refreshes outcomes and reminders for all of them
+        _replan(app, "worker")
     if as_json:
         _emit_json(counts.as_dict())
         return

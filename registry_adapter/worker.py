@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from registry_adapter.mapping_pool import StagedForMapping, as_plain
 from registry_adapter.pipeline import _MAP_COLUMNS, Pipeline, Prepared, RunCounts
 from registry_store.case_queue import claim_queued
+from registry_store.leases import WORKER_LOCK_PREFIX, job_lock, others_alive, worker_lock_name
 from registry_store.tables import STAGING
 
 log = structlog.get_logger(__name__)
@@ -82,6 +83,27 @@ def _drain_cases(pipeline: Pipeline, chunk: int = 200) -> int:
             continue
         failures = 0
         total += assembled
+
+
+def run_registered(
+    pipeline: Pipeline,
+    *,
+    until_idle: bool = False,
+    poll_seconds: float = 5.0,
+    stop: threading.Event | None = None,
+    ttl_seconds: float = 60.0,
+) -> tuple[RunCounts, bool]:
+    """``run_worker`` under a lease naming this worker; returns its counts and whether no other
+    worker was still running when it stopped.
+
+    The last worker to stop is the one to run the after-store plug-ins (case outcomes,
+    reminders) for everyone: it releases its lease before looking, so of workers stopping
+    together at least the last sees none left, and it runs them after every other worker's
+    writes. N workers running them each would redo the same whole-store refresh N times,
+    each queueing on the others' row locks."""
+    with job_lock(pipeline.app.engine, worker_lock_name(), ttl_seconds):
+        counts = run_worker(pipeline, until_idle=until_idle, poll_seconds=poll_seconds, stop=stop)
+    return counts, not others_alive(pipeline.app.engine, WORKER_LOCK_PREFIX)
 
 
 def run_worker(
