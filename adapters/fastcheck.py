@@ -131,6 +131,13 @@ _PRIMITIVES: dict[str, typing.Callable[[Any], bool]] = {
 # ---- the compiled table ------------------------------------------------------------------------
 
 
+# Checks whose verdict on a string is remembered: codes, systems and timestamps repeat on every
+# record, and their regular expressions (and date parsing) cost more than a dict lookup. Ids,
+# free strings and numbers are mostly distinct or already cheap, so they are not remembered.
+_REMEMBERED_CHECKS = frozenset({_code, _uri, _date, _datetime, _instant})
+_MEMO_SIZE = 8192  # verdicts kept per check; a feed of ever-new values empties it, never grows it
+
+
 @dataclass(slots=True)
 class _Field:
     is_list: bool
@@ -138,6 +145,10 @@ class _Field:
     model: str | None = None  # dotted import path of the element's model class
     enum: frozenset[str] | None = None
     one_of: str | None = None
+    # The compiled ``model``, resolved on first use (models refer to each other in cycles).
+    sub: _Model | None = None
+    # String -> verdict of ``primitive``, shared by every field with the same check.
+    memo: dict[str, bool] | None = None
 
 
 @dataclass(slots=True)
@@ -183,7 +194,10 @@ def _compile_field(info: Any) -> _Field:
         check = _PRIMITIVES.get(name)
         if check is None:
             return _UNSUPPORTED
-        return _Field(is_list, primitive=check, enum=frozenset(enum) if enum else None, one_of=one_of)
+        memo = _memo_for(check) if check in _REMEMBERED_CHECKS else None
+        return _Field(
+            is_list, primitive=check, enum=frozenset(enum) if enum else None, one_of=one_of, memo=memo
+        )
     klass = getattr(tp, "_model_klass", None)
     if isinstance(klass, str) and not klass.endswith(".resource.Resource"):
         # Contained resources (abstract Resource) go to the full check.
@@ -191,6 +205,11 @@ def _compile_field(info: Any) -> _Field:
             return _UNSUPPORTED
         return _Field(is_list, model=klass, one_of=one_of)
     return _UNSUPPORTED
+
+
+@cache
+def _memo_for(check: typing.Callable[[Any], bool]) -> dict[str, bool]:
+    return {}
 
 
 @cache
@@ -237,7 +256,8 @@ def _element_ok(model: _Model, data: Any, top: bool) -> bool:
     if not isinstance(data, dict) or not data:
         return False
     fields = model.fields
-    chosen: set[str] = set()
+    chosen: set[str] | None = None
+    items: list[Any] | tuple[Any]
     for key, value in data.items():
         if top and key == "resourceType":
             continue
@@ -245,32 +265,49 @@ def _element_ok(model: _Model, data: Any, top: bool) -> bool:
         if spec is None or spec is _UNSUPPORTED:
             return False
         if spec.one_of is not None:
-            if spec.one_of in chosen:
+            if chosen is None:
+                chosen = {spec.one_of}
+            elif spec.one_of in chosen:
                 return False
-            chosen.add(spec.one_of)
+            else:
+                chosen.add(spec.one_of)
         if spec.is_list:
             if not isinstance(value, list) or not value:
                 return False
             items = value
+        elif isinstance(value, list):
+            return False
         else:
-            if isinstance(value, list):
-                return False
-            items = [value]
-        if spec.primitive is not None:
-            check, enum = spec.primitive, spec.enum
+            items = (value,)
+        check = spec.primitive
+        if check is not None:
+            memo, enum = spec.memo, spec.enum
             for item in items:
-                if not check(item) or (enum is not None and item not in enum):
+                if memo is not None and item.__class__ is str:
+                    ok = memo.get(item)
+                    if ok is None:
+                        ok = check(item)
+                        if len(memo) >= _MEMO_SIZE:
+                            memo.clear()
+                        memo[item] = ok
+                else:
+                    ok = check(item)
+                if not ok or (enum is not None and item not in enum):
                     return False
         else:
-            assert spec.model is not None
-            sub = _compiled(spec.model)
+            sub = spec.sub
+            if sub is None:
+                assert spec.model is not None
+                sub = spec.sub = _compiled(spec.model)
             for item in items:
                 if not _element_ok(sub, item, False):
                     return False
     for name in model.required:
         if name not in data:
             return False
-    return all(group in chosen for group in model.choice_required)
+    if model.choice_required:
+        return chosen is not None and chosen.issuperset(model.choice_required)
+    return True
 
 
 def certainly_clean(resource: dict[str, Any]) -> bool:

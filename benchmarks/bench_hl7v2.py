@@ -179,6 +179,147 @@ def bench_listener(n_messages: int, n_conn: int) -> None:
     print(f"  staging rows    {n_rows} (expected {total + 20 * n_conn})")
 
 
+# --- 1b. listener while conversion runs ----------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _hl7_pending(engine: Any, source: str) -> int:
+    from sqlalchemy import func, select
+
+    from registry_store.tables import STAGING
+
+    with engine.connect() as conn:
+        return int(conn.execute(
+            select(func.count()).select_from(STAGING).where(
+                STAGING.c.source == source, STAGING.c.resource_type == "HL7v2Message",
+                STAGING.c.status == "pending")
+        ).scalar_one())
+
+
+def _mllp_sender(port: int, msgs: list[bytes], latencies: list[float]) -> None:
+    """One sender as hospitals run them: python-hl7's blocking ``MLLPClient`` (software we did
+    not write), one message at a time, each waiting for its ACK."""
+    from hl7.client import MLLPClient
+
+    with MLLPClient("127.0.0.1", port) as client:
+        for m in msgs:
+            t0 = time.perf_counter()
+            ack = client.send_message(m)
+            latencies.append(time.perf_counter() - t0)
+            if b"MSA|AA|" not in ack:
+                raise RuntimeError("not acknowledged AA")
+
+
+def bench_listener_converting(n_messages: int, n_conn: int, backlog: int) -> None:
+    """``registry-adapter listen`` as deployed (its conversion loop runs map_pending in a thread
+    of the listener's process, on the same SQLite file) with ``backlog`` distinct ADT^A08s
+    already staged, so conversion and mapping run for the whole measurement while ``n_conn``
+    python-hl7 MLLP clients send stop-and-wait."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import threading
+    from datetime import UTC, datetime
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from v2_feed import message
+
+    from adapters.hl7v2.header import read_header
+    from adapters.hl7v2.mllp import InboundMessage
+    from registry_store.hl7_sink import StagingSink
+
+    port = _free_port()
+    source = {"name": "mllp", "type": "mllp", "port": port}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        app = _app(d, [source])
+        (d / "config.yaml").write_text(yaml.safe_dump({
+            "site": {"id": "bench", "timezone": "America/Chicago", "pseudonym_key": "bench-key"},
+            "database": {"url": f"sqlite:///{d / 'registry.db'}"},
+            "logging": {"format": "json", "level": "WARNING"},
+            "sources": [source],
+        }))
+        now = datetime.now(UTC)
+        for start in range(0, backlog, 1000):
+            msgs = [message(i) for i in range(start, min(start + 1000, backlog))]
+            StagingSink(app.engine, "mllp").store(
+                [InboundMessage(m, read_header(m, versions=(), message_types=()), None, now, "bench")
+                 for m in msgs])
+        bin_dir = Path(sys.executable).parent
+        proc = subprocess.Popen(
+            [str(bin_dir / "registry-adapter"), "--config", str(d / "config.yaml"), "listen"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,  # its converting child is killed with it (killpg below)
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # until it accepts connections
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("listener did not start") from None
+                    time.sleep(0.2)
+            while _hl7_pending(app.engine, "mllp") >= backlog:  # until conversion has begun
+                if time.monotonic() > deadline:
+                    raise RuntimeError("conversion did not start")
+                time.sleep(0.2)
+            per_conn = n_messages // n_conn
+            ids = iter(range(backlog, backlog + n_conn * (per_conn + 10)))
+            warm = [[message(next(ids)) for _ in range(10)] for _ in range(n_conn)]
+            work = [[message(next(ids)) for _ in range(per_conn)] for _ in range(n_conn)]
+
+            def run(batches: list[list[bytes]]) -> tuple[float, list[float]]:
+                lat: list[float] = []
+                threads = [threading.Thread(target=_mllp_sender, args=(port, b, lat)) for b in batches]
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                return time.perf_counter() - t0, lat
+
+            run(warm)
+            pending0 = _hl7_pending(app.engine, "mllp")
+            elapsed, lat = run(work)
+            total = per_conn * n_conn
+            # Converted in the window: pending before + received - pending after.
+            converted = pending0 + total - _hl7_pending(app.engine, "mllp")
+            left = _hl7_pending(app.engine, "mllp")
+        finally:
+            # The backlog left would be converted before a SIGTERM'd listener exits: not timed.
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, _, usage = os.wait4(proc.pid, 0)
+            app.engine.dispose()
+    if len(lat) != total:
+        raise RuntimeError(f"{total - len(lat)} messages unacknowledged")
+    lat.sort()
+    print(f"\nMLLP listener WHILE CONVERTING: `registry-adapter listen` (the listener and its "
+          f"conversion loop, SQLite WAL synchronous=FULL) with {backlog} ADT^A08s staged "
+          f"before, so conversion (in the listener's converting child) runs throughout; "
+          f"{n_conn} python-hl7 MLLPClient connections stop-and-wait, {total} distinct "
+          "ADT^A08s (benchmarks/v2_feed.py):")
+    print(f"  throughput      {total / elapsed:8.0f} msg/s  ({elapsed:.2f} s)")
+    print(f"  ACK latency     p50 {lat[len(lat) // 2] * 1000:.2f} ms   "
+          f"p99 {lat[int(len(lat) * 0.99)] * 1000:.2f} ms   max {lat[-1] * 1000:.2f} ms")
+    print(f"  converted meanwhile {converted} messages ({converted / elapsed:.0f} msg/s v2 -> FHIR "
+          f"staged, counted per converted batch), {left} still pending at the end"
+          + ("" if left else "  (backlog ran out: conversion did not run the whole time)"))
+    print(f"  listener process CPU {usage.ru_utime + usage.ru_stime:.1f} s in all (its converting "
+          "child not included)")
+
+
 # --- 2. conversion -----------------------------------------------------------------------
 
 
@@ -267,11 +408,14 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--convert-loops", type=int, default=60)
+    ap.add_argument("--backlog", type=int, default=10000,
+                    help="messages staged before the listener-while-converting run")
     ap.add_argument("--skip-listener", action="store_true")
     ap.add_argument("--skip-convert", action="store_true")
     args = ap.parse_args()
     if not args.skip_listener:
         bench_listener(args.messages, args.connections)
+        bench_listener_converting(args.messages // 2, args.connections, args.backlog)
     if not args.skip_convert:
         bench_conversion(args.convert_loops)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -98,14 +98,36 @@ def _chunks(items: list[Any], size: int = 400) -> Iterable[list[Any]]:
         yield items[start : start + size]
 
 
-def _by_patient(conn: Connection, table: Any, source: str, patients: list[str]) -> dict[str, list[Row[Any]]]:
+def _by_patient(
+    conn: Connection, table: Any, source: str, patients: list[str], columns: Iterable[Any] | None = None
+) -> dict[str, list[Row[Any]]]:
+    """The rows of ``table`` of these patients of ``source``, by patient; only ``columns``
+    when given (each column read costs: dates are parsed, JSON decoded)."""
     out: dict[str, list[Row[Any]]] = defaultdict(list)
+    wanted = select(table) if columns is None else select(*columns)
     for chunk in _chunks(patients):
-        for row in conn.execute(
-            select(table).where(and_(table.c.source == source, table.c.patient_id.in_(chunk)))
-        ):
+        for row in conn.execute(wanted.where(and_(table.c.source == source, table.c.patient_id.in_(chunk)))):
             out[row.patient_id].append(row)
     return out
+
+
+# What PROM placement reads of cases and responses (not their codes, diagnoses, scores or
+# answers: decoding those JSON columns was most of its cost).
+_PLACEMENT_CASE_COLUMNS = (
+    CASES.c.id,
+    CASES.c.patient_id,
+    CASES.c.status,
+    CASES.c.surgery_date,
+    CASES.c.discharge_date,
+)
+_PLACEMENT_RESPONSE_COLUMNS = (
+    PROM_RESPONSES.c.source,
+    PROM_RESPONSES.c.id,
+    PROM_RESPONSES.c.patient_id,
+    PROM_RESPONSES.c.completion_date,
+    PROM_RESPONSES.c.case_id,
+    PROM_RESPONSES.c.timepoint,
+)
 
 
 def assemble_cases(
@@ -222,11 +244,21 @@ def assemble_cases(
     # Kept, not deleted: reminders and audit history point at cases.
     for case, (status, reason) in zip(gone, _why_gone(conn, source, gone), strict=True):
         case_store.set_case_status(conn, case.id, status, reason, at=now)
-    _assign_proms(conn, source, patients, timepoints)
+    _assign_proms(conn, source, patients, timepoints, now, produced | {c.id for c in gone})
     considered = [("Procedure", p.id) for rows_ in procs.values() for p in rows_]
     considered += [("Condition", c.id) for rows_ in conds.values() for c in rows_]
     _report_case_issues(conn, source, considered, flagged)
     return len(rows)
+
+
+def case_ids_of(conn: Connection, source: str, patients: Iterable[str]) -> list[str]:
+    """The ids of every case (any status) of these patients of ``source``."""
+    ids: list[str] = []
+    for chunk in _chunks(sorted(set(patients))):
+        ids += conn.execute(
+            select(CASES.c.id).where(CASES.c.source == source, CASES.c.patient_id.in_(chunk))
+        ).scalars()
+    return ids
 
 
 def _why_gone(conn: Connection, source: str, gone: list[Row[Any]]) -> list[tuple[str, str | None]]:
@@ -403,7 +435,14 @@ def _linked(conn: Connection, source: str, patients: list[str]) -> dict[tuple[st
     return person
 
 
-def _assign_proms(conn: Connection, source: str, patients: list[str], timepoints: Mapping[str, Any]) -> None:
+def _assign_proms(
+    conn: Connection,
+    source: str,
+    patients: list[str],
+    timepoints: Mapping[str, Any],
+    now: datetime,
+    stamped: set[str],
+) -> None:
     """Place each response on the case and time point whose window holds its date.
 
     Responses and cases of the same person from any feed are considered (PROMs often come
@@ -417,26 +456,47 @@ def _assign_proms(conn: Connection, source: str, patients: list[str], timepoints
     cases: dict[str, list[Row[Any]]] = defaultdict(list)
     responses: list[Row[Any]] = []
     for src, pids in by_source.items():
-        for rows in _by_patient(conn, CASES, src, pids).values():
+        for rows in _by_patient(conn, CASES, src, pids, _PLACEMENT_CASE_COLUMNS).values():
             for case in rows:
                 if case.status == "active":
                     cases[person[(src, case.patient_id)]].append(case)
-        for rows in _by_patient(conn, PROM_RESPONSES, src, pids).values():
+        for rows in _by_patient(conn, PROM_RESPONSES, src, pids, _PLACEMENT_RESPONSE_COLUMNS).values():
             responses.extend(rows)
-    placements: list[tuple[str, str, str | None, str | None]] = []
-    for resp in responses:
-        best: tuple[int, str, str] | None = None
-        for case in cases.get(person[(resp.source, resp.patient_id)], []):
+    # Each case's time point windows as absolute dates, worked out once per case rather than
+    # once per response: (window start, window end, due date, case id, time point), in the
+    # order the cases and time points were considered (the first nearest wins a tie).
+    windows: dict[str, list[tuple[date, date, date, str, str]]] = {}
+    for key, person_cases in cases.items():
+        spans = windows[key] = []
+        for case in person_cases:
             for name, tp in timepoints.items():
                 anchor = case.surgery_date
                 if tp.anchor == "discharge":
                     anchor, _ = discharge_anchor(case.surgery_date, case.discharge_date)
-                offset = (resp.completion_date - anchor).days
-                if tp.window_start_days <= offset <= tp.window_end_days:
-                    distance = abs(offset - tp.due_days)
-                    if best is None or distance < best[0]:
-                        best = (distance, case.id, name)
+                spans.append(
+                    (
+                        anchor + timedelta(days=tp.window_start_days),
+                        anchor + timedelta(days=tp.window_end_days),
+                        anchor + timedelta(days=tp.due_days),
+                        case.id,
+                        name,
+                    )
+                )
+    placements: list[tuple[str, str, str | None, str | None]] = []
+    moved: set[str] = set()
+    for resp in responses:
+        best: tuple[int, str, str] | None = None
+        done = resp.completion_date
+        for start, end, due, cid, name in windows.get(person[(resp.source, resp.patient_id)], ()):
+            if start <= done <= end:
+                distance = abs((done - due).days)
+                if best is None or distance < best[0]:
+                    best = (distance, cid, name)
         new_case, new_tp = (best[1], best[2]) if best else (None, None)
         if (resp.case_id, resp.timepoint) != (new_case, new_tp):
             placements.append((resp.source, resp.id, new_case, new_tp))
+            moved.update(c for c in (resp.case_id, new_case) if c is not None)
     case_store.file_prom_responses(conn, placements)
+    # ``stamped``: the cases just written (``updated_at`` now). A linked patient's case in
+    # another feed was not, yet its responses changed.
+    case_store.touch_cases(conn, sorted(moved - stamped), at=now)

@@ -6,16 +6,18 @@ What counts (windows, code lists, answer codes) is data: ``mappings/outcomes.yam
 themselves rather than the registry tables, because most of them (non-spine Conditions,
 Observations, the class and disposition of a stay) are out of the mapping views' scope.
 
-Outcomes are recomputed for every case of a source at submission and measures time, so a
-readmission recorded next month changes last quarter's case in the next package.
+Outcomes are recomputed for the patients whose data changed after every run that stores data
+(and for every case at submission time), so a readmission recorded next month changes last
+quarter's case in the next package.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -206,12 +208,32 @@ def _first_code(concept: Any) -> str | None:
     return codes[0][1] if codes else None
 
 
-def _staged(conn: Connection, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
+_FACT_TYPES = ("Condition", "Encounter", "Observation")
+# Every reference value of a raw record, as written (no escapes: see ``_may_concern``).
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*)"')
+
+
+def _may_concern(raw: bytes, ids: Collection[str]) -> bool:
+    """Whether a raw record can be about one of the patients ``ids``, without parsing it: its
+    subject reference (whose last segment is the patient id) is one of its reference values.
+    A record with an escape in it is parsed to be sure."""
+    if b"\\" in raw:
+        return True
+    return any(
+        ref.rstrip(b"/").rsplit(b"/", 1)[-1].decode("utf-8", "replace") in ids
+        or b"/_history/" in ref
+        or ref != ref.strip()
+        for ref in _REFERENCE.findall(raw)
+    )
+
+
+def _staged(
+    conn: Connection, source: str, subjects: Collection[str] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
     rows = conn.execute(
-        select(STAGING.c.resource_type, STAGING.c.raw)
-        .where(
+        select(STAGING.c.resource_type, STAGING.c.raw).where(
             STAGING.c.source == source,
-            STAGING.c.resource_type.in_(["Condition", "Encounter", "Observation"]),
+            STAGING.c.resource_type.in_(_FACT_TYPES),
             STAGING.c.status.not_in(_NOT_FACTS),
             STAGING.c.content_type == "application/fhir+json",
         )
@@ -220,6 +242,8 @@ def _staged(conn: Connection, source: str) -> Iterator[tuple[str, dict[str, Any]
         .execution_options(yield_per=2000)
     )
     for rtype, raw in rows:
+        if subjects is not None and not _may_concern(raw, subjects):
+            continue
         try:
             resource = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -228,29 +252,35 @@ def _staged(conn: Connection, source: str) -> Iterator[tuple[str, dict[str, Any]
             yield rtype, resource
 
 
-def gather_facts(
-    conn: Connection, source: str, site: SiteContext, patients: Collection[str] | None = None
-) -> dict[str, PatientFacts]:
-    """Conditions, stays and observations of every patient of ``source`` (with ``patients``:
-    of those only), from staging.
-
-    Records of a merged patient count for the patient it was merged into.
-    """
-    merged: dict[str, str] = dict(
+def _merged(conn: Connection, source: str) -> dict[str, str]:
+    """Patient id → the id of the patient it was merged into."""
+    return dict(
         conn.execute(
             select(PATIENTS.c.id, PATIENTS.c.merged_into).where(
                 PATIENTS.c.source == source, PATIENTS.c.merged_into.is_not(None)
             )
         ).all()
     )
+
+
+def gather_facts(
+    conn: Connection, source: str, site: SiteContext, patients: Collection[str] | None = None
+) -> dict[str, PatientFacts]:
+    """Conditions, stays and observations of every patient of ``source`` (or of these
+    ``patients``), from staging.
+
+    Records of a merged patient count for the patient it was merged into.
+    """
+    merged = _merged(conn, source)
+    subjects: set[str] | None = None
+    if patients is not None:
+        subjects = set(patients) | {old for old, new in merged.items() if new in patients}
     facts: dict[str, PatientFacts] = defaultdict(PatientFacts)
-    for rtype, res in _staged(conn, source):
+    for rtype, res in _staged(conn, source, subjects):
         patient = _ref(res.get("subject"))
-        if patient is None:
+        if patient is None or (subjects is not None and patient not in subjects):
             continue
         patient = merged.get(patient, patient)
-        if patients is not None and patient not in patients:
-            continue
         if rtype == "Condition":
             when = _date(res.get("onsetDateTime"), site) or _date(res.get("recordedDate"), site)
             facts[patient].conditions.append(
@@ -278,6 +308,36 @@ def gather_facts(
                 if system == LOINC:
                     facts[patient].observations.append((code, when, res))
     return facts
+
+
+def patients_changed_since(conn: Connection, since: datetime) -> dict[str, set[str]]:
+    """Source → the patients whose outcomes may have changed since ``since`` (a UTC time): the
+    patients of cases updated since (case assembly stamps every case it rebuilds, and it
+    rebuilds the patients whose registry rows changed) and the subjects of the staged records
+    outcomes read that changed since (out-of-scope Observations make no registry rows)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for source, patient in conn.execute(
+        select(CASES.c.source, CASES.c.patient_id).where(CASES.c.updated_at >= since).distinct()
+    ):
+        out[source].add(patient)
+    merged: dict[str, dict[str, str]] = {}
+    for source, raw in conn.execute(
+        select(STAGING.c.source, STAGING.c.raw).where(
+            STAGING.c.updated_at >= since,
+            STAGING.c.resource_type.in_(_FACT_TYPES),
+            STAGING.c.content_type == "application/fhir+json",
+        )
+    ):
+        try:
+            resource = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        patient = _ref(resource.get("subject")) if isinstance(resource, dict) else None
+        if patient is not None:
+            if source not in merged:
+                merged[source] = _merged(conn, source)
+            out[source].add(merged[source].get(patient, patient))
+    return dict(out)
 
 
 def _classify(cmap: CodeMap, codings: Iterable[tuple[str, str]]) -> tuple[str, dict[str, Any]] | None:
@@ -414,79 +474,47 @@ def case_outcomes(
     return out
 
 
+# What ``case_outcomes`` reads of a case (not its codes and diagnoses: JSON decoding costs).
+_CASE_COLUMNS = (
+    CASES.c.id,
+    CASES.c.patient_id,
+    CASES.c.encounter_id,
+    CASES.c.surgery_date,
+    CASES.c.admission_date,
+    CASES.c.discharge_date,
+)
+
+
 def compute_outcomes(
     conn: Connection,
     source: str,
     site: SiteContext,
     defs: OutcomeDefinitions,
     codemaps: Mapping[str, CodeMap],
+    patients: Collection[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Outcomes of every active case of ``source``, by case id."""
-    out: dict[str, dict[str, Any]] = {}
-    for chunk in outcome_chunks(conn, source, site, defs, codemaps, patients_per_chunk=None):
-        out.update(chunk)
-    return out
-
-
-def outcome_chunks(
-    conn: Connection,
-    source: str,
-    site: SiteContext,
-    defs: OutcomeDefinitions,
-    codemaps: Mapping[str, CodeMap],
-    patients_per_chunk: int | None = 10_000,
-) -> Iterator[dict[str, dict[str, Any]]]:
-    """``compute_outcomes`` a range of patients at a time (``patients_per_chunk`` patients with
-    active cases, in id order; None: all at once), so a caller that stores them as they come
-    holds one chunk's facts, not a whole backfill's. Each chunk reads the staged fact records
-    again (one pass each, ~16 passes at 1,000,000 resources, ~3 s CPU each): staging has no patient column to
-    select them by."""
-    after: str | None = None
-    while True:
-        query = (
-            select(CASES.c.patient_id)
-            .where(CASES.c.source == source, CASES.c.status == "active")
-            .distinct()
-            .order_by(CASES.c.patient_id)
-        )
-        if after is not None:
-            query = query.where(CASES.c.patient_id > after)
-        if patients_per_chunk is not None:
-            query = query.limit(patients_per_chunk)
-        ids = list(conn.execute(query).scalars())
-        if not ids:
-            return
-        after = ids[-1]
-        yield _outcomes_of(conn, source, site, defs, codemaps, ids)
-        if patients_per_chunk is None:
-            return
-
-
-def _outcomes_of(
-    conn: Connection,
-    source: str,
-    site: SiteContext,
-    defs: OutcomeDefinitions,
-    codemaps: Mapping[str, CodeMap],
-    patients: Sequence[str],
-) -> dict[str, dict[str, Any]]:
-    """Outcomes of the active cases of ``patients`` (ids of ``source``'s patients with active
-    cases, in the database's order: the range first..last holds exactly them)."""
-    facts = gather_facts(conn, source, site, set(patients))
-    # A range rather than an IN list of thousands; compared by the database, in its collation.
-    in_range = CASES.c.patient_id.between(patients[0], patients[-1])
-    cases = conn.execute(
-        select(CASES).where(CASES.c.source == source, CASES.c.status == "active", in_range)
-    ).all()
-    deceased: dict[str, date] = dict(
-        conn.execute(
-            select(PATIENTS.c.id, PATIENTS.c.deceased_date).where(
-                PATIENTS.c.source == source,
-                PATIENTS.c.deceased_date.is_not(None),
-                PATIENTS.c.id.between(patients[0], patients[-1]),
-            )
-        ).all()
+    """Outcomes of every active case of ``source`` (or of these ``patients``' active cases),
+    by case id. A case's outcomes depend only on its own patient (their records, cases and
+    date of death), so those of a few patients are computed without the others'."""
+    if patients is not None:
+        with_cases = conn.execute(select(CASES.c.patient_id).where(CASES.c.source == source).distinct())
+        if set(with_cases.scalars()) <= set(patients):
+            patients = None  # every patient of the source (a first import): read it all at once
+    facts = gather_facts(conn, source, site, patients)
+    case_query = select(*_CASE_COLUMNS).where(CASES.c.source == source, CASES.c.status == "active")
+    death_query = select(PATIENTS.c.id, PATIENTS.c.deceased_date).where(
+        PATIENTS.c.source == source, PATIENTS.c.deceased_date.is_not(None)
     )
+    if patients is None:
+        cases = list(conn.execute(case_query).all())
+        deceased: dict[str, date] = dict(conn.execute(death_query).all())
+    else:
+        cases, deceased = [], {}
+        wanted = sorted(set(patients))
+        for start in range(0, len(wanted), 400):
+            chunk = wanted[start : start + 400]
+            cases += conn.execute(case_query.where(CASES.c.patient_id.in_(chunk))).all()
+            deceased.update(conn.execute(death_query.where(PATIENTS.c.id.in_(chunk))).all())
     by_patient: dict[str, list[Any]] = defaultdict(list)
     for case in cases:
         by_patient[case.patient_id].append(case)

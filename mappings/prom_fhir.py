@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 from mappings.prom_definitions import LOINC_SYSTEM, InstrumentDef, ItemDef
@@ -21,6 +22,10 @@ _LOINC_CODE = re.compile(r"^\d{1,7}-\d$")
 _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
 _LINK_ID_NOISE = re.compile(r"[-_\s]+")
 _SPACES = re.compile(r"\s+")
+_TOKEN_SEPARATORS = re.compile(r"[/#|:]")
+_NO_CODES: frozenset[str] = frozenset()
+# A tuple, not ``int | float``: that expression builds a new union object at every call.
+NUMBER_TYPES = (int, float)
 
 JSON = dict[str, Any]
 
@@ -30,18 +35,38 @@ JSON = dict[str, Any]
 
 def walk_items(items: list[Any] | None) -> Iterator[JSON]:
     """Every item of a response, depth first: groups (item.item) and items under answers."""
+    return iter(flat_items(items))
+
+
+def flat_items(items: list[Any] | None) -> list[JSON]:
+    """``walk_items`` as a list, built in one pass (no generator per item)."""
+    out: list[JSON] = []
+    _flatten(items, out)
+    return out
+
+
+def _flatten(items: Any, out: list[JSON]) -> None:
+    # ``items or []`` as the generator had it: a truthy non-list fails here the same way.
     for item in items or []:
         if not isinstance(item, dict):
             continue
-        yield item
-        yield from walk_items(item.get("item"))
+        out.append(item)
+        sub = item.get("item")
+        if sub:
+            _flatten(sub, out)
         for answer in item.get("answer") or []:
             if isinstance(answer, dict):
-                yield from walk_items(answer.get("item"))
+                sub = answer.get("item")
+                if sub:
+                    _flatten(sub, out)
 
 
+@lru_cache(maxsize=4096)
 def link_id_key(link_id: str) -> str:
-    """How linkIds are compared: hospitals write ``self-care``, ``Self_Care`` and ``SELF CARE``."""
+    """How linkIds are compared: hospitals write ``self-care``, ``Self_Care`` and ``SELF CARE``.
+
+    Cached: a feed repeats the same few dozen linkIds on every response.
+    """
     return _LINK_ID_NOISE.sub("", link_id).casefold()
 
 
@@ -55,20 +80,32 @@ def split_canonical(url: str) -> tuple[str, str | None]:
     return base, (version if sep else None)
 
 
-def loinc_tokens(text: str | None) -> set[str]:
+def loinc_tokens(text: str | None) -> frozenset[str]:
     """LOINC-shaped path segments of a URL or linkId ("/61577-3", "http://loinc.org/q/85524-7")."""
     if not text:
-        return set()
-    return {part for part in re.split(r"[/#|:]", text) if _LOINC_CODE.match(part)}
+        return _NO_CODES
+    return _loinc_tokens(text)
+
+
+@lru_cache(maxsize=4096)
+def _loinc_tokens(text: str) -> frozenset[str]:
+    # Cached: linkIds and questionnaire URLs repeat on every response of a form.
+    return frozenset(part for part in _TOKEN_SEPARATORS.split(text) if _LOINC_CODE.match(part))
 
 
 @dataclass(frozen=True, slots=True)
 class ResponseIndex:
-    """What a response says about its questionnaire: URL, panel codes, per-item codes."""
+    """What a response says about its questionnaire: URL, panel codes, per-item codes.
+
+    Built once per response (one walk of its items) and shared by recognition, answer reading
+    and the form's totals, which each used to walk the response again.
+    """
 
     questionnaire: str | None
     panel_codes: frozenset[str]
     item_codes: Mapping[str, frozenset[str]]  # linkId -> codes (contained Q, linkId, definition)
+    # Every item that has a string linkId, in ``walk_items`` order, with that linkId.
+    items: tuple[tuple[str, JSON], ...] = ()
 
     @classmethod
     def of(cls, qr: Mapping[str, Any]) -> ResponseIndex:
@@ -84,15 +121,24 @@ class ResponseIndex:
                 if isinstance(link_id, str):
                     contained_items.setdefault(link_id, set()).update(_codes(q_item.get("code")))
         item_codes: dict[str, frozenset[str]] = {}
-        for item in walk_items(qr.get("item")):
+        items: list[tuple[str, JSON]] = []
+        for item in flat_items(qr.get("item")):
             link_id = item.get("linkId")
             if not isinstance(link_id, str):
                 continue
-            codes = contained_items.get(link_id, set()) | loinc_tokens(link_id)
+            items.append((link_id, item))
+            codes = loinc_tokens(link_id)
+            contained = contained_items.get(link_id)
             definition = item.get("definition")
-            codes |= loinc_tokens(definition if isinstance(definition, str) else None)
-            item_codes[link_id] = frozenset(codes)
-        return cls(url, frozenset(panel), item_codes)
+            if contained or isinstance(definition, str):
+                # The rare case (a contained Questionnaire, item.definition): a union.
+                codes = frozenset(
+                    (contained or set())
+                    | codes
+                    | loinc_tokens(definition if isinstance(definition, str) else None)
+                )
+            item_codes[link_id] = codes
+        return cls(url, frozenset(panel), item_codes, tuple(items))
 
 
 def _codes(codings: object) -> set[str]:
@@ -144,10 +190,10 @@ def read_answer(
         return RawAnswer(None, True, f"answer code {code!r} has no score for {item.id}")
     for key in ("valueInteger", "valueDecimal"):
         value = answer.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
             return RawAnswer(float(value), form_relative=True)
     quantity = answer.get("valueQuantity")
-    if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
+    if isinstance(quantity, dict) and isinstance(quantity.get("value"), NUMBER_TYPES):
         return RawAnswer(float(quantity["value"]), form_relative=True)
     text = answer.get("valueString")
     if isinstance(text, str):
@@ -167,7 +213,7 @@ def _ordinal(element: Mapping[str, Any]) -> float | None:
         if isinstance(extension, dict) and extension.get("url") in _ORDINAL_URLS:
             for key in ("valueDecimal", "valueInteger"):
                 value = extension.get(key)
-                if isinstance(value, int | float) and not isinstance(value, bool):
+                if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
                     return float(value)
     return None
 

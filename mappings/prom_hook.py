@@ -16,7 +16,7 @@ from typing import Any
 
 from mappings.convert import SiteContext
 from mappings.engine import register_hook
-from mappings.prom_fhir import walk_items
+from mappings.prom_fhir import ResponseIndex
 from mappings.prom_scoring import ScoreIssue
 from mappings.proms import Instrument
 from registry_types.issues import Issue
@@ -34,12 +34,13 @@ def prom_score(resource: Mapping[str, Any], row: dict[str, Any], ctx: SiteContex
     if registry is None:
         return [Issue("prom.no_instruments", "no PROM instrument definitions are loaded")]
     qr = dict(resource)
-    instrument = registry.recognise(qr)
+    index = ResponseIndex.of(qr)  # one walk of the items, shared by every step below
+    instrument = registry.recognise(qr, index)
     if instrument is None:
-        return [unknown_instrument(qr)]
-    answers, extract_issues = instrument.extract_answers(qr)
+        return [unknown_instrument(qr, index)]
+    answers, extract_issues = instrument.extract_answers(qr, index)
     result = instrument.score(answers)
-    reported = instrument.reported_totals(qr)
+    reported = instrument.reported_totals(qr, index)
     row["instrument"] = instrument.id
     row["answers"] = {k: v for k, v in answers.items() if v is not None}
     # The form's own totals are kept beside the answers for comparison, never as the score.
@@ -53,13 +54,12 @@ def prom_score(resource: Mapping[str, Any], row: dict[str, Any], ctx: SiteContex
     return issues
 
 
-def unknown_instrument(qr: Mapping[str, Any]) -> Issue:
+def unknown_instrument(qr: Mapping[str, Any], index: ResponseIndex | None = None) -> Issue:
     """The error for a form no instrument claims: which setting teaches it, and what it sent."""
     url = qr.get("questionnaire")
     canonical = url[:200] if isinstance(url, str) else ""
-    seen = sorted(
-        {item["linkId"] for item in walk_items(qr.get("item")) if isinstance(item.get("linkId"), str)}
-    )
+    index = index if index is not None else ResponseIndex.of(qr)
+    seen = sorted({link_id for link_id, _item in index.items})
     shown = ", ".join(link_id[:40] for link_id in seen[:_SHOWN_LINK_IDS])
     if len(seen) > _SHOWN_LINK_IDS:
         shown += f" and {len(seen) - _SHOWN_LINK_IDS} more"

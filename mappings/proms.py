@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mappings.prom_definitions import (
     InstrumentDef,
@@ -38,13 +38,13 @@ from mappings.prom_definitions import (
     validate_definition,
 )
 from mappings.prom_fhir import (
+    NUMBER_TYPES,
     ResponseIndex,
     answer_codes_for,
     build_response,
     link_id_key,
     read_answer,
     split_canonical,
-    walk_items,
 )
 from mappings.prom_scoring import Number, PromScore, ScoreIssue, check_value, compute_scores
 
@@ -61,6 +61,7 @@ __all__ = [
 DEFAULT_DIRECTORY = Path(__file__).with_name("instruments")
 _SCORABLE_STATUSES = frozenset({"completed", "amended"})
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+T = TypeVar("T")
 
 
 class Instrument:
@@ -71,6 +72,7 @@ class Instrument:
         self._aliases: dict[str, tuple[ItemDef, bool]] = {}
         self._codes: dict[str, ItemDef] = {}
         self._items = {item.id: item for item in definition.items}
+        self._item_ids = tuple(self._items)
         for item in definition.items:
             # linkIds are compared ignoring case, "-", "_" and spaces (see link_id_key).
             for link_id in item.link_ids:
@@ -90,6 +92,9 @@ class Instrument:
             link_id_key(link_id): total for total in recognition.totals for link_id in total.link_ids
         }
         self._total_codes = {code: total for total in recognition.totals for code in total.codes}
+        # Per questionnaire URL: a feed sends the same few URLs on every response.
+        self._refs: dict[str | None, QuestionnaireRef | None] = {}
+        self._forms: dict[str | None, dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"Instrument({self.id!r})"
@@ -126,6 +131,15 @@ class Instrument:
     # --- recognition ---------------------------------------------------------------------
 
     def questionnaire_ref(self, url: str | None) -> QuestionnaireRef | None:
+        try:
+            return self._refs[url]
+        except KeyError:
+            pass
+        ref = self._questionnaire_ref(url)
+        _remember(self._refs, url, ref)
+        return ref
+
+    def _questionnaire_ref(self, url: str | None) -> QuestionnaireRef | None:
         if not url:
             return None
         base, _ = split_canonical(url)
@@ -143,9 +157,14 @@ class Instrument:
         return None
 
     def form_link_ids(self, url: str | None) -> dict[str, str]:
-        """linkId key -> item id or total output, as taught for this questionnaire URL."""
-        ref = self.questionnaire_ref(url)
-        return {link_id_key(k): v for k, v in ref.link_ids.items()} if ref else {}
+        """linkId key -> item id or total output, as taught for this questionnaire URL
+        (shared between calls: do not change it)."""
+        form = self._forms.get(url)
+        if form is None:
+            ref = self.questionnaire_ref(url)
+            form = {link_id_key(k): v for k, v in ref.link_ids.items()} if ref else {}
+            _remember(self._forms, url, form)
+        return form
 
     def item_for(
         self, link_id: str, codes: Iterable[str] = (), form: Mapping[str, str] | None = None
@@ -190,15 +209,19 @@ class Instrument:
             return found
         return next((self._total_codes[c] for c in codes if c in self._total_codes), None)
 
-    def reported_totals(self, qr: Mapping[str, Any]) -> dict[str, float]:
-        """Score output -> the total the hospital's form wrote (e.g. ``{"odi": 36.0}``)."""
-        index = ResponseIndex.of(qr)
-        form = self.form_link_ids(index.questionnaire)
+    def reported_totals(
+        self, qr: Mapping[str, Any], index: ResponseIndex | None = None
+    ) -> dict[str, float]:
+        """Score output -> the total the hospital's form wrote (e.g. ``{"odi": 36.0}``).
+
+        ``index`` is ``ResponseIndex.of(qr)`` when the caller already has it.
+        """
+        index = index if index is not None else ResponseIndex.of(qr)
         reported: dict[str, float] = {}
-        for qr_item in walk_items(qr.get("item")):
-            link_id = qr_item.get("linkId")
-            if not isinstance(link_id, str):
-                continue
+        if not self._totals:
+            return reported  # no linkId or code can be a total of this instrument
+        form = self.form_link_ids(index.questionnaire)
+        for link_id, qr_item in index.items:
             total = self.total_for(link_id, index.item_codes.get(link_id, frozenset()), form)
             if total is None or total.output in reported:
                 continue
@@ -231,10 +254,13 @@ class Instrument:
     # --- answers -------------------------------------------------------------------------
 
     def extract_answers(
-        self, qr: Mapping[str, Any]
+        self, qr: Mapping[str, Any], index: ResponseIndex | None = None
     ) -> tuple[dict[str, Number | None], list[ScoreIssue]]:
-        """Item id -> value (canonical direction) for every item, None when unanswered."""
-        index = ResponseIndex.of(qr)
+        """Item id -> value (canonical direction) for every item, None when unanswered.
+
+        ``index`` is ``ResponseIndex.of(qr)`` when the caller already has it.
+        """
+        index = index if index is not None else ResponseIndex.of(qr)
         issues: list[ScoreIssue] = []
         status = qr.get("status")
         if not isinstance(status, str) or status not in _SCORABLE_STATUSES:
@@ -250,12 +276,9 @@ class Instrument:
             )
         reversed_items = self._form_reversed_items(index)
         form = self.form_link_ids(index.questionnaire)
-        values: dict[str, Number | None] = dict.fromkeys(self.item_ids)
+        values: dict[str, Number | None] = dict.fromkeys(self._item_ids)
         seen: dict[str, str] = {}
-        for qr_item in walk_items(qr.get("item")):
-            link_id = qr_item.get("linkId")
-            if not isinstance(link_id, str):
-                continue
+        for link_id, qr_item in index.items:
             answers = [a for a in qr_item.get("answer") or [] if isinstance(a, dict)]
             codes = index.item_codes.get(link_id, frozenset())
             found = self.item_for(link_id, codes, form)
@@ -345,18 +368,28 @@ class Instrument:
         return compute_scores(self.definition, answers)
 
 
+_REMEMBERED = 256  # distinct questionnaire URLs kept per instrument (a feed has a handful)
+
+
+def _remember(cache: dict[str | None, T], url: str | None, value: T) -> None:
+    """Keep ``value`` for ``url``; a feed with ever-new URLs empties the cache, never grows it."""
+    if len(cache) >= _REMEMBERED:
+        cache.clear()
+    cache[url] = value
+
+
 def _plain_number(answer: object) -> float | None:
     """A number written as valueDecimal / valueInteger / valueQuantity / numeric valueString."""
     if not isinstance(answer, dict):
         return None
     for key in ("valueDecimal", "valueInteger"):
         value = answer.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
             return float(value)
     quantity = answer.get("valueQuantity")
     if isinstance(quantity, dict):
         value = quantity.get("value")
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
             return float(value)
     text = answer.get("valueString")
     if isinstance(text, str):
@@ -393,18 +426,23 @@ class InstrumentRegistry:
     def get(self, instrument_id: str) -> Instrument | None:
         return self._by_id.get(instrument_id)
 
-    def recognise(self, qr: Mapping[str, Any]) -> Instrument | None:
+    def recognise(
+        self, qr: Mapping[str, Any], index: ResponseIndex | None = None
+    ) -> Instrument | None:
         """The instrument a response answers, or None; see ``recognise_all`` for mixed forms."""
-        found = self.recognise_all(qr)
+        found = self.recognise_all(qr, index)
         return found[0] if found else None
 
-    def recognise_all(self, qr: Mapping[str, Any]) -> list[Instrument]:
+    def recognise_all(
+        self, qr: Mapping[str, Any], index: ResponseIndex | None = None
+    ) -> list[Instrument]:
         """Every instrument the response answers, best first, from the first rule that matches.
 
         A site form may combine several instruments (ODI + back/leg NRS) under one URL; it is
-        then configured with the same URL on each of them.
+        then configured with the same URL on each of them. ``index`` is ``ResponseIndex.of(qr)``
+        when the caller already has it.
         """
-        index = ResponseIndex.of(qr)
+        index = index if index is not None else ResponseIndex.of(qr)
         by_url = [i for i in self if i.questionnaire_ref(index.questionnaire) is not None]
         if by_url:
             return by_url

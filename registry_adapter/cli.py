@@ -10,26 +10,21 @@ from contextlib import contextmanager
 from datetime import date, datetime
 from datetime import time as dt_time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from sqlalchemy import select
 
-from adapters.base import SourceContext
-from mappings.codemaps import CodeMapError
-from mappings.engine import MappingFileError
-from registry_adapter import logs
-from registry_adapter.app import App, build_app
-from registry_adapter.config import ConfigError, load_settings
-from registry_adapter.pipeline import Pipeline, RunResult, SourceBusy, describe_failure, stats
-from registry_adapter.queries import list_cases, list_causes, list_errors, list_runs
-from registry_store.db import DatabaseUnavailable, reported_unavailable
-from registry_store.migrate import SchemaNotCurrent
-from registry_store.tables import MAPPING_ERRORS, STAGING
+from registry_adapter.feeds.base import ConfigError
+
+# The application, the pipeline and the store (SQLAlchemy, the mapping compiler, alembic, ...)
+# are imported by the commands that use them, not here: ``--help``, ``--version`` and a typo
+# answer at once, and each command pays only for what it runs.
+if TYPE_CHECKING:
+    from registry_adapter.app import App
+    from registry_adapter.pipeline import RunResult
 
 console = Console(stderr=True, soft_wrap=True)
 # soft_wrap: long lines stay whole when output goes to a file or a pipe.
@@ -45,6 +40,10 @@ class Ctx:
     @property
     def app(self) -> App:
         if self._app is None:
+            from registry_adapter import logs
+            from registry_adapter.app import build_app
+            from registry_adapter.config import load_settings
+
             settings = load_settings(self.config_path)
             logs.configure(settings.logging.format, settings.logging.level)
             app = build_app(settings, self.db)
@@ -56,15 +55,27 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-def _replan(app: App, reason: str) -> None:
+def _replan(app: App, reason: str, since: datetime | None) -> None:
     """Run the after-store plug-ins (the scheduler plans reminders there), so that reminders
-    follow the cases just stored and the reminder pages are never silently empty."""
+    follow the cases just stored and the reminder pages are never silently empty.
+
+    ``since``: when the run started; what it stored is stamped at or after it (the cases it
+    assembled, the staged records it changed), so a plug-in redoes only that part (None:
+    everything).
+    """
     from registry_adapter.plugins import AFTER_STORE, plugins
 
     for plugin in plugins(AFTER_STORE):
         hook = plugin.load()
         if callable(hook):
-            hook(app, reason)
+            hook(app, reason, since)
+
+
+def _run_started() -> datetime:
+    """The time a storing run starts, as the store stamps its rows (``_replan``'s ``since``)."""
+    from registry_store.timeutil import utcnow
+
+    return utcnow()
 
 
 def _emit_json(data: Any) -> None:
@@ -105,6 +116,14 @@ class _Cli(click.Group):
             _accept_global_options_after(self)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        # A core command that is not a group (``import``, ``sync``, ``reprocess``, ...) runs
+        # without importing the plug-in modules (the review UI, SFTP delivery, the reminder
+        # channels: a good part of a second); plug-ins add commands and subcommands of the core
+        # groups (``cases withdraw``), they never replace a core command.
+        command = None if self._plugins_loaded else super().get_command(ctx, cmd_name)
+        if command is not None and not isinstance(command, click.Group):
+            _accept_global_options(command)
+            return command
         self._load_plugins()
         return super().get_command(ctx, cmd_name)
 
@@ -146,8 +165,12 @@ def _accept_global_options_after(group: click.Group) -> None:
         if isinstance(command, click.Group):
             _accept_global_options_after(command)
             continue
-        if any("--config" in param.opts for param in command.params):
-            continue
+        _accept_global_options(command)
+
+
+def _accept_global_options(command: click.Command) -> None:
+    """``--config``/``--db`` after the name of one command (see ``_accept_global_options_after``)."""
+    if not any("--config" in param.opts for param in command.params):
         command.params += [
             click.Option(
                 ["--config"],
@@ -170,6 +193,8 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A table on a terminal; tab-separated lines (header first) anywhere else, so a file or
     a pipe gets every value whole, never a column cut to the terminal's width."""
     if out.is_terminal:
+        from rich.table import Table
+
         table = Table()
         for col in columns:
             table.add_column(col, overflow="fold")
@@ -202,6 +227,10 @@ def _mapped_types(app: App) -> set[str]:
 def _require_known_cause(app: App, cause_id: str | None) -> None:
     if cause_id is None:
         return
+    from sqlalchemy import select
+
+    from registry_store.tables import MAPPING_ERRORS
+
     with app.engine.connect() as conn:
         causes = conn.execute(select(MAPPING_ERRORS.c.cause_id).distinct()).scalars().all()
     require_known("--cause", [cause_id], causes)
@@ -219,10 +248,18 @@ def _summary(result: RunResult, app: App) -> None:
 
 
 def _report(app: App) -> None:
+    from sqlalchemy import select
+
+    from registry_adapter.pipeline import stats
+    from registry_adapter.queries import list_causes
+    from registry_store.tables import CASES
+
     s = stats(app)
     with app.engine.connect() as conn:
         causes = list_causes(conn, limit=15)
-        diag = sum(len(c["diagnoses"]) for c in list_cases(conn))
+        # The diagnoses of the active cases (only that column: whole case rows cost).
+        active = select(CASES.c.diagnoses).where(CASES.c.status == "active")
+        diag = sum(len(d) for d in conn.execute(active).scalars())
     out.print(
         f"Registry: {s['staged']:,} resources staged · {s['patients']:,} patients · "
         f"{s['cases']:,} cases · {diag:,} case diagnoses · {s['prom_responses']:,} PROM responses · "
@@ -288,6 +325,8 @@ def sync(
     as_json: bool,
 ) -> None:
     """Pull the configured sources into the registry store."""
+    from adapters.base import SourceContext
+    from registry_adapter.pipeline import Pipeline, SourceBusy, describe_failure
     from registry_adapter.sources import build_source, is_pulled
 
     app = obj.app
@@ -303,6 +342,7 @@ def sync(
         raise click.UsageError("no sources to sync are configured (see sources: in the config file)")
     results = []
     failures: list[str] = []
+    started = _run_started()
     with _progress(not as_json) as progress:
         pipeline = Pipeline(app, progress)
         for cfg in configs:
@@ -321,7 +361,7 @@ def sync(
     # A partial run kept what it read, but something stopped: the exit code must say so.
     failures += [f"{r.source}: {r.outcome} ({r.failure})" for r in results if r.failure]
     if results:
-        _replan(app, "sync")
+        _replan(app, "sync", started)
     if as_json:
         for failure in failures:
             console.print(f"✗ {failure}", highlight=False)
@@ -360,9 +400,12 @@ def sync(
 @pass_ctx
 def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) -> None:
     """Load FHIR NDJSON / Bundle files or folders (e.g. a file a hospital sent)."""
+    from adapters.base import SourceContext
+    from registry_adapter.pipeline import Pipeline
     from registry_adapter.sources import import_source
 
     app = obj.app
+    started = _run_started()
     with _progress(not as_json) as progress:
         result = Pipeline(app, progress).ingest(
             import_source(source_name, list(paths)), SourceContext(full=True), kind="import"
@@ -370,7 +413,7 @@ def import_(obj: Ctx, paths: tuple[Path, ...], source_name: str, as_json: bool) 
     # Invalid input (binary, empty, unreadable, malformed) is staged as errors: when that is
     # all there was, the import did not do its job and a script must see that.
     nothing_accepted = result.counts.received - result.counts.invalid <= 0
-    _replan(app, "import")
+    _replan(app, "import", started)
     if as_json:
         _emit_json(
             {
@@ -412,18 +455,24 @@ def reprocess(
     as_json: bool,
 ) -> None:
     """Map staged records again after fixing a mapping or code map (default: failed ones)."""
+    from sqlalchemy import select
+
+    from registry_adapter.pipeline import Pipeline
+    from registry_store.tables import STAGING
+
     app = obj.app
     if resource_type is not None:
         with app.engine.connect() as conn:
             staged = conn.execute(select(STAGING.c.resource_type).distinct()).scalars().all()
         require_known("--type", [resource_type], {*staged, *_mapped_types(app)})
     _require_known_cause(app, cause_id)
+    started = _run_started()
     with _progress(not as_json) as progress:
         selected, counts = Pipeline(app, progress).reprocess(
             resource_type=resource_type, cause_id=cause_id, source=source_name, everything=everything,
             map_now=not no_map,
         )
-    _replan(app, "reprocess")
+    _replan(app, "reprocess", started)
     if as_json:
         _emit_json({"selected": selected, **counts.as_dict()})
         return
@@ -443,14 +492,18 @@ def reprocess(
 def worker(obj: Ctx, until_idle: bool, poll_seconds: float, as_json: bool) -> None:
     """Map pending staged records beside other workers (PostgreSQL: claims batches with
     SELECT ... FOR UPDATE SKIP LOCKED; run as many as the database and hosts allow)."""
+    from registry_adapter.pipeline import Pipeline
     from registry_adapter.worker import run_registered
 
     app = obj.app
+    started = _run_started()
     with _progress(not as_json) as progress:
         pipeline = Pipeline(app, progress)
-        counts, last = run_registered(pipeline, until_idle=until_idle, poll_seconds=poll_seconds)
+        counts, last, others = run_registered(pipeline, until_idle=until_idle, poll_seconds=poll_seconds)
     if last:  # the last worker to stop refreshes outcomes and reminders for all of them
-        _replan(app, "worker")
+        # Since this one started, unless another was already running then (whose writes,
+        # and those of any it outlived, may be older): then everything.
+        _replan(app, "worker", None if others else started)
     if as_json:
         _emit_json(counts.as_dict())
         return
@@ -465,6 +518,8 @@ def worker(obj: Ctx, until_idle: bool, poll_seconds: float, as_json: bool) -> No
 @pass_ctx
 def stats_cmd(obj: Ctx, as_json: bool) -> None:
     """Counts of what the registry store holds."""
+    from registry_adapter.pipeline import stats
+
     data = stats(obj.app)
     if as_json:
         _emit_json(data)
@@ -484,6 +539,8 @@ def cases() -> None:
 @pass_ctx
 def cases_list(obj: Ctx, as_json: bool, limit: int | None, include_removed: bool) -> None:
     """Cases with module, category, surgery and discharge dates and diagnoses."""
+    from registry_adapter.queries import list_cases
+
     with obj.app.engine.connect() as conn:
         rows = list_cases(conn, limit=limit, include_removed=include_removed)
     if as_json:
@@ -518,6 +575,8 @@ def errors() -> None:
 @pass_ctx
 def errors_list(obj: Ctx, as_json: bool, cause_id: str | None, limit: int | None) -> None:
     """Open mapping errors: record, code, field, offending value and message."""
+    from registry_adapter.queries import list_errors
+
     _require_known_cause(obj.app, cause_id)
     with obj.app.engine.connect() as conn:
         rows = list_errors(conn, cause_id=cause_id, limit=limit)
@@ -538,6 +597,8 @@ def errors_list(obj: Ctx, as_json: bool, cause_id: str | None, limit: int | None
 @pass_ctx
 def errors_causes(obj: Ctx, as_json: bool) -> None:
     """Open errors grouped by cause: fix one cause, clear many records."""
+    from registry_adapter.queries import list_causes
+
     with obj.app.engine.connect() as conn:
         rows = list_causes(conn)
     if as_json:
@@ -557,6 +618,8 @@ def runs() -> None:
 @pass_ctx
 def runs_list(obj: Ctx, as_json: bool, limit: int) -> None:
     """Recent sync and import runs with outcome and counts."""
+    from registry_adapter.queries import list_runs
+
     with obj.app.engine.connect() as conn:
         rows = list_runs(conn, limit=limit)
     if as_json:
@@ -646,12 +709,13 @@ def mappings_test(obj: Ctx, mapping_file: Path, resource_file: Path) -> None:
 def mappings_diff(obj: Ctx, views: Path | None, codemaps: Path | None, as_json: bool) -> None:
     """What mapping the staged records with edited mappings or code maps would change (nothing
     is written): cases created, removed and changed by field; errors cleared and added."""
-    from mappings.codemaps import CodeMapError as _CodeMapError
+    from mappings.codemaps import CodeMapError
+    from mappings.engine import MappingFileError
     from registry_adapter.shadow_remap import shadow_remap
 
     try:
         diff = shadow_remap(obj.app, views, codemaps).as_dict()
-    except (_CodeMapError, MappingFileError) as exc:
+    except (CodeMapError, MappingFileError) as exc:
         raise click.ClickException(f"the edited files do not load: {exc}") from None
     if as_json:
         _emit_json(diff)
@@ -713,7 +777,11 @@ def db() -> None:
 @click.pass_obj
 def db_upgrade(obj: Ctx, revision: str) -> None:
     """Apply schema migrations (safe to run again)."""
+    from registry_adapter import logs
+    from registry_adapter.app import build_app
+    from registry_adapter.config import load_settings
     from registry_store import migrate
+    from registry_store.db import reported_unavailable
 
     settings = load_settings(obj.config_path)
     logs.configure(settings.logging.format, settings.logging.level)
@@ -730,7 +798,10 @@ def db_upgrade(obj: Ctx, revision: str) -> None:
 @click.pass_obj
 def db_current(obj: Ctx, check: bool) -> None:
     """The database's schema revision and the one this code needs."""
+    from registry_adapter.app import build_app
+    from registry_adapter.config import load_settings
     from registry_store import migrate
+    from registry_store.db import reported_unavailable
 
     app = build_app(load_settings(obj.config_path), obj.db)
     with reported_unavailable(app.engine.url):
@@ -746,6 +817,8 @@ def db_current(obj: Ctx, check: bool) -> None:
 @click.pass_obj
 def db_downgrade(obj: Ctx, revision: str) -> None:
     """Undo schema migrations, before reinstalling an older version (back up first)."""
+    from registry_adapter.app import build_app
+    from registry_adapter.config import load_settings
     from registry_store import migrate
 
     app = build_app(load_settings(obj.config_path), obj.db)
@@ -796,12 +869,35 @@ def main() -> None:
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/] {exc}", highlight=False)
         sys.exit(2)
-    except (MappingFileError, CodeMapError) as exc:
-        console.print(f"[red]mapping error:[/] {exc}", highlight=False)
-        sys.exit(2)
-    except (DatabaseUnavailable, SchemaNotCurrent) as exc:
-        console.print(f"[red]database error:[/] {escape(str(exc))}", highlight=False)
-        sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted; committed work is kept and the next run resumes")
         sys.exit(130)
+    except Exception as exc:
+        kind = _reported_failure(exc)
+        if kind == "mapping":
+            console.print(f"[red]mapping error:[/] {exc}", highlight=False)
+        elif kind == "database":
+            console.print(f"[red]database error:[/] {escape(str(exc))}", highlight=False)
+        else:
+            raise
+        sys.exit(2)
+
+
+# Errors ``main`` reports in one line (exit 2), by the module defining them: an error of one of
+# these classes can only have been raised once its module was imported, so the modules are
+# looked up among those loaded rather than imported here (that would undo the lazy imports).
+_REPORTED = (
+    ("mappings.engine", "MappingFileError", "mapping"),
+    ("mappings.codemaps", "CodeMapError", "mapping"),
+    ("registry_store.db", "DatabaseUnavailable", "database"),
+    ("registry_store.migrate", "SchemaNotCurrent", "database"),
+)
+
+
+def _reported_failure(exc: Exception) -> str | None:
+    for module_name, class_name, kind in _REPORTED:
+        module = sys.modules.get(module_name)
+        error_class = getattr(module, class_name, None) if module is not None else None
+        if isinstance(error_class, type) and isinstance(exc, error_class):
+            return kind
+    return None

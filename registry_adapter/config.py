@@ -18,9 +18,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    GetCoreSchemaHandler,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import core_schema
 
-from registry_adapter.feeds import feed_types
+from registry_adapter.feeds import feed_type_named, feed_type_names
 from registry_adapter.feeds.base import ConfigError, FeedSettings, StrictSettings
 from registry_adapter.plugins import SETTINGS, plugins
 
@@ -129,11 +139,42 @@ class MappingConfig(StrictSettings):
     validation: Literal["strict", "warn", "off"] = "warn"
 
 
-def _source_config() -> Any:
+@functools.cache
+def _source_adapter(*names: str) -> TypeAdapter[Any]:
+    """A validator of a configured source told apart by ``type`` among these feed types."""
+    models = [feed.settings for feed in (feed_type_named(n) for n in names) if feed is not None]
+    if len(models) == 1:
+        return TypeAdapter(models[0])
+    union = functools.reduce(operator.or_, models)
+    return TypeAdapter(Annotated[union, Field(discriminator="type")])  # type: ignore[arg-type]
+
+
+def _validate_source(value: Any) -> Any:
     """A configured source: the union of every registered feed type's settings model, told
-    apart by ``type`` (registry_adapter.feeds)."""
-    union = functools.reduce(operator.or_, (feed.settings for feed in feed_types().values()))
-    return Annotated[union, Field(discriminator="type")]
+    apart by ``type`` (registry_adapter.feeds).
+
+    Only the module of the source's own type is imported: the feed modules import their
+    adapters (HTTP, HL7 v2, ...), and most commands read a config whose sources they never use.
+    Anything that does not validate against its own type is validated against the whole union
+    again, so the error is exactly the union's (the same locations, the expected tags listed).
+    """
+    if isinstance(value, FeedSettings):
+        return value
+    tag = value.get("type") if isinstance(value, dict) else None
+    if isinstance(tag, str) and tag in feed_type_names():
+        try:
+            return _source_adapter(tag).validate_python(value)
+        except ValidationError:
+            pass
+    return _source_adapter(*feed_type_names()).validate_python(value)
+
+
+class _LazySource:
+    """The pydantic type of ``Settings.sources`` items (see ``_validate_source``)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: GetCoreSchemaHandler) -> Any:
+        return core_schema.no_info_plain_validator_function(_validate_source)
 
 
 def _sections_model() -> type[BaseModel]:
@@ -152,7 +193,7 @@ if TYPE_CHECKING:
     SourceConfig = FeedSettings
     Sections = BaseModel
 else:
-    SourceConfig = _source_config()
+    SourceConfig = _LazySource
     Sections = _sections_model()
 
 M = TypeVar("M", bound=BaseModel)
@@ -268,7 +309,7 @@ def _resolve_secret_files(data: Any, path: str, base: Path | None) -> Any:
 
 # Discriminator tags (feed types) and our nesting ("settings" of an adapter's source, "sections")
 # are not keys the user wrote.
-_NOT_KEYS = frozenset({*feed_types(), "settings", "sections"})
+_NOT_KEYS = frozenset({*feed_type_names(), "settings", "sections"})
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -295,20 +336,22 @@ def parse_settings(data: Any, *, base_dir: Path | None = None) -> Settings:
     return _relative_to(settings, base_dir) if base_dir else settings
 
 
-# Path settings of the adapters' dataclasses, which keep paths as ``str``: each feed type
-# names its own (``FeedType.path_strings``).
-_PATH_STRINGS: dict[type, frozenset[str]] = {
-    cls: fields for feed in feed_types().values() for cls, fields in feed.path_strings.items()
-}
+def _path_strings(sources: list[FeedSettings]) -> dict[type, frozenset[str]]:
+    """Path settings of the adapters' dataclasses, which keep paths as ``str``: each feed type
+    names its own (``FeedType.path_strings``); only the configured sources' types are read."""
+    feeds = (feed_type_named(t) for t in sorted({s.type for s in sources}))
+    return {cls: fields for feed in feeds if feed is not None for cls, fields in feed.path_strings.items()}
 
 
 def _relative_to(settings: Settings, base: Path) -> Settings:
     """Relative paths in a config file mean relative to that file, as users expect.
 
     Every ``Path`` field of every section is resolved, so a new setting cannot forget to, and
-    so are the string path fields of the adapters' dataclasses named in ``_PATH_STRINGS``;
+    so are the string path fields of the adapters' dataclasses named in ``_path_strings``;
     a relative SQLite database file is resolved the same way.
     """
+
+    path_strings = _path_strings(settings.sources)
 
     def fix(value: Any) -> Any:
         if isinstance(value, Path):
@@ -317,7 +360,7 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
             changed = {k: fix(v) for k, v in value.__dict__.items()}
             return value.model_copy(update={k: v for k, v in changed.items() if v is not value.__dict__[k]})
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            paths = _PATH_STRINGS.get(type(value), frozenset())
+            paths = path_strings.get(type(value), frozenset())
             update: dict[str, Any] = {}
             for f in dataclasses.fields(value):
                 old = getattr(value, f.name)

@@ -43,6 +43,7 @@ from registry_adapter.app import App
 from registry_adapter.mapping_pool import StagedForMapping, as_plain, mapping_pool, prepare_batch
 from registry_store import sync_runs
 from registry_store.case_queue import dequeue, enqueue, queued
+from registry_store.db import lookup, one_of
 from registry_store.errors import replace_errors, resolve_all
 from registry_store.leases import holders, job_lock, sync_lock_name
 from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
@@ -628,7 +629,7 @@ class Pipeline:
             r.staging_id
             for r in conn.execute(
                 select(MAPPING_ERRORS.c.staging_id).where(
-                    MAPPING_ERRORS.c.staging_id.in_(ids), MAPPING_ERRORS.c.status == "open"
+                    one_of(MAPPING_ERRORS.c.staging_id, ids, conn.dialect), MAPPING_ERRORS.c.status == "open"
                 )
             )
         }
@@ -819,17 +820,8 @@ class Pipeline:
         table = MAPPING_TARGETS[target]
         if "patient_id" not in table.c:
             return set()
-        found: set[str] = set()
-        for start in range(0, len(ids), 400):
-            chunk = ids[start : start + 400]
-            found |= {
-                r.patient_id
-                for r in conn.execute(
-                    select(table.c.patient_id).where(table.c.source == source, table.c.id.in_(chunk))
-                )
-                if r.patient_id
-            }
-        return found
+        rows = lookup(conn, table, ["patient_id"], {"source": source}, "id", ids)
+        return {r.patient_id for r in rows if r.patient_id}
 
     def _remove_rows(self, conn: Connection, source: str, rtype: str, ids: list[str]) -> set[str]:
         """Delete registry rows a record no longer produces; returns the patients affected."""

@@ -8,8 +8,10 @@
   pydantic model; ``reminders``, ``scheduler``, ``review``), composed into ``Settings``;
 - ``spine_registry_adapter.commands``: modules whose ``COMMANDS`` join the command line;
 - ``spine_registry_adapter.doctor``: extra ``registry-adapter doctor`` checks;
-- ``spine_registry_adapter.after_store``: functions ``(app, reason)`` run after a sync, an
-  import or a re-process stored data (the scheduler plans reminders there);
+- ``spine_registry_adapter.after_store``: functions ``(app, reason, since)`` run after a
+  sync, an import or a re-process stored data (the scheduler plans reminders there); ``since``
+  is when the run started: the rows it stored (cases, staged records) are stamped at or after
+  it, so a plug-in redoes only what the run touched;
 - ``spine_registry_adapter.services``: ``make_service(app)`` functions of background services
   the daemon runs beside its jobs (the MLLP listener, the review web UI).
 

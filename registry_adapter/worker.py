@@ -92,18 +92,23 @@ def run_registered(
     poll_seconds: float = 5.0,
     stop: threading.Event | None = None,
     ttl_seconds: float = 60.0,
-) -> tuple[RunCounts, bool]:
-    """``run_worker`` under a lease naming this worker; returns its counts and whether no other
-    worker was still running when it stopped.
+) -> tuple[RunCounts, bool, bool]:
+    """``run_worker`` under a lease naming this worker; returns its counts, whether no other
+    worker was still running when it stopped, and whether another was running when it started.
 
     The last worker to stop is the one to run the after-store plug-ins (case outcomes,
     reminders) for everyone: it releases its lease before looking, so of workers stopping
     together at least the last sees none left, and it runs them after every other worker's
-    writes. N workers running them each would redo the same whole-store refresh N times,
-    each queueing on the others' row locks."""
-    with job_lock(pipeline.app.engine, worker_lock_name(), ttl_seconds):
+    writes. N workers running them each would redo the same refresh N times, each queueing on
+    the others' row locks. Its refresh covers what was written since it started, unless
+    another worker was running then: that one's writes (and those of any worker it outlived)
+    may be older, so everything is refreshed."""
+    engine = pipeline.app.engine
+    name = worker_lock_name()
+    with job_lock(engine, name, ttl_seconds):
+        others_at_start = others_alive(engine, WORKER_LOCK_PREFIX, besides=name)
         counts = run_worker(pipeline, until_idle=until_idle, poll_seconds=poll_seconds, stop=stop)
-    return counts, not others_alive(pipeline.app.engine, WORKER_LOCK_PREFIX)
+    return counts, not others_alive(engine, WORKER_LOCK_PREFIX), others_at_start
 
 
 def run_worker(

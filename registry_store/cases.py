@@ -31,6 +31,15 @@ def set_case_status(conn: Connection, case_id: str, status: str, reason: str | N
     )
 
 
+def touch_cases(conn: Connection, case_ids: Sequence[str], *, at: datetime) -> None:
+    """Mark cases changed (``updated_at``) whose PROM responses changed without the case row
+    itself being rebuilt (a response of a linked patient in another feed placed on it), so
+    "cases updated since" names every case whose reminders or outcomes may have changed."""
+    ids = sorted(set(case_ids))
+    for start in range(0, len(ids), 400):
+        conn.execute(update(CASES).where(CASES.c.id.in_(ids[start : start + 400])).values(updated_at=at))
+
+
 def file_prom_responses(
     conn: Connection, placements: Sequence[tuple[str, str, str | None, str | None]]
 ) -> None:

@@ -8,14 +8,27 @@ shared/reference/libraries.md, section 3.4).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event
+import orjson
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Engine,
+    Table,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Result
+from sqlalchemy.engine import Connection, Dialect, Result, Row
 from sqlalchemy.engine.url import URL, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlmodel import SQLModel
@@ -144,9 +157,14 @@ def upsert(
     if not rows:
         return None
     tbl: Table = table if isinstance(table, Table) else table.__table__  # type: ignore[attr-defined]
+    cols = update if update is not None else [c for c in rows[0] if c not in keys]
+    if not returning:
+        plan = _plan(conn, tbl, tuple(rows[0]), tuple(keys), tuple(cols))
+        if plan is not None:
+            plan.run(conn, rows)
+            return None
     dialect = postgresql if is_postgres(conn) else sqlite
     stmt = dialect.insert(tbl)
-    cols = update if update is not None else [c for c in rows[0] if c not in keys]
     if cols:
         stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in cols})
     else:
@@ -155,3 +173,244 @@ def upsert(
         return conn.execute(stmt.returning(*returning), list(rows))
     conn.execute(stmt, list(rows))
     return None
+
+
+def update_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    where: Sequence[str],
+    values: Sequence[str],
+) -> None:
+    """Set the ``values`` columns of each row of ``table`` whose ``where`` columns equal those
+    of one of ``rows`` (dicts by column name) to that row's; a row given twice: the last wins."""
+    if not rows:
+        return
+    dialect = conn.dialect
+    quote = dialect.identifier_preparer.quote
+    name = dialect.identifier_preparer.format_table(table)
+    columns = [table.c[c] for c in (*values, *where)]
+    if is_postgres(conn):
+        last = {tuple(r[c] for c in where): r for r in rows}
+        rows = list(last.values())
+        casts = ", ".join(f"%b::{c.type.compile(dialect=dialect)}[]" for c in columns)
+        names = ", ".join(quote(c.name) for c in columns)
+        sql = (
+            f"UPDATE {name} SET {', '.join(f'{quote(c)} = u.{quote(c)}' for c in values)}"
+            f" FROM unnest({casts}) AS u({names})"
+            f" WHERE {' AND '.join(f'{name}.{quote(c)} = u.{quote(c)}' for c in where)}"
+        )
+    else:
+        sql = (
+            f"UPDATE {name} SET {', '.join(f'{quote(c)} = ?' for c in values)}"
+            f" WHERE {' AND '.join(f'{quote(c)} = ?' for c in where)}"
+        )
+    processors = [c.type._cached_bind_processor(dialect) for c in columns]
+    processed = _columns(rows, [c.key for c in columns], processors)
+    if is_postgres(conn):
+        conn.exec_driver_sql(sql, tuple(processed))
+    else:
+        params = list(zip(*processed, strict=True))
+        conn.exec_driver_sql(sql, params if len(params) > 1 else params[0])
+
+
+def one_of(column: ColumnElement[Any], values: Collection[Any], dialect: Dialect) -> ColumnElement[bool]:
+    """``column IN values`` as a statement whose text does not depend on how many there are:
+    one bound parameter (a PostgreSQL array; on SQLite a JSON list read by ``json_each``), so
+    it is compiled, parsed and prepared once, not once per list length (a 900-value IN list
+    costs psycopg ~4 ms to parse, every time). Strings and integers only."""
+    items = list(values)
+    if dialect.name == "postgresql":
+        return column == any_(bindparam(None, items, type_=ARRAY(column.type)))
+    listed = func.json_each(bindparam(None, _json_list(items)))
+    return column.in_(select(literal_column("value")).select_from(listed))
+
+
+def lookup(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    where: Mapping[str, Any],
+    key: str,
+    values: Collection[Any],
+) -> list[Row[Any]]:
+    """``columns`` (as the driver returns them: plain strings and numbers only) of the rows of
+    ``table`` matching ``where`` whose ``key`` is one of ``values``, probing ``key``'s index
+    once per value.
+
+    On PostgreSQL ``key = ANY(array)`` is left to the planner, which, before the table's first
+    ANALYZE (the first import), scans every row matching ``where`` per batch instead; a
+    lateral join of the values probes the index whatever the statistics say."""
+    wanted = list(dict.fromkeys(values))
+    if not wanted:
+        return []
+    dialect = conn.dialect
+    quote = dialect.identifier_preparer.quote
+    name = dialect.identifier_preparer.format_table(table)
+    listed = ", ".join(quote(table.c[c].name) for c in columns)
+    column = quote(table.c[key].name)
+    if is_postgres(conn):
+        cond = " AND ".join(f"{quote(table.c[c].name)} = %s" for c in where)
+        sql = (
+            f"SELECT t.* FROM unnest(%b::{table.c[key].type.compile(dialect=dialect)}[]) AS u(k)"
+            f" CROSS JOIN LATERAL (SELECT {listed} FROM {name} WHERE {cond} AND {column} = u.k) AS t"
+        )
+        return list(conn.exec_driver_sql(sql, (wanted, *where.values())))
+    cond = " AND ".join(f"{quote(table.c[c].name)} = ?" for c in where)
+    sql = (
+        f"SELECT {listed} FROM {name} WHERE {cond} AND {column} IN (SELECT value FROM json_each(?))"
+    )
+    return list(conn.exec_driver_sql(sql, (*where.values(), _json_list(wanted))))
+
+
+def _json_list(items: list[Any]) -> str:
+    return orjson.dumps(items).decode()
+
+
+def insert_new(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> int:
+    """Insert the ``rows`` whose ``keys`` are not taken yet (``ON CONFLICT DO NOTHING``);
+    returns how many landed."""
+    if not rows:
+        return 0
+    plan = _plan(conn, table, tuple(rows[0]), tuple(keys), ())
+    if plan is not None:
+        return plan.run(conn, rows)
+    result = upsert(conn, table, rows, keys, update=[], returning=[table.c[k] for k in keys])
+    assert result is not None
+    return len(result.all())
+
+
+# Bulk writes skip SQLAlchemy's statement machinery: an executemany through ``conn.execute``
+# compiles parameters row by row (``construct_params`` and every bind processor per value:
+# ~1/3 of an import's database time). A plan is the statement's SQL, made once per table and
+# column list, and the bind processors of its columns, applied here with a memo per value
+# object (one ``now`` stamps a whole batch). SQLite runs it as one ``executemany`` of plain
+# tuples; PostgreSQL as one ``INSERT ... SELECT FROM unnest(<one array per column>)``, a
+# short statement psycopg parses and prepares once (a multi-row VALUES list is re-parsed on
+# every call, and executemany pays a protocol round of Python per row).
+_PLANS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], _Plan | None] = {}
+_UNNEST_CHUNK = 5000
+
+
+class _Plan:
+    def __init__(self, sql: str, names: tuple[str, ...], constants: tuple[Any, ...],
+                 processors: tuple[Callable[[Any], Any] | None, ...], keys: tuple[str, ...],
+                 update: tuple[str, ...], arrays: bool):
+        self.sql, self.names, self.constants, self.processors = sql, names, constants, processors
+        self.keys, self.update, self.arrays = keys, update, arrays
+
+    def _values(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        return _columns(rows, self.names, self.processors)
+
+    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Write ``rows``; returns how many were inserted or updated."""
+        if self.arrays:
+            return self._run_unnest(conn, rows)
+        columns = self._values(rows)
+        if self.constants:
+            columns += [[c] * len(rows) for c in self.constants]
+        params = list(zip(*columns, strict=True))
+        result = conn.exec_driver_sql(self.sql, params if len(params) > 1 else params[0])
+        return int(result.rowcount or 0)
+
+    def _run_unnest(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+        # One statement must not touch a row twice (PostgreSQL refuses it for DO UPDATE): a
+        # key given again keeps its first row's place and other values and takes the later
+        # row's updated columns, which is what writing the rows one by one leaves.
+        merged: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+        for row in rows:
+            key = tuple(row[k] for k in self.keys)
+            first = merged.get(key)
+            if first is None:
+                merged[key] = row
+            elif self.update:
+                merged[key] = {**first, **{c: row[c] for c in self.update}}
+        unique = list(merged.values()) if len(merged) < len(rows) else rows
+        total = 0
+        for start in range(0, len(unique), _UNNEST_CHUNK):
+            chunk = unique[start : start + _UNNEST_CHUNK]
+            columns = self._values(chunk)
+            columns += [[c] * len(chunk) for c in self.constants]
+            result = conn.exec_driver_sql(self.sql, tuple(columns))
+            total += int(result.rowcount or 0)
+        return total
+
+
+_Processor = Callable[[Any], Any] | None
+
+
+def _columns(
+    rows: Sequence[Mapping[str, Any]], names: Sequence[str], processors: Sequence[_Processor]
+) -> list[list[Any]]:
+    """The values of each column (``names`` order), processed for the driver."""
+    columns: list[list[Any]] = []
+    for name, proc in zip(names, processors, strict=True):
+        values = [row[name] for row in rows]
+        if proc is not None:
+            # By object (``rows`` keeps every value alive meanwhile), and empty JSON
+            # lists and objects, each a new object, by their type.
+            memo: dict[Any, Any] = {}
+            out = []
+            for value in values:
+                key = id(value) if value or type(value) not in (list, dict) else type(value)
+                if key in memo:
+                    out.append(memo[key])
+                else:
+                    out.append(memo.setdefault(key, proc(value)))
+            values = out
+        columns.append(values)
+    return columns
+
+
+def _plan(
+    conn: Connection, tbl: Table, names: tuple[str, ...], keys: tuple[str, ...], update: tuple[str, ...]
+) -> _Plan | None:
+    """The plan writing ``names`` of ``tbl`` (None: not one this fast path covers, e.g. a
+    column default that must be called per row)."""
+    dialect = conn.dialect
+    cache_key = (dialect.name, tbl.fullname, names, keys, update)
+    if cache_key in _PLANS:
+        return _PLANS[cache_key]
+    plan = None
+    if dialect.name in ("sqlite", "postgresql") and all(n in tbl.c for n in names):
+        constants: dict[str, Any] = {}
+        simple = True
+        for col in tbl.c:
+            if col.onupdate is not None:
+                simple = False
+            elif col.key not in names and col.default is not None:
+                if col.default.is_scalar:
+                    constants[col.key] = col.default.arg  # type: ignore[attr-defined]
+                else:
+                    simple = False
+        if simple:
+            plan = _make_plan(dialect, tbl, names, constants, keys, update)
+    _PLANS[cache_key] = plan
+    return plan
+
+
+def _make_plan(dialect: Dialect, tbl: Table, names: tuple[str, ...], constants: dict[str, Any],
+               keys: tuple[str, ...], update: tuple[str, ...]) -> _Plan:
+    quote = dialect.identifier_preparer.quote
+    columns = [tbl.c[n] for n in (*names, *constants)]
+    target = ", ".join(quote(c.name) for c in columns)
+    conflict = f" ON CONFLICT ({', '.join(quote(tbl.c[k].name) for k in keys)}) DO "
+    if update:
+        conflict += "UPDATE SET " + ", ".join(f"{quote(tbl.c[c].name)} = excluded.{quote(tbl.c[c].name)}"
+                                              for c in update)
+    else:
+        conflict += "NOTHING"
+    table_name = dialect.identifier_preparer.format_table(tbl)
+    arrays = dialect.name == "postgresql"
+    if arrays:
+        casts = ", ".join(f"%b::{c.type.compile(dialect=dialect)}[]" for c in columns)
+        sql = f"INSERT INTO {table_name} ({target}) SELECT * FROM unnest({casts}){conflict}"
+    else:
+        sql = f"INSERT INTO {table_name} ({target}) VALUES ({', '.join('?' for _ in columns)}){conflict}"
+    processors = tuple(tbl.c[n].type._cached_bind_processor(dialect) for n in names)
+    consts = tuple(_processed(tbl.c[n].type._cached_bind_processor(dialect), v) for n, v in constants.items())
+    return _Plan(sql, names, consts, processors, keys, update, arrays)
+
+
+def _processed(proc: Callable[[Any], Any] | None, value: Any) -> Any:
+    return proc(value) if proc is not None else value

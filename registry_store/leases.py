@@ -76,11 +76,13 @@ def worker_lock_name() -> str:
     return f"{WORKER_LOCK_PREFIX}{uuid.uuid4().hex}"
 
 
-def others_alive(engine: Engine, prefix: str, now: datetime | None = None) -> bool:
-    """Whether any lease named ``prefix``… is held by a live holder (dead or stale ones, left
-    by a killed process, do not count)."""
-    now = now or datetime.now(UTC)
-    return any(h.name.startswith(prefix) and h.gone(now) is None for h in holders(engine))
+def others_alive(engine: Engine, prefix: str, *, besides: str | None = None) -> bool:
+    """Whether any lease named ``prefix``… (other than ``besides``) is held by a live holder
+    (dead or stale ones, left by a killed process, do not count)."""
+    now = datetime.now(UTC)
+    return any(
+        h.name.startswith(prefix) and h.name != besides and h.gone(now) is None for h in holders(engine)
+    )
 
 
 def default_owner() -> str:

@@ -32,11 +32,11 @@ from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
-from sqlalchemy import ColumnElement, and_, bindparam, select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.engine import Connection
 
 from adapters.hl7v2.header import message_digest
-from registry_store.db import upsert
+from registry_store.db import insert_new, lookup, update_rows, upsert
 from registry_store.errors import replace_errors
 from registry_store.tables import STAGING, column_length
 from registry_store.timeutil import utcnow
@@ -61,6 +61,11 @@ UNPARSED = "Unparsed"
 _MAX_ROUNDS = 4
 
 T = TypeVar("T")
+
+# What a changed record's staging row takes of it (``_incoming`` values).
+_RESTAGED = (
+    "version_id", "last_updated", "content_type", "content_hash", "raw", "origin", "status", "updated_at"
+)
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -125,6 +130,9 @@ class StagedRow(NamedTuple):
     version_id: str | None = None
 
 
+_STAGED_COLUMNS = ("id", "resource_id", "content_hash", "last_updated", "status", "version_id")
+
+
 def staged_rows(
     conn: Connection, source: str, identities: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], StagedRow]:
@@ -134,27 +142,13 @@ def staged_rows(
         by_type.setdefault(rtype, set()).add(rid)
     found: dict[tuple[str, str], StagedRow] = {}
     for rtype, id_set in by_type.items():
-        ids = sorted(id_set)
-        # One IN list per type uses the (source, type, id) unique index directly.
-        for start in range(0, len(ids), 900):
-            rows = conn.execute(
-                select(
-                    STAGING.c.id,
-                    STAGING.c.resource_id,
-                    STAGING.c.content_hash,
-                    STAGING.c.last_updated,
-                    STAGING.c.status,
-                    STAGING.c.version_id,
-                ).where(
-                    STAGING.c.source == source,
-                    STAGING.c.resource_type == rtype,
-                    STAGING.c.resource_id.in_(ids[start : start + 900]),
-                )
+        # One probe of the (source, type, id) unique index per id.
+        rows = lookup(conn, STAGING, _STAGED_COLUMNS, {"source": source, "resource_type": rtype},
+                      "resource_id", sorted(id_set))
+        for row in rows:
+            found[(rtype, row.resource_id)] = StagedRow(
+                row.id, row.content_hash, row.last_updated, row.status, row.version_id
             )
-            for row in rows:
-                found[(rtype, row.resource_id)] = StagedRow(
-                    row.id, row.content_hash, row.last_updated, row.status, row.version_id
-                )
     return found
 
 
@@ -167,25 +161,18 @@ def insert_new_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[in
     """
     if not rows:
         return []
-    identities = [(r["source"], r["resource_type"], r["resource_id"]) for r in rows]
-    # RETURNING names the rows that landed: only the others need a second look (the common
-    # case, no other writer, costs no extra query; the MLLP listener's ACK latency is this).
-    result = upsert(conn, STAGING, rows, keys=IDENTITY, update=[], returning=[STAGING.c[k] for k in IDENTITY])
-    assert result is not None
-    landed = {(r.source, r.resource_type, r.resource_id) for r in result}
-    if len(set(identities)) == len(identities):
-        unsure = [i for i, key in enumerate(identities) if key not in landed]
-    else:  # one identity twice in the batch: only content can tell which one landed
-        unsure = list(range(len(rows)))
-    if not unsure:
+    # All of them landing (the common case: no other writer, every identity once) leaves
+    # nothing to look at again; the MLLP listener's ACK latency is this.
+    if insert_new(conn, STAGING, rows, keys=IDENTITY) == len(rows):
         return []
-    rows = [rows[i] for i in unsure]
+    # Otherwise only content tells which rows are this batch's (an identity twice in the
+    # batch, or one another process staged meanwhile).
     there: dict[tuple[str, str, str], str] = {}
     for source in {r["source"] for r in rows}:
         keys = [(r["resource_type"], r["resource_id"]) for r in rows if r["source"] == source]
         there |= {(source, *key): row.content_hash for key, row in staged_rows(conn, source, keys).items()}
     return [
-        unsure[i]
+        i
         for i, r in enumerate(rows)
         if there[(r["source"], r["resource_type"], r["resource_id"])] != r["content_hash"]
     ]
@@ -395,6 +382,7 @@ def _stage_round(
     staged = staged_rows(conn, source, ((i.rtype, rid) for i in items for rid in i.identities()))
     inserts: list[dict[str, Any]] = []
     inserted: list[_Incoming] = []
+    updates: list[dict[str, Any]] = []
     for item in items:
         if item.raw_message:
             rid, there = place_raw_message(item.rtype, item.rid, item.digest, staged)
@@ -427,7 +415,7 @@ def _stage_round(
                 counts.stale += 1
                 continue
         # Changed, or sent again after its source deleted it: back to pending.
-        conn.execute(update(STAGING).where(STAGING.c.id == found.id).values(**item.values))
+        updates.append({"id": found.id, **item.values})
         staged[(item.rtype, rid)] = found._replace(
             content_hash=item.digest,
             status="pending",
@@ -435,6 +423,7 @@ def _stage_round(
             version_id=item.values["version_id"],
         )
         counts.updated += 1
+    update_rows(conn, STAGING, updates, where=("id",), values=_RESTAGED)
     lost = insert_new_rows(conn, inserts)
     counts.inserted += len(inserts) - len(lost)
     return [inserted[i] for i in lost]
@@ -551,12 +540,9 @@ def record_mapping_outcomes(conn: Connection, outcomes: Sequence[Mapping[str, An
     """
     if not outcomes:
         return
-    conn.execute(
-        update(STAGING)
-        .where(STAGING.c.id == bindparam("sid"), STAGING.c.content_hash == bindparam("digest"))
-        .values(status=bindparam("new_status"), mapped_at=bindparam("at")),
-        list(outcomes),
-    )
+    rows = [{"id": o["sid"], "content_hash": o["digest"], "status": o["new_status"], "mapped_at": o["at"]}
+            for o in outcomes]
+    update_rows(conn, STAGING, rows, where=("id", "content_hash"), values=("status", "mapped_at"))
 
 
 def mark_pending(conn: Connection, where: Sequence[ColumnElement[bool]], at: datetime) -> int:

@@ -4,7 +4,7 @@ outcomes last computed, and the review errors submission raises. Every write to 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,28 +35,32 @@ class LedgerEntry:
     submission_id: int
 
 
-def save_case_outcomes(conn: Connection, source: str, outcomes: Mapping[str, dict[str, Any]]) -> None:
-    """Make ``outcomes`` the computed outcomes of ``source``'s cases (others are dropped: their
-    case is no longer active)."""
-    keep_case_outcomes(conn, source, outcomes)
-    stale = select(OUTCOMES.c.case_id).where(OUTCOMES.c.source == source)
-    gone = [cid for cid in conn.execute(stale).scalars() if cid not in outcomes]
-    for start in range(0, len(gone), 400):
-        conn.execute(delete(OUTCOMES).where(OUTCOMES.c.case_id.in_(gone[start : start + 400])))
-
-
-def keep_case_outcomes(conn: Connection, source: str, outcomes: Mapping[str, dict[str, Any]]) -> None:
-    """Store these computed outcomes of ``source``'s cases (one chunk of them, say)."""
+def save_case_outcomes(
+    conn: Connection,
+    source: str,
+    outcomes: Mapping[str, dict[str, Any]],
+    scope: Collection[str] | None = None,
+) -> None:
+    """Make ``outcomes`` the computed outcomes of ``source``'s cases, or only of the cases in
+    ``scope`` (those of the patients recomputed); the others in it are dropped (their case is
+    no longer active)."""
     now = utcnow()
     rows = [
         {"case_id": cid, "source": source, "outcomes": o, "computed_at": now} for cid, o in outcomes.items()
     ]
     upsert(conn, OUTCOMES, rows, keys=["case_id"])
+    if scope is None:
+        stale = select(OUTCOMES.c.case_id).where(OUTCOMES.c.source == source)
+        gone = [cid for cid in conn.execute(stale).scalars() if cid not in outcomes]
+    else:
+        gone = sorted(cid for cid in scope if cid not in outcomes)
+    for start in range(0, len(gone), 400):
+        conn.execute(delete(OUTCOMES).where(OUTCOMES.c.case_id.in_(gone[start : start + 400])))
 
 
 def drop_inactive_outcomes(conn: Connection, source: str) -> None:
     """Drop the stored outcomes of ``source``'s cases that are no longer active (after every
-    active case's outcomes were kept, chunk by chunk)."""
+    active case's outcomes were saved, chunk by chunk)."""
     active = select(CASES.c.id).where(CASES.c.source == source, CASES.c.status == "active")
     conn.execute(delete(OUTCOMES).where(OUTCOMES.c.source == source, OUTCOMES.c.case_id.not_in(active)))
 

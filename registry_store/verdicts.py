@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from registry_store.db import upsert
+from registry_store.db import one_of, upsert
 from registry_store.errors import Issue
 from registry_store.tables import VALIDATION_VERDICTS as VERDICTS
 from registry_store.timeutil import utcnow
@@ -27,10 +27,11 @@ def known_verdicts(
     """The verdicts already given by ``validator`` on these digests."""
     found: dict[str, list[Issue]] = {}
     wanted = sorted(set(digests))
-    for start in range(0, len(wanted), 900):
+    for start in range(0, len(wanted), 5000):
         rows = conn.execute(
             select(VERDICTS.c.digest, VERDICTS.c.issues).where(
-                VERDICTS.c.validator == validator, VERDICTS.c.digest.in_(wanted[start : start + 900])
+                VERDICTS.c.validator == validator,
+                one_of(VERDICTS.c.digest, wanted[start : start + 5000], conn.dialect),
             )
         )
         for row in rows:

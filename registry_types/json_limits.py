@@ -13,6 +13,7 @@ Errors about input that is not JSON say where and why in general terms
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import orjson
@@ -27,8 +28,29 @@ TOO_DEEP_MESSAGE = f"record is nested more than {MAX_DEPTH} levels deep"
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether ``value`` (parsed JSON) nests objects/arrays deeper than ``limit``.
 
-    Iterative, so the check itself cannot hit Python's recursion limit.
+    Asked of every record at intake, so orjson answers first, in C: it refuses to serialise
+    more than ``_ORJSON_DEPTH`` nested containers, and ``value`` under ``_ORJSON_DEPTH - limit``
+    extra arrays then fails exactly when it is deeper than ``limit``. orjson counts every dict
+    and list (and more: tuples, dataclasses), so when it succeeds the value is not too deep;
+    when it fails for any reason (too deep, or a value it cannot write) the exact walk decides.
     """
+    wrapper = _wrapper(limit)
+    if wrapper is not None:
+        outer, slot = wrapper
+        slot[0] = value
+        try:
+            orjson.dumps(outer)
+        except TypeError:  # orjson.JSONEncodeError included
+            pass
+        else:
+            return False
+        finally:
+            slot[0] = None
+    return _walk_too_deep(value, limit)
+
+
+def _walk_too_deep(value: Any, limit: int) -> bool:
+    """``too_deep`` by walking; iterative, so it cannot hit Python's recursion limit."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -42,6 +64,56 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return False
+
+
+def _orjson_depth() -> int | None:
+    """How many nested arrays orjson serialises (254 in orjson 3.x); None if it has no limit
+    this side of 4,096 or does not refuse in the expected way."""
+    low, high = 1, 4096  # orjson serialises ``low`` levels; ``high`` is above its limit
+    if _serialises(low) is not True or _serialises(high) is not False:
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _serialises(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _serialises(depth: int) -> bool | None:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    except Exception:
+        return None
+    return True
+
+
+_ORJSON_DEPTH = _orjson_depth()
+# Per thread (a wrapper is filled in place), per limit: (outermost array, innermost array).
+_WRAPPERS = threading.local()
+
+
+def _wrapper(limit: int) -> tuple[list[Any], list[Any]] | None:
+    if _ORJSON_DEPTH is None or not 1 <= limit < _ORJSON_DEPTH:
+        return None
+    made: dict[int, tuple[list[Any], list[Any]]] | None = getattr(_WRAPPERS, "made", None)
+    if made is None:
+        made = _WRAPPERS.made = {}
+    wrapper = made.get(limit)
+    if wrapper is None:
+        # ``_ORJSON_DEPTH - limit`` arrays around the value: the innermost holds it.
+        slot: list[Any] = [None]
+        outer = slot
+        for _ in range(_ORJSON_DEPTH - limit - 1):
+            outer = [outer]
+        wrapper = made[limit] = (outer, slot)
+    return wrapper
 
 
 UTF8_BOM = b"\xef\xbb\xbf"

@@ -6,21 +6,24 @@ import json
 from collections.abc import Iterable
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from sqlalchemy import ColumnElement, select
 
-from registry_adapter.app import App
 from registry_adapter.cli import Ctx, cases, pass_ctx, print_table, require_known
 from registry_store import reminders as reminder_store
 from registry_store.tables import CASES, REMINDERS
 from scheduler.clock import Clock, FixedClock, SystemClock
-from scheduler.dispatcher import Dispatcher, no_send_in_flight
 from scheduler.planner import PlanningError, check_configuration, plan_reminders
 from scheduler.queries import SCHEDULE_COLUMNS, due_now, rolled_back, unconfirmed_flag
 from scheduler.settings import RemindersSettings
+
+# The dispatcher (its channels: e-mail templates, SMS and HTTP clients) is imported by the
+# commands that plan or send: listing the command line (``--help``) needs none of it.
+if TYPE_CHECKING:
+    from registry_adapter.app import App
 
 out = Console(soft_wrap=True)
 
@@ -113,6 +116,8 @@ def reminders() -> None:
 @pass_ctx
 def plan_cmd(obj: Ctx, as_of: str | None, dry_run: bool, as_json: bool) -> None:
     """Plan (or re-plan) every case's time points; safe to run any time."""
+    from scheduler.dispatcher import Dispatcher
+
     app = _checked_app(obj)
     counts = {**Dispatcher(app, _clock(app, as_of)).plan(dry_run=dry_run).as_dict(), "dry_run": dry_run}
     if as_json:
@@ -143,6 +148,8 @@ def list_cmd(
     obj: Ctx, as_of: str | None, status: str | None, timepoint: str | None, due: bool, as_json: bool
 ) -> None:
     """Time points with due date, window, status and attempts (as planned now, nothing is saved)."""
+    from scheduler.dispatcher import Dispatcher, no_send_in_flight
+
     app = _checked_app(obj)
     if timepoint is not None:
         require_known("--timepoint", [timepoint], app.settings.proms.timepoints)
@@ -199,6 +206,8 @@ def send_cmd(
     obj: Ctx, due: bool, case_id: str | None, dry_run: bool, as_of: str | None, as_json: bool
 ) -> None:
     """Send due reminders (what the daemon does every hour)."""
+    from scheduler.dispatcher import Dispatcher
+
     if not due and not case_id:
         raise click.UsageError("pass --due (everything due now) or --case CASE_ID")
     app = _checked_app(obj)
@@ -242,6 +251,7 @@ def send_cmd(
 def worklist_cmd(obj: Ctx, csv_path: Path) -> None:
     """Export open time points for coordinators to call (worklist channel or undeliverable)."""
     from scheduler.channels.worklist import calls_due_on, export_csv
+    from scheduler.dispatcher import Dispatcher
 
     app = obj.app
     due_on = calls_due_on(app.settings.section(RemindersSettings).enabled, Dispatcher(app).today())
@@ -257,6 +267,8 @@ def worklist_cmd(obj: Ctx, csv_path: Path) -> None:
 @pass_ctx
 def opt_out_cmd(obj: Ctx, patient_id: str, source_name: str | None, undo: bool) -> None:
     """Stop (or, with --undo, allow again) PROM reminders for a patient."""
+    from scheduler.dispatcher import Dispatcher
+
     app = obj.app
     with app.engine.begin() as conn:
         n = reminder_store.set_opted_out(conn, patient_id, source=source_name, opted_out=not undo)
@@ -345,6 +357,7 @@ def cases_withdraw(obj: Ctx, case_id: str, reason: str, by: str | None) -> None:
 
     from mappings.cases import withdraw_case
     from registry_store import audit
+    from scheduler.dispatcher import Dispatcher
 
     who = by or getpass.getuser()
     with obj.app.engine.begin() as conn:

@@ -32,13 +32,13 @@ never overwritten with a stale next-attempt date.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
 from sqlalchemy.engine import Connection
 
 from mappings.cases import discharge_anchor
@@ -278,62 +278,114 @@ def local_day(at: datetime | None, tz: ZoneInfo) -> date | None:
     return at.astimezone(tz).date()
 
 
-def _load_facts(conn: Connection, cases: tuple[str, str]) -> list[CaseFacts]:
-    """The facts of the cases whose id is in ``cases`` (first, last), by case id."""
-    rows = conn.execute(
-        select(
-            CASES.c.id,
-            CASES.c.module,
-            CASES.c.surgery_date,
-            CASES.c.discharge_date,
-            CASES.c.status,
-            PATIENTS.c.id.label("patient_found"),
-            PATIENTS.c.deceased,
-            PATIENTS.c.deceased_date,
-            PATIENTS.c.opted_out,
-        )
-        .select_from(
-            CASES.outerjoin(
-                PATIENTS, (PATIENTS.c.source == CASES.c.source) & (PATIENTS.c.id == CASES.c.patient_id)
+def _chunked(ids: Collection[str] | None) -> Iterator[list[str] | None]:
+    """``ids`` in slices a driver takes as bound parameters; one None (everything) for None."""
+    if ids is None:
+        yield None
+        return
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 400):
+        yield ordered[start : start + 400]
+
+
+def _load_facts(
+    conn: Connection, case_ids: Collection[str] | None = None
+) -> tuple[list[CaseFacts], dict[str, tuple[str, str]]]:
+    query = select(
+        CASES.c.id,
+        CASES.c.source,
+        CASES.c.procedure_id,
+        CASES.c.patient_id,
+        CASES.c.module,
+        CASES.c.surgery_date,
+        CASES.c.discharge_date,
+        CASES.c.status,
+    ).order_by(CASES.c.id)
+    cases: list[Any] = []
+    for chunk in _chunked(case_ids):
+        cases += conn.execute(query if chunk is None else query.where(CASES.c.id.in_(chunk))).all()
+    cases.sort(key=lambda c: c.id)
+    people = select(
+        PATIENTS.c.source, PATIENTS.c.id, PATIENTS.c.deceased, PATIENTS.c.deceased_date, PATIENTS.c.opted_out
+    )
+    patients = {}
+    for chunk in _chunked(None if case_ids is None else {c.patient_id for c in cases}):
+        for r in conn.execute(people if chunk is None else people.where(PATIENTS.c.id.in_(chunk))):
+            patients[(r.source, r.id)] = r
+    facts: list[CaseFacts] = []
+    owners: dict[str, tuple[str, str]] = {}
+    for c in cases:
+        p = patients.get((c.source, c.patient_id))
+        facts.append(
+            CaseFacts(
+                case_id=c.id,
+                module=c.module,
+                surgery_date=c.surgery_date,
+                discharge_date=c.discharge_date,
+                case_status=c.status,
+                deceased=bool(p and (p.deceased or p.deceased_date)),
+                deceased_date=p.deceased_date if p else None,
+                opted_out=bool(p and p.opted_out),
             )
         )
-        .where(CASES.c.id.between(*cases))
-        .order_by(CASES.c.id)
-    )
-    return [
-        CaseFacts(
-            case_id=c.id,
-            module=c.module,
-            surgery_date=c.surgery_date,
-            discharge_date=c.discharge_date,
-            case_status=c.status,
-            deceased=bool(c.patient_found is not None and (c.deceased or c.deceased_date)),
-            deceased_date=c.deceased_date,
-            opted_out=bool(c.patient_found is not None and c.opted_out),
-        )
-        for c in rows
-    ]
+        owners[c.id] = (c.source, c.patient_id)
+    return facts, owners
 
 
-def _load_responses(conn: Connection, cases: tuple[str, str]) -> dict[tuple[str, str], list[Response]]:
+def _load_responses(
+    conn: Connection, case_ids: Collection[str] | None = None
+) -> dict[tuple[str, str], list[Response]]:
     out: dict[tuple[str, str], list[Response]] = defaultdict(list)
-    for r in conn.execute(
-        select(
-            PROM_RESPONSES.c.id,
-            PROM_RESPONSES.c.case_id,
-            PROM_RESPONSES.c.timepoint,
-            PROM_RESPONSES.c.instrument,
-            PROM_RESPONSES.c.completion_date,
-            PROM_RESPONSES.c.status,
-        ).where(PROM_RESPONSES.c.case_id.between(*cases))
-    ):
-        out[(r.case_id, r.timepoint)].append(Response(r.id, r.instrument, r.completion_date, r.status))
+    query = select(
+        PROM_RESPONSES.c.id,
+        PROM_RESPONSES.c.case_id,
+        PROM_RESPONSES.c.timepoint,
+        PROM_RESPONSES.c.instrument,
+        PROM_RESPONSES.c.completion_date,
+        PROM_RESPONSES.c.status,
+    ).where(PROM_RESPONSES.c.case_id.is_not(None))
+    for chunk in _chunked(case_ids):
+        for r in conn.execute(query if chunk is None else query.where(PROM_RESPONSES.c.case_id.in_(chunk))):
+            out[(r.case_id, r.timepoint)].append(Response(r.id, r.instrument, r.completion_date, r.status))
     return out
 
 
-def _case_ranges(conn: Connection, per_chunk: int) -> Iterator[tuple[str, str]]:
-    """(first, last) case ids of consecutive chunks of ``per_chunk`` cases, in the database's
-    order (a range compared by the database holds exactly that chunk)."""
+def _load_reminders(conn: Connection, case_ids: Collection[str] | None = None) -> dict[tuple[str, str], Any]:
+    """The reminder rows of these cases (every row for None), and any still open whose case is
+    missing (only a hand-edited database has one)."""
+    rows = {}
+    for chunk in _chunked(case_ids):
+        query = select(REMINDERS)
+        if chunk is not None:
+            query = query.where(REMINDERS.c.case_id.in_(chunk))
+        rows.update({(r.case_id, r.timepoint): r for r in conn.execute(query)})
+    if case_ids is not None:
+        orphans = select(REMINDERS).where(
+            REMINDERS.c.status.in_(ACTIVE), ~exists().where(CASES.c.id == REMINDERS.c.case_id)
+        )
+        rows.update({(r.case_id, r.timepoint): r for r in conn.execute(orphans)})
+    return rows
+
+
+def cases_to_replan(conn: Connection, settings: Settings, changed: Collection[str]) -> set[str]:
+    """The cases whose reminder rows a plan can change after a run that changed the cases
+    ``changed``: those; the cases with a time point still open (scheduled, sent or open:
+    the date alone completes, expires or misses it, and a coordinator's completion or an
+    opt-out closes it); and the active cases not planned for every configured time point."""
+    names = list(settings.proms.timepoints)
+    live = select(REMINDERS.c.case_id).where(REMINDERS.c.status.in_((*ACTIVE, "open"))).distinct()
+    planned = (
+        select(func.count())
+        .select_from(REMINDERS)
+        .where(REMINDERS.c.case_id == CASES.c.id, REMINDERS.c.timepoint.in_(names))
+        .scalar_subquery()
+    )
+    unplanned = select(CASES.c.id).where(CASES.c.status == "active", planned < len(names))
+    return set(changed) | set(conn.execute(live).scalars()) | set(conn.execute(unplanned).scalars())
+
+
+def _case_chunks(conn: Connection, per_chunk: int) -> Iterator[list[str]]:
+    """Every case id, ``per_chunk`` at a time (keyset over the primary key)."""
     after: str | None = None
     while True:
         query = select(CASES.c.id).order_by(CASES.c.id).limit(per_chunk)
@@ -343,77 +395,99 @@ def _case_ranges(conn: Connection, per_chunk: int) -> Iterator[tuple[str, str]]:
         if not ids:
             return
         after = ids[-1]
-        yield ids[0], ids[-1]
+        yield ids
 
 
 def plan_reminders(
-    conn: Connection, settings: Settings, today: date, *, per_chunk: int = 10_000
+    conn: Connection,
+    settings: Settings,
+    today: date,
+    cases: Collection[str] | None = None,
+    *,
+    per_chunk: int = 10_000,
 ) -> PlanCounts:
-    """Bring every case's reminder rows up to date as of ``today`` (a site-local date).
+    """Bring every case's reminder rows up to date as of ``today`` (a site-local date), or
+    only those of ``cases`` (``cases_to_replan`` names the ones a run can have changed).
 
-    ``per_chunk`` cases at a time (their facts, responses and reminder rows), so the memory
-    it needs does not grow with the store: it runs after every import and re-process."""
+    ``per_chunk`` cases at a time (their facts, responses and reminder rows), so the memory it
+    needs does not grow with the store: it runs after every import and re-process, when a
+    backfill has changed every case."""
     check_configuration(settings)
-    tz = settings.site.tz
     counts = PlanCounts()
     staff = staff_completions(conn)
-    now = utcnow()
-    for cases in _case_ranges(conn, per_chunk):
-        facts = _load_facts(conn, cases)
-        responses = _load_responses(conn, cases)
-        existing = {
-            (r.case_id, r.timepoint): r
-            for r in conn.execute(select(REMINDERS).where(REMINDERS.c.case_id.between(*cases)))
-        }
-        inserts: list[dict[str, Any]] = []
-        for f in facts:
-            for name, tp in settings.proms.timepoints.items():
-                row = existing.get((f.case_id, name))
-                if row is None and f.case_status != "active":
-                    continue  # a case removed before it was ever planned needs no rows
-                plan = plan_timepoint(
-                    name,
-                    tp,
-                    f,
-                    responses.get((f.case_id, name), []),
-                    attempts=row.attempts if row else 0,
-                    last_sent_day=local_day(row.last_sent_at, tz) if row else None,
-                    today=today,
-                    settings=settings,
-                    staff_completed=staff.get((f.case_id, name)),
-                )
-                counts.by_status[plan.status] = counts.by_status.get(plan.status, 0) + 1
-                values = {k: getattr(plan, k) for k in _PLANNED_FIELDS}
-                if row is not None:
-                    values["note"] = moved_note(row, plan, tz)
-                if row is None:
-                    inserts.append(
-                        {"case_id": f.case_id, "timepoint": name, **values}
-                        | {"created_at": now, "updated_at": now}
-                    )
-                else:
-                    _update_if_changed(conn, row, values, now, counts)
-        if inserts:
-            _insert_new(conn, inserts)
-            counts.created += len(inserts)
-    # Cases are never deleted; this only guards against hand-edited databases.
-    orphans = select(REMINDERS).where(
-        REMINDERS.c.case_id.not_in(select(CASES.c.id)), REMINDERS.c.status.in_(ACTIVE)
-    )
-    for row in conn.execute(orphans).all():
-        _update_if_changed(
-            conn,
-            row,
-            {
-                **{k: getattr(row, k) for k in _PLANNED_FIELDS},
-                "status": "cancelled",
-                "next_attempt_on": None,
-                "cancel_reason": "case_missing",
-            },
-            now,
-            counts,
-        )
+    if cases is None:
+        first = next(_case_chunks(conn, per_chunk + 1), [])
+        if len(first) <= per_chunk:  # a store that fits in one chunk: in one pass, as ever
+            _plan_cases(conn, settings, today, None, staff, counts)
+            return counts
+        chunks: Iterable[Collection[str]] = _case_chunks(conn, per_chunk)
+    else:
+        ordered = sorted(cases)
+        chunks = (ordered[i : i + per_chunk] for i in range(0, len(ordered), per_chunk))
+    for chunk in chunks:
+        _plan_cases(conn, settings, today, chunk, staff, counts)
     return counts
+
+
+def _plan_cases(
+    conn: Connection,
+    settings: Settings,
+    today: date,
+    cases: Collection[str] | None,
+    staff: Mapping[tuple[str, str], tuple[str, date]],
+    counts: PlanCounts,
+) -> None:
+    tz = settings.site.tz
+    facts, _ = _load_facts(conn, cases)
+    responses = _load_responses(conn, cases)
+    existing = _load_reminders(conn, cases)
+    known_cases = {f.case_id for f in facts}
+    now = utcnow()
+    inserts: list[dict[str, Any]] = []
+    for f in facts:
+        for name, tp in settings.proms.timepoints.items():
+            row = existing.get((f.case_id, name))
+            if row is None and f.case_status != "active":
+                continue  # a case removed before it was ever planned needs no rows
+            plan = plan_timepoint(
+                name,
+                tp,
+                f,
+                responses.get((f.case_id, name), []),
+                attempts=row.attempts if row else 0,
+                last_sent_day=local_day(row.last_sent_at, tz) if row else None,
+                today=today,
+                settings=settings,
+                staff_completed=staff.get((f.case_id, name)),
+            )
+            counts.by_status[plan.status] = counts.by_status.get(plan.status, 0) + 1
+            values = {k: getattr(plan, k) for k in _PLANNED_FIELDS}
+            if row is not None:
+                values["note"] = moved_note(row, plan, tz)
+            if row is None:
+                inserts.append(
+                    {"case_id": f.case_id, "timepoint": name, **values, "created_at": now, "updated_at": now}
+                )
+            else:
+                _update_if_changed(conn, row, values, now, counts)
+    for (case_id, _name), row in existing.items():
+        if case_id not in known_cases and row.status in ACTIVE:
+            # Cases are never deleted; this only guards against hand-edited databases.
+            _update_if_changed(
+                conn,
+                row,
+                {
+                    **{k: getattr(row, k) for k in _PLANNED_FIELDS},
+                    "status": "cancelled",
+                    "next_attempt_on": None,
+                    "cancel_reason": "case_missing",
+                },
+                now,
+                counts,
+            )
+    if inserts:
+        _insert_new(conn, inserts)
+        counts.created += len(inserts)
 
 
 def moved_note(row: Any, plan: TimepointPlan, tz: ZoneInfo) -> str | None:

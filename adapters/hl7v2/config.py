@@ -50,24 +50,30 @@ class HL7Config:
     resources: dict[str, dict[str, Any]]
     directory: Path
 
-    @property
-    def segments_used(self) -> frozenset[str]:
-        """Segments any resource mapping reads: only these are parsed with hl7apy."""
-        used: set[str] = {"MSH"}
-        for spec in self.resources.values():
-            used.add(spec["segment"])
-            for rule in spec.get("elements", []):
-                for key in ("from", "text_from", "minutes_from"):
-                    for alt in str(rule.get(key, "")).split("|"):
-                        alt = alt.strip()
-                        if len(alt) >= 3 and alt[:3].isalnum():
-                            used.add(alt[:3])
-            for key in spec.get("id", []) + spec.get("id_fallback", []):
-                for alt in str(key).replace("+", "|").split("|"):
+    # Segments any resource mapping reads: only these are split by the parser. Derived from
+    # ``resources`` once (not per message: it walks every element rule).
+    segments_used: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments_used", _segments_used(self.resources))
+
+
+def _segments_used(resources: dict[str, dict[str, Any]]) -> frozenset[str]:
+    used: set[str] = {"MSH"}
+    for spec in resources.values():
+        used.add(spec["segment"])
+        for rule in spec.get("elements", []):
+            for key in ("from", "text_from", "minutes_from"):
+                for alt in str(rule.get(key, "")).split("|"):
                     alt = alt.strip()
-                    if alt and not alt.startswith("@"):
+                    if len(alt) >= 3 and alt[:3].isalnum():
                         used.add(alt[:3])
-        return frozenset(used)
+        for key in spec.get("id", []) + spec.get("id_fallback", []):
+            for alt in str(key).replace("+", "|").split("|"):
+                alt = alt.strip()
+                if alt and not alt.startswith("@"):
+                    used.add(alt[:3])
+    return frozenset(used)
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ Procedure/Condition. The choices are written down in mappings/hl7v2/messages.yam
 from __future__ import annotations
 
 import re
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -62,10 +63,11 @@ class FieldPath:
     filter: tuple[int, str] | None
     component: int | None
     subcomponent: int | None
+    name: str = ""  # "SEG-F", set by field_path (read for every rule applied)
 
-    @property
-    def name(self) -> str:
-        return f"{self.segment}-{self.field}"
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.segment}-{self.field}")
 
 
 _PATH = re.compile(r"^([A-Z][A-Z0-9]{2})-(\d+)(?:\((\d+)=([^)]*)\))?(?:\.(\d+))?(?:\.(\d+))?$")
@@ -92,6 +94,12 @@ def alternatives(expr: str) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(p.strip() for p in alt.split("+")) for alt in expr.split("|"))
 
 
+@lru_cache(maxsize=1024)
+def _source_paths(expr: str) -> tuple[FieldPath, ...]:
+    """The field read by each alternative of a ``from:`` expression (its first part)."""
+    return tuple(field_path(alt[0]) for alt in alternatives(expr))
+
+
 class _Run:
     """State of one conversion; implements datatypes.Context."""
 
@@ -106,6 +114,7 @@ class _Run:
         self._segment: str | None = None
         self._field: str | None = None
         self._resource: tuple[str, str] | None = None
+        self._valued: dict[tuple[int, int], list[dt.Repetition]] = {}
 
     # datatypes.Context
     def table(self, name: str) -> dict[str, Any]:
@@ -161,7 +170,14 @@ class _Run:
             return []
         if path.segment == "MSH" and seg.fields is None:
             return []
-        reps = [r for r in seg.field(path.field) if any(any(s for s in c) for c in r)]
+        key = (seg.position, path.field)
+        reps = self._valued.get(key)
+        if reps is None:
+            # Valued repetitions of a field, once per message: rules read the same fields
+            # many times (ids, conditions, elements); callers never mutate the list.
+            reps = self._valued[key] = [
+                r for r in seg.field(path.field) if any(any(s for s in c) for c in r)
+            ]
         if path.filter:
             ci, want = path.filter
             reps = [r for r in reps if dt.comp(r, ci).upper() == want.upper()]
@@ -188,14 +204,17 @@ class _Run:
         return ""
 
     def field_reps(self, expr: str, current: Segment | None) -> tuple[str, list[dt.Repetition]]:
-        name = ""
-        for alt in alternatives(expr):
-            path = field_path(alt[0])
-            name = name or path.name
+        return self.paths_reps(_source_paths(expr), current)
+
+    def paths_reps(
+        self, paths: tuple[FieldPath, ...], current: Segment | None
+    ) -> tuple[str, list[dt.Repetition]]:
+        """The first of ``paths`` with a value: its field name and valued repetitions."""
+        for path in paths:
             reps = self.repetitions(path, current)
             if reps:
                 return path.name, reps
-        return name, []
+        return (paths[0].name if paths else ""), []
 
 
 def _set(resource: JSON, path: str, value: Any, as_list: bool) -> None:
@@ -237,43 +256,107 @@ def _has(resource: JSON, path: str) -> bool:
     return True
 
 
-def _apply_rule(run: _Run, resource: JSON, rule: JSON, seg: Segment) -> None:
-    path = rule["path"]
-    as_list = bool(rule.get("list") or rule.get("repeat"))
-    if rule.get("unless") and _has(resource, rule["unless"]):
-        return
-    if rule.get("when") and not _condition(run, rule["when"], seg):
-        return
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """An element rule of resources.yaml, read once: which branch of ``_apply_rule`` it takes
+    and the paths it reads, so applying it (64 times a message) looks nothing up again."""
+
+    rule: JSON
+    path: str
+    as_list: bool
+    unless: str | None
+    when: JSON | None
+    kind: str  # fixed | ref | qr_items | status_when | obx_value | performed | convert
+    sources: tuple[FieldPath, ...] | None  # None: "as"/"from" missing or bad (raised on use)
+    converter: Any
+    repeat: bool
+
+
+_COMPILED: dict[int, tuple[JSON, _Rule]] = {}
+
+
+def _compiled(rule: JSON) -> _Rule:
+    """The compiled form of ``rule`` (keyed by identity: rules live as long as their
+    HL7Config; the dict itself is kept to make a reused id impossible)."""
+    hit = _COMPILED.get(id(rule))
+    if hit is not None and hit[0] is rule:
+        return hit[1]
     if "fixed" in rule:
-        _set(resource, path, rule["fixed"], as_list)
+        kind = "fixed"
+    elif "ref" in rule:
+        kind = "ref"
+    elif rule.get("as") == "qr_items":
+        kind = "qr_items"
+    elif "status_when" in rule:
+        kind = "status_when"
+    elif rule.get("as") in ("obx_value", "performed"):
+        kind = rule["as"]
+    else:
+        kind = "convert"
+    sources: tuple[FieldPath, ...] | None = None
+    if kind in ("obx_value", "performed", "convert") and "as" in rule and "from" in rule:
+        with suppress(ValueError):  # a bad path: raised when the rule is applied, as before
+            sources = _source_paths(rule["from"])
+    compiled = _Rule(
+        rule=rule,
+        path=rule["path"],
+        as_list=bool(rule.get("list") or rule.get("repeat")),
+        unless=rule.get("unless") or None,
+        when=rule.get("when") or None,
+        kind=kind,
+        sources=sources,
+        converter=dt.CONVERTERS.get(rule.get("as", "")) if kind == "convert" else None,
+        repeat=bool(rule.get("repeat")),
+    )
+    _COMPILED[id(rule)] = (rule, compiled)
+    return compiled
+
+
+_OBX_6 = field_path("OBX-6")
+
+
+def _apply_rule(run: _Run, resource: JSON, rule_data: JSON, seg: Segment) -> None:
+    rule = _compiled(rule_data)
+    path = rule.path
+    as_list = rule.as_list
+    if rule.unless and _has(resource, rule.unless):
         return
-    if "ref" in rule:
-        target = rule["ref"]
+    if rule.when and not _condition(run, rule.when, seg):
+        return
+    kind = rule.kind
+    if kind == "fixed":
+        _set(resource, path, rule_data["fixed"], as_list)
+        return
+    if kind == "ref":
+        target = rule_data["ref"]
         rid = run.ref_id(target, seg)
         if rid:
             rtype = run.cfg.resources[target].get("resourceType", target)
             ref: JSON = {"reference": f"{rtype}/{rid}"}
-            if rule.get("ref_key"):  # e.g. Patient.link {other: ref, type: replaced-by}
-                ref = {rule["ref_key"]: ref, **rule.get("with", {})}
+            if rule_data.get("ref_key"):  # e.g. Patient.link {other: ref, type: replaced-by}
+                ref = {rule_data["ref_key"]: ref, **rule_data.get("with", {})}
             _set(resource, path, ref, as_list)
         return
-    if rule.get("as") == "qr_items":
+    if kind == "qr_items":
         items = _qr_items(run, seg)
         if items:
             resource[path] = items
         return
-    if "status_when" in rule:
-        cond = rule["status_when"]
+    if kind == "status_when":
+        cond = rule_data["status_when"]
         present = bool(run.first_value(cond["field"], seg))
         _set(resource, path, cond["present" if present else "absent"], as_list)
         return
-    kind = rule["as"]
-    fname, reps = run.field_reps(rule["from"], seg)
+    if rule.sources is None:  # raises what reading the rule raised before it was compiled
+        rule_data["as"]
+        fname, reps = run.field_reps(rule_data["from"], seg)
+    else:
+        fname, reps = run.paths_reps(rule.sources, seg)
     run._field = fname
     try:
         if kind == "obx_value":
             value_type = run.value("OBX-2.1", seg)
-            units = run.repetitions(field_path("OBX-6"), seg)
+            units = run.repetitions(_OBX_6, seg)
             choice = dt.obx_value(reps, value_type, units[0] if units else [], run)
             if choice is not None:
                 resource[path + choice.suffix] = choice.value
@@ -281,29 +364,29 @@ def _apply_rule(run: _Run, resource: JSON, rule: JSON, seg: Segment) -> None:
         if kind == "performed":
             if not reps:
                 return
-            minutes = run.value(rule["minutes_from"], seg) if rule.get("minutes_from") else ""
-            choice = dt.performed(reps[0], run, rule, minutes)
+            minutes = run.value(rule_data["minutes_from"], seg) if rule_data.get("minutes_from") else ""
+            choice = dt.performed(reps[0], run, rule_data, minutes)
             if choice is not None:
                 resource[path + choice.suffix] = choice.value
             return
-        converter = dt.CONVERTERS.get(kind)
+        converter = rule.converter
         if converter is None:
-            raise ValueError(f"resources.yaml: unknown converter {kind!r}")
+            raise ValueError(f"resources.yaml: unknown converter {rule_data['as']!r}")
         if not reps:
-            if "default" in rule:
-                _set(resource, path, rule["default"], as_list)
+            if "default" in rule_data:
+                _set(resource, path, rule_data["default"], as_list)
             return
         values = []
-        for rep in reps if rule.get("repeat") else reps[:1]:
+        for rep in reps if rule.repeat else reps[:1]:
             try:
-                out = converter(rep, run, rule)
+                out = converter(rep, run, rule_data)
             except dt.BadValue as bad:
                 run.issue(bad.code, str(bad), bad.severity)
-                out = rule.get("default")
+                out = rule_data.get("default")
             if out is not None:
                 values.append(out)
-        if values and rule.get("text_from") and isinstance(values[0], dict):
-            text = run.first_value(rule["text_from"] + ".1", seg)
+        if values and rule_data.get("text_from") and isinstance(values[0], dict):
+            text = run.first_value(rule_data["text_from"] + ".1", seg)
             if text and "text" not in values[0]:
                 values[0]["text"] = text
         if values:

@@ -16,7 +16,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from registry_adapter.feeds.base import ConfigError, FeedSettings
-from registry_adapter.plugins import FEEDS, plugins
+from registry_adapter.plugins import FEEDS, Plugin, plugins
 
 if TYPE_CHECKING:
     from adapters.base import Source
@@ -47,19 +47,42 @@ class FeedType:
 @cache
 def feed_types() -> dict[str, FeedType]:
     """Every registered feed type, by name (the ``type:`` of its sources)."""
-    found: dict[str, FeedType] = {}
-    for plugin in plugins(FEEDS, required=True):
-        feed = plugin.load()
-        if not isinstance(feed, FeedType):
-            raise TypeError(f"entry point {plugin.name} = {plugin.value} is not a FeedType")
-        if feed.name != plugin.name:
-            raise TypeError(f"entry point {plugin.name} = {plugin.value} declares type {feed.name!r}")
-        found[feed.name] = feed
-    return found
+    return {name: _load(plugin) for name, plugin in _feed_plugins().items()}
+
+
+@cache
+def feed_type_names() -> tuple[str, ...]:
+    """The names of the registered feed types, without importing their modules."""
+    return tuple(_feed_plugins())
+
+
+@cache
+def feed_type_named(name: str) -> FeedType | None:
+    """One feed type by name, importing only its module (each imports its adapter, which can
+    be costly: a command reading a config with only ``files`` sources needs no HTTP stack)."""
+    plugin = _feed_plugins().get(name)
+    return _load(plugin) if plugin is not None else None
+
+
+@cache
+def _feed_plugins() -> dict[str, Plugin]:
+    return {plugin.name: plugin for plugin in plugins(FEEDS, required=True)}
+
+
+def _load(plugin: Plugin) -> FeedType:
+    feed = plugin.load()
+    if not isinstance(feed, FeedType):
+        raise TypeError(f"entry point {plugin.name} = {plugin.value} is not a FeedType")
+    if feed.name != plugin.name:
+        raise TypeError(f"entry point {plugin.name} = {plugin.value} declares type {feed.name!r}")
+    return feed
 
 
 def feed_type(cfg: FeedSettings) -> FeedType:
-    return feed_types()[cfg.type]
+    feed = feed_type_named(cfg.type)
+    if feed is None:
+        raise KeyError(cfg.type)
+    return feed
 
 
 def is_pulled(cfg: FeedSettings) -> bool:

@@ -11,11 +11,9 @@ import click
 from sqlalchemy import select
 
 from registry_adapter.cli import Ctx, out, pass_ctx, print_table
-from registry_adapter.submission.delivery import DeliveryError
-from registry_adapter.submission.feedback import FeedbackFileError, load_feedback
-from registry_adapter.submission.measures import compute_measures
-from registry_adapter.submission.service import SubmissionError, run_submission
-from registry_store.submissions import SUBMISSIONS
+
+# Submission itself (outcomes, the package, delivery) is imported by the command that runs it:
+# listing the command line (``--help``) needs none of it.
 
 
 def _emit(data: Any) -> None:
@@ -42,6 +40,9 @@ def submit(
     obj: Ctx, period: str | None, since: date | None, dry_run: bool, output: Path | None, as_json: bool
 ) -> None:
     """Build the registry submission package (delta since the last one) and deliver it."""
+    from registry_adapter.submission.delivery import DeliveryError
+    from registry_adapter.submission.service import SubmissionError, run_submission
+
     try:
         result = run_submission(obj.app, period=period, since=since, dry_run=dry_run, output=output)
     except (SubmissionError, DeliveryError) as exc:
@@ -76,6 +77,8 @@ def submissions() -> None:
 @pass_ctx
 def submissions_list(obj: Ctx, as_json: bool) -> None:
     """Packages delivered to the registry, newest first."""
+    from registry_store.submissions import SUBMISSIONS
+
     with obj.app.engine.connect() as conn:
         rows = conn.execute(select(SUBMISSIONS).order_by(SUBMISSIONS.c.id.desc())).all()
     data = [
@@ -117,6 +120,8 @@ def submissions_list(obj: Ctx, as_json: bool) -> None:
 @pass_ctx
 def submissions_feedback(obj: Ctx, file: Path, as_json: bool) -> None:
     """Turn the registry's validation file (case_id, field, message) into review errors."""
+    from registry_adapter.submission.feedback import FeedbackFileError, load_feedback
+
     try:
         result = load_feedback(obj.app, file)
     except FeedbackFileError as exc:
@@ -136,6 +141,9 @@ def submissions_feedback(obj: Ctx, file: Path, as_json: bool) -> None:
 @pass_ctx
 def measures(obj: Ctx, period: str | None, as_json: bool) -> None:
     """Outcome and PROM figures per module, as the registry measures the site."""
+    from registry_adapter.submission.measures import compute_measures
+    from registry_adapter.submission.service import SubmissionError
+
     try:
         data = compute_measures(obj.app, period)
     except SubmissionError as exc:

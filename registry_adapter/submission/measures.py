@@ -1,8 +1,9 @@
 """The site's own view of what the registry measures, per module (lumbar, cervical):
 complication, return-to-OR and readmission rates, PROM completion, and mean PROM change.
 
-Read from ``case_outcomes`` (recomputed first) and ``prom_responses``; the same figures the
-package carries, so the site sees what the registry will see.
+Read from ``case_outcomes`` (recomputed only where they can be out of date: see
+``service.current_outcomes``) and ``prom_responses``; the same figures the package carries, so
+the site sees what the registry will see.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from registry_adapter.app import App
-from registry_adapter.submission.service import quarter_bounds, refresh_outcomes
+from registry_adapter.submission.service import current_outcomes, quarter_bounds
 from registry_store.tables import CASES
 from registry_store.tables import PROM_RESPONSES as PROMS
 
@@ -81,10 +82,20 @@ def _module_figures(
     }
 
 
+# What the figures read of a case and of a response (not answers, codes or diagnoses: every
+# JSON column read is decoded).
+_CASE_COLUMNS = (CASES.c.id, CASES.c.module, CASES.c.surgery_date)
+_PROM_COLUMNS = (PROMS.c.case_id, PROMS.c.timepoint, PROMS.c.instrument, PROMS.c.scores)
+
+
+def _active_cases(conn: Connection) -> list[Any]:
+    return list(conn.execute(select(*_CASE_COLUMNS).where(CASES.c.status == "active")).all())
+
+
 def _proms(conn: Connection, case_ids: Iterable[str]) -> dict[str, list[Any]]:
     wanted = set(case_ids)
     out: dict[str, list[Any]] = defaultdict(list)
-    for r in conn.execute(select(PROMS).where(PROMS.c.case_id.is_not(None))):
+    for r in conn.execute(select(*_PROM_COLUMNS).where(PROMS.c.case_id.is_not(None))):
         if r.case_id in wanted:
             out[r.case_id].append(r)
     return out
@@ -93,8 +104,8 @@ def _proms(conn: Connection, case_ids: Iterable[str]) -> dict[str, list[Any]]:
 def compute_measures(app: App, period: str | None = None) -> dict[str, Any]:
     """Figures per module for one quarter (surgery date in it), or for all cases."""
     with app.engine.begin() as conn:
-        outcomes = refresh_outcomes(conn, app)
-        cases = conn.execute(select(CASES).where(CASES.c.status == "active")).all()
+        outcomes = current_outcomes(conn, app)
+        cases = _active_cases(conn)
         if period:
             start, end = quarter_bounds(period)
             cases = [c for c in cases if start <= c.surgery_date <= end]
@@ -111,8 +122,8 @@ def measures_by_quarter(app: App) -> dict[str, dict[str, Any]]:
     """The same figures for every quarter with cases (the review UI's Measures page; computed
     without writing, as a page view must not change the store)."""
     with app.engine.connect() as conn:
-        outcomes = refresh_outcomes(conn, app, store=False)
-        cases = conn.execute(select(CASES).where(CASES.c.status == "active")).all()
+        outcomes = current_outcomes(conn, app, store=False)
+        cases = _active_cases(conn)
         proms = _proms(conn, (c.id for c in cases))
     quarters: dict[str, list[Any]] = defaultdict(list)
     for c in cases:

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from mappings import codemaps as codemaps_module
+from mappings.cases import case_ids_of
 from mappings.codemaps import CodeMap
-from mappings.outcomes import compute_outcomes, load_definitions, outcome_chunks
+from mappings.outcomes import OutcomeDefinitions, compute_outcomes, load_definitions, patients_changed_since
 from registry_adapter.app import App
-from registry_adapter.submission.delivery import Destination, FolderDestination, SftpDestination
 from registry_adapter.submission.dictionary import FieldSpec, as_csv, load_dictionary, value_problem
 from registry_adapter.submission.package import CaseRecord, Package, Withdrawal, build_package, keyed_id
 from registry_adapter.submission.settings import SubmissionSettings
@@ -32,18 +33,23 @@ from registry_store.errors import Issue
 from registry_store.submissions import (
     LedgerEntry,
     drop_inactive_outcomes,
-    keep_case_outcomes,
     ledger_state,
     record_submission,
     replace_readiness_errors,
     resolve_feedback_errors,
     save_case_outcomes,
 )
+from registry_store.tables import CASE_OUTCOMES as OUTCOMES
 from registry_store.tables import CASES, PATIENTS
 from registry_store.tables import PROCEDURES as PROCS
 from registry_store.tables import PROM_RESPONSES as PROMS
 from registry_store.timeutil import utcnow
 from registry_types import metrics
+
+# Delivery (paramiko, for SFTP) is imported when a package is delivered: the after-store
+# hook and measures, which import this module after every run, deliver nothing.
+if TYPE_CHECKING:
+    from registry_adapter.submission.delivery import Destination
 
 log = structlog.get_logger(__name__)
 
@@ -121,40 +127,151 @@ class Plan:
         return dict(sorted(Counter(r for reasons in self.held_back.values() for r in reasons).items()))
 
 
-def refresh_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[str, dict[str, Any]]:
-    """Recompute the outcomes of every active case (all sources); ``store``: keep them in
-    ``case_outcomes`` (the review UI computes without writing: its pages only read)."""
+def refresh_outcomes(
+    conn: Connection,
+    app: App,
+    *,
+    store: bool = True,
+    patients: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Recompute the outcomes of every active case (all sources), or of the active cases of
+    ``patients`` (source → patient ids); ``store``: keep them in ``case_outcomes`` (the review
+    UI computes without writing: its pages only read)."""
     defs = load_definitions(app.settings.mappings.directory)
     out: dict[str, dict[str, Any]] = {}
-    for source in conn.execute(select(CASES.c.source).distinct()).scalars():
-        computed = compute_outcomes(conn, source, app.site, defs, app.codemaps)
+    sources = conn.execute(select(CASES.c.source).distinct()).scalars().all()
+    for source in sources:
+        wanted = None if patients is None else patients.get(source)
+        if patients is not None and not wanted:
+            continue
+        computed = compute_outcomes(conn, source, app.site, defs, app.codemaps, wanted)
         if store:
-            save_case_outcomes(conn, source, computed)
+            scope = None if wanted is None else case_ids_of(conn, source, wanted)
+            save_case_outcomes(conn, source, computed, scope)
         out.update(computed)
     return out
 
 
-def store_outcomes(conn: Connection, app: App) -> int:
-    """``refresh_outcomes`` (stored) without keeping them: a chunk of patients at a time, so the
-    memory it needs does not grow with the store (it runs after every import and re-process);
-    returns how many cases' outcomes it stored."""
+def _definition_files(app: App, defs: OutcomeDefinitions) -> list[Path]:
+    """The files outcomes are defined by: outcomes.yaml and every code map file."""
+    folders = [codemaps_module.BUNDLED, app.settings.mappings.codemaps]
+    return [defs.path] + [f for d in folders if d is not None and d.is_dir() for f in d.iterdir()]
+
+
+def current_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[str, dict[str, Any]]:
+    """The outcomes of every active case as they are now: those stored in ``case_outcomes``
+    (the after-store hooks and the nightly job keep them), recomputed only where they can be
+    out of date: cases without stored outcomes, patients whose cases or staged facts changed
+    since the oldest stored computation, or everything when the definitions changed (another
+    ``definitions_version``, or outcomes.yaml or a code map file edited since). ``store``:
+    save what was recomputed (a review UI page only reads)."""
+    defs = load_definitions(app.settings.mappings.directory)
+    stored: dict[str, dict[str, Any]] = {}
+    oldest: datetime | None = None
+    owners: dict[str, tuple[str, str]] = {}
+    for case_id, source, patient, outcomes, at in conn.execute(
+        select(CASES.c.id, CASES.c.source, CASES.c.patient_id, OUTCOMES.c.outcomes, OUTCOMES.c.computed_at)
+        .select_from(CASES.outerjoin(OUTCOMES, OUTCOMES.c.case_id == CASES.c.id))
+        .where(CASES.c.status == "active")
+    ):
+        owners[case_id] = (source, patient)
+        if outcomes is not None and outcomes.get("definitions_version") == defs.version:
+            stored[case_id] = outcomes
+            when = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+            oldest = when if oldest is None or when < oldest else oldest
+    if oldest is None or any(
+        datetime.fromtimestamp(f.stat().st_mtime, UTC) >= oldest for f in _definition_files(app, defs)
+    ):
+        return refresh_outcomes(conn, app, store=store)
+    stale: dict[str, set[str]] = defaultdict(set)
+    for source, patients in patients_changed_since(conn, oldest).items():
+        stale[source] |= patients
+    for case_id, (source, patient) in owners.items():
+        if case_id not in stored:
+            stale[source].add(patient)
+    if not stale:
+        return stored
+    fresh = refresh_outcomes(conn, app, store=store, patients=stale)
+    redone = {cid for cid, (source, patient) in owners.items() if patient in stale.get(source, ())}
+    return {cid: o for cid, o in stored.items() if cid not in redone} | fresh
+
+
+def store_outcomes(
+    conn: Connection,
+    app: App,
+    patients: Mapping[str, Collection[str]] | None = None,
+    *,
+    per_chunk: int = 10_000,
+) -> int:
+    """``refresh_outcomes`` (stored) without keeping the outcomes: ``per_chunk`` patients at a
+    time, so the memory it needs does not grow with the store (it runs after every import and
+    re-process, when a backfill has touched every patient); returns how many it stored."""
     defs = load_definitions(app.settings.mappings.directory)
     stored = 0
     for source in conn.execute(select(CASES.c.source).distinct()).scalars().all():
-        for computed in outcome_chunks(conn, source, app.site, defs, app.codemaps):
-            keep_case_outcomes(conn, source, computed)
-            stored += len(computed)
-        drop_inactive_outcomes(conn, source)
+        wanted = None if patients is None else patients.get(source)
+        if patients is not None and not wanted:
+            continue
+        if wanted is None:
+            first = _patient_chunks(conn, source, per_chunk + 1)
+            if len(next(first, [])) <= per_chunk:  # fits in one chunk: one pass, as ever
+                stored += _store_chunk(conn, app, defs, source, None, None)
+                continue
+        chunks = (
+            _patient_chunks(conn, source, per_chunk)
+            if wanted is None
+            else (sorted(wanted)[i : i + per_chunk] for i in range(0, len(wanted), per_chunk))
+        )
+        for chunk in chunks:
+            scope = case_ids_of(conn, source, chunk)
+            stored += _store_chunk(conn, app, defs, source, chunk, scope)
+        if wanted is None:
+            drop_inactive_outcomes(conn, source)
     return stored
 
 
-def after_store(app: App, reason: str) -> None:
+def _store_chunk(
+    conn: Connection,
+    app: App,
+    defs: OutcomeDefinitions,
+    source: str,
+    patients: Collection[str] | None,
+    scope: Collection[str] | None,
+) -> int:
+    computed = compute_outcomes(conn, source, app.site, defs, app.codemaps, patients)
+    save_case_outcomes(conn, source, computed, scope)
+    return len(computed)
+
+
+def _patient_chunks(conn: Connection, source: str, per_chunk: int) -> Iterator[list[str]]:
+    """The ids of ``source``'s patients with cases, ``per_chunk`` at a time (keyset)."""
+    after: str | None = None
+    while True:
+        query = (
+            select(CASES.c.patient_id)
+            .where(CASES.c.source == source)
+            .distinct()
+            .order_by(CASES.c.patient_id)
+            .limit(per_chunk)
+        )
+        if after is not None:
+            query = query.where(CASES.c.patient_id > after)
+        ids = list(conn.execute(query).scalars())
+        if not ids:
+            return
+        after = ids[-1]
+        yield ids
+
+
+def after_store(app: App, reason: str, since: datetime | None = None) -> None:
     """After-store plug-in: recompute case outcomes once a sync, an import or a re-process
-    stored data, so late data shows on case pages at once. Never fails the run that stored the
-    data (submission and measures recompute anyway); only the error's type is logged."""
+    stored data, so late data shows on case pages at once; with ``since`` (when the run
+    started) only those of the patients whose data changed since. Never fails the run that
+    stored the data (submission recomputes anyway); only the error's type is logged."""
     try:
         with app.engine.begin() as conn:
-            cases = store_outcomes(conn, app)
+            touched = None if since is None else patients_changed_since(conn, since)
+            cases = store_outcomes(conn, app, patients=touched)
     except Exception as exc:
         log.error("outcomes.refresh_failed", reason=reason, error=type(exc).__name__)
         return
@@ -410,6 +527,8 @@ def plan_submission(conn: Connection, app: App, selection: Selection) -> Plan:
 
 
 def destination_for(app: App, output: Path | None) -> Destination:
+    from registry_adapter.submission.delivery import FolderDestination, SftpDestination
+
     settings = _settings(app)
     if output is not None:
         return FolderDestination(output)

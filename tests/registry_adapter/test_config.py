@@ -176,8 +176,13 @@ def _keys(tp: Any, out: dict[str, str], seen: set[type]) -> None:
 
 
 def test_the_example_config_documents_every_key() -> None:
+    from registry_adapter.feeds import feed_types
+
     keys: dict[str, str] = {}
     _keys(Settings, keys, set())
+    # Sources are validated against their own feed type's model, loaded when one is configured.
+    for feed in feed_types().values():
+        _keys(feed.settings, keys, set())
     # The walk reaches every section: sources of each kind, auth, http, reminders, review.
     assert {
         "private_key_file",

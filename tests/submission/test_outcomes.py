@@ -158,21 +158,22 @@ def test_a_readmission_the_feed_marks_planned_is_reported_not_counted(
 
 
 def test_outcomes_a_chunk_of_patients_at_a_time_are_the_whole_run(sample_app: App) -> None:
-    """Stored chunk by chunk (as after every import) they are exactly what one whole pass
-    computes and stores; outcomes of a case no longer active are dropped either way."""
+    """Stored chunk by chunk (as after every import), whole store or touched patients, they are
+    exactly what one whole pass computes and stores; outcomes of a case no longer active are
+    dropped either way."""
     from sqlalchemy import select, update
 
-    from mappings.outcomes import outcome_chunks
     from registry_adapter.submission.service import store_outcomes
     from registry_store.tables import CASE_OUTCOMES, CASES
 
     whole = _outcomes(sample_app)
-    defs = load_definitions(sample_app.settings.mappings.directory)
     with sample_app.engine.begin() as conn:
-        chunks = list(outcome_chunks(conn, "sample", sample_app.site, defs, sample_app.codemaps, 2))
-        assert len(chunks) > 2
-        assert {k: v for c in chunks for k, v in c.items()} == whole
         conn.execute(update(CASES).where(CASES.c.id == "sample:proc-0001").values(status="withdrawn"))
-        assert store_outcomes(conn, sample_app) == len(whole) - 1
+        assert store_outcomes(conn, sample_app, per_chunk=2) == len(whole) - 1
         stored = {r.case_id: r.outcomes for r in conn.execute(select(CASE_OUTCOMES))}
-    assert stored == {k: v for k, v in whole.items() if k != "sample:proc-0001"}
+        patients = {r.patient_id for r in conn.execute(select(CASES.c.patient_id))}
+        assert len(patients) > 4
+        assert store_outcomes(conn, sample_app, {"sample": patients}, per_chunk=2) == len(whole) - 1
+        again = {r.case_id: r.outcomes for r in conn.execute(select(CASE_OUTCOMES))}
+    expected = {k: v for k, v in whole.items() if k != "sample:proc-0001"}
+    assert stored == expected and again == expected
