@@ -14,10 +14,11 @@ The feed is made by ``examples/generate_sample_feed.py --patients N`` (31,921 re
 
 Also, on request: an HL7 v2 file of N distinct ADT^A08s to registry rows (``--v2 N``, messages/s),
 and peak RSS of imports at two feed sizes (``--rss 1600,16000``: ~10,000 and ~100,000 resources;
-``make bench-1m`` runs 1,600 vs 160,000 patients, ~1,000,000 resources).
+``make bench-1m`` runs 1,600 vs 160,000 patients, ~1,000,000 resources, with ``--remap``: the
+remap of each store by ``reprocess --all`` too, its resources/s and peak RSS).
 
 Run: .venv/bin/python benchmarks/bench_import.py [--patients 5000] [--rounds 1] [--postgres]
-     [--workers 2] [--v2 2000] [--rss 1600,16000] [--skip-fhir]
+     [--workers 2] [--v2 2000] [--rss 1600,16000 [--remap]] [--skip-fhir]
 """
 
 from __future__ import annotations
@@ -169,13 +170,26 @@ def bench_v2(work: Path, messages: int, workers: int) -> None:
     )
 
 
-def bench_rss(work: Path, sizes: list[int], workers: int) -> None:
-    """Peak RSS of ``registry-adapter import`` at two (or more) feed sizes."""
+def count_resources(feed: Path) -> int:
+    """``len(feed_lines(feed))`` without holding the feed (a 1,000,000-resource one is ~600 MB)."""
+    n = 0
+    for path in sorted(feed.iterdir()):
+        if path.suffix == ".ndjson":
+            with path.open("rb") as f:
+                n += sum(1 for line in f if line.strip())
+        else:
+            n += sum(1 for e in orjson.loads(path.read_bytes()).get("entry", []) if "resource" in e)
+    return n
+
+
+def bench_rss(work: Path, sizes: list[int], workers: int, remap: bool = False) -> None:
+    """Peak RSS of ``registry-adapter import`` at two (or more) feed sizes; with ``remap``, also
+    ``reprocess --all`` of each store (the remap time and its peak RSS)."""
     peaks: list[tuple[int, int]] = []
     for patients in sizes:
         feed = work / f"rss-feed-{patients}"
         generate(feed, patients)
-        n = len(feed_lines(feed))
+        n = count_resources(feed)
         d = work / f"rss-{patients}"
         d.mkdir()
         cfg = write_config(d, f"sqlite:///{d / 'registry.db'}", workers)
@@ -183,11 +197,17 @@ def bench_rss(work: Path, sizes: list[int], workers: int) -> None:
         seconds, cpu, rss = timed(registry(cfg, "import", str(feed)))
         peaks.append((n, rss))
         print(f"{'peak RSS, import of':34s} {n:9,d} resources: {rss} MB  ({n / seconds:,.0f} resources/s, "
-              f"{cpu:.1f} s CPU)", flush=True)
+              f"{seconds:.1f} s wall, {cpu:.1f} s CPU)", flush=True)
         shutil.rmtree(feed)
+        if remap:
+            seconds, cpu, rss = timed(registry(cfg, "reprocess", "--all"))
+            peaks[-1] = (n, max(rss, peaks[-1][1]))
+            print(f"{'reprocess --all (remap) of':34s} {n:9,d} resources: {n / seconds:,.0f} resources/s, "
+                  f"{seconds:.1f} s wall ({seconds / 60:.1f} min), {cpu:.1f} s CPU "
+                  f"({n / cpu:,.0f} per CPU-second), peak RSS {rss} MB", flush=True)
         shutil.rmtree(d)
     (n0, r0), (n1, r1) = peaks[0], peaks[-1]
-    print(f"peak RSS at {n1:,} / at {n0:,} resources: {r1 / r0:.2f}x")
+    print(f"peak RSS at {n1:,} / at {n0:,} resources: {r1 / r0:.2f}x ({r1} MB vs {r0} MB)")
 
 
 def main() -> int:
@@ -201,6 +221,8 @@ def main() -> int:
                         help="also: a file of N v2 messages to rows")
     parser.add_argument("--rss", type=str, default="", metavar="P1,P2",
                         help="also: peak RSS of imports of P1 and P2 patients (~6.4 resources each)")
+    parser.add_argument("--remap", action="store_true",
+                        help="with --rss: also reprocess --all each store (remap time, peak RSS)")
     parser.add_argument("--skip-fhir", action="store_true", help="only the --v2 / --rss parts")
     args = parser.parse_args()
 
@@ -209,7 +231,7 @@ def main() -> int:
         if args.v2:
             bench_v2(work, args.v2, args.workers)
         if args.rss:
-            bench_rss(work, [int(p) for p in args.rss.split(",")], args.workers)
+            bench_rss(work, [int(p) for p in args.rss.split(",")], args.workers, args.remap)
         if args.skip_fhir:
             return 0
         feed = args.feed
