@@ -85,18 +85,30 @@ def floor(lines: list[bytes], db: Path) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+# GNU time reports the child's own peak RSS: ``ru_maxrss`` of a child this (possibly large)
+# Python process spawns starts at this process's peak (Linux keeps the high-water mark across
+# the exec of a vfork()ed child), which inflated small children's figures.
+GNU_TIME = Path("/usr/bin/time")
+
+
 def timed(argv: list[str]) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds, peak RSS in MB) of one child process (CPU: user + system,
     which a machine shared with other work disturbs less than wall time)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 1):  # 1: some records failed mapping (the feed has deliberate errors)
-        raise SystemExit(f"{argv[1:4]} exited {code}: {stderr[-2000:]}")
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024
+    with tempfile.TemporaryDirectory(prefix="timed-") as tmp:
+        rss_file, err_file = Path(tmp) / "rss", Path(tmp) / "stderr"
+        run = [str(GNU_TIME), "-f", "%M", "-o", str(rss_file), *argv] if GNU_TIME.exists() else argv
+        started = time.perf_counter()
+        with err_file.open("wb") as err:  # a file, not a pipe: a chatty child never blocks on it
+            proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+            _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        code = os.waitstatus_to_exitcode(status)
+        if code not in (0, 1):  # 1: some records failed mapping (the feed has deliberate errors)
+            stderr = err_file.read_bytes()[-2000:].decode(errors="replace")
+            raise SystemExit(f"{argv[1:4]} exited {code}: {stderr}")
+        text = rss_file.read_text().strip().splitlines() if rss_file.exists() else []
+        rss_kb = int(text[-1]) if text and text[-1].isdigit() else usage.ru_maxrss
+    return seconds, usage.ru_utime + usage.ru_stime, rss_kb // 1024
 
 
 def write_config(work: Path, url: str, workers: int = 1) -> Path:

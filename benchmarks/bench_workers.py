@@ -21,7 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_import import BIN, ROOT, drop_pg, feed_lines, generate, pg_database, registry, write_config
+from bench_import import (
+    BIN,
+    GNU_TIME,
+    ROOT,
+    count_resources,
+    drop_pg,
+    generate,
+    pg_database,
+    registry,
+    write_config,
+)
 
 TABLES = {
     "patients": "source, id",
@@ -58,16 +68,20 @@ def remap(cfg: Path, workers: int) -> tuple[float, float, int]:
                    stdout=subprocess.DEVNULL)
     started = time.perf_counter()
     logs = [cfg.with_name(f"worker-{i}.err") for i in range(workers)]
+    peaks = [cfg.with_name(f"worker-{i}.rss") for i in range(workers)]
     procs = []
-    for log in logs:
+    for log, peak in zip(logs, peaks, strict=True):
+        # Through GNU time: this process holds registry snapshots, and a child's ru_maxrss
+        # starts at its parent's peak (see bench_import.GNU_TIME).
+        worker = registry(cfg, "worker", "--until-idle", "--json")
+        argv = [str(GNU_TIME), "-f", "%M", "-o", str(peak), *worker]
         with log.open("wb") as sink:
-            procs.append(subprocess.Popen(registry(cfg, "worker", "--until-idle", "--json"), cwd=ROOT,
-                                          stdout=subprocess.DEVNULL, stderr=sink))
+            procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink))
     cpu, rss = 0.0, 0
-    for proc, log in zip(procs, logs, strict=True):
+    for proc, log, peak in zip(procs, logs, peaks, strict=True):
         _, status, usage = os.wait4(proc.pid, 0)
         cpu += usage.ru_utime + usage.ru_stime
-        rss = max(rss, usage.ru_maxrss // 1024)
+        rss = max(rss, int(peak.read_text().split()[-1]) // 1024)
         if os.waitstatus_to_exitcode(status) != 0:
             err = log.read_bytes().decode(errors="replace")
             raise SystemExit(f"worker exited {os.waitstatus_to_exitcode(status)}: {err[-2000:]}")
@@ -89,7 +103,7 @@ def main() -> int:
         work = Path(tmp)
         feed = work / "feed"
         generate(feed, args.patients)
-        n = len(feed_lines(feed))
+        n = count_resources(feed)
         url = pg_database(db)
         try:
             cfg = write_config(work, url)
