@@ -237,6 +237,9 @@ def _staged(
             STAGING.c.status.not_in(_NOT_FACTS),
             STAGING.c.content_type == "application/fhir+json",
         )
+        # Streamed (a server-side cursor on PostgreSQL): the raw bytes of every fact record
+        # of a backfill would otherwise sit in the client at once.
+        .execution_options(yield_per=2000)
     )
     for rtype, raw in rows:
         if subjects is not None and not _may_concern(raw, subjects):
