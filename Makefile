@@ -49,9 +49,10 @@ golden: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-## bench-1m: peak RSS and throughput of an import of ~1,000,000 resources vs ~10,000 (long: ~10+ min)
+## bench-1m: peak RSS and throughput of an import of ~1,000,000 resources vs ~10,000, and the
+## remap (reprocess --all) of each store (long: ~30+ min on a shared 2-core machine)
 bench-1m: $(STAMP)
-	$(BIN)/python benchmarks/bench_import.py --skip-fhir --rss 1600,160000
+	$(BIN)/python benchmarks/bench_import.py --skip-fhir --rss 1600,160000 --remap
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

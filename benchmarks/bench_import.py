@@ -14,10 +14,11 @@ The feed is made by ``examples/generate_sample_feed.py --patients N`` (31,921 re
 
 Also, on request: an HL7 v2 file of N distinct ADT^A08s to registry rows (``--v2 N``, messages/s),
 and peak RSS of imports at two feed sizes (``--rss 1600,16000``: ~10,000 and ~100,000 resources;
-``make bench-1m`` runs 1,600 vs 160,000 patients, ~1,000,000 resources).
+``make bench-1m`` runs 1,600 vs 160,000 patients, ~1,000,000 resources, with ``--remap``: the
+remap of each store by ``reprocess --all`` too, its resources/s and peak RSS).
 
 Run: .venv/bin/python benchmarks/bench_import.py [--patients 5000] [--rounds 1] [--postgres]
-     [--workers 2] [--v2 2000] [--rss 1600,16000] [--skip-fhir]
+     [--workers 2] [--v2 2000] [--rss 1600,16000 [--remap]] [--skip-fhir]
 """
 
 from __future__ import annotations
@@ -84,18 +85,30 @@ def floor(lines: list[bytes], db: Path) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+# GNU time reports the child's own peak RSS: ``ru_maxrss`` of a child this (possibly large)
+# Python process spawns starts at this process's peak (Linux keeps the high-water mark across
+# the exec of a vfork()ed child), which inflated small children's figures.
+GNU_TIME = Path("/usr/bin/time")
+
+
 def timed(argv: list[str]) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds, peak RSS in MB) of one child process (CPU: user + system,
     which a machine shared with other work disturbs less than wall time)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 1):  # 1: some records failed mapping (the feed has deliberate errors)
-        raise SystemExit(f"{argv[1:4]} exited {code}: {stderr[-2000:]}")
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024
+    with tempfile.TemporaryDirectory(prefix="timed-") as tmp:
+        rss_file, err_file = Path(tmp) / "rss", Path(tmp) / "stderr"
+        run = [str(GNU_TIME), "-f", "%M", "-o", str(rss_file), *argv] if GNU_TIME.exists() else argv
+        started = time.perf_counter()
+        with err_file.open("wb") as err:  # a file, not a pipe: a chatty child never blocks on it
+            proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+            _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        code = os.waitstatus_to_exitcode(status)
+        if code not in (0, 1):  # 1: some records failed mapping (the feed has deliberate errors)
+            stderr = err_file.read_bytes()[-2000:].decode(errors="replace")
+            raise SystemExit(f"{argv[1:4]} exited {code}: {stderr}")
+        text = rss_file.read_text().strip().splitlines() if rss_file.exists() else []
+        rss_kb = int(text[-1]) if text and text[-1].isdigit() else usage.ru_maxrss
+    return seconds, usage.ru_utime + usage.ru_stime, rss_kb // 1024
 
 
 def write_config(work: Path, url: str, workers: int = 1) -> Path:
@@ -169,13 +182,26 @@ def bench_v2(work: Path, messages: int, workers: int) -> None:
     )
 
 
-def bench_rss(work: Path, sizes: list[int], workers: int) -> None:
-    """Peak RSS of ``registry-adapter import`` at two (or more) feed sizes."""
+def count_resources(feed: Path) -> int:
+    """``len(feed_lines(feed))`` without holding the feed (a 1,000,000-resource one is ~600 MB)."""
+    n = 0
+    for path in sorted(feed.iterdir()):
+        if path.suffix == ".ndjson":
+            with path.open("rb") as f:
+                n += sum(1 for line in f if line.strip())
+        else:
+            n += sum(1 for e in orjson.loads(path.read_bytes()).get("entry", []) if "resource" in e)
+    return n
+
+
+def bench_rss(work: Path, sizes: list[int], workers: int, remap: bool = False) -> None:
+    """Peak RSS of ``registry-adapter import`` at two (or more) feed sizes; with ``remap``, also
+    ``reprocess --all`` of each store (the remap time and its peak RSS)."""
     peaks: list[tuple[int, int]] = []
     for patients in sizes:
         feed = work / f"rss-feed-{patients}"
         generate(feed, patients)
-        n = len(feed_lines(feed))
+        n = count_resources(feed)
         d = work / f"rss-{patients}"
         d.mkdir()
         cfg = write_config(d, f"sqlite:///{d / 'registry.db'}", workers)
@@ -183,11 +209,17 @@ def bench_rss(work: Path, sizes: list[int], workers: int) -> None:
         seconds, cpu, rss = timed(registry(cfg, "import", str(feed)))
         peaks.append((n, rss))
         print(f"{'peak RSS, import of':34s} {n:9,d} resources: {rss} MB  ({n / seconds:,.0f} resources/s, "
-              f"{cpu:.1f} s CPU)", flush=True)
+              f"{seconds:.1f} s wall, {cpu:.1f} s CPU)", flush=True)
         shutil.rmtree(feed)
+        if remap:
+            seconds, cpu, rss = timed(registry(cfg, "reprocess", "--all"))
+            peaks[-1] = (n, max(rss, peaks[-1][1]))
+            print(f"{'reprocess --all (remap) of':34s} {n:9,d} resources: {n / seconds:,.0f} resources/s, "
+                  f"{seconds:.1f} s wall ({seconds / 60:.1f} min), {cpu:.1f} s CPU "
+                  f"({n / cpu:,.0f} per CPU-second), peak RSS {rss} MB", flush=True)
         shutil.rmtree(d)
     (n0, r0), (n1, r1) = peaks[0], peaks[-1]
-    print(f"peak RSS at {n1:,} / at {n0:,} resources: {r1 / r0:.2f}x")
+    print(f"peak RSS at {n1:,} / at {n0:,} resources: {r1 / r0:.2f}x ({r1} MB vs {r0} MB)")
 
 
 def main() -> int:
@@ -201,6 +233,8 @@ def main() -> int:
                         help="also: a file of N v2 messages to rows")
     parser.add_argument("--rss", type=str, default="", metavar="P1,P2",
                         help="also: peak RSS of imports of P1 and P2 patients (~6.4 resources each)")
+    parser.add_argument("--remap", action="store_true",
+                        help="with --rss: also reprocess --all each store (remap time, peak RSS)")
     parser.add_argument("--skip-fhir", action="store_true", help="only the --v2 / --rss parts")
     args = parser.parse_args()
 
@@ -209,7 +243,7 @@ def main() -> int:
         if args.v2:
             bench_v2(work, args.v2, args.workers)
         if args.rss:
-            bench_rss(work, [int(p) for p in args.rss.split(",")], args.workers)
+            bench_rss(work, [int(p) for p in args.rss.split(",")], args.workers, args.remap)
         if args.skip_fhir:
             return 0
         feed = args.feed

@@ -5,8 +5,10 @@ staged record pending and 1 (then N) ``worker --until-idle`` processes map it, c
 with ``SELECT … FOR UPDATE SKIP LOCKED``. Prints the wall time of each, the ratio, and whether
 the registry tables after each remap are identical to those after the single-process import.
 
-Run: .venv/bin/python benchmarks/bench_workers.py [--patients 31000] [--workers 2]
-(31,000 patients ≈ 200,000 resources.)
+Run: .venv/bin/python benchmarks/bench_workers.py [--patients 31000] [--workers 2] [--rounds 1]
+(31,000 patients ≈ 200,000 resources; ``make bench`` runs 5,000 patients, 3 rounds.) The
+machine is shared: wall times move with the other load, so rounds alternate 1 and N workers
+and the medians are compared; CPU seconds (all workers together) show the cost of running N.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_import import BIN, ROOT, drop_pg, feed_lines, generate, pg_database, registry, write_config
+from bench_import import (
+    BIN,
+    GNU_TIME,
+    ROOT,
+    count_resources,
+    drop_pg,
+    generate,
+    pg_database,
+    registry,
+    write_config,
+)
 
 TABLES = {
     "patients": "source, id",
@@ -49,34 +61,49 @@ def snapshot(url: str) -> str:
     return hashlib.sha256(repr(content).encode()).hexdigest()
 
 
-def remap(cfg: Path, workers: int) -> float:
+def remap(cfg: Path, workers: int) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of the workers, peak RSS in MB of the largest) of a remap by
+    ``workers`` processes."""
     subprocess.run(registry(cfg, "reprocess", "--all", "--no-map", "--json"), check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
     started = time.perf_counter()
-    procs = [
-        subprocess.Popen(registry(cfg, "worker", "--until-idle", "--json"), cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(workers)
-    ]
-    for proc in procs:
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"worker exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
-    return time.perf_counter() - started
+    logs = [cfg.with_name(f"worker-{i}.err") for i in range(workers)]
+    peaks = [cfg.with_name(f"worker-{i}.rss") for i in range(workers)]
+    procs = []
+    for log, peak in zip(logs, peaks, strict=True):
+        # Through GNU time: this process holds registry snapshots, and a child's ru_maxrss
+        # starts at its parent's peak (see bench_import.GNU_TIME).
+        worker = registry(cfg, "worker", "--until-idle", "--json")
+        argv = [str(GNU_TIME), "-f", "%M", "-o", str(peak), *worker]
+        with log.open("wb") as sink:
+            procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink))
+    cpu, rss = 0.0, 0
+    for proc, log, peak in zip(procs, logs, peaks, strict=True):
+        _, status, usage = os.wait4(proc.pid, 0)
+        cpu += usage.ru_utime + usage.ru_stime
+        rss = max(rss, int(peak.read_text().split()[-1]) // 1024)
+        if os.waitstatus_to_exitcode(status) != 0:
+            err = log.read_bytes().decode(errors="replace")
+            raise SystemExit(f"worker exited {os.waitstatus_to_exitcode(status)}: {err[-2000:]}")
+    return time.perf_counter() - started, cpu, rss
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=31000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of (1 worker, N workers), interleaved; medians are printed")
     args = parser.parse_args()
     assert BIN.exists()
     db = f"bench_workers_{os.getpid()}"
+    runs: dict[int, list[tuple[float, float, int]]] = {1: [], args.workers: []}
+    same = True
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         work = Path(tmp)
         feed = work / "feed"
         generate(feed, args.patients)
-        n = len(feed_lines(feed))
+        n = count_resources(feed)
         url = pg_database(db)
         try:
             cfg = write_config(work, url)
@@ -84,19 +111,27 @@ def main() -> int:
             subprocess.run(registry(cfg, "import", str(feed)), cwd=ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
             reference = snapshot(url)
-            one = remap(cfg, 1)
-            same_one = snapshot(url) == reference
-            many = remap(cfg, args.workers)
-            same_many = snapshot(url) == reference
+            for _ in range(args.rounds):
+                for workers in runs:
+                    runs[workers].append(remap(cfg, workers))
+                    same = same and snapshot(url) == reference
         finally:
             drop_pg(db)
-    print(f"remap of {n:,} resources on PostgreSQL (reprocess --all --no-map, then workers --until-idle):")
-    print(f"  1 worker : {one:7.1f} s  {n / one:8,.0f} resources/s  "
-          f"rows identical to one process: {same_one}")
-    print(f"  {args.workers} workers: {many:7.1f} s  {n / many:8,.0f} resources/s  "
-          f"rows identical to one process: {same_many}")
-    print(f"  speed-up with {args.workers} workers: {one / many:.2f}x (machine: {os.cpu_count()} cores)")
-    return 0 if same_one and same_many else 1
+    print(f"remap of {n:,} resources on PostgreSQL (reprocess --all --no-map, then workers --until-idle), "
+          f"{args.rounds} round(s), medians:")
+    medians = {}
+    for workers, figures in runs.items():
+        wall = sorted(f[0] for f in figures)[len(figures) // 2]
+        cpu = sorted(f[1] for f in figures)[len(figures) // 2]
+        medians[workers] = wall
+        print(f"  {workers} worker(s): {wall:7.1f} s wall  {n / wall:8,.0f} resources/s  {cpu:7.1f} s CPU "
+              f"(all workers)  peak RSS {max(f[2] for f in figures)} MB  "
+              f"[{', '.join(f'{f[0]:.1f}' for f in figures)} s]")
+    print(f"  rows identical to one process after every remap: {same}")
+    ratio = medians[1] / medians[args.workers]
+    print(f"  speed-up with {args.workers} workers: {ratio:.2f}x (machine: {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f})")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

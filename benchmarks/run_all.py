@@ -13,6 +13,8 @@ RUNS = [
      ["bench_import.py", "--patients", "5000", "--postgres", "--v2", "2000", "--rss", "1600,16000"]),
     ("the same with mapping in 2 worker processes",
      ["bench_import.py", "--patients", "5000", "--workers", "2"]),
+    ("remap on PostgreSQL by 1 vs 2 `worker` processes, same rows (3 interleaved rounds)",
+     ["bench_workers.py", "--patients", "5000", "--workers", "2", "--rounds", "3"]),
     ("mapping engine and pipeline vs raw JSON parsing", ["bench_mapping.py", "--n", "20000"]),
     ("SQL-on-FHIR view engine vs fhirpathpy", ["bench_viewdef.py", "-n", "20000"]),
     ("HL7 v2 listener and conversion", ["bench_hl7v2.py"]),

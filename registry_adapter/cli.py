@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -48,6 +49,10 @@ class Ctx:
             logs.configure(settings.logging.format, settings.logging.level)
             app = build_app(settings, self.db)
             app.check_db()
+            # The app's long-lived objects (models, mappings, code maps, compiled plans) are
+            # never garbage: frozen, the cyclic collector stops re-scanning them at every
+            # full collection, which cost ~20 % of an import's CPU.
+            gc.freeze()
             self._app = app
         return self._app
 
@@ -55,12 +60,13 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-def _replan(app: App, reason: str, since: datetime) -> None:
+def _replan(app: App, reason: str, since: datetime | None) -> None:
     """Run the after-store plug-ins (the scheduler plans reminders there), so that reminders
     follow the cases just stored and the reminder pages are never silently empty.
 
     ``since``: when the run started; what it stored is stamped at or after it (the cases it
-    assembled, the staged records it changed), so a plug-in redoes only that part.
+    assembled, the staged records it changed), so a plug-in redoes only that part (None:
+    everything).
     """
     from registry_adapter.plugins import AFTER_STORE, plugins
 
@@ -492,13 +498,17 @@ def worker(obj: Ctx, until_idle: bool, poll_seconds: float, as_json: bool) -> No
     """Map pending staged records beside other workers (PostgreSQL: claims batches with
     SELECT ... FOR UPDATE SKIP LOCKED; run as many as the database and hosts allow)."""
     from registry_adapter.pipeline import Pipeline
-    from registry_adapter.worker import run_worker
+    from registry_adapter.worker import run_registered
 
     app = obj.app
     started = _run_started()
     with _progress(not as_json) as progress:
-        counts = run_worker(Pipeline(app, progress), until_idle=until_idle, poll_seconds=poll_seconds)
-    _replan(app, "worker", started)
+        pipeline = Pipeline(app, progress)
+        counts, last, others = run_registered(pipeline, until_idle=until_idle, poll_seconds=poll_seconds)
+    if last:  # the last worker to stop refreshes outcomes and reminders for all of them
+        # Since this one started, unless another was already running then (whose writes,
+        # and those of any it outlived, may be older): then everything.
+        _replan(app, "worker", None if others else started)
     if as_json:
         _emit_json(counts.as_dict())
         return
@@ -853,6 +863,9 @@ def main() -> None:
     # Everything this process creates (SQLite store, work folders, exports, keys) may hold
     # patient data or secrets: owner-only files (0600) and folders (0700).
     os.umask(0o077)
+    # A record's mapping allocates thousands of short-lived containers: a larger first
+    # generation collects them in fewer passes (measured: GC 2.1 s -> 0.3 s of an import).
+    gc.set_threshold(10_000, 10, 10)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from registry_adapter.mapping_pool import StagedForMapping, as_plain
 from registry_adapter.pipeline import _MAP_COLUMNS, Pipeline, Prepared, RunCounts
 from registry_store.case_queue import claim_queued
+from registry_store.leases import WORKER_LOCK_PREFIX, job_lock, others_alive, worker_lock_name
 from registry_store.tables import STAGING
 
 log = structlog.get_logger(__name__)
@@ -82,6 +83,32 @@ def _drain_cases(pipeline: Pipeline, chunk: int = 200) -> int:
             continue
         failures = 0
         total += assembled
+
+
+def run_registered(
+    pipeline: Pipeline,
+    *,
+    until_idle: bool = False,
+    poll_seconds: float = 5.0,
+    stop: threading.Event | None = None,
+    ttl_seconds: float = 60.0,
+) -> tuple[RunCounts, bool, bool]:
+    """``run_worker`` under a lease naming this worker; returns its counts, whether no other
+    worker was still running when it stopped, and whether another was running when it started.
+
+    The last worker to stop is the one to run the after-store plug-ins (case outcomes,
+    reminders) for everyone: it releases its lease before looking, so of workers stopping
+    together at least the last sees none left, and it runs them after every other worker's
+    writes. N workers running them each would redo the same refresh N times, each queueing on
+    the others' row locks. Its refresh covers what was written since it started, unless
+    another worker was running then: that one's writes (and those of any worker it outlived)
+    may be older, so everything is refreshed."""
+    engine = pipeline.app.engine
+    name = worker_lock_name()
+    with job_lock(engine, name, ttl_seconds):
+        others_at_start = others_alive(engine, WORKER_LOCK_PREFIX, besides=name)
+        counts = run_worker(pipeline, until_idle=until_idle, poll_seconds=poll_seconds, stop=stop)
+    return counts, not others_alive(engine, WORKER_LOCK_PREFIX), others_at_start
 
 
 def run_worker(

@@ -67,6 +67,24 @@ def sync_lock_name(source: str) -> str:
     return f"{SYNC_LOCK_PREFIX}{source}"
 
 
+WORKER_LOCK_PREFIX = "worker:"
+
+
+def worker_lock_name() -> str:
+    """A lease of its own for one ``registry-adapter worker`` process while it runs (its host
+    and pid are in the row), so workers can tell whether others are still running."""
+    return f"{WORKER_LOCK_PREFIX}{uuid.uuid4().hex}"
+
+
+def others_alive(engine: Engine, prefix: str, *, besides: str | None = None) -> bool:
+    """Whether any lease named ``prefix``… (other than ``besides``) is held by a live holder
+    (dead or stale ones, left by a killed process, do not count)."""
+    now = datetime.now(UTC)
+    return any(
+        h.name.startswith(prefix) and h.name != besides and h.gone(now) is None for h in holders(engine)
+    )
+
+
 def default_owner() -> str:
     owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     _OUR_OWNERS.add(owner)

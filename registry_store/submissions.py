@@ -14,9 +14,9 @@ from sqlalchemy.engine import Connection
 from registry_store.db import upsert
 from registry_store.errors import ERROR_UPDATE_COLUMNS, error_row
 from registry_store.tables import CASE_OUTCOMES as OUTCOMES
+from registry_store.tables import CASES, SUBMISSIONS
 from registry_store.tables import MAPPING_ERRORS as ERRORS
 from registry_store.tables import SUBMISSION_ITEMS as ITEMS
-from registry_store.tables import SUBMISSIONS
 from registry_store.timeutil import utcnow
 from registry_types.issues import Issue
 
@@ -56,6 +56,13 @@ def save_case_outcomes(
         gone = sorted(cid for cid in scope if cid not in outcomes)
     for start in range(0, len(gone), 400):
         conn.execute(delete(OUTCOMES).where(OUTCOMES.c.case_id.in_(gone[start : start + 400])))
+
+
+def drop_inactive_outcomes(conn: Connection, source: str) -> None:
+    """Drop the stored outcomes of ``source``'s cases that are no longer active (after every
+    active case's outcomes were saved, chunk by chunk)."""
+    active = select(CASES.c.id).where(CASES.c.source == source, CASES.c.status == "active")
+    conn.execute(delete(OUTCOMES).where(OUTCOMES.c.source == source, OUTCOMES.c.case_id.not_in(active)))
 
 
 def ledger_state(conn: Connection) -> dict[str, LedgerEntry]:

@@ -139,11 +139,11 @@ def refresh_case_outcomes(app: App) -> None:
     """Recompute every case's outcomes after the night's data (late readmissions included), so
     the case pages show them before the next submission; a failure is logged, never fatal to
     the nightly job (submission and measures recompute them anyway)."""
-    from registry_adapter.submission.service import refresh_outcomes
+    from registry_adapter.submission.service import store_outcomes
 
     try:
         with app.engine.begin() as conn:
-            cases = len(refresh_outcomes(conn, app))
+            cases = store_outcomes(conn, app)
         log.info("job.outcomes_refreshed", job=NIGHTLY_JOB, cases=cases)
     except Exception as exc:
         log.error("job.outcomes_refresh_failed", job=NIGHTLY_JOB, **logs.failure_fields(exc))

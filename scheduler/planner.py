@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -222,22 +222,27 @@ def plan_timepoint(
     rs = settings.section(RemindersSettings)
     due, start, end = window(tp, facts.surgery_date, facts.discharge_date)
     _, anchor = anchor_date(tp, facts.surgery_date, facts.discharge_date)
-    plan = TimepointPlan(name, due, start, end, "scheduled", anchor=anchor)
+
+    def plan(status: str, **rest: Any) -> TimepointPlan:
+        # Built once with its status (``dataclasses.replace`` per time point cost more than
+        # the planning itself).
+        return TimepointPlan(name, due, start, end, status, anchor=anchor, **rest)
+
     instruments = rs.instruments.get(facts.module or "default", rs.instruments.get("default", ()))
     done = completing_response(responses, instruments, rs.complete_when, start, end, today)
     if done is not None:
-        return replace(plan, status="completed", completed_response_id=done)
+        return plan("completed", completed_response_id=done)
     if staff_completed is not None:
         # Completed with a coordinator (by phone or on paper): no more reminders, whatever
         # the responses say; answers entered for it arrive as a response and win above.
-        return replace(plan, status="completed")
+        return plan("completed")
     reason = cancel_reason(facts, end)
     if reason is not None:
-        return replace(plan, status="cancelled", cancel_reason=reason)
+        return plan("cancelled", cancel_reason=reason)
     if name not in rs.remind:
-        return replace(plan, status="missing" if today > end else "open")
+        return plan("missing" if today > end else "open")
     if today > end:
-        return replace(plan, status="expired")
+        return plan("expired")
     nxt = next_attempt_on(
         due=due,
         window_start=start,
@@ -248,7 +253,7 @@ def plan_timepoint(
         every_days=rs.repeat_every_days,
         max_attempts=rs.max_attempts,
     )
-    return replace(plan, status="sent" if last_sent_day else "scheduled", next_attempt_on=nxt)
+    return plan("sent" if last_sent_day else "scheduled", next_attempt_on=nxt)
 
 
 def check_configuration(settings: Settings, instrument_ids: Iterable[str] | None = None) -> None:
@@ -384,17 +389,62 @@ def cases_to_replan(conn: Connection, settings: Settings, changed: Collection[st
     return set(changed) | set(conn.execute(live).scalars()) | set(conn.execute(unplanned).scalars())
 
 
+def _case_chunks(conn: Connection, per_chunk: int) -> Iterator[list[str]]:
+    """Every case id, ``per_chunk`` at a time (keyset over the primary key)."""
+    after: str | None = None
+    while True:
+        query = select(CASES.c.id).order_by(CASES.c.id).limit(per_chunk)
+        if after is not None:
+            query = query.where(CASES.c.id > after)
+        ids = list(conn.execute(query).scalars())
+        if not ids:
+            return
+        after = ids[-1]
+        yield ids
+
+
 def plan_reminders(
-    conn: Connection, settings: Settings, today: date, cases: Collection[str] | None = None
+    conn: Connection,
+    settings: Settings,
+    today: date,
+    cases: Collection[str] | None = None,
+    *,
+    per_chunk: int = 10_000,
 ) -> PlanCounts:
     """Bring every case's reminder rows up to date as of ``today`` (a site-local date), or
-    only those of ``cases`` (``cases_to_replan`` names the ones a run can have changed)."""
+    only those of ``cases`` (``cases_to_replan`` names the ones a run can have changed).
+
+    ``per_chunk`` cases at a time (their facts, responses and reminder rows), so the memory it
+    needs does not grow with the store: it runs after every import and re-process, when a
+    backfill has changed every case."""
     check_configuration(settings)
-    tz = settings.site.tz
     counts = PlanCounts()
+    staff = staff_completions(conn)
+    if cases is None:
+        first = next(_case_chunks(conn, per_chunk + 1), [])
+        if len(first) <= per_chunk:  # a store that fits in one chunk: in one pass, as ever
+            _plan_cases(conn, settings, today, None, staff, counts)
+            return counts
+        chunks: Iterable[Collection[str]] = _case_chunks(conn, per_chunk)
+    else:
+        ordered = sorted(cases)
+        chunks = (ordered[i : i + per_chunk] for i in range(0, len(ordered), per_chunk))
+    for chunk in chunks:
+        _plan_cases(conn, settings, today, chunk, staff, counts)
+    return counts
+
+
+def _plan_cases(
+    conn: Connection,
+    settings: Settings,
+    today: date,
+    cases: Collection[str] | None,
+    staff: Mapping[tuple[str, str], tuple[str, date]],
+    counts: PlanCounts,
+) -> None:
+    tz = settings.site.tz
     facts, _ = _load_facts(conn, cases)
     responses = _load_responses(conn, cases)
-    staff = staff_completions(conn)
     existing = _load_reminders(conn, cases)
     known_cases = {f.case_id for f in facts}
     now = utcnow()
@@ -443,7 +493,6 @@ def plan_reminders(
     if inserts:
         _insert_new(conn, inserts)
         counts.created += len(inserts)
-    return counts
 
 
 def moved_note(row: Any, plan: TimepointPlan, tz: ZoneInfo) -> str | None:

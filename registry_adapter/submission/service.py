@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from registry_adapter.submission.settings import SubmissionSettings
 from registry_store.errors import Issue
 from registry_store.submissions import (
     LedgerEntry,
+    drop_inactive_outcomes,
     ledger_state,
     record_submission,
     replace_readiness_errors,
@@ -195,6 +196,73 @@ def current_outcomes(conn: Connection, app: App, *, store: bool = True) -> dict[
     return {cid: o for cid, o in stored.items() if cid not in redone} | fresh
 
 
+def store_outcomes(
+    conn: Connection,
+    app: App,
+    patients: Mapping[str, Collection[str]] | None = None,
+    *,
+    per_chunk: int = 10_000,
+) -> int:
+    """``refresh_outcomes`` (stored) without keeping the outcomes: ``per_chunk`` patients at a
+    time, so the memory it needs does not grow with the store (it runs after every import and
+    re-process, when a backfill has touched every patient); returns how many it stored."""
+    defs = load_definitions(app.settings.mappings.directory)
+    stored = 0
+    for source in conn.execute(select(CASES.c.source).distinct()).scalars().all():
+        wanted = None if patients is None else patients.get(source)
+        if patients is not None and not wanted:
+            continue
+        if wanted is None:
+            first = _patient_chunks(conn, source, per_chunk + 1)
+            if len(next(first, [])) <= per_chunk:  # fits in one chunk: one pass, as ever
+                stored += _store_chunk(conn, app, defs, source, None, None)
+                continue
+        chunks = (
+            _patient_chunks(conn, source, per_chunk)
+            if wanted is None
+            else (sorted(wanted)[i : i + per_chunk] for i in range(0, len(wanted), per_chunk))
+        )
+        for chunk in chunks:
+            scope = case_ids_of(conn, source, chunk)
+            stored += _store_chunk(conn, app, defs, source, chunk, scope)
+        if wanted is None:
+            drop_inactive_outcomes(conn, source)
+    return stored
+
+
+def _store_chunk(
+    conn: Connection,
+    app: App,
+    defs: OutcomeDefinitions,
+    source: str,
+    patients: Collection[str] | None,
+    scope: Collection[str] | None,
+) -> int:
+    computed = compute_outcomes(conn, source, app.site, defs, app.codemaps, patients)
+    save_case_outcomes(conn, source, computed, scope)
+    return len(computed)
+
+
+def _patient_chunks(conn: Connection, source: str, per_chunk: int) -> Iterator[list[str]]:
+    """The ids of ``source``'s patients with cases, ``per_chunk`` at a time (keyset)."""
+    after: str | None = None
+    while True:
+        query = (
+            select(CASES.c.patient_id)
+            .where(CASES.c.source == source)
+            .distinct()
+            .order_by(CASES.c.patient_id)
+            .limit(per_chunk)
+        )
+        if after is not None:
+            query = query.where(CASES.c.patient_id > after)
+        ids = list(conn.execute(query).scalars())
+        if not ids:
+            return
+        after = ids[-1]
+        yield ids
+
+
 def after_store(app: App, reason: str, since: datetime | None = None) -> None:
     """After-store plug-in: recompute case outcomes once a sync, an import or a re-process
     stored data, so late data shows on case pages at once; with ``since`` (when the run
@@ -203,7 +271,7 @@ def after_store(app: App, reason: str, since: datetime | None = None) -> None:
     try:
         with app.engine.begin() as conn:
             touched = None if since is None else patients_changed_since(conn, since)
-            cases = len(refresh_outcomes(conn, app, patients=touched))
+            cases = store_outcomes(conn, app, patients=touched)
     except Exception as exc:
         log.error("outcomes.refresh_failed", reason=reason, error=type(exc).__name__)
         return

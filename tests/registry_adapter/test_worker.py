@@ -71,3 +71,35 @@ def test_worker_command_maps_what_reprocess_no_map_left_pending(
     done = runner.invoke(cli, ["--config", str(config), "worker", "--until-idle", "--json"])
     assert done.exit_code == 0, done.output
     assert _snapshot(app) == single
+
+
+def test_only_the_last_worker_to_stop_is_told_to_refresh(make_app: Callable[..., App], pg_url: str) -> None:
+    """A worker holds a lease while it runs; one that stops while another still runs leaves the
+    after-store refresh (outcomes, reminders) to it, the last one runs it; a killed worker's
+    lease (dead process) does not count as running."""
+    import subprocess
+    import sys
+
+    from registry_adapter.worker import run_registered
+    from registry_store.leases import LeaseLock, worker_lock_name
+
+    app = make_app(pg_url)
+    counts, last, others = run_registered(Pipeline(app), until_idle=True)
+    assert last and not others and _handled(counts) == 0
+
+    other = LeaseLock(app.engine, worker_lock_name(), 60)
+    assert other.acquire()
+    _, last, others = run_registered(Pipeline(app), until_idle=True)
+    assert not last and others
+    other.release()
+
+    probe = [sys.executable, "-c", "import os; print(os.getpid())"]
+    gone = subprocess.run(probe, capture_output=True, text=True, check=True)
+    dead = LeaseLock(app.engine, worker_lock_name(), 60)
+    assert dead.acquire()
+    with app.engine.begin() as conn:
+        from sqlalchemy import text
+
+        conn.execute(text("UPDATE job_locks SET pid = :pid"), {"pid": int(gone.stdout)})
+    _, last, others = run_registered(Pipeline(app), until_idle=True)
+    assert last and not others

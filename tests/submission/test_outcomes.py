@@ -155,3 +155,25 @@ def test_a_readmission_the_feed_marks_planned_is_reported_not_counted(
     case = _outcomes(app)["sample:proc-0001"]
     assert case["planned_readmission"] is True
     assert case["readmission_days"] == 70 and not case["readmission_30d"] and case["readmission_90d"]
+
+
+def test_outcomes_a_chunk_of_patients_at_a_time_are_the_whole_run(sample_app: App) -> None:
+    """Stored chunk by chunk (as after every import), whole store or touched patients, they are
+    exactly what one whole pass computes and stores; outcomes of a case no longer active are
+    dropped either way."""
+    from sqlalchemy import select, update
+
+    from registry_adapter.submission.service import store_outcomes
+    from registry_store.tables import CASE_OUTCOMES, CASES
+
+    whole = _outcomes(sample_app)
+    with sample_app.engine.begin() as conn:
+        conn.execute(update(CASES).where(CASES.c.id == "sample:proc-0001").values(status="withdrawn"))
+        assert store_outcomes(conn, sample_app, per_chunk=2) == len(whole) - 1
+        stored = {r.case_id: r.outcomes for r in conn.execute(select(CASE_OUTCOMES))}
+        patients = {r.patient_id for r in conn.execute(select(CASES.c.patient_id))}
+        assert len(patients) > 4
+        assert store_outcomes(conn, sample_app, {"sample": patients}, per_chunk=2) == len(whole) - 1
+        again = {r.case_id: r.outcomes for r in conn.execute(select(CASE_OUTCOMES))}
+    expected = {k: v for k, v in whole.items() if k != "sample:proc-0001"}
+    assert stored == expected and again == expected
