@@ -322,11 +322,13 @@ def patients_changed_since(conn: Connection, since: datetime) -> dict[str, set[s
         out[source].add(patient)
     merged: dict[str, dict[str, str]] = {}
     for source, raw in conn.execute(
-        select(STAGING.c.source, STAGING.c.raw).where(
+        select(STAGING.c.source, STAGING.c.raw)
+        .where(
             STAGING.c.updated_at >= since,
             STAGING.c.resource_type.in_(_FACT_TYPES),
             STAGING.c.content_type == "application/fhir+json",
         )
+        .execution_options(yield_per=2000)  # streamed, as in _staged
     ):
         try:
             resource = orjson.loads(raw)
