@@ -6,6 +6,10 @@
    20 connections and sends stop-and-wait (each connection waits for its ACK before the next
    message), as real senders do. Prints msg/s, ACK latency p50/p99, the mean commit batch
    and the staging rows written.
+1b. The same while conversion runs: ``registry-adapter listen`` as deployed, with a backlog of
+   distinct ADT^A08s (benchmarks/v2_feed.py) already staged so that its conversion loop converts
+   and maps throughout, and 20 python-hl7 ``MLLPClient`` connections (a real client we did not
+   write) sending stop-and-wait. Prints msg/s, ACK p50/p99 and how much converted meanwhile.
 2. Conversion per message type, side by side: the parse-only floors of hl7apy
    (parse_message, find_groups=False) and python-hl7 (hl7.parse); ``convert_message`` (v2 →
    FHIR, with and without hl7apy); and the whole way v2 → FHIR → registry rows
@@ -13,6 +17,7 @@
    resources, the mapping engine, registry upserts and case assembly).
 
 Run: .venv/bin/python benchmarks/bench_hl7v2.py [--messages 20000] [--connections 20]
+     [--backlog 10000] (1b sends --messages / 2)
 """
 
 from __future__ import annotations

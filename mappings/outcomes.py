@@ -320,6 +320,12 @@ def patients_changed_since(conn: Connection, since: datetime) -> dict[str, set[s
         select(CASES.c.source, CASES.c.patient_id).where(CASES.c.updated_at >= since).distinct()
     ):
         out[source].add(patient)
+    # A source whose every patient with a case is touched already (a first import, a remap of
+    # everything) gains nothing from its staged records' subjects: they are not parsed.
+    with_cases: dict[str, set[str]] = defaultdict(set)
+    for source, patient in conn.execute(select(CASES.c.source, CASES.c.patient_id).distinct()):
+        with_cases[source].add(patient)
+    covered = sorted(source for source, patients in with_cases.items() if patients <= out.get(source, set()))
     merged: dict[str, dict[str, str]] = {}
     for source, raw in conn.execute(
         select(STAGING.c.source, STAGING.c.raw)
@@ -327,6 +333,7 @@ def patients_changed_since(conn: Connection, since: datetime) -> dict[str, set[s
             STAGING.c.updated_at >= since,
             STAGING.c.resource_type.in_(_FACT_TYPES),
             STAGING.c.content_type == "application/fhir+json",
+            STAGING.c.source.not_in(covered),
         )
         .execution_options(yield_per=2000)  # streamed, as in _staged
     ):

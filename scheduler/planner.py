@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -222,22 +222,27 @@ def plan_timepoint(
     rs = settings.section(RemindersSettings)
     due, start, end = window(tp, facts.surgery_date, facts.discharge_date)
     _, anchor = anchor_date(tp, facts.surgery_date, facts.discharge_date)
-    plan = TimepointPlan(name, due, start, end, "scheduled", anchor=anchor)
+
+    def plan(status: str, **rest: Any) -> TimepointPlan:
+        # Built once with its status (``dataclasses.replace`` per time point cost more than
+        # the planning itself).
+        return TimepointPlan(name, due, start, end, status, anchor=anchor, **rest)
+
     instruments = rs.instruments.get(facts.module or "default", rs.instruments.get("default", ()))
     done = completing_response(responses, instruments, rs.complete_when, start, end, today)
     if done is not None:
-        return replace(plan, status="completed", completed_response_id=done)
+        return plan("completed", completed_response_id=done)
     if staff_completed is not None:
         # Completed with a coordinator (by phone or on paper): no more reminders, whatever
         # the responses say; answers entered for it arrive as a response and win above.
-        return replace(plan, status="completed")
+        return plan("completed")
     reason = cancel_reason(facts, end)
     if reason is not None:
-        return replace(plan, status="cancelled", cancel_reason=reason)
+        return plan("cancelled", cancel_reason=reason)
     if name not in rs.remind:
-        return replace(plan, status="missing" if today > end else "open")
+        return plan("missing" if today > end else "open")
     if today > end:
-        return replace(plan, status="expired")
+        return plan("expired")
     nxt = next_attempt_on(
         due=due,
         window_start=start,
@@ -248,7 +253,7 @@ def plan_timepoint(
         every_days=rs.repeat_every_days,
         max_attempts=rs.max_attempts,
     )
-    return replace(plan, status="sent" if last_sent_day else "scheduled", next_attempt_on=nxt)
+    return plan("sent" if last_sent_day else "scheduled", next_attempt_on=nxt)
 
 
 def check_configuration(settings: Settings, instrument_ids: Iterable[str] | None = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from mappings.fhirpath.errors import FHIRPathEvaluationError
@@ -105,8 +106,11 @@ def _parts(groups: tuple[str | None, ...]) -> tuple[float, ...]:
     return tuple(parts)
 
 
+@lru_cache(maxsize=4096)
 def _temporal_key(value: str) -> tuple[tuple[float, ...], datetime | None] | None:
-    """Components of an ISO date/dateTime, and its instant when it has a time and a zone."""
+    """Components of an ISO date/dateTime, and its instant when it has a time and a zone.
+
+    Cached (the result is immutable): rules compare the same dates record after record."""
     m = DATETIME_RE.match(value)
     if not m:
         return None

@@ -4,7 +4,6 @@ result as planning every case."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from registry_adapter.app import App
 from registry_store.timeutil import utcnow
@@ -14,9 +13,9 @@ from tests.submission.conftest import SAMPLE_OUTCOMES, ingest
 
 
 def test_replanning_after_a_run_leaves_nothing_for_a_full_plan(
-    make_app: Callable[..., App], tmp_path: Path
+    make_app: Callable[..., App], db_url: str
 ) -> None:
-    app = make_app(f"sqlite:///{tmp_path / 'plan.db'}")
+    app = make_app(db_url)
     since = utcnow()
     ingest(app, SAMPLE_FEED)
     first = replan(app, "test", since)

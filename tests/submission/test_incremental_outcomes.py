@@ -4,7 +4,6 @@ stored outcomes; both give what a full recompute gives."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,9 +31,9 @@ def _full(app: App) -> dict[str, dict[str, Any]]:
 
 
 def test_after_a_run_only_the_touched_patients_are_recomputed(
-    make_app: Callable[..., App], tmp_path: Path
+    make_app: Callable[..., App], db_url: str
 ) -> None:
-    app = make_app(f"sqlite:///{tmp_path / 'inc.db'}")
+    app = make_app(db_url)
     ingest(app, SAMPLE_FEED)
     after_store(app, "test")
     since = utcnow()
@@ -48,9 +47,9 @@ def test_after_a_run_only_the_touched_patients_are_recomputed(
 
 
 def test_measures_read_stored_outcomes_and_recompute_what_is_out_of_date(
-    make_app: Callable[..., App], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_app: Callable[..., App], db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = make_app(f"sqlite:///{tmp_path / 'measures.db'}")
+    app = make_app(db_url)
     ingest(app, SAMPLE_FEED)
     after_store(app, "test")
     ingest(app, SAMPLE_OUTCOMES)  # stored without the hook: the stored outcomes are stale
