@@ -202,7 +202,7 @@ def store_outcomes(
     app: App,
     patients: Mapping[str, Collection[str]] | None = None,
     *,
-    per_chunk: int = 10_000,
+    per_chunk: int = 5_000,
 ) -> int:
     """``refresh_outcomes`` (stored) without keeping the outcomes: ``per_chunk`` patients at a
     time, so the memory it needs does not grow with the store (it runs after every import and
