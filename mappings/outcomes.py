@@ -328,12 +328,14 @@ def patients_changed_since(conn: Connection, since: datetime) -> dict[str, set[s
     covered = sorted(source for source, patients in with_cases.items() if patients <= out.get(source, set()))
     merged: dict[str, dict[str, str]] = {}
     for source, raw in conn.execute(
-        select(STAGING.c.source, STAGING.c.raw).where(
+        select(STAGING.c.source, STAGING.c.raw)
+        .where(
             STAGING.c.updated_at >= since,
             STAGING.c.resource_type.in_(_FACT_TYPES),
             STAGING.c.content_type == "application/fhir+json",
             STAGING.c.source.not_in(covered),
         )
+        .execution_options(yield_per=2000)  # streamed, as in _staged
     ):
         try:
             resource = orjson.loads(raw)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from registry_store.db import upsert
@@ -54,3 +54,13 @@ def file_prom_responses(
         [{"src": s, "rid": r, "cid": c, "tp": t} for s, r, c, t in placements],
     )
 
+
+
+def most_cases_changed_since(conn: Connection, since: datetime) -> bool:
+    """Whether at least half the cases were updated at or after ``since`` (a backfill, a full
+    remap). An after-store refresh then redoes every case, chunk by chunk, rather than
+    collecting the ids of the changed ones first: the same result (a refresh of an unchanged
+    case changes nothing), with memory that does not grow with the store."""
+    changed = conn.execute(select(func.count()).select_from(CASES).where(CASES.c.updated_at >= since))
+    total = conn.execute(select(func.count()).select_from(CASES)).scalar_one()
+    return bool(total) and 2 * changed.scalar_one() >= total

@@ -409,7 +409,7 @@ def plan_reminders(
     today: date,
     cases: Collection[str] | None = None,
     *,
-    per_chunk: int = 10_000,
+    per_chunk: int = 5_000,
 ) -> PlanCounts:
     """Bring every case's reminder rows up to date as of ``today`` (a site-local date), or
     only those of ``cases`` (``cases_to_replan`` names the ones a run can have changed).

@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy import select
 
 from registry_adapter.app import App
+from registry_store.cases import most_cases_changed_since
 from registry_store.tables import CASES
 from scheduler.clock import SystemClock, local_today
 from scheduler.planner import PlanCounts, PlanningError, cases_to_replan, plan_reminders
@@ -34,7 +35,7 @@ def replan(app: App, reason: str, since: datetime | None = None) -> PlanCounts |
     try:
         with app.engine.begin() as conn:
             cases = None
-            if since is not None:
+            if since is not None and not most_cases_changed_since(conn, since):
                 changed = conn.execute(select(CASES.c.id).where(CASES.c.updated_at >= since)).scalars()
                 cases = cases_to_replan(conn, app.settings, set(changed))
             counts = plan_reminders(conn, app.settings, today, cases)

@@ -29,6 +29,7 @@ from registry_adapter.app import App
 from registry_adapter.submission.dictionary import FieldSpec, as_csv, load_dictionary, value_problem
 from registry_adapter.submission.package import CaseRecord, Package, Withdrawal, build_package, keyed_id
 from registry_adapter.submission.settings import SubmissionSettings
+from registry_store.cases import most_cases_changed_since
 from registry_store.errors import Issue
 from registry_store.submissions import (
     LedgerEntry,
@@ -201,7 +202,7 @@ def store_outcomes(
     app: App,
     patients: Mapping[str, Collection[str]] | None = None,
     *,
-    per_chunk: int = 10_000,
+    per_chunk: int = 5_000,
 ) -> int:
     """``refresh_outcomes`` (stored) without keeping the outcomes: ``per_chunk`` patients at a
     time, so the memory it needs does not grow with the store (it runs after every import and
@@ -270,7 +271,8 @@ def after_store(app: App, reason: str, since: datetime | None = None) -> None:
     stored the data (submission recomputes anyway); only the error's type is logged."""
     try:
         with app.engine.begin() as conn:
-            touched = None if since is None else patients_changed_since(conn, since)
+            everything = since is None or most_cases_changed_since(conn, since)
+            touched = None if everything or since is None else patients_changed_since(conn, since)
             cases = store_outcomes(conn, app, patients=touched)
     except Exception as exc:
         log.error("outcomes.refresh_failed", reason=reason, error=type(exc).__name__)
