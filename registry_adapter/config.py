@@ -214,9 +214,10 @@ class Settings(StrictSettings):
     proms: PromConfig = Field(default_factory=PromConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     batch_size: int = Field(default=500, ge=1, le=50_000)
-    # Processes that map staged records in parallel (registry_adapter/mapping_pool.py); the
-    # writes stay in the calling process. 1: map in the calling process.
-    mapping_workers: int = Field(default=1, ge=1, le=64)
+    # Processes that map staged records (registry_adapter/mapping_pool.py): N - 1 mapping
+    # children plus the calling process, which writes. 1: map in the calling process; auto: 2
+    # on a host with two or more cores.
+    mapping_workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
     # The sections other packages own, written at the top level of config.yaml.
     sections: Sections = Field(default_factory=Sections)
 

@@ -40,7 +40,14 @@ from adapters.validation import as_mapped, quick_validate, settle, validator_id
 from mappings.cases import assemble_cases
 from registry_adapter import logs
 from registry_adapter.app import App
-from registry_adapter.mapping_pool import StagedForMapping, as_plain, mapping_pool, prepare_batch
+from registry_adapter.mapping_pool import (
+    StagedForMapping,
+    as_plain,
+    attach_rows,
+    mapping_pool,
+    prepare_batch,
+    resolve_workers,
+)
 from registry_store import sync_runs
 from registry_store.case_queue import dequeue, enqueue, queued
 from registry_store.db import commit_unflushed, lookup, one_of
@@ -219,7 +226,7 @@ class Pipeline:
         self.app = app
         self.progress = progress or (lambda _note, _counts: None)
         self.batch_size = app.settings.batch_size
-        self.workers = app.settings.mapping_workers
+        self.workers = resolve_workers(app.settings.mapping_workers)
         self.strictness = app.settings.mappings.validation
 
     # -- intake -------------------------------------------------------------------------
@@ -498,17 +505,25 @@ class Pipeline:
             batch = read(batch.rows[-1].id)
 
     def _map_in_pool(self, batch: _ReadBatch, read: Callable[[int], _ReadBatch], counts: RunCounts) -> None:
-        """``_map_here`` with the mapping in worker processes, up to ``workers + 1`` batches
-        ahead of the writes (which stay here, in staging order)."""
+        """``_map_here`` with the mapping shared with ``workers - 1`` child processes; the
+        writes stay here, in staging order.
+
+        The children are kept ``workers`` batches ahead. While the oldest batch is still being
+        mapped this process maps the next one itself instead of waiting (up to ``workers``
+        more): mapping costs about twice the writes, so on two cores the parent writes every
+        batch and maps about one in three, and both cores stay busy.
+        """
         converted, restarted = False, False
-        in_flight: deque[Future[list[Prepared]]] = deque()
-        last_id = 0
+        # (mapped rows, the staged rows, whether a child maps them), oldest first.
+        in_flight: deque[tuple[Future[list[Prepared]], list[StagedForMapping], bool]] = deque()
+        pooled, last_id = 0, 0
         with mapping_pool(self, self.workers) as pool:
             assert pool is not None
             while True:
-                while batch.rows and len(in_flight) <= self.workers:
-                    last_id = batch.rows[-1].id
-                    in_flight.append(pool.submit(prepare_batch, batch.rows, batch.verdicts))
+                while batch.rows and pooled < self.workers:
+                    last_id, pooled = batch.rows[-1].id, pooled + 1
+                    mapped = pool.submit(prepare_batch, batch.rows, batch.verdicts)
+                    in_flight.append((mapped, batch.rows, True))
                     batch = read(last_id)
                 if not in_flight:
                     # Everything read is written: what conversions staged meanwhile is read now.
@@ -520,7 +535,16 @@ class Pipeline:
                     restarted, last_id = True, 0
                     batch = read(0)
                     continue
-                converted |= self._write_batch(in_flight.popleft().result(), counts)
+                if batch.rows and not in_flight[0][0].done() and len(in_flight) < 2 * self.workers:
+                    here: Future[list[Prepared]] = Future()
+                    here.set_result([self._prepare(row, batch.verdicts) for row in batch.rows])
+                    last_id = batch.rows[-1].id
+                    in_flight.append((here, batch.rows, False))
+                    batch = read(last_id)
+                    continue
+                future, rows, in_child = in_flight.popleft()
+                pooled -= in_child
+                converted |= self._write_batch(attach_rows(future.result(), rows), counts)
                 if not batch.rows:
                     batch = read(last_id)
 
