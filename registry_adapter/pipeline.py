@@ -519,6 +519,11 @@ class Pipeline:
         pooled, last_id = 0, 0
         with mapping_pool(self, self.workers) as pool:
             assert pool is not None
+            # The first batch is mapped here, before the first submit forks the children: the
+            # lookups and compiled paths it caches are then theirs too, not rebuilt in each.
+            in_flight.append((self._prepared_here(batch), batch.rows, False))
+            last_id = batch.rows[-1].id
+            batch = read(last_id)
             while True:
                 while batch.rows and pooled < self.workers:
                     last_id, pooled = batch.rows[-1].id, pooled + 1
@@ -536,10 +541,8 @@ class Pipeline:
                     batch = read(0)
                     continue
                 if batch.rows and not in_flight[0][0].done() and len(in_flight) < 2 * self.workers:
-                    here: Future[list[Prepared]] = Future()
-                    here.set_result([self._prepare(row, batch.verdicts) for row in batch.rows])
+                    in_flight.append((self._prepared_here(batch), batch.rows, False))
                     last_id = batch.rows[-1].id
-                    in_flight.append((here, batch.rows, False))
                     batch = read(last_id)
                     continue
                 future, rows, in_child = in_flight.popleft()
@@ -547,6 +550,11 @@ class Pipeline:
                 converted |= self._write_batch(attach_rows(future.result(), rows), counts)
                 if not batch.rows:
                     batch = read(last_id)
+
+    def _prepared_here(self, batch: _ReadBatch) -> Future[list[Prepared]]:
+        done: Future[list[Prepared]] = Future()
+        done.set_result([self._prepare(row, batch.verdicts) for row in batch.rows])
+        return done
 
     def assemble_queued(self, chunk: int = 500) -> int:
         """Assemble the cases of every queued patient (touched by mapping since the last drain),
