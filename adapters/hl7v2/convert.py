@@ -114,7 +114,9 @@ class _Run:
         self._segment: str | None = None
         self._field: str | None = None
         self._resource: tuple[str, str] | None = None
-        self._valued: dict[tuple[int, int], list[dt.Repetition]] = {}
+        self._valued: dict[tuple[int, int, tuple[int, str] | None], list[dt.Repetition]] = {}
+        # (segment name, position read from) → the segment a path there reads
+        self._context: dict[tuple[str, int], Segment | None] = {}
 
     # datatypes.Context
     def table(self, name: str) -> dict[str, Any]:
@@ -154,6 +156,13 @@ class _Run:
     def context_segment(self, name: str, current: Segment | None) -> Segment | None:
         if current is not None and current.name == name:
             return current
+        key = (name, current.position if current is not None else 0)
+        if key in self._context:
+            return self._context[key]
+        found = self._context[key] = self._find_context_segment(name, current)
+        return found
+
+    def _find_context_segment(self, name: str, current: Segment | None) -> Segment | None:
         before = None
         first = None
         for seg in self.msg.segments:
@@ -170,17 +179,17 @@ class _Run:
             return []
         if path.segment == "MSH" and seg.fields is None:
             return []
-        key = (seg.position, path.field)
+        key = (seg.position, path.field, path.filter)
         reps = self._valued.get(key)
         if reps is None:
-            # Valued repetitions of a field, once per message: rules read the same fields
-            # many times (ids, conditions, elements); callers never mutate the list.
-            reps = self._valued[key] = [
-                r for r in seg.field(path.field) if any(any(s for s in c) for c in r)
-            ]
-        if path.filter:
-            ci, want = path.filter
-            reps = [r for r in reps if dt.comp(r, ci).upper() == want.upper()]
+            # Valued repetitions of a field (those matching the path's filter), once per
+            # message: rules read the same fields many times (ids, conditions, elements);
+            # callers never mutate the list.
+            reps = [r for r in seg.field(path.field) if any(map(any, r))]
+            if path.filter:
+                ci, want = path.filter
+                reps = [r for r in reps if dt.comp(r, ci).upper() == want.upper()]
+            self._valued[key] = reps
         return reps
 
     def value(self, text: str, current: Segment | None) -> str:

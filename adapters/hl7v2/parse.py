@@ -135,7 +135,7 @@ def _split_fields(
     fs = header.field_separator
     enc4 = (header.encoding_characters + "    ")[:4]
     comp, rep, esc, sub = enc4[0], enc4[1], enc4[2], enc4[3]
-    container = SimpleNamespace(esc=esc, separators="\r" + fs + rep + comp + sub)
+    container: SimpleNamespace | None = None  # python-hl7's unescape context, made when needed
     parts = text.split(fs)
     if seg_name == "MSH":
         # MSH-1 is the field separator itself and MSH-2 is not split.
@@ -158,6 +158,8 @@ def _split_fields(
             )
             reps = reps[:max_repetitions]
         if esc in value:
+            if container is None:
+                container = SimpleNamespace(esc=esc, separators="\r" + fs + rep + comp + sub)
             fields.append(
                 [
                     [[hl7.util.unescape(container, s) for s in c.split(sub)] for c in r.split(comp)]
