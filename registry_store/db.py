@@ -18,6 +18,7 @@ from sqlalchemy import (
     ARRAY,
     ColumnElement,
     Engine,
+    Select,
     Table,
     any_,
     bindparam,
@@ -273,6 +274,24 @@ def lookup(
     cond = " AND ".join([*(f"{quote(table.c[c].name)} = ?" for c in where), listed_in])
     sql = f"SELECT {listed} FROM {name} WHERE {cond}"
     return list(conn.exec_driver_sql(sql, (*where.values(), _json_list(wanted))))
+
+
+def keyset_chunks(
+    conn: Connection, query: Select[Any], key: ColumnElement[Any], per_chunk: int
+) -> Iterator[list[Any]]:
+    """The values of ``query`` (which selects ``key``), ``per_chunk`` at a time in ``key``
+    order: each chunk is read after the last value of the one before (keyset pagination), so
+    a chunk costs an index range, never an OFFSET scan, and memory stays one chunk's."""
+    after: Any = None
+    while True:
+        page = query.order_by(key).limit(per_chunk)
+        if after is not None:
+            page = page.where(key > after)
+        values = list(conn.execute(page).scalars())
+        if not values:
+            return
+        after = values[-1]
+        yield values
 
 
 def _json_list(items: list[Any]) -> str:

@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection
 from mappings.cases import discharge_anchor
 from registry_adapter.config import Settings, TimepointWindow
 from registry_store import reminders
+from registry_store.db import keyset_chunks
 from registry_store.tables import CASES, PATIENTS, PROM_RESPONSES, REMINDERS
 from registry_store.timeutil import utcnow
 from registry_store.worklist import staff_completions
@@ -391,16 +392,7 @@ def cases_to_replan(conn: Connection, settings: Settings, changed: Collection[st
 
 def _case_chunks(conn: Connection, per_chunk: int) -> Iterator[list[str]]:
     """Every case id, ``per_chunk`` at a time (keyset over the primary key)."""
-    after: str | None = None
-    while True:
-        query = select(CASES.c.id).order_by(CASES.c.id).limit(per_chunk)
-        if after is not None:
-            query = query.where(CASES.c.id > after)
-        ids = list(conn.execute(query).scalars())
-        if not ids:
-            return
-        after = ids[-1]
-        yield ids
+    return keyset_chunks(conn, select(CASES.c.id), CASES.c.id, per_chunk)
 
 
 def plan_reminders(

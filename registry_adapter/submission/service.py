@@ -30,6 +30,7 @@ from registry_adapter.submission.dictionary import FieldSpec, as_csv, load_dicti
 from registry_adapter.submission.package import CaseRecord, Package, Withdrawal, build_package, keyed_id
 from registry_adapter.submission.settings import SubmissionSettings
 from registry_store.cases import most_cases_changed_since
+from registry_store.db import keyset_chunks
 from registry_store.errors import Issue
 from registry_store.submissions import (
     LedgerEntry,
@@ -246,22 +247,8 @@ def _store_chunk(
 
 def _patient_chunks(conn: Connection, source: str, per_chunk: int) -> Iterator[list[str]]:
     """The ids of ``source``'s patients with cases, ``per_chunk`` at a time (keyset)."""
-    after: str | None = None
-    while True:
-        query = (
-            select(CASES.c.patient_id)
-            .where(CASES.c.source == source)
-            .distinct()
-            .order_by(CASES.c.patient_id)
-            .limit(per_chunk)
-        )
-        if after is not None:
-            query = query.where(CASES.c.patient_id > after)
-        ids = list(conn.execute(query).scalars())
-        if not ids:
-            return
-        after = ids[-1]
-        yield ids
+    query = select(CASES.c.patient_id).where(CASES.c.source == source).distinct()
+    return keyset_chunks(conn, query, CASES.c.patient_id, per_chunk)
 
 
 def after_store(app: App, reason: str, since: datetime | None = None) -> None:
