@@ -66,3 +66,27 @@ def test_data_migrations_carry_existing_rows(db_url: str) -> None:
     assert digest == message_digest(raw) != hashlib.sha256(raw).hexdigest()
     migrate.downgrade(engine, "base")
     engine.dispose()
+
+
+def test_schema_check_reads_the_head_the_files_declare(db_url: str) -> None:
+    """``require_current`` settles "at head" from the files' declared revisions without
+    Alembic; that reading must agree with Alembic's, and anything else still goes to it."""
+    engine = make_engine(db_url)
+    assert migrate.declared_head() == migrate.head_revision(engine)
+    migrate.upgrade(engine)
+    migrate.require_current(engine)  # at head: passes
+    migrate.downgrade(engine, "0010")
+    try:
+        migrate.require_current(engine)
+    except migrate.SchemaNotCurrent as exc:
+        assert (exc.current, exc.head) == ("0010", migrate.head_revision(engine))
+    else:
+        raise AssertionError("a database one revision behind passed the schema check")
+    migrate.downgrade(engine, "base")
+    try:
+        migrate.require_current(engine)
+    except migrate.SchemaNotCurrent as exc:
+        assert exc.current is None
+    else:
+        raise AssertionError("an empty database passed the schema check")
+    engine.dispose()
