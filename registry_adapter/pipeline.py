@@ -56,12 +56,14 @@ from registry_store.leases import holders, job_lock, sync_lock_name
 from registry_store.mapped_rows import delete_mapped_rows, write_mapped_rows
 from registry_store.patient_merge import file_under_survivors, merge_patient
 from registry_store.staging import (
+    BULK_CHANGE,
     ORIGIN_MAX,
     StageCounts,
     content_hash,
     mark_deleted,
     mark_pending,
     record_mapping_outcomes,
+    refresh_statistics,
     serialised,
     stage_errors,
     stage_records,
@@ -343,6 +345,9 @@ class Pipeline:
                 outcome, failure = "partial", describe_failure(exc)
                 log.warning("sync.partial", **logs.failure_fields(exc, source_endpoint(source)))
             flush(None)
+            if counts.staged_new + counts.staged_updated >= BULK_CHANGE:
+                with engine.begin() as conn:
+                    refresh_statistics(conn)
             if map_now:
                 mapped = self.map_pending(sources=[source.name])
                 for name in ("mapped", "failed", "out_of_scope", "excluded", "cases"):
@@ -919,6 +924,9 @@ class Pipeline:
             # The cause's records carry the mark's time, as do the records their conversion
             # stages (HL7 v2 → FHIR): mapping "pending since then" covers both, and nothing else.
             selected = mark_pending(conn, cond, started)
+        if selected >= BULK_CHANGE:
+            with self.app.engine.begin() as conn:
+                refresh_statistics(conn)
         if not map_now:  # `registry-adapter worker` processes map them
             return selected, RunCounts()
         if cause_id is None and staging_ids is None:

@@ -550,3 +550,22 @@ def mark_pending(conn: Connection, where: Sequence[ColumnElement[bool]], at: dat
     ``updated_at`` so a caller can map exactly them. Returns how many were selected."""
     marked = update(STAGING).where(and_(*where)).values(status="pending", updated_at=at)
     return int(conn.execute(marked).rowcount or 0)
+
+
+# Below this many changed statuses the planner's statistics are still close enough.
+BULK_CHANGE = 10_000
+
+
+def refresh_statistics(conn: Connection) -> None:
+    """Re-sample staging's planner statistics (PostgreSQL) after a bulk change of statuses.
+
+    After ``reprocess --all`` marks every record pending, or a backfill stages hundreds of
+    thousands, the statistics still describe the table before it until autovacuum gets to
+    it: PostgreSQL then expects a few hundred pending rows, and the next-batch query
+    (``status = 'pending' AND id > ? ORDER BY id LIMIT n``, with ``FOR UPDATE SKIP LOCKED``
+    in ``worker``) bitmap-scans and sorts every pending row for each batch instead of
+    reading the ``(status, id)`` index in order: 260 ms a batch at 130,000 pending, measured.
+    ANALYZE samples a fixed number of rows, so it costs the same at any size.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE staging")

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from registry_adapter.app import App
@@ -103,3 +104,35 @@ def test_only_the_last_worker_to_stop_is_told_to_refresh(make_app: Callable[...,
         conn.execute(text("UPDATE job_locks SET pid = :pid"), {"pid": int(gone.stdout)})
     _, last, others = run_registered(Pipeline(app), until_idle=True)
     assert last and not others
+
+
+def test_a_bulk_reprocess_refreshes_postgresql_statistics_before_workers_claim(
+    make_app: Callable[..., App], pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``reprocess --all`` flips every status, stale statistics made PostgreSQL sort every
+    pending row for each claimed batch (quadratic in a large remap); a bulk change re-samples
+    them. Here "bulk" is lowered to this feed's size."""
+    from sqlalchemy import text
+
+    import registry_adapter.pipeline as pipeline_module
+
+    app = make_app(pg_url, batch_size=25)
+    _import(app, make_feed(tmp_path))
+
+    def analyses() -> int:
+        with app.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+            return int(
+                conn.execute(
+                    text("SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'staging'")
+                ).scalar_one()
+            )
+
+    monkeypatch.setattr(pipeline_module, "BULK_CHANGE", 10**9)
+    before = analyses()
+    Pipeline(app).reprocess(everything=True, map_now=False)
+    assert analyses() == before  # a small change leaves the statistics to autovacuum
+    monkeypatch.setattr(pipeline_module, "BULK_CHANGE", 1)
+    selected, _ = Pipeline(app).reprocess(everything=True, map_now=False)
+    assert selected > 200
+    assert analyses() == before + 1
