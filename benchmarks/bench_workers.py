@@ -33,17 +33,6 @@ from bench_import import (
     write_config,
 )
 
-TABLES = {
-    "patients": "source, id",
-    "encounters": "source, id",
-    "procedures": "source, id",
-    "conditions": "source, id",
-    "prom_responses": "source, id",
-    "cases": "id",
-    "mapping_errors": "staging_id, code, field",
-    "staging": "source, resource_type, resource_id",
-}
-
 
 def snapshot(url: str) -> str:
     """A digest of every registry table's content (the tests' comparison, as one hash)."""

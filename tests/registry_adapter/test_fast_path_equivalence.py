@@ -26,17 +26,6 @@ from registry_adapter.pipeline import Pipeline
 from tests.conftest import SAMPLE_FEED
 from tests.registry_content import registry_content
 
-TABLES = {
-    "patients": "source, id",
-    "encounters": "source, id",
-    "procedures": "source, id",
-    "conditions": "source, id",
-    "prom_responses": "source, id",
-    "cases": "id",
-    "mapping_errors": "staging_id, code, field",
-    "staging": "source, resource_type, resource_id",
-}
-
 
 def _faulty_records() -> list[dict[str, Any]]:
     base = orjson.loads((SAMPLE_FEED / "Procedure.ndjson").read_bytes().splitlines()[0])

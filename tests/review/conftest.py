@@ -25,6 +25,15 @@ from review.auth import add_user
 PASSWORDS = {"rita": "reviewer-pass-123", "vera": "viewer-pass-1234", "adam": "admin-pass-12345"}
 ROLES = {"rita": "reviewer", "vera": "viewer", "adam": "admin"}
 UNLISTED_CAUSE = "6b3b8cb49b505af2"  # codemap.unmapped_code, cpt|22899, mapping procedure
+# What a coder enters to map that code (CPT 22899) in the add-code form.
+UNLISTED_CODE_VALUES = {
+    "category": "other_lumbar_fusion",
+    "module": "lumbar",
+    "role": "index",
+    "rank": "10",
+    "revision": "false",
+    "label": "Unlisted procedure, spine",
+}
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 

@@ -19,18 +19,11 @@ from registry_store.tables import CASES, STAGING
 from registry_store.tables import ERROR_CAUSES as CAUSES
 from registry_store.tables import MAPPING_ERRORS as ERRORS
 from tests.review.conftest import UNLISTED_CAUSE, csrf_of
+from tests.review.conftest import UNLISTED_CODE_VALUES as VALUES
 
 Client = Callable[[str | None], TestClient]
 ROW_LINK = re.compile(r'<a href="/causes/([0-9a-f]{16})">')
 ACTIONS = ("ignore", "reopen", "add-code", "reprocess")
-VALUES = {
-    "category": "other_lumbar_fusion",
-    "module": "lumbar",
-    "role": "index",
-    "rank": "10",
-    "revision": "false",
-    "label": "Unlisted procedure, spine",
-}
 CODE_VALUES = {"codemap": "spine-procedures", **{f"value.spine-procedures.{k}": v for k, v in VALUES.items()}}
 
 

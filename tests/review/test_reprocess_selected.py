@@ -18,17 +18,10 @@ from registry_adapter.app import App
 from registry_store.tables import AUDIT_LOG, CASES, MAPPING_ERRORS, STAGING
 from review.record_reprocess import MAX_SELECTED
 from tests.review.conftest import UNLISTED_CAUSE, csrf_of
+from tests.review.conftest import UNLISTED_CODE_VALUES as VALUES
 
 Client = Callable[[str | None], TestClient]
 BOX = re.compile(r'name="staging_id" value="(\d+)"')
-VALUES = {
-    "category": "other_lumbar_fusion",
-    "module": "lumbar",
-    "role": "index",
-    "rank": "10",
-    "revision": "false",
-    "label": "Unlisted procedure, spine",
-}
 
 
 def _fix_code_map(site_codemaps: Path) -> None:
